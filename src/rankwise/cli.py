@@ -1,0 +1,176 @@
+"""The ``rankwise`` command line. Commands are thin: parse options, call the library, print.
+
+Every :class:`~rankwise.errors.RankwiseError` is printed as one ``error:`` line on stderr with a
+non-zero exit code; tracebacks are reserved for bugs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from rankwise.errors import QueryError, RankwiseError
+from rankwise.types import SearchResponse
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="High-precision retrieval for RAG: hybrid first stage + cross-encoder reranking.")
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(func: F) -> F:
+    """Turn user errors into one red line and exit code 2 (tracebacks only for real bugs)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RankwiseError as error:
+            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index directory.")]
+AllowDownload = Annotated[bool, typer.Option("--allow-download", help="Allow fetching hub models (off: offline only).")]
+
+
+@app.command()
+@friendly_errors
+def index(
+    source: Annotated[str, typer.Argument(help="BEIR dir, .jsonl/.csv file, or a directory of .txt/.md/.html.")],
+    index_dir: IndexOpt,
+    embedding_model: Annotated[str, typer.Option(help="Bi-encoder: local dir or hub id.")] = "minilm",
+    no_dense: Annotated[bool, typer.Option("--no-dense", help="Lexical-only index (no vectors).")] = False,
+    passage_tokens: Annotated[int, typer.Option(help="Max tokens per passage.")] = 256,
+    overlap: Annotated[int, typer.Option(help="Tokens shared by consecutive passages.")] = 48,
+    allow_download: AllowDownload = False,
+) -> None:
+    """Build or update an index (atomic; unchanged passages keep their vectors)."""
+    _quiet_libraries()
+    if allow_download:
+        os.environ["RANKWISE_ALLOW_DOWNLOAD"] = "1"
+    from rankwise.corpus.chunking import ChunkingSettings
+    from rankwise.index import Index
+
+    chunking = ChunkingSettings(max_tokens=passage_tokens, overlap=overlap)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as bars:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int | None) -> None:
+            if stage not in tasks:
+                tasks[stage] = bars.add_task(stage, total=total)
+            bars.update(tasks[stage], completed=done, total=total)
+
+        built = Index.build(source, index_dir, embedding_model=None if no_dense else embedding_model,
+                            chunking=chunking, progress=progress)
+    m = built.manifest
+    stats = m.stats
+    out.print(f"[green]indexed[/] {m.num_documents} documents → {m.num_passages} passages in {index_dir} "
+              f"({stats.get('build_seconds')} s; embedded {stats.get('embedded')}, reused {stats.get('reused')}"
+              + (f", {stats['passages_per_second']} passages/s" if stats.get("passages_per_second") else "")
+              + f"); fingerprint {m.fingerprint}")
+
+
+def _parse_filters(filters: list[str]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for item in filters:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise QueryError(f"filter '{item}' must look like key=value")
+        parsed.setdefault(key, []).append(value)
+    return {k: v[0] if len(v) == 1 else v for k, v in parsed.items()}
+
+
+@app.command()
+@friendly_errors
+def search(
+    query: Annotated[str, typer.Argument(help="The query text.")],
+    index_dir: IndexOpt,
+    first_stage: Annotated[str, typer.Option(help="bm25 | dense | hybrid")] = "hybrid",
+    reranker: Annotated[str, typer.Option(help="Cross-encoder: local dir, hub id, or 'none'.")] = "none",
+    k: Annotated[int, typer.Option("--k", "-k", help="Results to show.")] = 10,
+    retrieve_k: Annotated[int, typer.Option(help="First-stage candidates.")] = 100,
+    rerank_k: Annotated[int, typer.Option(help="Candidates the reranker scores.")] = 100,
+    fusion: Annotated[str, typer.Option(help="Hybrid fusion: rrf | convex")] = "rrf",
+    alpha: Annotated[float, typer.Option(help="Dense weight for convex fusion.")] = 0.5,
+    granularity: Annotated[str, typer.Option(help="document (MaxP) | passage")] = "document",
+    max_length: Annotated[int, typer.Option(help="Reranker tokens per pair.")] = 512,
+    filter_: Annotated[list[str], typer.Option("--filter", help="Metadata filter key=value (repeatable).")] = [],  # noqa: B006
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    allow_download: AllowDownload = False,
+) -> None:
+    """Search an index; with --reranker, show first-stage and reranker scores side by side."""
+    _quiet_libraries()
+    if allow_download:
+        os.environ["RANKWISE_ALLOW_DOWNLOAD"] = "1"
+    from rankwise.index import Index
+    from rankwise.pipeline import Pipeline, validate_query
+    from rankwise.rerank.loading import load_reranker
+
+    validate_query(query)
+    idx = Index(index_dir)
+    pipeline = Pipeline(idx, load_reranker(reranker, max_length=max_length), first_stage=first_stage,
+                        retrieve_k=retrieve_k, rerank_k=rerank_k, fusion=fusion, alpha=alpha,
+                        granularity=granularity)  # type: ignore[arg-type]
+    response = pipeline.search(query, k=k, filters=_parse_filters(filter_))
+    if as_json:
+        typer.echo(response.to_json())
+    else:
+        print_response(response)
+
+
+def print_response(response: SearchResponse) -> None:
+    """A table with final rank, both scores and the rank movement, then provenance and timings."""
+    table = Table(title=f"“{response.query}”", show_lines=False, expand=True)
+    for column, style in (("#", "bold"), ("doc", "cyan"), ("title / passage", ""), ("first stage", "yellow"),
+                          ("reranker", "magenta"), ("move", "")):
+        table.add_column(column, style=style, overflow="fold")
+    for r in response.results:
+        fs = f"{r.first_stage.method} #{r.first_stage.rank} {r.first_stage.score:.4g}"
+        rr = "—" if r.reranker is None else f"#{r.reranker.rank} {r.reranker.score:.3f} (logit {r.reranker.raw_score:+.2f})"
+        move = "" if r.reranker is None else (f"[green]↑{r.rank_change}[/]" if r.rank_change > 0 else
+                                               f"[red]↓{-r.rank_change}[/]" if r.rank_change < 0 else "=")
+        table.add_row(str(r.rank), r.doc_id, f"[bold]{r.title}[/]\n{r.snippet}" if r.title else r.snippet, fs, rr, move)
+    out.print(table)
+    p = response.provenance
+    out.print(f"[dim]index {p.index_fingerprint} · embedding {p.embedding_model} ({p.embedding_sha256[:12]}) · "
+              f"reranker {p.reranker} ({p.reranker_sha256[:12]}) · {p.num_candidates} candidates, "
+              f"{p.num_reranked} reranked, {p.num_split} split · "
+              + " · ".join(f"{k} {v:.1f} ms" for k, v in response.timings_ms.items()) + "[/]")
+
+
+@app.command()
+@friendly_errors
+def info(index_dir: IndexOpt) -> None:
+    """Show an index's manifest (models, fingerprint, settings, counts)."""
+    from dataclasses import asdict
+
+    from rankwise.index.manifest import Manifest
+
+    typer.echo(json.dumps(asdict(Manifest.read(index_dir)), indent=2))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,110 @@
+"""The first stage: BM25, dense or hybrid (fused) retrieval of candidates over an :class:`Index`.
+
+Retrieval runs over passages; with ``granularity="document"`` (the default) each document is represented
+by its best passage (MaxP: Dai & Callan, "Deeper Text Understanding for IR with Contextual Neural
+Language Modeling", SIGIR 2019), which is also the passage the reranker reads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from rankwise.errors import QueryError
+from rankwise.index import Index
+from rankwise.retrieval.convex import convex_combination
+from rankwise.retrieval.rrf import RRF_K, reciprocal_rank_fusion
+from rankwise.types import FIRST_STAGE_METHODS, Candidate
+
+Granularity = Literal["document", "passage"]
+FUSIONS = ("rrf", "convex")
+
+
+@dataclass(frozen=True, slots=True)
+class FirstStageSettings:
+    """``alpha`` is the dense weight of the convex combination (BM25 gets ``1 - alpha``)."""
+
+    method: str = "hybrid"
+    fusion: str = "rrf"
+    rrf_k: int = RRF_K
+    alpha: float = 0.5
+    granularity: Granularity = "document"
+
+    def __post_init__(self) -> None:
+        if self.method not in FIRST_STAGE_METHODS:
+            raise QueryError(f"unknown first stage '{self.method}'; choose one of {', '.join(FIRST_STAGE_METHODS)}")
+        if self.fusion not in FUSIONS:
+            raise QueryError(f"unknown fusion '{self.fusion}'; choose rrf or convex")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise QueryError(f"fusion alpha must be within 0..1 (got {self.alpha})")
+        if self.granularity not in ("document", "passage"):
+            raise QueryError("granularity must be 'document' or 'passage'")
+
+
+_Hit = tuple[str, int, float]  # (key, passage row, score), best first
+
+
+class FirstStage:
+    def __init__(self, index: Index, settings: FirstStageSettings | None = None) -> None:
+        self.index = index
+        self.settings = settings or FirstStageSettings()
+        if self.settings.method != "bm25":
+            index.vectors  # noqa: B018 - fail fast (and load once) when the index has no vectors
+
+    def retrieve(self, query: str, k: int, filters: dict[str, Any] | None = None) -> list[Candidate]:
+        """The top ``k`` candidates (documents or passages), best first."""
+        if k <= 0:
+            raise QueryError(f"retrieve_k must be positive (got {k})")
+        allowed = self.index.docstore.rows_matching(filters) if filters else None
+        if allowed is not None and allowed.size == 0:
+            return []
+        fetch = self._passages_to_fetch(k)
+        method = self.settings.method
+        if method == "bm25":
+            hits = self._collapse(*self.index.bm25.search(query, fetch, allowed))[:k]
+        elif method == "dense":
+            hits = self._collapse(*self._dense(query, fetch, allowed))[:k]
+        else:
+            hits = self._fuse(self._collapse(*self.index.bm25.search(query, fetch, allowed)),
+                              self._collapse(*self._dense(query, fetch, allowed)))[:k]
+        passages = self.index.docstore.passages([row for _, row, _ in hits])
+        return [Candidate(passage=p, method=method, rank=i, score=float(score))
+                for i, (p, (_, _, score)) in enumerate(zip(passages, hits, strict=True), start=1)]
+
+    def _passages_to_fetch(self, k: int) -> int:
+        if self.settings.granularity == "passage":
+            return k
+        m = self.index.manifest
+        per_doc = math.ceil(m.num_passages / max(m.num_documents, 1))
+        return min(m.num_passages, k * min(per_doc + 1, 5))
+
+    def _dense(self, query: str, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        vector = self.index.embedder.encode([query])[0]
+        return self.index.vectors.search(vector, k, allowed)
+
+    def _collapse(self, rows: np.ndarray, scores: np.ndarray) -> list[_Hit]:
+        """Keep the best passage per document (MaxP) unless results are per passage."""
+        doc_of_row = self.index.passage_doc_ids
+        by_passage = self.settings.granularity == "passage"
+        seen: set[str] = set()
+        hits: list[_Hit] = []
+        for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
+            key = str(row) if by_passage else doc_of_row[row]
+            if key not in seen:
+                seen.add(key)
+                hits.append((key, row, score))
+        return hits
+
+    def _fuse(self, lexical: list[_Hit], dense: list[_Hit]) -> list[_Hit]:
+        # The passage that represents a document: BM25's when it found the document, else dense's.
+        rows = {key: row for key, row, _ in dense} | {key: row for key, row, _ in lexical}
+        if self.settings.fusion == "rrf":
+            fused = reciprocal_rank_fusion([[h[0] for h in lexical], [h[0] for h in dense]], self.settings.rrf_k)
+        else:
+            a = self.settings.alpha
+            fused = convex_combination([{h[0]: h[2] for h in lexical}, {h[0]: h[2] for h in dense}], [1 - a, a])
+        order = sorted(fused, key=lambda key: (-fused[key], key))
+        return [(key, rows[key], fused[key]) for key in order]

@@ -1,0 +1,135 @@
+"""Plain typed value objects that flow through the pipeline.
+
+The three concepts a user works with are an :class:`~rankwise.index.Index` (what you search), a
+:class:`~rankwise.pipeline.Pipeline` (how you search it) and a :class:`SearchResponse` holding
+:class:`SearchResult` objects (what you get back). Everything here is a frozen dataclass so results can
+be cached, compared and serialised without surprises.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+FirstStageMethod = Literal["bm25", "dense", "hybrid"]
+FIRST_STAGE_METHODS: tuple[str, ...] = ("bm25", "dense", "hybrid")
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A source document as ingested: stable id, optional title, body text and free metadata."""
+
+    id: str
+    text: str
+    title: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A token-bounded window of a document; the unit that is indexed, retrieved and reranked.
+
+    ``start``/``end`` are character offsets into the document's ``text`` so a UI can highlight the
+    passage in context; ``content_hash`` identifies the exact text that was embedded, which is what
+    lets re-indexing skip passages whose text did not change.
+    """
+
+    id: str
+    doc_id: str
+    index: int
+    title: str
+    text: str
+    start: int
+    end: int
+    content_hash: str
+
+    @property
+    def full_text(self) -> str:
+        """Title and body as the models see them (titles carry much of the signal in short docs)."""
+        return f"{self.title}\n{self.text}" if self.title else self.text
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A first-stage hit: the best passage of a document and how the first stage ranked it."""
+
+    passage: Passage
+    method: str
+    rank: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class FirstStageScore:
+    method: str
+    rank: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class RerankerScore:
+    """``score`` is calibrated to 0..1 (sigmoid of the logit); ``raw_score`` is the model's logit."""
+
+    rank: int
+    score: float
+    raw_score: float
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """One ranked result with *both* signals visible, so operators can see why it is where it is.
+
+    ``rank_change`` is first-stage rank minus final rank: positive means the reranker moved it up.
+    """
+
+    rank: int
+    doc_id: str
+    passage_id: str
+    score: float
+    first_stage: FirstStageScore
+    reranker: RerankerScore | None
+    rank_change: int
+    title: str
+    snippet: str
+    start: int
+    end: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """What produced a response: enough to reproduce it or to audit it later."""
+
+    index_fingerprint: str
+    embedding_model: str
+    embedding_sha256: str
+    reranker: str
+    reranker_sha256: str
+    first_stage: str
+    num_candidates: int
+    num_reranked: int
+    #: reranked passages longer than the reranker's max_length (split into windows, or truncated if asked)
+    num_split: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResponse:
+    query: str
+    results: list[SearchResult]
+    provenance: Provenance
+    timings_ms: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "results": [r.to_dict() for r in self.results],
+            "provenance": asdict(self.provenance),
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)

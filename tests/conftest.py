@@ -1,0 +1,79 @@
+"""Shared fixtures: real components only (bundled MiniLM, tiny BERT cross-encoders built at test time)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from rankwise.types import Document  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+BEIR = SHARED / "data" / "beir"
+
+
+def beir_dataset(name: str) -> Path:
+    """Path of a BEIR dataset in ../shared, or skip the test with the reason."""
+    path = BEIR / name
+    if not (path / "corpus.jsonl").is_file():
+        pytest.skip(f"real data not available: {path} is missing (CI provides ../shared beside the repo)")
+    return path
+
+
+def build_tiny_cross_encoder(directory: Path, *, seed: int = 0, num_labels: int = 1, layers: int = 2) -> Path:
+    """A small randomly initialised BERT sequence classifier + the bundled tokenizer, saved in HF format."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from rankwise.models import bundled_minilm_dir
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(bundled_minilm_dir()))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=64, num_labels=num_labels,
+                        max_position_embeddings=512)
+    model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-ce"))
+
+
+KB = [
+    Document("refund-annual", "Annual plans can be refunded pro rata within 30 days of renewal by the billing team.",
+             "Refund policy for annual plans", {"category": "billing"}),
+    Document("refund-monthly", "Monthly plans are not refunded; cancel before the next billing date to stop charges.",
+             "Refund policy for monthly plans", {"category": "billing"}),
+    Document("mfa-contractor", "Contractors reset multi-factor authentication through their sponsor and the IT desk.",
+             "Reset MFA for contractors", {"category": "security"}),
+    Document("mfa-employee", "Employees reset MFA themselves in the self-service portal after a video check.",
+             "Reset MFA for employees", {"category": "security"}),
+    Document("pg-rotate", "Rotate the production Postgres credentials with vault write and restart the api pods.",
+             "Rotate Postgres credentials in production", {"category": "runbook"}),
+    Document("redis-rotate", "Rotate Redis credentials by updating the ACL file and reloading the sentinel.",
+             "Rotate Redis credentials", {"category": "runbook"}),
+    Document("churn-q4", "Customer churn in Q4 rose to 3.1% driven by price changes in the SMB segment.",
+             "Customer churn analysis Q4", {"category": "finance"}),
+    Document("churn-theory", "Theoretical research on churn models survival analysis and hazard functions.",
+             "Research on churn patterns", {"category": "research"}),
+]
+
+
+@pytest.fixture(scope="session")
+def kb_documents() -> list[Document]:
+    return list(KB)
+
+
+@pytest.fixture(scope="session")
+def kb_index(tmp_path_factory: pytest.TempPathFactory, kb_documents: list[Document]):  # noqa: ANN201
+    from rankwise.index import Index
+
+    return Index.build(kb_documents, tmp_path_factory.mktemp("kb") / "index")

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rankwise import CrossEncoderReranker, Index, Pipeline
+from rankwise.errors import QueryError
+
+
+@pytest.mark.parametrize("method", ["bm25", "dense", "hybrid"])
+def test_first_stage_finds_the_obvious_document(kb_index: Index, method: str) -> None:
+    response = Pipeline(kb_index, first_stage=method).search("rotate postgres production credentials", k=3)
+    assert response.results[0].doc_id == "pg-rotate"
+    assert [r.rank for r in response.results] == list(range(1, len(response.results) + 1))
+    assert len(response.results) >= 2
+    assert all(r.reranker is None and r.rank_change == 0 for r in response.results)
+    assert response.provenance.first_stage == method and response.provenance.reranker == "none"
+
+
+def test_hybrid_convex_and_passage_granularity(kb_index: Index) -> None:
+    p = Pipeline(kb_index, first_stage="hybrid", fusion="convex", alpha=0.3, granularity="passage")
+    top = p.search("refund annual plan", k=2).results[0]
+    assert top.doc_id == "refund-annual" and 0 < top.first_stage.score <= 1.0
+
+
+def test_reranked_results_show_both_signals(kb_index: Index, tiny_cross_encoder: Path) -> None:
+    reranker = CrossEncoderReranker(tiny_cross_encoder, name="tiny")
+    response = Pipeline(kb_index, reranker, first_stage="hybrid", rerank_k=5).search("reset MFA", k=8)
+    reranked = [r for r in response.results if r.reranker is not None]
+    assert len(reranked) == 5 and response.provenance.num_reranked == 5
+    assert [r.reranker.rank for r in reranked] == [1, 2, 3, 4, 5]
+    raws = [r.reranker.raw_score for r in reranked]
+    assert raws == sorted(raws, reverse=True), "reranked head is ordered by the reranker"
+    for r in response.results:
+        assert r.rank_change == r.first_stage.rank - r.rank
+        assert r.score == (r.reranker.score if r.reranker else r.first_stage.score)
+    tail = [r.first_stage.rank for r in response.results[5:]]
+    assert tail == sorted(tail) and min(tail) > 5, "candidates beyond rerank_k keep first-stage order"
+    prov = response.provenance
+    assert prov.reranker == "tiny" and prov.reranker_sha256 == reranker.weights_sha256
+    assert prov.embedding_sha256 == kb_index.manifest.embedding["sha256"]
+    assert {"first_stage", "rerank", "total"} <= set(response.timings_ms)
+    d = response.to_dict()
+    assert set(d) == {"query", "results", "provenance", "timings_ms"}
+    assert set(d["results"][0]["reranker"]) == {"rank", "score", "raw_score"}
+
+
+def test_filters_restrict_candidates(kb_index: Index) -> None:
+    response = Pipeline(kb_index, first_stage="hybrid").search("rotate credentials", filters={"category": "billing"})
+    assert {r.doc_id for r in response.results} <= {"refund-annual", "refund-monthly"}
+    assert Pipeline(kb_index).search("x", filters={"category": "nothing"}).results == []
+
+
+def test_bad_queries(kb_index: Index) -> None:
+    p = Pipeline(kb_index, first_stage="bm25")
+    for bad in ("", "   "):
+        with pytest.raises(QueryError, match="empty"):
+            p.search(bad)
+    with pytest.raises(QueryError, match="unknown first stage"):
+        Pipeline(kb_index, first_stage="magic")
+    assert p.search("zzzzqqq").results == [], "no lexical match means no BM25 results, not random ones"
