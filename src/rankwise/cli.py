@@ -172,5 +172,10 @@ def info(index_dir: IndexOpt) -> None:
     typer.echo(json.dumps(asdict(Manifest.read(index_dir)), indent=2))
 
 
+from rankwise.training.commands import register as _register_training  # noqa: E402
+
+_register_training(app, friendly_errors)
+
+
 def main() -> None:
     app()

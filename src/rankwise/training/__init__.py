@@ -1,0 +1,1 @@
+"""Fine-tuning custom cross-encoders: negative mining, training, promotion through the registry."""

@@ -1,0 +1,141 @@
+"""CLI commands for training and the model registry: ``rankwise train`` and ``rankwise models ...``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out = Console()
+
+
+def _registry(root: Path | None):  # noqa: ANN202
+    from rankwise.registry import Registry
+
+    return Registry(root)
+
+
+RegistryOpt = Annotated[Path | None, typer.Option("--registry", help="Registry dir (default: $RANKWISE_REGISTRY or user data dir).")]
+
+
+def train(
+    index_dir: Annotated[Path, typer.Option("--index", "-i", help="Index to mine negatives from.")],
+    dataset: Annotated[Path, typer.Option(help="BEIR dataset dir with queries.jsonl and qrels/<split>.tsv.")],
+    split: Annotated[str, typer.Option(help="Qrels split to train on.")] = "train",
+    base_model: Annotated[str, typer.Option(help="Backbone: local dir or hub id.")] = "minilm",
+    loss: Annotated[str, typer.Option(help="bce | lambda | listnet | softmax")] = "bce",
+    negatives: Annotated[str, typer.Option(help="Negatives per query by source.")] = "bm25:3,dense:2,random:2",
+    depth: Annotated[int, typer.Option(help="Mine first-stage negatives from this many candidates.")] = 30,
+    skip_top: Annotated[int, typer.Option(help="Skip the first N candidates (likely unjudged positives).")] = 0,
+    margin: Annotated[float | None, typer.Option(help="Drop candidates scoring >= margin × best positive.")] = None,
+    validation_fraction: Annotated[float, typer.Option(help="Share of queries held out for early stopping.")] = 0.1,
+    epochs: Annotated[float, typer.Option()] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Stop after N steps (-1: epochs decide).")] = -1,
+    batch_size: Annotated[int, typer.Option(help="Pairs (bce) or groups (listwise) per step.")] = 16,
+    learning_rate: Annotated[float, typer.Option("--lr")] = 4e-5,
+    max_length: Annotated[int, typer.Option()] = 256,
+    eval_steps: Annotated[int, typer.Option(help="Validate and checkpoint every N steps.")] = 100,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience in validations.")] = 4,
+    seed: Annotated[int, typer.Option()] = 42,
+    output: Annotated[Path, typer.Option(help="Run dir: checkpoints (resumed automatically) and final model.")] = Path("runs/reranker"),
+    registry: RegistryOpt = None,
+    register: Annotated[bool, typer.Option(help="Register the result as the new 'candidate'.")] = True,
+) -> None:
+    """Fine-tune a cross-encoder on judged queries with mined hard negatives (resumes from checkpoints)."""
+    from rankwise.corpus.beir import load_qrels, load_queries
+    from rankwise.index import Index
+    from rankwise.training.data import JudgedQueries, group_stats
+    from rankwise.training.finetune import TrainingConfig, train_cross_encoder
+    from rankwise.training.negatives import mine_groups, parse_negative_mix
+
+    config = TrainingConfig(base_model=base_model, loss=loss, epochs=epochs, max_steps=max_steps,  # type: ignore[arg-type]
+                            batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
+                            seed=seed, eval_steps=eval_steps, patience=patience)
+    mix = parse_negative_mix(negatives)
+    index = Index(index_dir)
+    judged = JudgedQueries(load_queries(dataset), load_qrels(dataset, split))
+    train_part, val_part = judged.split(validation_fraction, seed)
+    with out.status("mining hard negatives…"):
+        train_groups = mine_groups(index, train_part.queries, train_part.qrels, mix=mix, depth=depth,
+                                   skip_top=skip_top, false_negative_margin=margin, seed=seed)
+        # validation sees realistic candidate lists: the hybrid (or BM25) top-depth, not random documents
+        val_mix = {"hybrid" if index.has_dense else "bm25": depth}
+        val_groups = mine_groups(index, val_part.queries, val_part.qrels, mix=val_mix, depth=depth, seed=seed)
+    out.print(f"training groups {dict(group_stats(train_groups))}, validation groups {dict(group_stats(val_groups))}")
+    result = train_cross_encoder(train_groups, val_groups, config, output)
+    summary = result.summary()
+    out.print_json(json.dumps(summary))
+    if register:
+        reg = _registry(registry)
+        parent = reg.aliases().get("production")
+        card = {"base_model": base_model, "training_data": {"dataset": str(dataset), "split": split,
+                "fingerprint": judged.fingerprint, "index_fingerprint": index.fingerprint, "negatives": mix,
+                **group_stats(train_groups)}, "hyperparameters": summary["config"],
+                "metrics": {"validation": {"nDCG@10": result.best_validation_ndcg10}},
+                "training": {k: summary[k] for k in ("steps", "train_seconds", "loss_first", "loss_last")},
+                "parent": parent}
+        entry = reg.register(result.model_dir, card)
+        out.print(f"[green]registered[/] {entry.version} as candidate in {reg.root} (sha256 {entry.weights_sha256[:12]})")
+
+
+models_app = typer.Typer(help="The model registry: versions, aliases, promotion and rollback.", no_args_is_help=True)
+
+
+@models_app.command("list")
+def list_models(registry: RegistryOpt = None) -> None:
+    """All versions with their aliases and headline metrics."""
+    reg = _registry(registry)
+    aliases: dict[str, list[str]] = {}
+    for alias, version in reg.aliases().items():
+        aliases.setdefault(version, []).append(alias)
+    table = Table(title=f"models in {reg.root}")
+    for col in ("version", "aliases", "created", "base model", "val nDCG@10", "sha256"):
+        table.add_column(col)
+    for v in reg.versions():
+        val = (v.card.get("metrics", {}).get("validation") or {}).get("nDCG@10")
+        table.add_row(v.version, ", ".join(aliases.get(v.version, [])), str(v.card.get("created_at")),
+                      str(v.card.get("base_model")), f"{val:.4f}" if isinstance(val, float) else "—",
+                      v.weights_sha256[:12])
+    out.print(table)
+
+
+@models_app.command("show")
+def show(version: str, registry: RegistryOpt = None) -> None:
+    """A version's model card (by id or alias)."""
+    entry = _registry(registry).get(version)
+    out.print_json(json.dumps({"path": str(entry.path), **entry.card}))
+
+
+@models_app.command("diff")
+def diff(a: str, b: str, registry: RegistryOpt = None) -> None:
+    """What differs between two versions' cards."""
+    table = Table(title=f"{a} vs {b}")
+    for col in ("field", a, b):
+        table.add_column(col, overflow="fold")
+    for key, (left, right) in _registry(registry).diff(a, b).items():
+        table.add_row(key, _short(left), _short(right))
+    out.print(table)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 80 else text[:77] + "…"
+
+
+@models_app.command("rollback")
+def rollback(registry: RegistryOpt = None) -> None:
+    """Point production back at the previous production version."""
+    version = _registry(registry).rollback()
+    out.print(f"[yellow]production rolled back to {version}[/]")
+
+
+def register(app: typer.Typer, friendly_errors: Any) -> None:
+    """Attach ``train`` and ``models`` to the main CLI (every command gets one-line user errors)."""
+    app.command()(friendly_errors(train))
+    for command in models_app.registered_commands:
+        command.callback = friendly_errors(command.callback)
+    app.add_typer(models_app, name="models")

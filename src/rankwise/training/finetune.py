@@ -1,0 +1,190 @@
+"""Fine-tune a cross-encoder with sentence-transformers' ``CrossEncoderTrainer``.
+
+Why the trainer and not a hand-written loop: it gives checkpointing + exact resume (optimizer, scheduler,
+RNG and data order), evaluation-driven early stopping and best-model restore, all tested upstream.
+rankwise adds what a reranker needs around it: mined groups in, validation nDCG@10 on *realistic*
+candidate lists (not random negatives), a fixed seed, CPU-friendly defaults and a summary out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rankwise.errors import QueryError
+from rankwise.models import resolve_model
+from rankwise.training.negatives import TrainingGroup
+
+Loss = Literal["bce", "lambda", "listnet", "softmax"]
+LOSSES: tuple[str, ...] = ("bce", "lambda", "listnet", "softmax")
+VALIDATION_NAME = "val"
+BEST_METRIC = f"eval_{VALIDATION_NAME}_ndcg@10"
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingConfig:
+    """Hyperparameters. Defaults are sized for a CPU: short inputs, small batches, one epoch.
+
+    ``pos_weight=None`` means "negatives per positive", which balances BCE's gradient between the
+    one relevant and the many irrelevant documents of each query.
+    """
+
+    base_model: str = "minilm"
+    loss: Loss = "bce"
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 16
+    learning_rate: float = 4e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_length: int = 256
+    pos_weight: float | None = None
+    seed: int = 42
+    eval_steps: int = 100
+    patience: int = 4
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise QueryError(f"unknown loss '{self.loss}'; choose {', '.join(LOSSES)}")
+        if self.batch_size <= 0 or self.learning_rate <= 0 or self.max_length < 16:
+            raise QueryError("batch size and learning rate must be positive and max_length at least 16")
+
+
+@dataclass(slots=True)
+class TrainingResult:
+    model_dir: Path
+    config: TrainingConfig
+    steps: int
+    train_seconds: float
+    resumed_from: str | None
+    losses: list[float] = field(default_factory=list)
+    best_validation_ndcg10: float | None = None
+    validation_history: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model_dir": str(self.model_dir), "steps": self.steps, "train_seconds": round(self.train_seconds, 1),
+            "resumed_from": self.resumed_from, "loss_first": self.losses[0] if self.losses else None,
+            "loss_last": self.losses[-1] if self.losses else None,
+            "best_validation_ndcg@10": self.best_validation_ndcg10, "config": asdict(self.config),
+        }
+
+
+def _train_rows(groups: Sequence[TrainingGroup], loss: Loss) -> dict[str, list[Any]]:
+    if loss == "bce":
+        rows: dict[str, list[Any]] = {"query": [], "passage": [], "label": []}
+        for g in groups:
+            for text, label in [(p, 1.0) for p in g.positives] + [(n, 0.0) for n in g.negatives]:
+                rows["query"].append(g.query)
+                rows["passage"].append(text)
+                rows["label"].append(label)
+        return rows
+    if loss == "softmax":  # (query, positive, negative_1..n): one row per positive, fixed group width
+        width = min(len(g.negatives) for g in groups)
+        rows = {"query": [], "positive": [], **{f"negative_{i}": [] for i in range(1, width + 1)}}
+        for g in groups:
+            for positive in g.positives:
+                rows["query"].append(g.query)
+                rows["positive"].append(positive)
+                for i in range(width):
+                    rows[f"negative_{i + 1}"].append(g.negatives[i])
+        return rows
+    return {"query": [g.query for g in groups],
+            "docs": [list(g.positives) + list(g.negatives) for g in groups],
+            "labels": [[1.0] * len(g.positives) + [0.0] * len(g.negatives) for g in groups]}
+
+
+def _loss(model: Any, config: TrainingConfig, groups: Sequence[TrainingGroup]) -> Any:
+    import torch
+    from sentence_transformers.cross_encoder import losses
+
+    if config.loss == "bce":
+        positives = sum(len(g.positives) for g in groups)
+        negatives = sum(len(g.negatives) for g in groups)
+        weight = config.pos_weight if config.pos_weight is not None else max(negatives / max(positives, 1), 1.0)
+        return losses.BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(weight))
+    if config.loss == "listnet":
+        return losses.ListNetLoss(model)
+    if config.loss == "softmax":  # softmax cross-entropy over each group (+ in-batch negatives)
+        return losses.MultipleNegativesRankingLoss(model, num_negatives=0)
+    return losses.LambdaLoss(model)
+
+
+def train_cross_encoder(
+    train: Sequence[TrainingGroup],
+    validation: Sequence[TrainingGroup],
+    config: TrainingConfig,
+    output_dir: str | Path,
+    *,
+    show_progress: bool = True,
+) -> TrainingResult:
+    """Train, checkpointing to ``output_dir/checkpoints`` and resuming from the last checkpoint there.
+
+    The best model by validation nDCG@10 (or the last, without validation) is saved to
+    ``output_dir/final`` in Hugging Face format, loadable by plain sentence-transformers.
+    """
+    if not train:
+        raise QueryError("no training groups: no judged query has a positive document in the index")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from datasets import Dataset
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+    from transformers import EarlyStoppingCallback, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    import torch
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
+    set_seed(config.seed)
+    output = Path(output_dir)
+    checkpoints = output / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    model = CrossEncoder(str(resolve_model(config.base_model)), num_labels=1, max_length=config.max_length,
+                         local_files_only=True)
+    evaluator = None
+    if validation:
+        evaluator = CrossEncoderRerankingEvaluator(
+            samples=[{"query": g.query, "positive": list(g.positives), "negative": list(g.negatives)} for g in validation],
+            at_k=10, name=VALIDATION_NAME, batch_size=32, write_csv=False)
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(checkpoints), num_train_epochs=config.epochs, max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
+        warmup_ratio=config.warmup_ratio, weight_decay=config.weight_decay, seed=config.seed, data_seed=config.seed,
+        eval_strategy="steps" if evaluator else "no", eval_steps=config.eval_steps,
+        save_strategy="steps", save_steps=config.eval_steps, save_total_limit=2,
+        load_best_model_at_end=evaluator is not None, metric_for_best_model=BEST_METRIC if evaluator else None,
+        greater_is_better=True, logging_steps=max(1, min(25, config.eval_steps)), report_to="none",
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=not show_progress,
+    )
+    trainer = CrossEncoderTrainer(
+        model=model, args=args, train_dataset=Dataset.from_dict(_train_rows(train, config.loss)),
+        loss=_loss(model, config, train), evaluator=evaluator,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience)] if evaluator else [],
+    )
+    last = get_last_checkpoint(str(checkpoints))
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    seconds = time.perf_counter() - started
+    final = output / "final"
+    model.save_pretrained(str(final))
+    history = trainer.state.log_history
+    validation_history = [{"step": h["step"], "ndcg@10": h[BEST_METRIC]} for h in history if BEST_METRIC in h]
+    result = TrainingResult(
+        model_dir=final, config=config, steps=trainer.state.global_step, train_seconds=seconds, resumed_from=last,
+        losses=[h["loss"] for h in history if "loss" in h],
+        best_validation_ndcg10=max((v["ndcg@10"] for v in validation_history), default=None),
+        validation_history=validation_history,
+    )
+    (output / "training.json").write_text(json.dumps(
+        {**result.summary(), "validation_history": validation_history, "losses": result.losses}, indent=2))
+    return result
