@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from rankwise.types import Document  # noqa: E402
+from rankwise.types import Document
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 BEIR = SHARED / "data" / "beir"
@@ -73,7 +73,7 @@ def kb_documents() -> list[Document]:
 
 
 @pytest.fixture(scope="session")
-def kb_index(tmp_path_factory: pytest.TempPathFactory, kb_documents: list[Document]):  # noqa: ANN201
+def kb_index(tmp_path_factory: pytest.TempPathFactory, kb_documents: list[Document]):
     from rankwise.index import Index
 
     return Index.build(kb_documents, tmp_path_factory.mktemp("kb") / "index")

@@ -15,7 +15,7 @@ RANKWISE = [sys.executable, "-m", "rankwise"]
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([*RANKWISE, *args], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([*RANKWISE, *args], capture_output=True, text=True, env=env, timeout=600, check=False)
 
 
 @pytest.fixture(scope="module")

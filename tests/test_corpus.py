@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def test_passages_are_exact_spans_within_budget_with_overlap() -> None:
         assert p.text == text[p.start:p.end]
         assert len(tok.encode(p.text, add_special_tokens=False).ids) <= 40
         assert p.doc_id == "d" and p.id == f"d#{p.index}"
-    for a, b in zip(passages, passages[1:], strict=False):
+    for a, b in itertools.pairwise(passages):
         assert b.start < a.end, "consecutive passages must overlap"
         assert text[b.start - 1] == " ", "a passage never starts mid-word"
     assert passages[0].start == 0 and passages[-1].end == len(text)

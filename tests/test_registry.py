@@ -74,9 +74,9 @@ def test_corrupt_entries_give_clear_errors(tmp_path: Path, registry: Registry) -
 def test_models_cli(tmp_path: Path, registry: Registry) -> None:
     registry.register(_model(tmp_path, 1), {"base_model": "tiny"})
     run = [sys.executable, "-m", "rankwise", "models"]
-    listed = subprocess.run([*run, "list", "--registry", str(registry.root)], capture_output=True, text=True)
+    listed = subprocess.run([*run, "list", "--registry", str(registry.root)], capture_output=True, text=True, check=False)
     assert listed.returncode == 0 and "v1" in listed.stdout and "candidate" in listed.stdout
-    shown = subprocess.run([*run, "show", "candidate", "--registry", str(registry.root)], capture_output=True, text=True)
+    shown = subprocess.run([*run, "show", "candidate", "--registry", str(registry.root)], capture_output=True, text=True, check=False)
     assert json.loads(shown.stdout)["version"] == "v1"
-    bad = subprocess.run([*run, "rollback", "--registry", str(registry.root)], capture_output=True, text=True)
+    bad = subprocess.run([*run, "rollback", "--registry", str(registry.root)], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "nothing to roll back" in bad.stderr

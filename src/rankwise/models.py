@@ -59,7 +59,7 @@ def resolve_model(name_or_path: str | os.PathLike[str], *, allow_download: bool 
 
     try:
         return Path(snapshot_download(name, local_files_only=True))
-    except Exception:  # noqa: BLE001 - any miss in the cache means "not available offline"
+    except Exception:  # noqa: BLE001, S110 - any miss in the cache means "not available offline"
         pass
     may_download = downloads_allowed() if allow_download is None else allow_download
     if not may_download or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "yes"):
@@ -69,7 +69,7 @@ def resolve_model(name_or_path: str | os.PathLike[str], *, allow_download: bool 
         )
     try:
         return Path(snapshot_download(name))
-    except Exception as err:  # noqa: BLE001 - surface hub errors as one line
+    except Exception as err:
         raise ModelError(f"could not download model '{name}': {type(err).__name__}: {err}") from err
 
 

@@ -40,7 +40,7 @@ VECTORS = "vectors.npy"
 Progress = Callable[[str, int, int | None], None]
 
 
-def _no_progress(stage: str, done: int, total: int | None) -> None:  # noqa: ARG001
+def _no_progress(stage: str, done: int, total: int | None) -> None:
     return None
 
 

@@ -36,7 +36,7 @@ class BM25Index:
         self._stemmer = Stemmer.Stemmer(settings.stemmer)
         self.size = int(retriever.scores["num_docs"])
 
-    def _tokenize(self, texts: Sequence[str], *, return_ids: bool, show_progress: bool = False):  # noqa: ANN202
+    def _tokenize(self, texts: Sequence[str], *, return_ids: bool, show_progress: bool = False):
         return bm25s.tokenize(list(texts), stopwords=self.settings.stopwords, stemmer=self._stemmer,
                               return_ids=return_ids, show_progress=show_progress)
 
@@ -58,7 +58,7 @@ class BM25Index:
             raise IndexNotFoundError(f"index is incomplete: BM25 files missing in '{directory}'; rebuild the index")
         try:
             retriever = bm25s.BM25.load(str(directory))
-        except Exception as err:  # noqa: BLE001 - any load failure means a corrupt index
+        except Exception as err:
             raise IndexNotFoundError(f"BM25 index in '{directory}' is corrupt ({err}); rebuild the index") from err
         return cls(retriever, settings)
 

@@ -26,7 +26,7 @@ class JudgedQueries:
         """Hold out a seeded random fraction of *queries* (never pairs of one query on both sides)."""
         ids = sorted(self.qrels)
         random.Random(seed).shuffle(ids)
-        n_val = int(round(len(ids) * validation_fraction))
+        n_val = round(len(ids) * validation_fraction)
         val, train = set(ids[:n_val]), set(ids[n_val:])
         return self._subset(train), self._subset(val)
 
