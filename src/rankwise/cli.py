@@ -64,6 +64,7 @@ def index(
     no_dense: Annotated[bool, typer.Option("--no-dense", help="Lexical-only index (no vectors).")] = False,
     passage_tokens: Annotated[int, typer.Option(help="Max tokens per passage.")] = 256,
     overlap: Annotated[int, typer.Option(help="Tokens shared by consecutive passages.")] = 48,
+    embedding_backend: Annotated[str, typer.Option(help="Bi-encoder inference: torch | onnx | onnx-int8.")] = "torch",
     allow_download: AllowDownload = False,
 ) -> None:
     """Build or update an index (atomic; unchanged passages keep their vectors)."""
@@ -72,6 +73,7 @@ def index(
         os.environ["RANKWISE_ALLOW_DOWNLOAD"] = "1"
     from rankwise.corpus.chunking import ChunkingSettings
     from rankwise.index import Index
+    from rankwise.index.dense import Embedder
 
     chunking = ChunkingSettings(max_tokens=passage_tokens, overlap=overlap)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -83,8 +85,9 @@ def index(
                 tasks[stage] = bars.add_task(stage, total=total)
             bars.update(tasks[stage], completed=done, total=total)
 
+        embedder = None if no_dense else Embedder(embedding_model, backend=embedding_backend)  # type: ignore[arg-type]
         built = Index.build(source, index_dir, embedding_model=None if no_dense else embedding_model,
-                            chunking=chunking, progress=progress)
+                            chunking=chunking, progress=progress, embedder=embedder)
     m = built.manifest
     stats = m.stats
     out.print(f"[green]indexed[/] {m.num_documents} documents → {m.num_passages} passages in {index_dir} "
@@ -117,6 +120,7 @@ def search(
     alpha: Annotated[float, typer.Option(help="Dense weight for convex fusion.")] = 0.5,
     granularity: Annotated[str, typer.Option(help="document (MaxP) | passage")] = "document",
     max_length: Annotated[int, typer.Option(help="Reranker tokens per pair.")] = 512,
+    backend: Annotated[str, typer.Option(help="Reranker inference: torch | onnx | onnx-int8.")] = "torch",
     filter_: Annotated[list[str], typer.Option("--filter", help="Metadata filter key=value (repeatable).")] = [],  # noqa: B006
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     allow_download: AllowDownload = False,
@@ -131,7 +135,7 @@ def search(
 
     validate_query(query)
     idx = Index(index_dir)
-    pipeline = Pipeline(idx, load_reranker(reranker, max_length=max_length), first_stage=first_stage,
+    pipeline = Pipeline(idx, load_reranker(reranker, max_length=max_length, backend=backend), first_stage=first_stage,
                         retrieve_k=retrieve_k, rerank_k=rerank_k, fusion=fusion, alpha=alpha,
                         granularity=granularity)  # type: ignore[arg-type]
     response = pipeline.search(query, k=k, filters=_parse_filters(filter_))
@@ -175,6 +179,14 @@ def info(index_dir: IndexOpt) -> None:
 from rankwise.training.commands import register as _register_training  # noqa: E402
 
 _register_training(app, friendly_errors)
+
+from rankwise.evaluation.commands import register as _register_eval  # noqa: E402
+
+_register_eval(app)
+
+from rankwise.serving.commands import register as _register_serving  # noqa: E402
+
+_register_serving(app)
 
 
 def main() -> None:

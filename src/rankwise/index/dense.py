@@ -1,5 +1,10 @@
 """Dense retrieval: a sentence-transformers bi-encoder and an exact FAISS inner-product index.
 
+The bi-encoder runs on eager PyTorch (sentence-transformers ``encode``) or on ONNX Runtime (fp32 or int8,
+the same export/cache machinery as the cross-encoder, :mod:`rankwise.rerank.onnx_backend`). The ONNX graph
+is the whole sentence-transformers module stack (transformer, pooling, normalisation), so pooling
+semantics are the model's own, not a re-implementation.
+
 Vectors are L2-normalised so inner product is cosine similarity. The index is exact (``IndexFlatIP``):
 at the corpus sizes rankwise targets (up to a few million passages) exact search is fast enough, needs
 no training and can never silently miss a neighbour the way an approximate index can.
@@ -14,8 +19,17 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from rankwise.errors import IndexNotFoundError, ModelError
+from rankwise.errors import IndexNotFoundError, ModelError, QueryError
 from rankwise.models import resolve_model, weights_sha256
+from rankwise.rerank.batching import pad_batch, run_batched
+from rankwise.rerank.onnx_backend import (
+    Backend,
+    OnnxRunner,
+    check_backend,
+    export_module,
+    model_inputs,
+    onnx_model,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,30 +39,70 @@ class EmbeddingModelInfo:
     sha256: str
     dim: int
     max_seq_length: int
+    #: inference backend the vectors came from (``torch``, ``onnx``, ``onnx-int8``): int8 vectors differ slightly
+    backend: str = "torch"
 
 
 class Embedder:
-    """Encodes passages and queries with a sentence-transformers model loaded from a local directory."""
+    """Encodes passages and queries with a sentence-transformers model loaded from a local directory.
 
-    def __init__(self, model: str = "minilm", *, batch_size: int = 64, device: str = "cpu") -> None:
+    Args:
+        model: local directory, hub id in the local cache, or ``minilm`` (the bundled all-MiniLM-L6-v2).
+        backend: ``torch`` (sentence-transformers ``encode``), ``onnx`` (fused fp32) or ``onnx-int8``.
+        batch_size: texts per forward pass (torch); the cap on rows per batch for ONNX.
+        batch_tokens: ONNX token budget per forward pass (length-sorted batches, bounded memory).
+        threads: ONNX Runtime intra-op threads (default: all cores).
+    """
+
+    def __init__(self, model: str = "minilm", *, backend: Backend = "torch", batch_size: int = 64,
+                 batch_tokens: int = 16384, device: str = "cpu", threads: int | None = None) -> None:
         from sentence_transformers import SentenceTransformer
 
+        check_backend(backend)
+        if backend != "torch" and device != "cpu":
+            raise QueryError(f"the {backend} backend runs on the CPU; use backend='torch' for device '{device}'")
         path = resolve_model(model)
         try:
             self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
         except Exception as err:  # noqa: BLE001 - report any load failure as one line
             raise ModelError(f"cannot load embedding model '{model}' from {path}: {err}") from err
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         dim = self.model.get_embedding_dimension()
         self.info = EmbeddingModelInfo(
             model=model, path=str(path), sha256=weights_sha256(path), dim=int(dim or 0),
-            max_seq_length=int(self.model.max_seq_length),
+            max_seq_length=int(self.model.max_seq_length), backend=backend,
         )
+        self._onnx = None if backend == "torch" else OnnxRunner(
+            onnx_model(path, "embedder", backend, lambda dest: _export_sentence_transformer(path, dest)),
+            threads=threads)
 
     def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
-        vectors = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
-                                    normalize_embeddings=True, show_progress_bar=show_progress)
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        """L2-normalised float32 vectors, one row per text (``show_progress``: torch backend only)."""
+        if self._onnx is None:
+            vectors = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
+                                        normalize_embeddings=True, show_progress_bar=show_progress)
+            return np.ascontiguousarray(vectors, dtype=np.float32)
+        if not texts:
+            return np.empty((0, self.info.dim), dtype=np.float32)
+        tokenizer = self.model.tokenizer
+        enc = tokenizer(list(texts), truncation=True, max_length=self.info.max_seq_length, return_token_type_ids=True)
+        rows, types, runner = enc["input_ids"], enc["token_type_ids"], self._onnx
+        vectors, _ = run_batched(rows, lambda b: runner(pad_batch([rows[i] for i in b], [types[i] for i in b],
+                                                                  tokenizer.pad_token_id or 0)),
+                                 self.batch_tokens, max_rows=self.batch_size)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def _export_sentence_transformer(path: Path, dest: Path) -> None:
+    """Trace the full module stack to ``sentence_embedding``, reloaded with eager attention for ORT's fusions."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(path), device="cpu", local_files_only=True,
+                                model_kwargs={"attn_implementation": "eager"}).eval()
+    export_module(lambda features: model(features)["sentence_embedding"], model, model_inputs(model.tokenizer),
+                  "sentence_embedding", dest)
 
 
 class VectorIndex:

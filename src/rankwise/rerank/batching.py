@@ -8,7 +8,9 @@ candidates. Sorting by length is safe: outputs are put back in input order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+import numpy as np
 
 
 def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_rows: int = 256) -> list[list[int]]:
@@ -39,3 +41,40 @@ def padding_ratio(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> f
     real = sum(lengths)
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     return 0.0 if padded == 0 else 1.0 - real / padded
+
+
+def pad_batch(rows: Sequence[Sequence[int]], token_types: Sequence[Sequence[int]] | None, pad_id: int
+              ) -> dict[str, np.ndarray]:
+    """Right-pad token id rows into the ``input_ids``/``attention_mask``/``token_type_ids`` int64 arrays.
+
+    Every backend (torch, ONNX Runtime) takes these same arrays, so padding lives in one place and the
+    backends only differ in the forward call.
+    """
+    width = max(len(r) for r in rows)
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+    type_ids = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = row
+        attention_mask[i, : len(row)] = 1
+        if token_types is not None:
+            type_ids[i, : len(row)] = token_types[i]
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": type_ids}
+
+
+def run_batched(rows: Sequence[Sequence[int]], forward: Callable[[list[int]], np.ndarray], max_tokens: int,
+                max_rows: int = 256) -> tuple[np.ndarray, list[list[int]]]:
+    """Run ``forward(indices)`` over token-budget batches of ``rows``; outputs come back in input order.
+
+    ``forward`` receives the indices of one batch and returns one output row per index (a logit or a
+    vector). Returns the stacked outputs and the batches (for :func:`padding_ratio` and stats).
+    """
+    lengths = [len(r) for r in rows]
+    batches = token_budget_batches(lengths, max_tokens, max_rows)
+    out: np.ndarray | None = None
+    for batch in batches:
+        values = np.asarray(forward(batch), dtype=np.float32)
+        if out is None:
+            out = np.empty((len(rows), *values.shape[1:]), dtype=np.float32)
+        out[batch] = values
+    return (out if out is not None else np.empty(0, dtype=np.float32)), batches

@@ -13,7 +13,7 @@ from rich.table import Table
 out = Console()
 
 
-def _registry(root: Path | None):  # noqa: ANN202
+def _registry(root: Path | None):
     from rankwise.registry import Registry
 
     return Registry(root)
@@ -124,6 +124,51 @@ def diff(a: str, b: str, registry: RegistryOpt = None) -> None:
 def _short(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, str) else value
     return text if len(text) <= 80 else text[:77] + "…"
+
+
+@models_app.command("promote")
+def promote(
+    version: Annotated[str, typer.Argument(help="Version or alias to promote.")] = "candidate",
+    index_dir: Annotated[Path | None, typer.Option("--index", "-i", help="Index the gold set is evaluated on.")] = None,
+    dataset: Annotated[Path | None, typer.Option(help="BEIR dataset dir (with --split).")] = None,
+    split: Annotated[str, typer.Option(help="Qrels split of --dataset.")] = "test",
+    goldset: Annotated[Path | None, typer.Option(help="Gold set JSONL instead of --dataset.")] = None,
+    first_stage: Annotated[str, typer.Option(help="First stage both rerankers rerank.")] = "hybrid",
+    metric: Annotated[str, typer.Option(help="Metric the gain is measured on.")] = "nDCG@5",
+    min_gain: Annotated[float, typer.Option(help="Required relative gain (0.05 = +5%).")] = 0.05,
+    max_latency_regression: Annotated[float, typer.Option(help="Allowed p95 latency increase (0.25 = +25%).")] = 0.25,
+    force: Annotated[bool, typer.Option("--force", help="Promote without the gate (recorded in history).")] = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """Promote a version to production if it beats production on a gold set (or --force, recorded)."""
+    from rankwise.errors import QueryError
+
+    reg = _registry(registry)
+    target = reg.get(version).version
+    if force:
+        reg.promote(target, forced=True)
+        out.print(f"[yellow]{target} forced to production (recorded in {reg.history_file})[/]")
+        return
+    if index_dir is None or (dataset is None) == (goldset is None):
+        raise QueryError("the promotion gate needs --index and exactly one of --dataset/--goldset (or use --force)")
+    from rankwise.evaluation.goldset import GoldSet
+    from rankwise.index import Index
+    from rankwise.training.promotion import check_promotion
+
+    index = Index(index_dir)
+    gold = GoldSet.from_beir(dataset, split) if dataset else GoldSet.load(goldset)  # type: ignore[arg-type]
+    prepared = gold.prepare(known_documents=set(index.passage_doc_ids))
+    with out.status(f"evaluating {target} against production…"):
+        decision = check_promotion(reg, index, prepared, candidate=target, first_stage=first_stage, metric=metric,
+                                   min_gain=min_gain, max_latency_regression=max_latency_regression)
+    out.print(f"{metric}: {target} {decision.candidate_value:.4f} vs {decision.against} {decision.baseline_value:.4f} "
+              f"({decision.relative_gain:+.1%}, required > {min_gain:+.1%}); p95 {decision.candidate_p95_ms:.0f} ms")
+    if not decision.passed:
+        for reason in decision.reasons:
+            out.print(f"[red]refused:[/] {reason}")
+        raise typer.Exit(1)
+    reg.promote(target, gate=decision.to_dict())
+    out.print(f"[green]{target} promoted to production[/]")
 
 
 @models_app.command("rollback")

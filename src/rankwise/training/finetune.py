@@ -133,14 +133,13 @@ def train_cross_encoder(
     if not train:
         raise QueryError("no training groups: no judged query has a positive document in the index")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
     from datasets import Dataset
     from sentence_transformers import CrossEncoder
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
     from transformers import EarlyStoppingCallback, set_seed
     from transformers.trainer_utils import get_last_checkpoint
-
-    import torch
 
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -1,0 +1,18 @@
+"""The reranking service behind ``rankwise serve``.
+
+Modules, in the order a request meets them:
+
+* :mod:`~rankwise.serving.config` — :class:`ServeConfig`, every limit and setting in one value object;
+* :mod:`~rankwise.serving.state` — :func:`load_state` opens the index, loads the reranker, connects cache,
+  keys and audit log (user mistakes fail here, before the server listens);
+* :mod:`~rankwise.serving.app` — :func:`create_app`, the FastAPI routes, auth, error bodies, audit hooks;
+* :mod:`~rankwise.serving.schemas` — request/response models (Cohere-compatible ``/v1/rerank``);
+* :mod:`~rankwise.serving.service` — cached, batched scoring within a latency budget, and search;
+* :mod:`~rankwise.serving.batcher` / :mod:`~rankwise.serving.scoring` — cross-request micro-batching;
+* :mod:`~rankwise.serving.cache`, :mod:`~rankwise.serving.auth`, :mod:`~rankwise.serving.audit`,
+  :mod:`~rankwise.serving.metrics` — score cache, API keys and rate limits, audit log, Prometheus metrics;
+* :mod:`~rankwise.serving.commands` — the ``serve``, ``keys`` and ``audit`` CLI commands.
+
+Nothing is imported here: ``rankwise.cli`` imports :mod:`~rankwise.serving.commands` on every run, and
+the serving stack (FastAPI, uvicorn, torch) should load only when a serving command runs.
+"""

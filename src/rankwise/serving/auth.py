@@ -1,0 +1,180 @@
+"""API keys, roles and per-key rate limits.
+
+A key looks like ``rk_<id>_<secret>``. The keys file (JSON) stores only ``sha256(secret)``: the secret is
+printed once by ``rankwise keys add`` and never written anywhere. sha256 rather than a slow KDF (scrypt)
+because secrets are 256-bit random strings, not passwords: nobody can brute-force them, and a slow hash
+would add milliseconds to every request. Comparison is constant-time (:func:`hmac.compare_digest`).
+
+Roles: ``search`` may call ``/v1/search``, ``rerank`` may call ``/v1/rerank``, ``admin`` may call both.
+The server re-reads the file when its modification time changes, so adding or revoking a key takes
+effect without a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rankwise.errors import RankwiseError
+from rankwise.serving.config import RateLimit
+
+ROLES: tuple[str, ...] = ("search", "rerank", "admin")
+_TOKEN = re.compile(r"^rk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,})$")
+
+
+class KeyFileError(RankwiseError):
+    """The keys file is missing, unreadable or malformed, or a key option is invalid."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    name: str
+    roles: tuple[str, ...]
+    sha256: str
+    created: str
+    rate_per_s: float | None = None
+    burst: int | None = None
+
+    def allows(self, role: str) -> bool:
+        return role in self.roles or "admin" in self.roles
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class KeyStore:
+    """The keys file: ``{"keys": [ApiKey, ...]}``, rewritten atomically (temp file + rename)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._stamp: int | None = None
+        self._keys: dict[str, ApiKey] = {}
+
+    # ------------------------------------------------------------------ admin (CLI)
+    def add(self, roles: list[str], *, name: str = "", rate_per_s: float | None = None,
+            burst: int | None = None) -> tuple[ApiKey, str]:
+        """Create a key; returns it and the full token (show it once, it is not stored)."""
+        unknown = sorted(set(roles) - set(ROLES))
+        if not roles or unknown:
+            raise KeyFileError(f"give at least one --role from {', '.join(ROLES)}"
+                               + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+        if (rate_per_s is not None and rate_per_s <= 0) or (burst is not None and burst < 1):
+            raise KeyFileError("--rate must be > 0 requests per second and --burst >= 1")
+        keys = self._read() if self.path.exists() else {}
+        key_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        key = ApiKey(id=key_id, name=name, roles=tuple(dict.fromkeys(roles)), sha256=_hash(secret),
+                     created=datetime.now(UTC).isoformat(timespec="seconds"), rate_per_s=rate_per_s, burst=burst)
+        keys[key_id] = key
+        self._write(keys)
+        return key, f"rk_{key_id}_{secret}"
+
+    def revoke(self, key_id: str) -> ApiKey:
+        keys = self._read()
+        if key_id not in keys:
+            raise KeyFileError(f"no key with id '{key_id}' in {self.path}; list them with `rankwise keys list`")
+        removed = keys.pop(key_id)
+        self._write(keys)
+        return removed
+
+    def list(self) -> list[ApiKey]:
+        return sorted(self._read().values(), key=lambda k: k.created)
+
+    # ------------------------------------------------------------------ server
+    def authenticate(self, token: str) -> ApiKey | None:
+        """The key a bearer token belongs to, or ``None`` (unknown, revoked or malformed)."""
+        match = _TOKEN.match(token)
+        if not match:
+            return None
+        key = self._current().get(match.group(1))
+        if key is None or not hmac.compare_digest(key.sha256, _hash(match.group(2))):
+            return None
+        return key
+
+    def check(self) -> int:
+        """Load the file now (server start), so a broken keys file stops the server with one line."""
+        return len(self._current())
+
+    def _current(self) -> dict[str, ApiKey]:
+        try:
+            stamp = self.path.stat().st_mtime_ns
+        except OSError as err:
+            raise KeyFileError(f"keys file '{self.path}' is not readable ({err}); "
+                               "create it with `rankwise keys add --keys FILE --role ...`") from err
+        with self._lock:
+            if stamp != self._stamp:
+                self._keys, self._stamp = self._read(), stamp
+            return self._keys
+
+    def _read(self) -> dict[str, ApiKey]:
+        try:
+            data = json.loads(self.path.read_text())
+            keys = [ApiKey(**{**k, "roles": tuple(k["roles"])}) for k in data["keys"]]
+        except FileNotFoundError as err:
+            raise KeyFileError(f"keys file '{self.path}' does not exist; create a key with "
+                               f"`rankwise keys add --keys {self.path} --role rerank`") from err
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise KeyFileError(f"keys file '{self.path}' is malformed ({type(err).__name__}: {err}); "
+                               "recreate it with `rankwise keys add`") from err
+        return {k.id: k for k in keys}
+
+    def _write(self, keys: dict[str, ApiKey]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # hashes only, but still private
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"keys": [asdict(k) for k in keys.values()]}, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    updated: float = field(default_factory=time.monotonic)
+
+
+class RateLimiter:
+    """Per-key token buckets, in process.
+
+    Hand-written because it is a dozen lines and needs no storage; a multi-replica deployment would move
+    the buckets to Redis (the cache's server), which this interface allows without touching callers.
+    """
+
+    def __init__(self, default: RateLimit) -> None:
+        self.default = default
+        self._buckets: dict[str, _Bucket] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key_id: str, limit: RateLimit | None = None) -> float:
+        """Take one token; returns 0 if allowed, else the seconds until a token is available."""
+        limit = limit or self.default
+        now = time.monotonic()
+        with self._lock:
+            bucket = self._buckets.setdefault(key_id, _Bucket(float(limit.burst), now))
+            bucket.tokens = min(float(limit.burst), bucket.tokens + (now - bucket.updated) * limit.per_second)
+            bucket.updated = now
+            if bucket.tokens >= 1.0:
+                bucket.tokens -= 1.0
+                return 0.0
+            return (1.0 - bucket.tokens) / limit.per_second
+
+
+def key_rate_limit(key: ApiKey, default: RateLimit) -> RateLimit:
+    """A key's own limit where it has one, the server default otherwise."""
+    if key.rate_per_s is None and key.burst is None:
+        return default
+    return RateLimit(key.rate_per_s or default.per_second, key.burst or default.burst)

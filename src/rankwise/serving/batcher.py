@@ -1,0 +1,122 @@
+"""Cross-request micro-batching on one worker thread.
+
+Handlers ``submit`` a (query, texts) job and get a :class:`concurrent.futures.Future`; the event loop
+awaits it with ``asyncio.wrap_future`` and so is never blocked by inference. The single worker thread is
+the only code that touches the model and its tokenizer (fast tokenizers are not safe to share between
+threads), so no locks are needed around them.
+
+A round starts with the oldest job, then takes more queued jobs until ``max_wait_ms`` has passed since the
+round began or the round holds ``max_tokens`` tokens / ``max_requests`` jobs; whatever queued up while the
+previous round was computing joins immediately. Jobs whose caller gave up (latency budget spent) are
+cancelled and skipped if they have not started.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from rankwise.serving.config import BatchingSettings
+from rankwise.serving.metrics import ServingMetrics
+from rankwise.serving.scoring import EncodedRequest, PairBatchScorer, RequestScores
+
+log = logging.getLogger("rankwise.serving")
+
+
+@dataclass(slots=True)
+class _Job:
+    query: str
+    texts: Sequence[str]
+    max_tokens_per_doc: int | None
+    future: Future[RequestScores] = field(default_factory=Future)
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+
+class MicroBatcher:
+    """One worker thread that scores queued jobs in shared forward passes."""
+
+    def __init__(self, scorer: PairBatchScorer, settings: BatchingSettings, metrics: ServingMetrics) -> None:
+        self.scorer = scorer
+        self.settings = settings
+        self.metrics = metrics
+        self._queue: queue.Queue[_Job | None] = queue.Queue()  # None stops the worker
+        self._thread = threading.Thread(target=self._run, name="rankwise-batcher", daemon=True)
+        metrics.track_queue(self._queue.qsize)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish queued work, then stop the worker."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    def submit(self, query: str, texts: Sequence[str], max_tokens_per_doc: int | None = None) -> Future[RequestScores]:
+        job = _Job(query, list(texts), max_tokens_per_doc)
+        self._queue.put(job)
+        return job.future
+
+    # ------------------------------------------------------------------ worker thread
+    def _run(self) -> None:
+        while (first := self._queue.get()) is not None:
+            round_, stop = self._collect(first)
+            if round_:
+                self._score(round_)
+            if stop:
+                return
+
+    def _collect(self, first: _Job) -> tuple[list[tuple[_Job, EncodedRequest]], bool]:
+        """The jobs of one round (tokenized), and whether the stop signal was seen."""
+        round_: list[tuple[_Job, EncodedRequest]] = []
+        tokens = 0
+        deadline = time.perf_counter() + self.settings.max_wait_ms / 1000.0
+        item: _Job | None = first
+        while item is not None:
+            encoded = self._encode(item)
+            if encoded is not None:
+                round_.append((item, encoded))
+                tokens += encoded.tokens
+            if len(round_) >= self.settings.requests_per_round or tokens >= self.settings.max_tokens:
+                return round_, False
+            remaining = deadline - time.perf_counter()
+            try:
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return round_, False
+        return round_, True
+
+    def _encode(self, job: _Job) -> EncodedRequest | None:
+        """Tokenize a job; ``None`` if its caller already gave up or its input was refused."""
+        if not job.future.set_running_or_notify_cancel():
+            return None
+        try:
+            return self.scorer.encode(job.query, job.texts, job.max_tokens_per_doc)
+        except Exception as error:  # noqa: BLE001 - the error belongs to that request, not to the round
+            job.future.set_exception(error)
+            return None
+
+    def _score(self, round_: list[tuple[_Job, EncodedRequest]]) -> None:
+        started = time.perf_counter()
+        try:
+            results = self.scorer.score_round([enc for _, enc in round_])
+        except Exception as error:
+            log.exception("scoring a round of %d requests failed", len(round_))
+            for job, _ in round_:
+                job.future.set_exception(error)
+            return
+        done = time.perf_counter()
+        self.metrics.batch_requests.observe(len(round_))
+        self.metrics.batch_pairs.observe(sum(enc.num_texts for _, enc in round_))
+        if results:
+            self.metrics.forward_passes.inc(results[0].scores.stats["round_batches"])
+        for (job, _), result in zip(round_, results, strict=True):
+            result.queue_ms = (started - job.submitted) * 1000.0
+            result.inference_ms = (done - started) * 1000.0
+            job.future.set_result(result)

@@ -1,0 +1,147 @@
+"""Score cache: skip the model for (query, passage) pairs it has already scored.
+
+The key is ``sha256(scoring fingerprint, query, sha256(passage))``. The *scoring fingerprint* covers the
+reranker's weights sha256 and every setting that changes a score (max_length, long-document handling,
+stride, backend, ... and the request's ``max_tokens_per_doc``), so a new model or new preprocessing can
+never be answered with old scores: it simply looks up different keys. Values are the raw logit and
+whether the passage was split into windows; the calibrated score is recomputed with the same fixed
+sigmoid as :mod:`rankwise.rerank.base`, so a cached answer equals a freshly computed one.
+
+Backends: an in-process LRU (default) or Redis (shared by server replicas, survives restarts). A Redis
+failure while serving is logged, counted and treated as a miss: the cache may make requests faster,
+never make them fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Protocol
+
+from rankwise.rerank.base import Reranker
+from rankwise.serving.config import ServeConfigError
+
+log = logging.getLogger("rankwise.serving")
+
+#: a cached score: (raw logit, passage was split into windows)
+Entry = tuple[float, bool]
+_SCALARS = (str, int, float, bool)
+_KEY_PREFIX = "rankwise:score:"
+
+
+def scoring_fingerprint(reranker: Reranker) -> str:
+    """Everything about the reranker that determines its score for a pair.
+
+    The weights sha256 plus every public scalar attribute of the reranker except its display ``name`` —
+    generic on purpose, so a setting added later (e.g. an ONNX ``backend``) is covered without this
+    module having to know about it.
+    """
+    settings = {k: v for k, v in getattr(reranker, "__dict__", {}).items()
+                if not k.startswith("_") and k != "name" and isinstance(v, _SCALARS)}
+    settings["weights_sha256"] = reranker.weights_sha256
+    payload = json.dumps({"class": type(reranker).__name__, "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def score_keys(fingerprint: str, query: str, texts: Sequence[str], *, max_tokens_per_doc: int | None = None) -> list[str]:
+    """One key per text: (reranker fingerprint, request preprocessing, query, sha256 of the text)."""
+    base = hashlib.sha256(f"{fingerprint}\x00{max_tokens_per_doc}\x00{query}\x00".encode())
+    keys = []
+    for text in texts:
+        h = base.copy()
+        h.update(hashlib.sha256(text.encode()).digest())
+        keys.append(h.hexdigest())
+    return keys
+
+
+class ScoreCache(Protocol):
+    backend: str
+
+    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]: ...
+
+    async def set_many(self, entries: dict[str, Entry]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryScoreCache:
+    """A bounded LRU in this process. Plain OrderedDict: lookups are O(1) and never leave the event loop
+    for long, so a library (cachetools) would add a dependency for ~15 lines."""
+
+    backend = "memory"
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._data: OrderedDict[str, Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        out: list[Entry | None] = []
+        with self._lock:
+            for key in keys:
+                entry = self._data.get(key)
+                if entry is not None:
+                    self._data.move_to_end(key)
+                out.append(entry)
+        return out
+
+    async def set_many(self, entries: dict[str, Entry]) -> None:
+        if self.max_entries == 0:
+            return
+        with self._lock:
+            self._data.update(entries)
+            for key in entries:
+                self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisScoreCache:
+    """Scores in Redis (``redis.asyncio``), with a TTL so an abandoned model's keys age out."""
+
+    backend = "redis"
+
+    def __init__(self, url: str, ttl_s: int) -> None:
+        import redis
+        import redis.asyncio
+
+        try:  # fail at startup with one line, not on the first request
+            redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+        except (redis.RedisError, ValueError) as err:
+            raise ServeConfigError(f"cannot reach Redis at {url} ({err}); start it or use --cache memory") from err
+        self._client = redis.asyncio.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.ttl_s = ttl_s
+
+    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        if not keys:
+            return []
+        values = await self._client.mget([_KEY_PREFIX + k for k in keys])
+        return [None if v is None else _decode(v) for v in values]
+
+    async def set_many(self, entries: dict[str, Entry]) -> None:
+        if not entries:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key, (raw, split) in entries.items():
+                pipe.set(_KEY_PREFIX + key, f"{raw!r} {int(split)}", ex=self.ttl_s)
+            await pipe.execute()
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _decode(value: bytes) -> Entry:
+    raw, split = value.split()
+    return float(raw), split == b"1"
+
+
+def open_score_cache(spec: str, *, size: int, ttl_s: int) -> ScoreCache:
+    """``memory`` → in-process LRU of ``size`` entries; ``redis://...`` → Redis (checked now)."""
+    return MemoryScoreCache(size) if spec == "memory" else RedisScoreCache(spec, ttl_s)

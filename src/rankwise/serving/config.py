@@ -1,0 +1,123 @@
+"""Server settings: one frozen value object built by ``rankwise serve`` (or by hand in Python).
+
+Every limit the server enforces lives here so it can be read, logged and tested in one place.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from rankwise.errors import RankwiseError
+from rankwise.pipeline import MAX_QUERY_CHARS
+from rankwise.types import FIRST_STAGE_METHODS
+
+
+class ServeConfigError(RankwiseError):
+    """A server option is invalid or inconsistent (bad limit, unreachable cache, unsafe binding)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Request size limits; exceeding one is answered with HTTP 413 and a message naming the limit."""
+
+    max_documents: int = 1000
+    max_document_chars: int = 20_000
+    max_query_chars: int = MAX_QUERY_CHARS
+    max_body_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_documents", "max_document_chars", "max_query_chars", "max_body_bytes"):
+            if getattr(self, name) <= 0:
+                raise ServeConfigError(f"--{name.replace('_', '-')} must be positive")
+        if self.max_query_chars > MAX_QUERY_CHARS:
+            raise ServeConfigError(f"--max-query-chars can be at most {MAX_QUERY_CHARS} (the pipeline's own limit)")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingSettings:
+    """Cross-request micro-batching.
+
+    The worker starts a round with the oldest queued request, then keeps taking queued requests for at
+    most ``max_wait_ms`` or until the round holds ``max_tokens`` tokens / ``max_requests`` requests, and
+    scores the whole round in shared forward passes. ``enabled=False`` makes every round one request
+    (still on the worker thread), which is the "off" arm of the benchmark.
+    """
+
+    enabled: bool = True
+    max_wait_ms: float = 2.0
+    max_tokens: int = 65_536
+    max_requests: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_wait_ms < 0 or self.max_tokens <= 0 or self.max_requests <= 0:
+            raise ServeConfigError("batching: --batch-wait-ms must be >= 0, --batch-tokens and "
+                                   "--batch-requests positive")
+
+    @property
+    def requests_per_round(self) -> int:
+        return self.max_requests if self.enabled else 1
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Token bucket: ``per_second`` sustained requests, bursts of up to ``burst``."""
+
+    per_second: float = 20.0
+    burst: int = 40
+
+    def __post_init__(self) -> None:
+        if self.per_second <= 0 or self.burst < 1:
+            raise ServeConfigError("rate limit: requests per second must be > 0 and burst >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """Everything ``rankwise serve`` needs.
+
+    ``keys=None`` disables authentication, which is only allowed on a loopback address: a server
+    reachable from other machines must know who is calling it.
+    """
+
+    index: Path | None = None
+    reranker: str | None = None
+    max_length: int = 512
+    host: str = "127.0.0.1"
+    port: int = 8080
+    first_stage: str = "hybrid"
+    retrieve_k: int = 100
+    rerank_k: int = 100
+    cache: str = "memory"
+    cache_size: int = 100_000
+    cache_ttl_s: int = 7 * 24 * 3600
+    keys: Path | None = None
+    audit: Path | None = None
+    timeout_ms: int = 30_000
+    batching: BatchingSettings = BatchingSettings()
+    limits: Limits = Limits()
+    rate_limit: RateLimit = RateLimit()
+
+    def __post_init__(self) -> None:
+        if self.index is None and self.reranker is None:
+            raise ServeConfigError("nothing to serve: pass --index DIR (for /v1/search) and/or --reranker (for /v1/rerank)")
+        if self.first_stage not in FIRST_STAGE_METHODS:
+            raise ServeConfigError(f"unknown first stage '{self.first_stage}'; choose {', '.join(FIRST_STAGE_METHODS)}")
+        if self.timeout_ms <= 0:
+            raise ServeConfigError("--timeout-ms must be positive")
+        if self.cache_size < 0 or self.cache_ttl_s <= 0:
+            raise ServeConfigError("--cache-size must be >= 0 (0 disables the in-process cache) and --cache-ttl positive")
+        if not (self.cache == "memory" or self.cache.startswith(("redis://", "rediss://", "unix://"))):
+            raise ServeConfigError(f"--cache must be 'memory' or a redis:// URL (got '{self.cache}')")
+        if self.keys is None and not is_loopback(self.host):
+            raise ServeConfigError(f"refusing to serve on {self.host} without authentication: pass --keys FILE "
+                                   "(create keys with `rankwise keys add`) or bind to 127.0.0.1")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

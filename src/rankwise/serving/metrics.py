@@ -1,0 +1,65 @@
+"""Prometheus metrics of the service, on a registry of their own (so two apps in one process never clash).
+
+Names follow Prometheus conventions: ``_seconds`` histograms, ``_total`` counters. The cache hit ratio is
+also exported pre-computed (lifetime) because that is what operators look at first; use the counters for
+windowed ratios in PromQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class ServingMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._hits = self._misses = 0
+        r = self.registry
+        self.stage_seconds = Histogram(
+            "rankwise_stage_seconds", "Latency per stage (first_stage, cache, queue, inference, rerank, total)",
+            ["endpoint", "stage"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.requests = Counter("rankwise_requests", "HTTP requests by endpoint and status code",
+                                ["endpoint", "status"], registry=r)
+        self.batch_requests = Histogram("rankwise_batch_requests", "Requests scored together in one batching round",
+                                        buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128), registry=r)
+        self.batch_pairs = Histogram("rankwise_batch_pairs", "(query, passage) pairs scored in one batching round",
+                                     buckets=(1, 5, 10, 25, 50, 100, 200, 400, 800, 1600, 3200, 6400), registry=r)
+        self.forward_passes = Counter("rankwise_forward_passes", "Model forward passes run by the batcher",
+                                      registry=r)
+        self.queue_depth = Gauge("rankwise_queue_depth", "Requests waiting for the batching worker", registry=r)
+        self.cache_lookups = Counter("rankwise_cache_lookups", "Score cache lookups per passage", ["result"],
+                                     registry=r)
+        self.cache_errors = Counter("rankwise_cache_errors", "Cache backend failures (served as misses)", registry=r)
+        self.cache_hit_ratio = Gauge("rankwise_cache_hit_ratio", "Lifetime share of passage lookups served from cache",
+                                     registry=r)
+        self.cache_hit_ratio.set_function(self._hit_ratio)
+        self.degraded = Counter("rankwise_degraded", "Responses returned in first-stage order because the latency "
+                                "budget ran out", ["endpoint"], registry=r)
+        self.rejected = Counter("rankwise_rejected", "Requests refused before any work",
+                                ["reason"], registry=r)
+        self.model = Info("rankwise_model", "Versions being served", registry=r)
+        self.ready = Gauge("rankwise_ready", "1 once the model is loaded and warmed", registry=r)
+
+    def count_cache(self, hits: int, misses: int) -> None:
+        self.cache_lookups.labels("hit").inc(hits)
+        self.cache_lookups.labels("miss").inc(misses)
+        self._hits += hits
+        self._misses += misses
+
+    def _hit_ratio(self) -> float:
+        total = self._hits + self._misses
+        return self._hits / total if total else 0.0
+
+    def track_queue(self, depth: Callable[[], int]) -> None:
+        self.queue_depth.set_function(lambda: float(depth()))
+
+    def observe_stages(self, endpoint: str, timings_ms: dict[str, float]) -> None:
+        for stage, ms in timings_ms.items():
+            self.stage_seconds.labels(endpoint, stage).observe(ms / 1000.0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

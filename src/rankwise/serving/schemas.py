@@ -1,0 +1,187 @@
+"""Request and response bodies (pydantic), which also generate the OpenAPI document at ``/openapi.json``.
+
+``/v1/rerank`` speaks Cohere's rerank API (v1 and v2 request fields) and infinity's ``raw_scores``
+extension, so existing clients work by changing the base URL. Unknown top-level fields are refused
+(422) rather than ignored: a misspelt ``top_n`` silently ignored would be a silently wrong answer.
+"""
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictFloat,
+    StrictStr,
+    StringConstraints,
+    Tag,
+)
+from pydantic_core import PydanticCustomError
+
+from rankwise.serving.config import Limits
+from rankwise.types import Provenance, SearchResult
+
+MAX_TIMEOUT_MS = 600_000
+MAX_K = 1000
+#: "contains a character Python's ``str.strip`` keeps" — the whitespace set spelled out, because ``\s`` means
+#: different things to Python, pydantic's Rust regex and the JSON Schema (ECMA) validators clients use.
+NON_BLANK = r"[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+#: metadata keys the docstore accepts: letters, digits, ``_ - .``, at least one letter or digit
+FILTER_KEY = r"^[A-Za-z0-9_.-]*[A-Za-z0-9][A-Za-z0-9_.-]*$"
+#: what a failed ``pattern`` means, in words (pydantic would print the regular expression)
+PATTERN_MESSAGES = {NON_BLANK: "must contain a non-whitespace character",
+                    FILTER_KEY: "metadata filter keys use letters, digits, '_', '-' and '.' only"}
+
+
+# Unions are routed by JSON type (pydantic "callable discriminators"), so a bad item gets one error
+# message instead of one per union member.
+def _document_kind(value: Any) -> str:
+    return "object" if isinstance(value, dict) else "string"
+
+
+def _scalar_kind(value: Any) -> str:
+    return "string" if isinstance(value, str) else "number"
+
+
+def _filter_kind(value: Any) -> str:
+    return "list" if isinstance(value, list) else "value"
+
+
+def _not_bool(value: Any) -> Any:
+    """JSON ``true`` is not the integer 1 (pydantic's lax mode would take it; strict mode would refuse 3.0)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "Input should be a valid integer, not a boolean")
+    return value
+
+
+# constraints first, then the bool check: that order keeps minimum/maximum in the JSON schema
+PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_not_bool)]
+TimeoutMs = Annotated[int, Field(ge=1, le=MAX_TIMEOUT_MS), BeforeValidator(_not_bool)]
+ResultCount = Annotated[int, Field(ge=1, le=MAX_K), BeforeValidator(_not_bool)]
+RerankCount = Annotated[int, Field(ge=0, le=MAX_K), BeforeValidator(_not_bool)]
+Scalar = Annotated[Annotated[StrictStr, Tag("string")] | Annotated[StrictFloat, Tag("number")],
+                   Discriminator(_scalar_kind)]
+FilterValue = Annotated[Annotated[Scalar, Tag("value")] | Annotated[list[Scalar], Tag("list")],
+                        Discriminator(_filter_kind)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The ``/v1/rerank`` and ``/v1/search`` request bodies with this server's limits in their schema.
+
+    Built per server because the limits are settings: putting them in the schema (maxLength, maxItems)
+    tells clients and schema-driven tools the real contract, and pydantic refuses violations with 422
+    and a message naming the field and the limit.
+    """
+    Query = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_query_chars, pattern=NON_BLANK)]
+    Text = Annotated[str, StringConstraints(max_length=limits.max_document_chars)]
+
+    class RerankDocument(BaseModel):
+        """A document object as Cohere accepts it; fields other than ``text`` are allowed and ignored."""
+
+        model_config = ConfigDict(extra="ignore")
+        text: Text
+
+    Document = Annotated[Annotated[Text, Tag("string")] | Annotated[RerankDocument, Tag("object")],
+                         Discriminator(_document_kind)]
+
+    class RerankRequest(_Strict):
+        model: StrictStr | None = Field(None, description="Omit, or pass the served model's name (see /readyz).")
+        query: Query = Field(..., description="The search query (must contain a non-whitespace character).")
+        documents: list[Document] = Field(..., min_length=1, max_length=limits.max_documents,
+                                          description="Texts (or {text} objects) to rank.")
+        top_n: PositiveInt | None = Field(None, description="Return only the best N results (default: all).")
+        return_documents: bool = Field(False, strict=True, description="Echo each document's text in its result.")
+        max_tokens_per_doc: PositiveInt | None = Field(None, description="Cut each document after this many tokens "
+                                               "before scoring (otherwise long ones are scored in windows, MaxP).")
+        raw_scores: bool = Field(False, strict=True, description="Also return each result's raw logit (`raw_score`).")
+        timeout_ms: TimeoutMs | None = Field(None,
+                                       description="Latency budget; when it runs out the input order is returned "
+                                       "with `meta.degraded = true` and null relevance scores.")
+
+    class SearchRequest(_Strict):
+        query: Query
+        k: ResultCount = Field(10, description="Results to return.")
+        first_stage: Literal["bm25", "dense", "hybrid"] | None = Field(None, description="Default: the server's.")
+        retrieve_k: ResultCount | None = Field(None, description="First-stage candidates (default: the server's).")
+        rerank_k: RerankCount | None = Field(None, description="Candidates the reranker scores.")
+        filters: dict[Annotated[str, StringConstraints(pattern=FILTER_KEY)], FilterValue] = Field(
+            default_factory=dict, json_schema_extra={"additionalProperties": False},
+            description="Metadata key = value (a list: any of).")
+        timeout_ms: TimeoutMs | None = Field(None,
+                                       description="Latency budget; when it runs out the first-stage order is "
+                                       "returned with `degraded = true`.")
+
+    return RerankRequest, SearchRequest
+
+
+class ResultDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int = Field(..., description="Position of the document in the request.")
+    relevance_score: float | None = Field(..., description="Calibrated 0..1 score (sigmoid of the logit); "
+                                          "null only in a degraded response.")
+    raw_score: float | None = Field(None, description="The model's logit (only with raw_scores).")
+    document: ResultDocument | None = Field(None, description="Only with return_documents.")
+
+
+class ApiVersion(BaseModel):
+    version: str = "2"
+
+
+class BilledUnits(BaseModel):
+    search_units: int = 1
+
+
+class RerankMeta(BaseModel):
+    api_version: ApiVersion = ApiVersion()
+    billed_units: BilledUnits = BilledUnits()
+    model: str
+    model_sha256: str
+    degraded: bool = Field(..., description="True when the latency budget ran out and the input order was returned.")
+    warnings: list[str] = []
+    cache_hits: int = Field(..., description="Documents whose scores came from the score cache.")
+    num_split: int = Field(..., description="Documents longer than the model's window, scored in windows.")
+    timings_ms: dict[str, float]
+
+
+class RerankResponse(BaseModel):
+    id: str
+    results: list[RerankResult]
+    meta: RerankMeta
+
+
+class SearchReply(BaseModel):
+    """``rankwise search --json``'s object, plus the request id and the degraded flag."""
+
+    id: str
+    degraded: bool
+    warnings: list[str] = []
+    query: str
+    results: list[SearchResult]
+    provenance: Provenance
+    timings_ms: dict[str, float]
+
+
+class ErrorBody(BaseModel):
+    message: str = Field(..., description="What went wrong and what to do, in one line.")
+    detail: list[dict[str, Any]] | None = Field(None, description="Per-field validation errors.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    reason: str | None = None
+    reranker: str | None = None
+    reranker_sha256: str | None = None
+    index_fingerprint: str | None = None

@@ -1,0 +1,80 @@
+"""The promotion gate: a candidate reranker replaces production only if it measurably beats it.
+
+The rule follows the reranking playbook's fine-tuning step — deploy a custom model only if it improves
+nDCG@5 by more than a threshold (default +5% relative) on the gold set — and adds the guard the design
+notes ask for: latency may not regress beyond a bound. With no production model yet, the candidate must
+beat the first stage it reranks (a reranker that loses to its own candidate list is never promoted).
+Both systems are evaluated in the same run, on the same candidates, by :func:`rankwise.evaluation.evaluate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rankwise.evaluation.compare import RERANKED_SUFFIX, evaluate
+from rankwise.evaluation.goldset import PreparedGoldSet
+from rankwise.index import Index
+from rankwise.registry import Registry
+from rankwise.rerank.loading import load_reranker
+
+
+@dataclass(slots=True)
+class PromotionDecision:
+    candidate: str
+    against: str
+    metric: str
+    candidate_value: float
+    baseline_value: float
+    relative_gain: float
+    min_gain: float
+    candidate_p95_ms: float
+    baseline_p95_ms: float | None
+    max_latency_regression: float
+    passed: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_promotion(
+    registry: Registry,
+    index: Index,
+    goldset: PreparedGoldSet,
+    *,
+    candidate: str = "candidate",
+    first_stage: str = "hybrid",
+    metric: str = "nDCG@5",
+    min_gain: float = 0.05,
+    max_latency_regression: float = 0.25,
+    **reranker_options: Any,
+) -> PromotionDecision:
+    """Evaluate ``candidate`` against production (or the bare first stage) and apply the gate."""
+    version = registry.get(candidate).version
+    production = registry.aliases().get("production")
+    system = first_stage + RERANKED_SUFFIX
+
+    def run(spec: str):
+        reranker = load_reranker(spec, registry=registry, **reranker_options)
+        return evaluate(index, goldset, first_stages=[first_stage], reranker=reranker, metrics=[metric],
+                        baseline=first_stage, n_resamples=1000)
+
+    cand = run(version)
+    cand_value = cand.scores[system][metric]
+    cand_p95 = cand.latency_ms[system]["total"]["p95"]
+    if production and production != version:
+        prod = run(production)
+        against, base_value, base_p95 = production, prod.scores[system][metric], prod.latency_ms[system]["total"]["p95"]
+    else:
+        against, base_value, base_p95 = f"{first_stage} (no production model)", cand.scores[first_stage][metric], None
+    gain = (cand_value - base_value) / base_value if base_value > 0 else float("inf") if cand_value > 0 else 0.0
+    decision = PromotionDecision(version, against, metric, cand_value, base_value, gain, min_gain, cand_p95,
+                                 base_p95, max_latency_regression)
+    if gain <= min_gain:
+        decision.reasons.append(f"{metric} gain {gain:+.1%} vs {against} does not clear the required {min_gain:+.1%}")
+    if base_p95 is not None and cand_p95 > base_p95 * (1 + max_latency_regression):
+        decision.reasons.append(f"p95 latency {cand_p95:.0f} ms regresses more than {max_latency_regression:.0%} "
+                                f"over {against}'s {base_p95:.0f} ms")
+    decision.passed = not decision.reasons
+    return decision

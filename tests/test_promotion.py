@@ -1,0 +1,70 @@
+"""The promotion gate on real (tiny) models: a trained candidate beats a random production model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_training import QRELS, QUERIES
+
+from conftest import build_tiny_cross_encoder
+from rankwise import Index
+from rankwise.evaluation.goldset import GoldSet, Judgement
+from rankwise.registry import Registry
+from rankwise.training.finetune import TrainingConfig, train_cross_encoder
+from rankwise.training.negatives import mine_groups
+from rankwise.training.promotion import check_promotion
+
+
+@pytest.fixture(scope="module")
+def registry_with_models(tmp_path_factory: pytest.TempPathFactory, kb_index: Index) -> Registry:
+    root = tmp_path_factory.mktemp("promotion")
+    registry = Registry(root / "registry")
+    registry.register(build_tiny_cross_encoder(root / "random", seed=7), {"note": "untrained"})  # v1
+    groups = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 2, "random": 3}, seed=0)
+    trained = train_cross_encoder(groups, [], TrainingConfig(
+        base_model=str(build_tiny_cross_encoder(root / "base", seed=1)), max_steps=100, batch_size=8,
+        learning_rate=1e-2, max_length=64, eval_steps=100, warmup_ratio=0.0, seed=0), root / "run", show_progress=False)
+    registry.register(trained.model_dir, {"note": "trained"})  # v2
+    return registry
+
+
+@pytest.fixture(scope="module")
+def gold(kb_index: Index):
+    judgements = [Judgement(q, QUERIES[q], d, label) for q, docs in QRELS.items() for d, label in docs.items()]
+    return GoldSet(judgements, name="kb").prepare(known_documents=set(kb_index.passage_doc_ids))
+
+
+def test_gate_refuses_a_worse_candidate_and_accepts_a_better_one(registry_with_models: Registry, kb_index: Index,
+                                                                 gold) -> None:
+    reg = registry_with_models
+    reg.promote("v2", forced=True)
+    refused = check_promotion(reg, kb_index, gold, candidate="v1", first_stage="bm25", metric="nDCG@5")
+    assert not refused.passed and "does not clear" in refused.reasons[0]
+    assert refused.against == "v2" and refused.candidate_value < refused.baseline_value
+    reg.promote("v1", forced=True)
+    accepted = check_promotion(reg, kb_index, gold, candidate="v2", first_stage="bm25", metric="nDCG@5")
+    assert accepted.passed, accepted.reasons
+    assert accepted.relative_gain > 0.05 and accepted.against == "v1"
+
+
+def test_promote_cli_records_the_gate_and_exits_nonzero_when_refused(registry_with_models: Registry,
+                                                                     kb_index: Index, tmp_path: Path) -> None:
+    reg = registry_with_models
+    reg.promote("v2", forced=True)
+    qrels_dir = tmp_path / "ds" / "qrels"
+    qrels_dir.mkdir(parents=True)
+    (tmp_path / "ds" / "queries.jsonl").write_text(
+        "\n".join(f'{{"_id": "{q}", "text": "{t}"}}' for q, t in QUERIES.items()))
+    (qrels_dir / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(
+        f"{q}\t{d}\t{label}" for q, docs in QRELS.items() for d, label in docs.items()))
+    cmd = [sys.executable, "-m", "rankwise", "models", "promote", "v1", "--index", str(kb_index.path),
+           "--dataset", str(tmp_path / "ds"), "--first-stage", "bm25", "--registry", str(reg.root)]
+    refused = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert refused.returncode == 1 and "refused" in refused.stdout
+    assert reg.aliases()["production"] == "v2", "a refused promotion changes nothing"
+    forced = subprocess.run([*cmd[:6], "--force", "--registry", str(reg.root)], capture_output=True, text=True, check=False)
+    assert forced.returncode == 0, forced.stderr
+    assert reg.aliases()["production"] == "v1" and reg.history()[-1]["forced"] is True

@@ -1,0 +1,225 @@
+"""Serving components in-process: shared-batch scoring, the batcher, cache keys, keys, rate limits, audit.
+
+The HTTP behaviour is tested against a real server process in ``test_serving.py``; these tests pin the
+pieces it is built from, with real models and real files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import KB
+from rankwise.errors import QueryError
+from rankwise.rerank.cross_encoder import CrossEncoderReranker
+from rankwise.serving.audit import AuditError, AuditLog, AuditRecord, parse_since, read_audit
+from rankwise.serving.auth import KeyFileError, KeyStore, RateLimiter
+from rankwise.serving.batcher import MicroBatcher
+from rankwise.serving.cache import MemoryScoreCache, score_keys, scoring_fingerprint
+from rankwise.serving.config import BatchingSettings, RateLimit, ServeConfig, ServeConfigError
+from rankwise.serving.metrics import ServingMetrics
+from rankwise.serving.scoring import PairBatchScorer
+
+LONG = " ".join(d.text for d in KB)  # ~100 tokens: several windows at max_length 48
+
+
+def _requests() -> list[tuple[str, list[str]]]:
+    texts = [d.text for d in KB]
+    return [("reset MFA for contractors", texts), ("rotate credentials", [LONG, texts[4], LONG + " tail"]),
+            ("churn", texts[6:] + [""])]
+
+
+@pytest.mark.parametrize("long_documents", ["maxp", "firstp", "mean"])
+def test_shared_round_equals_unbatched_score(tiny_cross_encoder: Path, long_documents: str) -> None:
+    reranker = CrossEncoderReranker(tiny_cross_encoder, max_length=48, long_documents=long_documents)  # type: ignore[arg-type]
+    scorer = PairBatchScorer(reranker)
+    requests = _requests()
+    results = scorer.score_round([scorer.encode(q, t) for q, t in requests])
+    assert len(results) == len(requests)
+    for (query, texts), got in zip(requests, results, strict=True):
+        want = reranker.score(query, texts)
+        np.testing.assert_allclose(got.scores.raw, want.raw, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(got.scores.calibrated, want.calibrated, rtol=0, atol=1e-6)
+        assert got.scores.truncated == want.truncated
+        assert len(got.split) == len(texts) and sum(got.split) == want.truncated
+    assert results[1].split == [True, False, True]  # the long passages, whatever the aggregation
+
+
+def test_onnx_backend_shares_rounds_and_gets_its_own_cache_keys(tiny_cross_encoder: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    onnx = CrossEncoderReranker(tiny_cross_encoder, max_length=48, backend="onnx")
+    scorer = PairBatchScorer(onnx)
+    requests = _requests()
+    for (query, texts), got in zip(requests, scorer.score_round([scorer.encode(q, t) for q, t in requests]),
+                                   strict=True):
+        np.testing.assert_allclose(got.scores.raw, onnx.score(query, texts).raw, rtol=0, atol=1e-6)
+    torch_twin = CrossEncoderReranker(tiny_cross_encoder, max_length=48)
+    assert onnx.weights_sha256 == torch_twin.weights_sha256  # same weights file ...
+    assert scoring_fingerprint(onnx) != scoring_fingerprint(torch_twin)  # ... but never each other's cached scores
+
+
+def test_max_tokens_per_doc_cuts_documents(tiny_cross_encoder: Path) -> None:
+    reranker = CrossEncoderReranker(tiny_cross_encoder, max_length=48)
+    scorer = PairBatchScorer(reranker)
+    cut = scorer._truncate(LONG, 10)
+    assert LONG.startswith(cut) and len(reranker.tokenizer(cut, add_special_tokens=False)["input_ids"]) == 10
+    encoded = scorer.encode("q", [LONG], max_tokens_per_doc=10)
+    assert encoded.split == [False] and len(encoded.windows) == 1
+    np.testing.assert_allclose(scorer.score_round([encoded])[0].scores.raw, reranker.score("q", [cut]).raw, atol=1e-6)
+
+
+def test_batcher_shares_rounds_and_isolates_bad_requests(tiny_cross_encoder: Path) -> None:
+    reranker = CrossEncoderReranker(tiny_cross_encoder, max_length=48)
+    metrics = ServingMetrics()
+    batcher = MicroBatcher(PairBatchScorer(reranker), BatchingSettings(max_wait_ms=200), metrics)
+    batcher.start()
+    try:
+        requests = _requests()
+        futures = [batcher.submit(q, t) for q, t in requests]
+        too_long = batcher.submit("word " * 200, ["x"])  # query longer than half of max_length: refused alone
+        for (query, texts), future in zip(requests, futures, strict=True):
+            np.testing.assert_allclose(future.result(30).scores.raw, reranker.score(query, texts).raw, atol=1e-6)
+        with pytest.raises(QueryError, match="shorten the query"):
+            too_long.result(30)
+    finally:
+        batcher.close()
+    rounds = metrics.registry.get_sample_value("rankwise_batch_requests_count")
+    assert rounds == 1  # all four arrived within the wait: one round (the bad one never reached it)
+    assert metrics.registry.get_sample_value("rankwise_batch_requests_sum") == 3
+
+
+def test_batching_off_scores_one_request_per_round(tiny_cross_encoder: Path) -> None:
+    reranker = CrossEncoderReranker(tiny_cross_encoder, max_length=48)
+    metrics = ServingMetrics()
+    batcher = MicroBatcher(PairBatchScorer(reranker), BatchingSettings(enabled=False, max_wait_ms=200), metrics)
+    batcher.start()
+    try:
+        for future in [batcher.submit(q, t) for q, t in _requests()]:
+            future.result(30)
+    finally:
+        batcher.close()
+    assert metrics.registry.get_sample_value("rankwise_batch_requests_count") == 3
+    assert metrics.registry.get_sample_value("rankwise_batch_requests_sum") == 3
+
+
+def test_cache_key_covers_model_settings_and_text(tiny_cross_encoder: Path, tmp_path: Path) -> None:
+    from conftest import build_tiny_cross_encoder
+
+    a = CrossEncoderReranker(tiny_cross_encoder, max_length=64)
+    same = CrossEncoderReranker(tiny_cross_encoder, max_length=64, name="alias")
+    shorter = CrossEncoderReranker(tiny_cross_encoder, max_length=32)
+    other = CrossEncoderReranker(build_tiny_cross_encoder(tmp_path / "other", seed=3), max_length=64)
+    fp = scoring_fingerprint(a)
+    assert scoring_fingerprint(same) == fp  # a display name does not change scores
+    assert len({fp, scoring_fingerprint(shorter), scoring_fingerprint(other)}) == 3
+    k1, k2 = score_keys(fp, "q", ["t1", "t2"])
+    assert k1 != k2 and score_keys(fp, "q", ["t1"]) == [k1]
+    assert score_keys(fp, "q2", ["t1"]) != [k1]
+    assert score_keys(fp, "q", ["t1"], max_tokens_per_doc=10) != [k1]
+    assert score_keys(scoring_fingerprint(other), "q", ["t1"]) != [k1]
+
+
+def test_memory_cache_is_a_bounded_lru() -> None:
+    cache = MemoryScoreCache(2)
+
+    async def run() -> list[object]:
+        await cache.set_many({"a": (1.0, False), "b": (2.0, True)})
+        await cache.get_many(["a"])  # a is now the most recent
+        await cache.set_many({"c": (3.0, False)})
+        return await cache.get_many(["a", "b", "c"])
+
+    assert asyncio.run(run()) == [(1.0, False), None, (3.0, False)]
+    disabled = MemoryScoreCache(0)
+    asyncio.run(disabled.set_many({"a": (1.0, False)}))
+    assert asyncio.run(disabled.get_many(["a"])) == [None]
+
+
+def test_keystore_stores_only_hashes_and_reloads(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    store = KeyStore(path)
+    key, token = store.add(["rerank"], name="ci", rate_per_s=2.0, burst=3)
+    assert token.startswith(f"rk_{key.id}_")
+    secret = token.split("_", 2)[2]
+    assert secret not in path.read_text() and key.sha256 in path.read_text()
+    server_view = KeyStore(path)
+    assert server_view.authenticate(token) == key
+    assert server_view.authenticate(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+    assert server_view.authenticate("Bearer nonsense") is None
+    assert key.allows("rerank") and not key.allows("search")
+    store.revoke(key.id)
+    assert server_view.authenticate(token) is None  # noticed without restarting (file mtime changed)
+    with pytest.raises(KeyFileError, match="--role"):
+        store.add(["superuser"])
+    path.write_text("{not json")
+    with pytest.raises(KeyFileError, match="malformed"):
+        KeyStore(path).check()
+
+
+def test_rate_limiter_is_a_token_bucket() -> None:
+    limiter = RateLimiter(RateLimit(per_second=20.0, burst=2))
+    assert limiter.acquire("k") == 0 and limiter.acquire("k") == 0
+    wait = limiter.acquire("k")
+    assert 0 < wait <= 0.05
+    assert limiter.acquire("other") == 0  # buckets are per key
+    time.sleep(wait + 0.01)
+    assert limiter.acquire("k") == 0
+
+
+def test_audit_log_is_append_only_and_queryable(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite"
+    log = AuditLog(path)
+    log.record(AuditRecord("r1", "/v1/rerank", 200, 12.5, key_id="k1", results=[{"index": 2, "score": 0.9}]))
+    log.record(AuditRecord("r2", "/v1/search", 401, 0.3, error="invalid or revoked API key"))
+    log.close()
+    rows = read_audit(path)
+    assert [r["request_id"] for r in rows] == ["r2", "r1"]
+    assert rows[1]["results"] == [{"index": 2, "score": 0.9}] and rows[1]["key_id"] == "k1"
+    assert [r["request_id"] for r in read_audit(path, key_id="k1")] == ["r1"]
+    assert read_audit(path, since="2999-01-01") == []
+    conn = sqlite3.connect(path)
+    for statement in ("UPDATE requests SET status = 200", "DELETE FROM requests"):
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute(statement)
+    conn.close()
+    assert len(read_audit(path)) == 2
+    with pytest.raises(AuditError, match="--audit"):
+        read_audit(tmp_path / "missing.sqlite")
+
+
+def test_parse_since() -> None:
+    now = datetime(2025, 1, 31, 12, 0, tzinfo=UTC)
+    assert parse_since("2h", now) == "2025-01-31T10:00:00.000+00:00"
+    assert parse_since("2025-01-30T08:00", now) == "2025-01-30T08:00:00.000+00:00"
+    with pytest.raises(AuditError, match="30m"):
+        parse_since("yesterday", now)
+
+
+def test_config_refuses_unsafe_or_empty_servers(tmp_path: Path) -> None:
+    with pytest.raises(ServeConfigError, match="without authentication"):
+        ServeConfig(reranker="x", host="0.0.0.0")
+    ServeConfig(reranker="x", host="0.0.0.0", keys=tmp_path / "keys.json")
+    with pytest.raises(ServeConfigError, match="nothing to serve"):
+        ServeConfig()
+    with pytest.raises(ServeConfigError, match="redis://"):
+        ServeConfig(reranker="x", cache="memcached://x")
+
+
+def test_audit_writer_does_not_block_callers(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.sqlite")
+    started = time.perf_counter()
+    threads = [threading.Thread(target=lambda i=i: log.record(AuditRecord(f"r{i}", "/v1/rerank", 200, 1.0)))
+               for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert time.perf_counter() - started < 1.0
+    log.close()
+    assert len(read_audit(tmp_path / "audit.sqlite", limit=1000)) == 50
