@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,16 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path: Path, kb_index: Ind
                                  batch_size=4, max_length=32), tmp_path / "run", show_progress=False)
     assert second.resumed_from is not None and second.resumed_from.endswith("checkpoint-10")
     assert second.steps == 15
+
+
+def test_compact_reranker_keeps_only_the_first_layers(tmp_path: Path, kb_index: Index) -> None:
+    base = build_tiny_cross_encoder(tmp_path / "base", layers=2)
+    groups = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 1}, seed=0)
+    result = train_cross_encoder(groups, [], TrainingConfig(base_model=str(base), max_steps=2, eval_steps=2,
+                                 batch_size=4, max_length=32, layers=1), tmp_path / "run", show_progress=False)
+    reranker = CrossEncoderReranker(result.model_dir, max_length=32)
+    assert json.loads((result.model_dir / "config.json").read_text())["num_hidden_layers"] == 1
+    assert reranker.score("q", ["a", "b"]).raw.shape == (2,)
+    with pytest.raises(QueryError, match="cannot keep 5"):
+        train_cross_encoder(groups, [], TrainingConfig(base_model=str(base), max_steps=1, layers=5),
+                            tmp_path / "run2", show_progress=False)

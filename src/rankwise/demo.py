@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="rankwise end-to-end demo (offline)")
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--layers", type=int, default=3, help="backbone layers kept (compact reranker)")
     parser.add_argument("--rerank-k", type=int, default=30)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -67,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     train_groups = mine_groups(index, train_part.queries, train_part.qrels,
                                mix={"bm25": 3, "dense": 3, "random": 1}, depth=20, seed=13)
     val_groups = mine_groups(index, val_part.queries, val_part.qrels, mix={"hybrid": 20}, depth=20, seed=13)
-    config = TrainingConfig(loss="bce", epochs=args.epochs, batch_size=16, learning_rate=5e-5, max_length=160,
-                            eval_steps=20, patience=3, seed=13)
+    config = TrainingConfig(loss="bce", epochs=args.epochs, batch_size=16, learning_rate=6e-5, max_length=128,
+                            eval_steps=24, patience=3, seed=13, layers=args.layers)
     result = train_cross_encoder(train_groups, val_groups, config, out / "runs" / "reranker", show_progress=True)
     console.print(f"trained {result.steps} steps in {result.train_seconds:.0f} s; loss {result.losses[0]:.3f} → "
                   f"{result.losses[-1]:.3f}; best validation nDCG@10 {result.best_validation_ndcg10:.3f}")
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
 
     console.print(Rule("3 · evaluate on the held-out test queries"))
     gold = GoldSet.from_beir(SAMPLE_KB, "test").prepare(known_documents=set(index.passage_doc_ids))
-    reranker = load_reranker("candidate", registry=registry, max_length=256)
+    reranker = load_reranker("candidate", registry=registry, max_length=192)
     report = evaluate(index, gold, first_stages=["dense", "hybrid"], reranker=reranker, baseline="dense",
                       candidate="hybrid+reranker", rerank_k=args.rerank_k)
     print_report(report, console)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
 
     console.print(Rule("4 · promotion gate"))
     decision = check_promotion(registry, index, gold, candidate=entry.version, first_stage="hybrid",
-                               max_length=256)
+                               max_length=192)
     verdict = "[green]promoted to production[/]" if decision.passed else "[red]kept as candidate[/]"
     console.print(f"nDCG@5 {decision.candidate_value:.3f} vs {decision.against} {decision.baseline_value:.3f} "
                   f"({decision.relative_gain:+.1%}, gate > {decision.min_gain:+.0%}) → {verdict}")

@@ -156,8 +156,10 @@ class CrossEncoderReranker:
         if query_tokens > self.max_length // 2:
             raise QueryError(f"query is {query_tokens} tokens; the reranker allows at most {self.max_length // 2} "
                              f"(half of max_length {self.max_length}); shorten the query")
+        # windows must advance: the overlap has to stay below the room left for the passage in each window
+        stride = min(self.stride, (self.max_length - query_tokens - 3) // 2)
         enc = self.tokenizer([query] * len(texts), list(texts), truncation="only_second", max_length=self.max_length,
-                             stride=self.stride, return_overflowing_tokens=True, return_token_type_ids=True)
+                             stride=stride, return_overflowing_tokens=True, return_token_type_ids=True)
         owners: list[int] = list(enc["overflow_to_sample_mapping"])
         windows: list[list[int]] = enc["input_ids"]
         types: list[list[int]] = enc["token_type_ids"]

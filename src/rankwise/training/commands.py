@@ -39,6 +39,7 @@ def train(
     learning_rate: Annotated[float, typer.Option("--lr")] = 4e-5,
     max_length: Annotated[int, typer.Option()] = 256,
     eval_steps: Annotated[int, typer.Option(help="Validate and checkpoint every N steps.")] = 100,
+    layers: Annotated[int | None, typer.Option(help="Keep only the first N backbone layers (compact reranker).")] = None,
     patience: Annotated[int, typer.Option(help="Early-stopping patience in validations.")] = 4,
     seed: Annotated[int, typer.Option()] = 42,
     output: Annotated[Path, typer.Option(help="Run dir: checkpoints (resumed automatically) and final model.")] = Path("runs/reranker"),
@@ -54,7 +55,7 @@ def train(
 
     config = TrainingConfig(base_model=base_model, loss=loss, epochs=epochs, max_steps=max_steps,  # type: ignore[arg-type]
                             batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
-                            seed=seed, eval_steps=eval_steps, patience=patience)
+                            seed=seed, eval_steps=eval_steps, patience=patience, layers=layers)
     mix = parse_negative_mix(negatives)
     index = Index(index_dir)
     judged = JudgedQueries(load_queries(dataset), load_qrels(dataset, split))
