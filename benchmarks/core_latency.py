@@ -15,32 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
-import subprocess
 import time
 from pathlib import Path
+
+from common import cpu_description, print_cpu, setup_environment
 
 from rankwise import Index, Pipeline
 from rankwise.corpus.beir import load_qrels, load_queries
 from rankwise.pipeline import latency_percentiles
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_summary() -> dict[str, object]:
-    """CPU model and the SIMD flags that decide inference speed (printed in every benchmark)."""
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except FileNotFoundError:
-        lscpu = ""
-    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in lscpu.splitlines() if line.startswith("Flags")), [])
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-    import os
-
-    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags],
-            "python": platform.python_version()}
 
 
 def main() -> None:
@@ -51,8 +36,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/core_latency.json")
     args = parser.parse_args()
 
-    cpu = cpu_summary()
-    print(f"CPU: {cpu}")
+    setup_environment()
+    cpu = cpu_description()
+    print_cpu(cpu)
     if (args.cache / "manifest.json").is_file():
         index = Index(args.cache)
     else:

@@ -52,7 +52,12 @@ class FirstStage:
         self.index = index
         self.settings = settings or FirstStageSettings()
         if self.settings.method != "bm25":
-            index.vectors  # noqa: B018 - fail fast (and load once) when the index has no vectors
+            # fail fast when the index has no vectors, and load the vectors and the query encoder now so
+            # that model loading never shows up as first-stage latency
+            index.vectors  # noqa: B018
+            index.embedder  # noqa: B018
+        if self.settings.method != "dense":
+            index.bm25  # noqa: B018
 
     def retrieve(self, query: str, k: int, filters: dict[str, Any] | None = None) -> list[Candidate]:
         """The top ``k`` candidates (documents or passages), best first."""
