@@ -64,7 +64,7 @@ class Embedder:
         path = resolve_model(model)
         try:
             self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
-        except Exception as err:  # noqa: BLE001 - report any load failure as one line
+        except Exception as err:  # report any load failure as one line
             raise ModelError(f"cannot load embedding model '{model}' from {path}: {err}") from err
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens
@@ -119,7 +119,7 @@ class VectorIndex:
             raise IndexNotFoundError(f"index is incomplete: '{file}' is missing; rebuild the index")
         try:
             vectors = np.load(file)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # a corrupt .npy raises many types; one line for all
             raise IndexNotFoundError(f"vector file '{file}' is corrupt ({err}); rebuild the index") from err
         if vectors.ndim != 2 or vectors.shape[1] != dim:
             raise IndexNotFoundError(f"vector file '{file}' has shape {vectors.shape}, expected (*, {dim}); rebuild")

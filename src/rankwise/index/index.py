@@ -83,7 +83,9 @@ class Index:
     def embedder(self) -> Embedder:
         self._require_dense()
         if self._embedder is None:
-            self._embedder = Embedder(self.manifest.embedding["path"])  # type: ignore[index]
+            emb = self.manifest.embedding or {}
+            # queries must be encoded exactly like the corpus was (same backend, e.g. onnx-int8)
+            self._embedder = Embedder(emb["path"], backend=emb.get("backend", "torch"))
             if self._embedder.info.sha256 != self.manifest.embedding["sha256"]:  # type: ignore[index]
                 raise IndexNotFoundError(
                     f"the embedding model at {self._embedder.info.path} changed since the index was built "
@@ -151,7 +153,8 @@ def _previous_vectors(path: Path, embedder: Embedder | None) -> dict[str, np.nda
         return {}
     try:
         old = Index(path)
-        if not old.has_dense or old.manifest.embedding["sha256"] != embedder.info.sha256:  # type: ignore[index]
+        emb = old.manifest.embedding or {}
+        if emb.get("sha256") != embedder.info.sha256 or emb.get("backend", "torch") != embedder.info.backend:
             return {}
         hashes = old.docstore.passage_hashes()
         vectors = old.vectors.vectors

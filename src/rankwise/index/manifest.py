@@ -35,7 +35,8 @@ class Manifest:
     def __post_init__(self) -> None:
         if not self.fingerprint:
             settings = {"chunking": self.chunking, "bm25": self.bm25,
-                        "embedding_sha256": (self.embedding or {}).get("sha256")}
+                        "embedding_sha256": (self.embedding or {}).get("sha256"),
+                        "embedding_backend": (self.embedding or {}).get("backend", "torch")}
             payload = self.corpus_fingerprint + json.dumps(settings, sort_keys=True)
             self.fingerprint = hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -101,7 +101,7 @@ class CrossEncoderReranker:
             torch.set_num_threads(threads)
         try:
             encoder = CrossEncoder(str(self.path), device=device, local_files_only=True)
-        except Exception as err:  # noqa: BLE001 - any load failure becomes one actionable line
+        except Exception as err:  # any load failure becomes one actionable line
             raise ModelError(f"cannot load cross-encoder '{model}' from {self.path}: {type(err).__name__}: {err}") from err
         network = encoder.transformers_model.eval()
         names = model_inputs(encoder.tokenizer)
@@ -163,7 +163,7 @@ class CrossEncoderReranker:
         owners: list[int] = list(enc["overflow_to_sample_mapping"])
         windows: list[list[int]] = enc["input_ids"]
         types: list[list[int]] = enc["token_type_ids"]
-        split = len(set(o for i, o in enumerate(owners) if i > 0 and owners[i - 1] == o))
+        split = len({o for i, o in enumerate(owners) if i > 0 and owners[i - 1] == o})
         if self.long_documents in ("truncate", "firstp"):
             first = [i for i, o in enumerate(owners) if i == 0 or owners[i - 1] != o]
             windows, types, owners = [windows[i] for i in first], [types[i] for i in first], [owners[i] for i in first]
