@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import csv
 import gzip
-import json
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from rankwise.errors import CorpusError
+from rankwise.jsonl import parse_json_object
 from rankwise.types import Document
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm")
@@ -54,12 +54,7 @@ def load_jsonl(path: str | Path) -> Iterator[Document]:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CorpusError(f"{path}:{lineno}: malformed JSON ({err.msg}); fix or remove that line") from err
-            if not isinstance(record, dict):
-                raise CorpusError(f"{path}:{lineno}: expected a JSON object per line")
+            record = parse_json_object(line, f"{path}:{lineno}", CorpusError)
             yield _record_to_document(record, f"{path}:{lineno}")
 
 

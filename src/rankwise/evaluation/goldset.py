@@ -28,6 +28,7 @@ from typing import Any
 
 from rankwise.evaluation.errors import EvaluationError
 from rankwise.evaluation.runs import Qrels, read_trec_qrels, write_trec_qrels
+from rankwise.jsonl import parse_json_object
 
 _EXAMPLES = 3
 
@@ -282,12 +283,7 @@ def parse_label(value: object, where: str) -> int:
 
 
 def _parse_record(line: str, where: str) -> Judgement:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise EvaluationError(f"{where}: not valid JSON ({error.msg})") from None
-    if not isinstance(record, dict):
-        raise EvaluationError(f"{where}: expected a JSON object")
+    record = parse_json_object(line, where, EvaluationError)
     missing = [k for k in ("query_id", "query", "document_id", "label") if record.get(k) is None]
     if missing:
         raise EvaluationError(f"{where}: missing {', '.join(missing)} (a judgement needs query_id, query, "

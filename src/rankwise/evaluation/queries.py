@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 from rankwise.evaluation.errors import EvaluationError
+from rankwise.jsonl import parse_json_object
 
 _ID_KEYS = ("query_id", "_id", "id", "qid")
 _TEXT_KEYS = ("query", "text")
@@ -65,12 +65,7 @@ def _records(path: Path) -> Iterator[tuple[str, str | None, str]]:
                 if not line.strip():
                     continue
                 where = f"{path}:{lineno}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise EvaluationError(f"{where}: not valid JSON ({error.msg})") from None
-                if not isinstance(record, dict):
-                    raise EvaluationError(f"{where}: expected a JSON object with a 'query' or 'text' field")
+                record = parse_json_object(line, where, EvaluationError)
                 yield where, _first(record, _ID_KEYS), _required_text(record, where)
         elif suffix in (".csv", ".tsv"):
             rows = csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ",")
