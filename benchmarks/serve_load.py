@@ -38,6 +38,7 @@ import httpx
 from common import DEFAULT_SCIFACT, REPO, cpu_description, print_cpu, setup_environment, write_json
 
 from rankwise.pipeline import latency_percentiles
+from rankwise.serving.readiness import wait_until_ready
 
 setup_environment()
 
@@ -93,18 +94,10 @@ class Server:
                         "--batching" if batching else "--no-batching"]
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                sys.exit(f"error: the server exited ({self.proc.returncode}); see {log}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        sys.exit(f"error: the server was not ready after 300 s; see {log}")
+        problem = wait_until_ready(self.url, self.proc, timeout_s=300)
+        if problem:
+            self.stop()
+            sys.exit(f"error: {problem}; see {log}")
 
     def rounds(self) -> tuple[float, float]:
         """(batching rounds, requests scored in them) so far, from /metrics."""

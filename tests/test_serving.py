@@ -31,6 +31,7 @@ from rankwise.index import Index
 from rankwise.pipeline import Pipeline
 from rankwise.rerank.cross_encoder import CrossEncoderReranker
 from rankwise.serving.auth import KeyStore
+from rankwise.serving.readiness import wait_until_ready
 
 START_TIMEOUT_S = 180
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -66,18 +67,10 @@ class Server:
             self.proc = subprocess.Popen([sys.executable, "-m", "rankwise", "serve", "--host", "127.0.0.1",
                                           "--port", str(self.port), *args], stdout=fh, stderr=subprocess.STDOUT,
                                          env=ENV)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"server exited with {self.proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        pytest.fail(f"server not ready after {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+        problem = wait_until_ready(self.url, self.proc, START_TIMEOUT_S)
+        if problem:
+            self.stop()
+            pytest.fail(f"{problem}:\n{log.read_text()[-3000:]}")
 
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
