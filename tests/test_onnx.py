@@ -41,6 +41,16 @@ def test_onnx_fp32_scores_match_torch(tiny_cross_encoder: Path, long_documents: 
     assert onnx.backend == "onnx" and onnx.name.endswith("[onnx]")
 
 
+def test_torch_bf16_backend_ranks_like_fp32(tiny_cross_encoder: Path) -> None:
+    fp32 = CrossEncoderReranker(tiny_cross_encoder, max_length=48).score(QUERY, TEXTS)
+    bf16 = CrossEncoderReranker(tiny_cross_encoder, backend="torch-bf16", max_length=48)
+    scores = bf16.score(QUERY, TEXTS)
+    assert bf16.name.endswith("[torch-bf16]") and scores.truncated == fp32.truncated
+    # bfloat16 keeps 8 mantissa bits: logits move by ~1e-2, the order of clearly different scores does not
+    np.testing.assert_allclose(scores.raw, fp32.raw, atol=0.05 + 0.02 * float(np.abs(fp32.raw).max()))
+    assert not np.array_equal(scores.raw, fp32.raw), "bf16 autocast must actually be applied"
+
+
 def test_two_logit_models_export_and_calibrate_like_torch(tmp_path: Path) -> None:
     path = build_tiny_cross_encoder(tmp_path / "m2", num_labels=2, seed=5)
     reference = CrossEncoderReranker(path).score(QUERY, TEXTS).raw
@@ -124,6 +134,10 @@ def test_missing_or_corrupt_onnx_file_is_a_model_error(tmp_path: Path) -> None:
         OnnxRunner(garbage)
     with pytest.raises(QueryError, match="unknown inference backend"):
         CrossEncoderReranker(tmp_path, backend="tensorrt")  # type: ignore[arg-type]
+    from rankwise.index.dense import Embedder
+
+    with pytest.raises(QueryError, match="unknown inference backend 'torch-bf16'"):
+        Embedder("minilm", backend="torch-bf16")  # type: ignore[arg-type]
 
 
 def test_unwritable_model_dir_falls_back_to_the_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

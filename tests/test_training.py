@@ -31,6 +31,18 @@ def test_mined_negatives_never_include_judged_documents(kb_index: Index) -> None
     assert len(q5.positives) == 1, "grade-0 judgements are not positives"
 
 
+def test_rounds_resample_negatives_per_query(kb_index: Index) -> None:
+    groups = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 2, "random": 2}, depth=10, rounds=3, seed=4)
+    assert len(groups) == 3 * len(QUERIES)
+    per_query: dict[str, set[tuple[str, ...]]] = {}
+    for g in groups:
+        assert not set(g.negative_ids) & set(QRELS[g.query_id])
+        per_query.setdefault(g.query_id, set()).add(g.negative_ids)
+    assert sum(len(samples) for samples in per_query.values()) > len(QUERIES), "rounds must draw fresh negatives"
+    with pytest.raises(QueryError):
+        mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 2}, rounds=0)
+
+
 def test_margin_filter_drops_near_positive_scores(kb_index: Index) -> None:
     loose = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 7}, depth=8)
     strict = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 7}, depth=8, false_negative_margin=0.01)
@@ -53,7 +65,7 @@ def test_query_split_is_seeded_and_disjoint() -> None:
     assert judged.fingerprint == JudgedQueries(dict(QUERIES), dict(QRELS)).fingerprint
 
 
-@pytest.mark.parametrize("loss", ["bce", "lambda"])
+@pytest.mark.parametrize("loss", ["bce", "softmax", "lambda"])
 def test_training_end_to_end_learns_the_training_positives(tmp_path: Path, kb_index: Index, loss: str) -> None:
     base = build_tiny_cross_encoder(tmp_path / "base", seed=1)
     groups = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 2, "random": 3}, seed=0)

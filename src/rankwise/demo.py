@@ -66,10 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     judged = JudgedQueries(queries, load_qrels(SAMPLE_KB, "train"))
     train_part, val_part = judged.split(0.15, seed=13)
     train_groups = mine_groups(index, train_part.queries, train_part.qrels,
-                               mix={"bm25": 3, "dense": 3, "random": 1}, depth=20, seed=13)
+                               mix={"bm25": 3, "dense": 2, "random": 2}, depth=20, rounds=4, seed=13)
     val_groups = mine_groups(index, val_part.queries, val_part.qrels, mix={"hybrid": 20}, depth=20, seed=13)
-    config = TrainingConfig(loss="bce", epochs=args.epochs, batch_size=16, learning_rate=6e-5, max_length=128,
-                            eval_steps=24, patience=3, seed=13, layers=args.layers)
+    # softmax cross-entropy over (1 positive + 7 negatives) groups: on this data it learns in a few dozen
+    # steps where pointwise BCE stayed at chance (measured: BCE loss flat at 1.16 after 108 steps)
+    config = TrainingConfig(loss="softmax", epochs=args.epochs, batch_size=4, learning_rate=8e-5, max_length=128,
+                            eval_steps=20, patience=3, seed=13, layers=args.layers)
     result = train_cross_encoder(train_groups, val_groups, config, out / "runs" / "reranker", show_progress=True)
     console.print(f"trained {result.steps} steps in {result.train_seconds:.0f} s; loss {result.losses[0]:.3f} → "
                   f"{result.losses[-1]:.3f}; best validation nDCG@10 {result.best_validation_ndcg10:.3f}")

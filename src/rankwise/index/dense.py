@@ -25,6 +25,7 @@ from rankwise.rerank.batching import pad_batch, run_batched
 from rankwise.rerank.onnx_backend import (
     Backend,
     OnnxRunner,
+    EMBEDDER_BACKENDS,
     check_backend,
     export_module,
     model_inputs,
@@ -58,7 +59,7 @@ class Embedder:
                  batch_tokens: int = 16384, device: str = "cpu", threads: int | None = None) -> None:
         from sentence_transformers import SentenceTransformer
 
-        check_backend(backend)
+        check_backend(backend, EMBEDDER_BACKENDS)
         if backend != "torch" and device != "cpu":
             raise QueryError(f"the {backend} backend runs on the CPU; use backend='torch' for device '{device}'")
         path = resolve_model(model)

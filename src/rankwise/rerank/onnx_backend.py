@@ -6,6 +6,8 @@ bias-GELU) and dynamic int8 quantisation (VNNI dot-product kernels where the CPU
 model several times faster. Backends:
 
 * ``torch``: the Hugging Face model in eager PyTorch (reference);
+* ``torch-bf16`` (cross-encoder only): the same under bfloat16 autocast — fast where the CPU has native
+  bf16 (AVX512-BF16/AMX), scores within ~1e-2 of fp32;
 * ``onnx``: fp32 ONNX, fused by ``onnxruntime.transformers.optimizer`` — same scores as torch (~1e-6);
 * ``onnx-int8``: the fused graph with int8 weights (per output channel) and dynamically quantised
   activations — not bit-identical, so check its ranking fidelity for your model (``benchmarks/``).
@@ -42,8 +44,11 @@ import numpy as np
 from rankwise.errors import ModelError, QueryError
 from rankwise.models import weights_sha256
 
-Backend = Literal["torch", "onnx", "onnx-int8"]
-BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+Backend = Literal["torch", "torch-bf16", "onnx", "onnx-int8"]
+#: what the cross-encoder accepts; ``torch-bf16`` is eager PyTorch under bfloat16 autocast
+BACKENDS: tuple[str, ...] = ("torch", "torch-bf16", "onnx", "onnx-int8")
+#: what the bi-encoder accepts (its torch path is sentence-transformers' own ``encode``)
+EMBEDDER_BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
 Task = Literal["cross-encoder", "embedder"]
 #: Bump when the export recipe changes in a way the sidecar's recipe dict would not show.
 RECIPE_VERSION = 1
@@ -57,9 +62,9 @@ log = logging.getLogger(__name__)
 Exporter = Callable[[Path], None]
 
 
-def check_backend(backend: str) -> Backend:
-    if backend not in BACKENDS:
-        raise QueryError(f"unknown inference backend '{backend}'; choose {', '.join(BACKENDS)}")
+def check_backend(backend: str, allowed: tuple[str, ...] = BACKENDS) -> Backend:
+    if backend not in allowed:
+        raise QueryError(f"unknown inference backend '{backend}'; choose {', '.join(allowed)}")
     return backend  # type: ignore[return-value]
 
 

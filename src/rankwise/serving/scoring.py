@@ -13,10 +13,10 @@ Because steps 1 and 3 are the reranker's own code, a request's scores equal ``re
 texts)`` up to float32 rounding from different padding widths (the same variation ``score`` itself has
 when the same passage comes in a different candidate list; measured ~2e-9 on logits).
 
-The three steps are the reranker's ``_tokenize``/``_forward``/``_aggregate``. They are private today; the
-report for this module proposes making them a public hook (``encode_pairs`` / ``forward_windows`` /
-``aggregate_windows``) so other backends (ONNX) can opt in. Everything here runs on the batcher's single
-worker thread: the tokenizer and model are never touched from two threads.
+The three steps are the reranker's public hook ``encode_pairs`` / ``forward_windows`` /
+``aggregate_windows`` (every backend of :class:`~rankwise.rerank.CrossEncoderReranker` has it; another
+reranker can opt in by providing the same methods). Everything here runs on the batcher's single worker
+thread: the tokenizer and model are never touched from two threads.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from rankwise.errors import ModelError
 from rankwise.rerank.base import Reranker, RerankScores, logits_to_scores
 from rankwise.rerank.batching import padding_ratio, run_batched
 
-_HOOK = ("_tokenize", "_forward", "_aggregate", "tokenizer", "batch_tokens", "max_length", "long_documents")
+_HOOK = ("encode_pairs", "forward_windows", "aggregate_windows", "tokenizer", "batch_tokens", "max_length",
+         "long_documents")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ class PairBatchScorer:
             raise ModelError(f"reranker '{reranker.name}' ({type(reranker).__name__}) cannot be served: the server "
                              "needs a cross-encoder that exposes tokenize/forward/aggregate steps (CrossEncoderReranker)")
         self.reranker = reranker
-        self._r: Any = reranker  # duck-typed hook (see _HOOK) until it is a public protocol
+        self._r: Any = reranker  # duck-typed: anything with the _HOOK methods and attributes
         self._pair_specials = int(self._r.tokenizer.num_special_tokens_to_add(pair=True))
 
     def encode(self, query: str, texts: Sequence[str], max_tokens_per_doc: int | None = None) -> EncodedRequest:
@@ -79,7 +80,7 @@ class PairBatchScorer:
         r = self._r
         if max_tokens_per_doc is not None:
             texts = [self._truncate(t, max_tokens_per_doc) for t in texts]
-        windows, types, owners, _ = r._tokenize(query, texts)
+        windows, types, owners, _ = r.encode_pairs(query, texts)
         return EncodedRequest(windows, types, owners, self._split_flags(query, texts, owners), len(texts))
 
     def score_round(self, requests: Sequence[EncodedRequest]) -> list[RequestScores]:
@@ -88,7 +89,7 @@ class PairBatchScorer:
         windows = [w for req in requests for w in req.windows]
         types = [t for req in requests for t in req.token_types]
         lengths = [len(w) for w in windows]
-        logits, batches = run_batched(windows, lambda b: r._forward([windows[i] for i in b], [types[i] for i in b]),
+        logits, batches = run_batched(windows, lambda b: r.forward_windows([windows[i] for i in b], [types[i] for i in b]),
                                       r.batch_tokens)
         round_stats = {"round_requests": float(len(requests)), "round_windows": float(len(windows)),
                        "round_batches": float(len(batches)), "round_padding": padding_ratio(lengths, batches)}
@@ -97,7 +98,7 @@ class PairBatchScorer:
         for req in requests:
             own = logits[start: start + len(req.windows)]
             start += len(req.windows)
-            raw, calibrated = logits_to_scores(r._aggregate(own, req.owners, req.num_texts))
+            raw, calibrated = logits_to_scores(r.aggregate_windows(own, req.owners, req.num_texts))
             stats = {"pairs": float(req.num_texts), "windows": float(len(req.windows)), "tokens": float(req.tokens),
                      **round_stats}
             out.append(RequestScores(RerankScores(raw=raw, calibrated=calibrated, truncated=sum(req.split), stats=stats),

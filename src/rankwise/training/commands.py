@@ -32,6 +32,7 @@ def train(
     depth: Annotated[int, typer.Option(help="Mine first-stage negatives from this many candidates.")] = 30,
     skip_top: Annotated[int, typer.Option(help="Skip the first N candidates (likely unjudged positives).")] = 0,
     margin: Annotated[float | None, typer.Option(help="Drop candidates scoring >= margin × best positive.")] = None,
+    rounds: Annotated[int, typer.Option(help="Groups per query, each with freshly sampled negatives.")] = 1,
     validation_fraction: Annotated[float, typer.Option(help="Share of queries held out for early stopping.")] = 0.1,
     epochs: Annotated[float, typer.Option()] = 1.0,
     max_steps: Annotated[int, typer.Option(help="Stop after N steps (-1: epochs decide).")] = -1,
@@ -41,6 +42,7 @@ def train(
     eval_steps: Annotated[int, typer.Option(help="Validate and checkpoint every N steps.")] = 100,
     layers: Annotated[int | None, typer.Option(help="Keep only the first N backbone layers (compact reranker).")] = None,
     patience: Annotated[int, typer.Option(help="Early-stopping patience in validations.")] = 4,
+    bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bfloat16 autocast (default: where native).")] = None,
     seed: Annotated[int, typer.Option()] = 42,
     output: Annotated[Path, typer.Option(help="Run dir: checkpoints (resumed automatically) and final model.")] = Path("runs/reranker"),
     registry: RegistryOpt = None,
@@ -55,14 +57,14 @@ def train(
 
     config = TrainingConfig(base_model=base_model, loss=loss, epochs=epochs, max_steps=max_steps,  # type: ignore[arg-type]
                             batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
-                            seed=seed, eval_steps=eval_steps, patience=patience, layers=layers)
+                            seed=seed, eval_steps=eval_steps, patience=patience, layers=layers, bf16=bf16)
     mix = parse_negative_mix(negatives)
     index = Index(index_dir)
     judged = JudgedQueries(load_queries(dataset), load_qrels(dataset, split))
     train_part, val_part = judged.split(validation_fraction, seed)
     with out.status("mining hard negatives…"):
         train_groups = mine_groups(index, train_part.queries, train_part.qrels, mix=mix, depth=depth,
-                                   skip_top=skip_top, false_negative_margin=margin, seed=seed)
+                                   skip_top=skip_top, false_negative_margin=margin, rounds=rounds, seed=seed)
         # validation sees realistic candidate lists: the hybrid (or BM25) top-depth, not random documents
         val_mix = {"hybrid" if index.has_dense else "bm25": depth}
         val_groups = mine_groups(index, val_part.queries, val_part.qrels, mix=val_mix, depth=depth, seed=seed)

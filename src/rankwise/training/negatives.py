@@ -53,9 +53,10 @@ def mine_groups(
     depth: int = 30,
     skip_top: int = 0,
     false_negative_margin: float | None = None,
+    rounds: int = 1,
     seed: int = 42,
 ) -> list[TrainingGroup]:
-    """Build one group per judged query that has a positive in the index.
+    """Build ``rounds`` groups per judged query that has a positive in the index.
 
     Args:
         mix: negatives per source (``bm25``/``dense``/``hybrid`` candidates, ``random`` corpus documents).
@@ -63,7 +64,11 @@ def mine_groups(
         skip_top: ignore the first ``skip_top`` candidates (they are the likeliest unjudged positives).
         false_negative_margin: drop a candidate whose first-stage score is at least this fraction of the
             best-scoring judged positive's (e.g. 0.95), a cheap guard against false negatives.
+        rounds: groups per query, each with a fresh sample of negatives from the same candidate pools —
+            more distinct negatives for multi-epoch training without retrieving again.
     """
+    if rounds < 1:
+        raise QueryError(f"rounds must be at least 1 (got {rounds})")
     rng = random.Random(seed)
     stages = {m: FirstStage(index, FirstStageSettings(method=m)) for m in mix if m != "random" and mix[m] > 0}
     all_doc_ids = sorted(set(index.passage_doc_ids))
@@ -74,24 +79,36 @@ def mine_groups(
         if qid not in queries or not positive_texts:
             continue
         judged = set(qrels[qid])
-        chosen: list[str] = []
+        pools: dict[str, list[str]] = {}
         for method, stage in stages.items():
             candidates = stage.retrieve(queries[qid], depth)
             best_positive = max((c.score for c in candidates if c.passage.doc_id in judged), default=None)
-            pool = [c.passage.doc_id for c in candidates[skip_top:]
-                    if c.passage.doc_id not in judged and c.passage.doc_id not in chosen
-                    and not (false_negative_margin and best_positive is not None
-                             and c.score >= false_negative_margin * best_positive)]
-            chosen += rng.sample(pool, min(mix[method], len(pool)))
-        for _ in range(mix.get("random", 0)):
-            for _attempt in range(20):
-                doc_id = rng.choice(all_doc_ids)
-                if doc_id not in judged and doc_id not in chosen:
-                    chosen.append(doc_id)
-                    break
-        groups.append(TrainingGroup(qid, queries[qid], tuple(positive_texts),
-                                    tuple(_doc_text(index, d) for d in chosen), tuple(chosen)))
+            pools[method] = list(dict.fromkeys(
+                c.passage.doc_id for c in candidates[skip_top:]
+                if c.passage.doc_id not in judged
+                and not (false_negative_margin and best_positive is not None
+                         and c.score >= false_negative_margin * best_positive)))
+        for _round in range(rounds):
+            chosen = _sample_negatives(pools, mix, judged, all_doc_ids, rng)
+            groups.append(TrainingGroup(qid, queries[qid], tuple(positive_texts),
+                                        tuple(_doc_text(index, d) for d in chosen), tuple(chosen)))
     return groups
+
+
+def _sample_negatives(pools: Mapping[str, list[str]], mix: Mapping[str, int], judged: set[str],
+                      all_doc_ids: list[str], rng: random.Random) -> list[str]:
+    """Distinct negatives: ``mix[source]`` from each first-stage pool, then random corpus documents."""
+    chosen: list[str] = []
+    for method, pool in pools.items():
+        fresh = [d for d in pool if d not in chosen]
+        chosen += rng.sample(fresh, min(mix[method], len(fresh)))
+    for _ in range(mix.get("random", 0)):
+        for _attempt in range(20):
+            doc_id = rng.choice(all_doc_ids)
+            if doc_id not in judged and doc_id not in chosen:
+                chosen.append(doc_id)
+                break
+    return chosen
 
 
 def _doc_text(index: Index, doc_id: str) -> str:
