@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common import DEFAULT_SCIFACT, RESULTS, cpu_description, print_cpu, setup_environment
+from common import BENCH_CACHE, DEFAULT_SCIFACT, RESULTS, cpu_description, print_cpu, setup_environment
 from rich.console import Console
 from rich.table import Table
 
@@ -103,7 +102,7 @@ def print_table(results: dict[str, Any], console: Console) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_SCIFACT.parent)
-    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("RANKWISE_BENCH_CACHE", "/work/cache")))
+    parser.add_argument("--cache", type=Path, default=BENCH_CACHE)
     parser.add_argument("--datasets", default="scifact:test,nfcorpus:dev", help="name:split, comma-separated")
     parser.add_argument("--first-stages", default="bm25,dense,hybrid")
     parser.add_argument("--limit-queries", type=int, default=None, help="first N queries only (checks skipped)")

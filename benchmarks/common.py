@@ -23,7 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 #: the BEIR copy beside the repo (../shared); overridable with --data
 DEFAULT_SCIFACT = REPO.parent / "shared" / "data" / "beir" / "scifact"
-PREBUILT_SCIFACT_INDEX = Path("/work/cache/scifact")
+#: indexes and training runs too big for the repo: ``$RANKWISE_BENCH_CACHE`` (default /work/cache)
+BENCH_CACHE = Path(os.environ.get("RANKWISE_BENCH_CACHE", "/work/cache"))
+PREBUILT_SCIFACT_INDEX = BENCH_CACHE / "scifact"
+#: where benchmarks/train_beir.py leaves the SciFact reranker it trains
+TRAINED_SCIFACT_RERANKER = BENCH_CACHE / "runs" / "scifact-reranker" / "final"
 INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
                      "amx_int8", "amx_bf16")
 
@@ -62,6 +66,19 @@ def print_cpu(cpu: dict[str, Any]) -> None:
           + (f" · missing: {' '.join(absent)}" if absent else ""))
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in cpu['load_average_at_start'])} "
           "(a shared machine: compare variants within this run, not across runs)")
+
+
+def start_run(threads: int | None) -> tuple[int, dict[str, Any]]:
+    """Fix the torch thread count (default: all cores), print the CPU and return ``(threads, cpu)``."""
+    import torch
+
+    from rankwise.rerank.onnx_backend import default_threads
+
+    threads = threads or default_threads()
+    torch.set_num_threads(threads)
+    cpu = cpu_description()
+    print_cpu(cpu)
+    return threads, cpu
 
 
 def best_seconds(fn: Callable[[], object], repeats: int = 5) -> float:

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import numpy as np
-from common import cpu_description, print_cpu, scifact_dir, setup_environment, write_json
+from common import scifact_dir, setup_environment, start_run, write_json
 
 VARIANTS = ("sentence-transformers", "rankwise-onnx", "rankwise-onnx-int8")
 CHUNK = 64
@@ -39,15 +39,10 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     setup_environment()
     args = parse_args()
-    import torch
 
     from rankwise.index.dense import Embedder
-    from rankwise.rerank.onnx_backend import default_threads
 
-    threads = args.threads or default_threads()
-    torch.set_num_threads(threads)
-    cpu = cpu_description()
-    print_cpu(cpu)
+    threads, cpu = start_run(args.threads)
     data = scifact_dir(args.data)
     docs = [json.loads(line) for line in (data / "corpus.jsonl").open()]
     texts = [f"{d.get('title', '')}\n{d.get('text', '')}".strip() for d in docs]

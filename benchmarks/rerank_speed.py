@@ -23,25 +23,24 @@ from typing import Any
 
 import numpy as np
 from common import (
-    REPO,
+    TRAINED_SCIFACT_RERANKER,
     bm25_index,
-    cpu_description,
     encoder_flops,
     gemm_ceilings,
-    print_cpu,
     scifact_dir,
     setup_environment,
+    start_run,
     write_json,
 )
 
-TRAINED_DEFAULT = REPO / "runs" / "scifact-reranker" / "final"
+TRAINED_DEFAULT = TRAINED_SCIFACT_RERANKER  # benchmarks/train_beir.py's model
 REFERENCE = "rankwise-torch"
-VARIANTS = ("sentence-transformers", "rankwise-torch", "rankwise-onnx", "rankwise-onnx-int8")
+VARIANTS = ("sentence-transformers", "rankwise-torch", "rankwise-torch-bf16", "rankwise-onnx", "rankwise-onnx-int8")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help=f"cross-encoder dir (default: {TRAINED_DEFAULT.relative_to(REPO)} if it "
+    parser.add_argument("--model", help=f"cross-encoder dir (default: {TRAINED_DEFAULT} if it "
                         "exists, else the bundled MiniLM with a fresh, untrained 1-logit head)")
     parser.add_argument("--queries", type=int, default=300,
                         help="SciFact test queries, evenly spaced over the test set (default: all 300)")
@@ -131,17 +130,12 @@ def main() -> None:
     setup_environment()
     args = parse_args()
     import ir_measures
-    import torch
     from ir_measures import nDCG
     from transformers import AutoConfig, AutoTokenizer
 
     from rankwise.pipeline import latency_percentiles
-    from rankwise.rerank.onnx_backend import default_threads
 
-    threads = args.threads or default_threads()
-    torch.set_num_threads(threads)
-    cpu = cpu_description()
-    print_cpu(cpu)
+    threads, cpu = start_run(args.threads)
     model = Path(args.model) if args.model else TRAINED_DEFAULT if (TRAINED_DEFAULT / "config.json").is_file() else None
     trained = model is not None
     model = model or fresh_head_model()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import RESULTS, cpu_description, print_cpu, setup_environment, write_json
+from common import BENCH_CACHE, setup_environment, start_run, write_json
 from rich.console import Console
 
 from rankwise.rerank.base import RerankScores, logits_to_scores
@@ -205,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=sorted(SPLITS), default="scifact")
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/beir")
-    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("RANKWISE_BENCH_CACHE", "/work/cache")),
+    parser.add_argument("--cache", type=Path, default=BENCH_CACHE,
                         help="where indexes live (<cache>/<dataset>, built by benchmarks/beir.py or rankwise index)")
     parser.add_argument("--run-dir", type=Path, default=None, help="default: <cache>/runs/<dataset>-reranker")
     parser.add_argument("--base-model", default="minilm")
@@ -235,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args.run_dir = args.run_dir or args.cache / "runs" / f"{args.dataset}-reranker"
     setup_environment()
     console = Console()
-    cpu = cpu_description()
-    print_cpu(cpu)
+    args.threads, cpu = start_run(args.threads)
     from rankwise.index import Index
     from rankwise.training.finetune import TrainingConfig, train_cross_encoder
 
@@ -276,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"created_at": datetime.now(UTC).isoformat(timespec="seconds"), "dataset": args.dataset,
                "cpu": cpu, "published_reference": PUBLISHED, "arguments": {k: str(v) for k, v in vars(args).items()},
                **state.data, "checks": checks}
-    path = write_json(args.out.name if args.out else f"train_{args.dataset}.json", payload)
+    write_json(args.out.name if args.out else f"train_{args.dataset}.json", payload)
     for system, scores in evaluation["systems"].items():
         console.print(f"{system:>18}  " + "  ".join(f"{m} {v:.4f}" for m, v in scores.items()), highlight=False)
     for stage, test in evaluation["reranked_vs_first_stage"].items():

@@ -32,8 +32,18 @@ def test_token_budget_batches_cover_every_item_once_within_budget() -> None:
     for b in batches:
         assert len(b) <= 64
         assert len(b) * max(lengths[i] for i in b) <= 2048
+        assert padding_ratio(lengths, [b]) <= 0.1 + 1e-9
     naive = [list(range(i, min(i + 8, 500))) for i in range(0, 500, 8)]
     assert padding_ratio(lengths, batches) < padding_ratio(lengths, naive) / 3
+
+
+def test_padding_cap_splits_mixed_lengths_that_fit_one_budget() -> None:
+    lengths = [256] * 4 + [60] * 4
+    assert token_budget_batches(lengths, max_tokens=100_000, max_padding=0.5) == [list(range(8))]
+    capped = token_budget_batches(lengths, max_tokens=100_000, max_padding=0.1)
+    assert capped == [list(range(4)), list(range(4, 8))] and padding_ratio(lengths, capped) == 0.0
+    with pytest.raises(ValueError):
+        token_budget_batches(lengths, max_tokens=100, max_padding=1.0)
 
 
 def test_an_item_longer_than_the_budget_gets_its_own_batch() -> None:

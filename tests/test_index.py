@@ -1,6 +1,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +46,36 @@ def test_failed_rebuild_leaves_previous_index_intact(tmp_path: Path, kb_document
     after = Index(path)
     assert after.fingerprint == before.fingerprint and after.manifest.num_documents == 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "idx"]
+
+
+def test_build_removes_build_dirs_abandoned_by_dead_processes(tmp_path: Path, kb_documents: list[Document]) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    abandoned = tmp_path / f".idx.building-{dead}-0badc0de"  # left by a SIGKILLed build
+    live = tmp_path / f".idx.building-{os.getpid()}-feedf00d"  # a concurrent build still running
+    for d in (abandoned, live):
+        d.mkdir()
+        (d / "docstore.sqlite").write_text("half-written")
+    Index.build(kb_documents, tmp_path / "idx", embedding_model=None)
+    assert not abandoned.exists() and live.exists()
+
+
+def test_sigterm_during_cli_index_cleans_up_and_keeps_the_previous_index(tmp_path: Path) -> None:
+    corpus = tmp_path / "big.jsonl"
+    corpus.write_text("\n".join(json.dumps({"id": f"d{i}", "text": f"passage number {i} " * 40}) for i in range(3000)))
+    small = tmp_path / "small.jsonl"
+    small.write_text(json.dumps({"id": "a", "text": "the previous index"}) + "\n")
+    cli = [sys.executable, "-m", "rankwise", "index", "--no-dense", "--index", str(tmp_path / "idx")]
+    subprocess.run([*cli, str(small)], check=True, capture_output=True)
+    before = Index(tmp_path / "idx").fingerprint
+    proc = subprocess.Popen([*cli, str(corpus)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".idx.building-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not list(tmp_path.glob(".idx.*")), "the half-built directory must be removed"
+    assert Index(tmp_path / "idx").fingerprint == before
 
 
 def test_refuses_to_overwrite_a_directory_that_is_not_an_index(tmp_path: Path, kb_documents: list[Document]) -> None:

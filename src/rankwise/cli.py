@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -176,18 +178,21 @@ def info(index_dir: IndexOpt) -> None:
     typer.echo(json.dumps(asdict(Manifest.read(index_dir)), indent=2))
 
 
-from rankwise.training.commands import register as _register_training  # noqa: E402
+from rankwise.training.commands import register as _register_training
 
 _register_training(app, friendly_errors)
 
-from rankwise.evaluation.commands import register as _register_eval  # noqa: E402
+from rankwise.evaluation.commands import register as _register_eval
 
 _register_eval(app)
 
-from rankwise.serving.commands import register as _register_serving  # noqa: E402
+from rankwise.serving.commands import register as _register_serving
 
 _register_serving(app)
 
 
 def main() -> None:
+    # SIGTERM (docker stop, kill, a CI timeout) becomes SystemExit so that cleanup runs: an interrupted
+    # `rankwise index` removes its half-built directory and leaves the previous index untouched
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     app()

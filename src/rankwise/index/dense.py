@@ -23,9 +23,9 @@ from rankwise.errors import IndexNotFoundError, ModelError, QueryError
 from rankwise.models import resolve_model, weights_sha256
 from rankwise.rerank.batching import pad_batch, run_batched
 from rankwise.rerank.onnx_backend import (
+    EMBEDDER_BACKENDS,
     Backend,
     OnnxRunner,
-    EMBEDDER_BACKENDS,
     check_backend,
     export_module,
     model_inputs,

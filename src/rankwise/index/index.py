@@ -132,7 +132,8 @@ class Index:
         previous = _previous_vectors(path, embedder)
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.building-{uuid.uuid4().hex[:8]}"
+        _remove_abandoned_builds(path)
+        tmp = path.parent / f".{path.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             manifest = _write_index(tmp, label, documents, PassageSplitter(tokenizer_dir, chunking), chunking,
@@ -145,6 +146,27 @@ class Index:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return cls(path, embedder=embedder)
+
+
+def _remove_abandoned_builds(path: Path) -> None:
+    """Delete build dirs of ``path`` left by a process that no longer runs (killed with SIGKILL, power loss).
+
+    A build dir is named after its builder's pid, so a concurrent build by a live process is left alone.
+    """
+    for stale in path.parent.glob(f".{path.name}.building-*"):
+        pid = stale.name.rsplit(".building-", 1)[1].split("-", 1)[0]
+        if not pid.isdigit() or not _process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _previous_vectors(path: Path, embedder: Embedder | None) -> dict[str, np.ndarray]:

@@ -13,23 +13,35 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 
-def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_rows: int = 256) -> list[list[int]]:
-    """Group item indices (longest first) so each batch has ``rows * max_len <= max_tokens``.
+#: default cap on the share of padded positions in one batch
+MAX_PADDING = 0.1
 
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_rows: int = 256,
+                         max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Group item indices (longest first) so each batch has ``rows * max_len <= max_tokens`` and at most
+    ``max_padding`` of its positions are padding.
+
+    Why the padding cap: sorted by length, a budget-filled batch can still span e.g. 256-token and
+    60-token windows (a long passage's last window), and every padded position costs a full forward
+    pass position. Cutting the batch when waste would pass the cap costs one more, smaller, forward pass.
     A single item longer than the budget still gets a batch of its own (it cannot be split here).
     """
-    if max_tokens <= 0 or max_rows <= 0:
-        raise ValueError("token budget and max rows must be positive")
+    if max_tokens <= 0 or max_rows <= 0 or not 0 <= max_padding < 1:
+        raise ValueError("token budget and max rows must be positive, max_padding in [0, 1)")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
-    width = 0
+    width = real = 0
     for i in order:
         new_width = max(width, lengths[i])
-        if current and ((len(current) + 1) * new_width > max_tokens or len(current) >= max_rows):
+        rows = len(current) + 1
+        if current and (rows * new_width > max_tokens or len(current) >= max_rows
+                        or 1 - (real + lengths[i]) / (rows * new_width) > max_padding):
             batches.append(current)
-            current, new_width = [], lengths[i]
+            current, new_width, real = [], lengths[i], 0
         current.append(i)
+        real += lengths[i]
         width = new_width
     if current:
         batches.append(current)
@@ -63,14 +75,14 @@ def pad_batch(rows: Sequence[Sequence[int]], token_types: Sequence[Sequence[int]
 
 
 def run_batched(rows: Sequence[Sequence[int]], forward: Callable[[list[int]], np.ndarray], max_tokens: int,
-                max_rows: int = 256) -> tuple[np.ndarray, list[list[int]]]:
+                max_rows: int = 256, max_padding: float = MAX_PADDING) -> tuple[np.ndarray, list[list[int]]]:
     """Run ``forward(indices)`` over token-budget batches of ``rows``; outputs come back in input order.
 
     ``forward`` receives the indices of one batch and returns one output row per index (a logit or a
     vector). Returns the stacked outputs and the batches (for :func:`padding_ratio` and stats).
     """
     lengths = [len(r) for r in rows]
-    batches = token_budget_batches(lengths, max_tokens, max_rows)
+    batches = token_budget_batches(lengths, max_tokens, max_rows, max_padding)
     out: np.ndarray | None = None
     for batch in batches:
         values = np.asarray(forward(batch), dtype=np.float32)
