@@ -64,3 +64,16 @@ def test_unknown_or_broken_models_give_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelError):
         CrossEncoderReranker(tmp_path)
+
+
+def test_default_window_is_the_length_the_model_was_trained_with(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    path = build_tiny_cross_encoder(tmp_path / "m", seed=2)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.model_max_length = 40  # what CrossEncoder(max_length=40).save_pretrained writes
+    tokenizer.save_pretrained(path)
+    reranker = CrossEncoderReranker(path)
+    assert reranker.max_length == 40
+    assert reranker.score("refund policy", ["word " * 100]).truncated == 1, "longer passages become windows"
+    assert CrossEncoderReranker(path, max_length=64).max_length == 64, "an explicit length still wins"

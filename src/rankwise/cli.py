@@ -121,7 +121,7 @@ def search(
     fusion: Annotated[str, typer.Option(help="Hybrid fusion: rrf | convex")] = "rrf",
     alpha: Annotated[float, typer.Option(help="Dense weight for convex fusion.")] = 0.5,
     granularity: Annotated[str, typer.Option(help="document (MaxP) | passage")] = "document",
-    max_length: Annotated[int, typer.Option(help="Reranker tokens per pair.")] = 512,
+    max_length: Annotated[int | None, typer.Option(help="Reranker tokens per window (default: the model's trained length).")] = None,
     backend: Annotated[str, typer.Option(help="Reranker inference: torch | torch-bf16 | onnx | onnx-int8.")] = "torch",
     filter_: Annotated[list[str], typer.Option("--filter", help="Metadata filter key=value (repeatable).")] = [],  # noqa: B006
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
 
     console.print(Rule("3 · evaluate on the held-out test queries"))
     gold = GoldSet.from_beir(SAMPLE_KB, "test").prepare(known_documents=set(index.passage_doc_ids))
-    reranker = load_reranker("candidate", registry=registry, max_length=192)
+    reranker = load_reranker("candidate", registry=registry)  # scores windows of its trained length (128)
     report = evaluate(index, gold, first_stages=["dense", "hybrid"], reranker=reranker, baseline="dense",
                       candidate="hybrid+reranker", rerank_k=args.rerank_k)
     print_report(report, console)
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     artifacts["report (markdown)"], artifacts["report (html)"] = out / "report.md", out / "report.html"
 
     console.print(Rule("4 · promotion gate"))
-    decision = check_promotion(registry, index, gold, candidate=entry.version, first_stage="hybrid",
-                               max_length=192)
+    decision = check_promotion(registry, index, gold, candidate=entry.version, first_stage="hybrid")
     verdict = "[green]promoted to production[/]" if decision.passed else "[red]kept as candidate[/]"
     console.print(f"nDCG@5 {decision.candidate_value:.3f} vs {decision.against} {decision.baseline_value:.3f} "
                   f"({decision.relative_gain:+.1%}, gate > {decision.min_gain:+.0%}) → {verdict}")

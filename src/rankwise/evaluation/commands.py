@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         scale: Annotated[str | None, typer.Option(help="Allowed labels, e.g. 0-3, 0,1 or binary.")] = None,
         retrieve_k: Annotated[int, typer.Option(help="First-stage candidates (ranking depth).")] = 100,
         rerank_k: Annotated[int, typer.Option(help="Candidates the reranker scores.")] = 100,
-        max_length: Annotated[int, typer.Option(help="Reranker tokens per pair.")] = 512,
+        max_length: Annotated[int | None, typer.Option(help="Reranker tokens per window (default: the model's trained length).")] = None,
         limit_queries: Annotated[int | None, typer.Option(help="Evaluate only the first N queries.")] = None,
         json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
         markdown: Annotated[Path | None, typer.Option(help="Write the report as Markdown.")] = None,

@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-
 #: default cap on the share of padded positions in one batch
 MAX_PADDING = 0.1
 

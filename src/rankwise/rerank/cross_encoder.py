@@ -47,7 +47,11 @@ class CrossEncoderReranker:
             bf16, e.g. AVX512-BF16; small score shifts), ``onnx`` (fused fp32 ONNX Runtime: same scores, faster) or
             ``onnx-int8`` (int8 weights: fastest, scores shift slightly). ONNX files are exported on first
             use and cached next to the model (see :mod:`rankwise.rerank.onnx_backend`).
-        max_length: tokens per (query, passage) window, special tokens included.
+        max_length: tokens per (query, passage) window, special tokens included. Default: the length the
+            model was trained with (its tokenizer's ``model_max_length``, which ``rankwise train`` sets),
+            else 512. Scoring longer windows than a model saw in training can cost a lot of quality
+            (measured: a SciFact reranker trained at 128 tokens fell from nDCG@10 0.71 to 0.55 at 256), so
+            longer passages are split into windows of the trained length instead.
         batch_tokens: token budget per forward pass; bounds memory whatever the candidate count.
         long_documents: how windows of a passage longer than ``max_length`` are combined
             (``maxp`` max, ``firstp`` first window, ``mean``, ``topk-mean`` mean of the best 3, or
@@ -63,7 +67,7 @@ class CrossEncoderReranker:
         model: str | Path,
         *,
         backend: Backend = "torch",
-        max_length: int = 512,
+        max_length: int | None = None,
         batch_tokens: int = 16384,
         long_documents: Aggregation = "maxp",
         stride: int = 32,
@@ -73,7 +77,7 @@ class CrossEncoderReranker:
     ) -> None:
         if long_documents not in AGGREGATIONS:
             raise QueryError(f"unknown long-document aggregation '{long_documents}'; choose {', '.join(AGGREGATIONS)}")
-        if max_length < 16:
+        if max_length is not None and max_length < 16:
             raise QueryError(f"max_length must be at least 16 tokens (got {max_length})")
         self.backend = check_backend(backend)
         torch_backend = backend.startswith("torch")
@@ -88,6 +92,9 @@ class CrossEncoderReranker:
         num_labels = int(config.num_labels)
         if num_labels not in (1, 2):
             raise ModelError(f"'{model}' has {num_labels} output labels; a reranker needs 1 (or 2 for a binary classifier)")
+        trained = getattr(self.tokenizer, "model_max_length", None)
+        if max_length is None:  # tokenizers without a limit report a huge sentinel (int(1e30))
+            max_length = int(trained) if isinstance(trained, int) and 16 <= trained <= 100_000 else 512
         model_max = int(getattr(config, "max_position_embeddings", max_length))
         self.max_length = min(max_length, model_max)
         self.batch_tokens = batch_tokens

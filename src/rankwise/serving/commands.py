@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         first_stage: Annotated[str, typer.Option(help="Default first stage: bm25 | dense | hybrid")] = "hybrid",
         retrieve_k: Annotated[int, typer.Option(help="Default first-stage candidates.")] = 100,
         rerank_k: Annotated[int, typer.Option(help="Default candidates reranked.")] = 100,
-        max_length: Annotated[int, typer.Option(help="Reranker tokens per (query, passage) window.")] = 512,
+        max_length: Annotated[int | None, typer.Option(help="Reranker tokens per (query, passage) window (default: the model's trained length).")] = None,
         cache: Annotated[str, typer.Option(help="Score cache: memory | redis://host:port/db")] = "memory",
         cache_size: Annotated[int, typer.Option(help="In-process cache entries (0 disables it).")] = 100_000,
         cache_ttl: Annotated[int, typer.Option(help="Redis entry lifetime, seconds.")] = 7 * 24 * 3600,

@@ -82,7 +82,7 @@ class ServeConfig:
 
     index: Path | None = None
     reranker: str | None = None
-    max_length: int = 512
+    max_length: int | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     first_stage: str = "hybrid"
