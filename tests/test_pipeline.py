@@ -46,6 +46,23 @@ def test_reranked_results_show_both_signals(kb_index: Index, tiny_cross_encoder:
     assert set(d["results"][0]["reranker"]) == {"rank", "score", "raw_score"}
 
 
+def test_rrf_rerank_fusion_orders_by_both_ranks(kb_index: Index, tiny_cross_encoder: Path) -> None:
+    reranker = CrossEncoderReranker(tiny_cross_encoder, name="tiny")
+    plain = Pipeline(kb_index, reranker, first_stage="bm25", rerank_k=6).search("refund annual plan", k=8)
+    fused = Pipeline(kb_index, reranker, first_stage="bm25", rerank_k=6, rerank_fusion="rrf").search(
+        "refund annual plan", k=8)
+    assert fused.provenance.rerank_fusion == "rrf" and plain.provenance.rerank_fusion == "none"
+    head = fused.results[:6]
+    for r in head:  # both inputs stay visible; the score is the fused one the order follows
+        assert r.score == pytest.approx(1 / (60 + r.reranker.rank) + 1 / (60 + r.first_stage.rank))
+    assert [r.score for r in head] == sorted((r.score for r in head), reverse=True)
+    by_doc = {r.doc_id: r.reranker.raw_score for r in plain.results[:6]}
+    assert {r.doc_id: r.reranker.raw_score for r in head} == by_doc, "same reranker scores, only the order differs"
+    assert [r.first_stage.rank for r in fused.results[6:]] == [r.first_stage.rank for r in plain.results[6:]]
+    with pytest.raises(QueryError, match="rerank fusion"):
+        Pipeline(kb_index, reranker, rerank_fusion="linear")
+
+
 def test_filters_restrict_candidates(kb_index: Index) -> None:
     response = Pipeline(kb_index, first_stage="hybrid").search("rotate credentials", filters={"category": "billing"})
     assert {r.doc_id for r in response.results} <= {"refund-annual", "refund-monthly"}

@@ -118,6 +118,7 @@ def search(
     k: Annotated[int, typer.Option("--k", "-k", help="Results to show.")] = 10,
     retrieve_k: Annotated[int, typer.Option(help="First-stage candidates.")] = 100,
     rerank_k: Annotated[int, typer.Option(help="Candidates the reranker scores.")] = 100,
+    rerank_fusion: Annotated[str, typer.Option(help="none: reranker order; rrf: fuse reranker and first-stage ranks.")] = "none",
     fusion: Annotated[str, typer.Option(help="Hybrid fusion: rrf | convex")] = "rrf",
     alpha: Annotated[float, typer.Option(help="Dense weight for convex fusion.")] = 0.5,
     granularity: Annotated[str, typer.Option(help="document (MaxP) | passage")] = "document",
@@ -138,7 +139,7 @@ def search(
     validate_query(query)
     idx = Index(index_dir)
     pipeline = Pipeline(idx, load_reranker(reranker, max_length=max_length, backend=backend), first_stage=first_stage,
-                        retrieve_k=retrieve_k, rerank_k=rerank_k, fusion=fusion, alpha=alpha,
+                        retrieve_k=retrieve_k, rerank_k=rerank_k, rerank_fusion=rerank_fusion, fusion=fusion, alpha=alpha,
                         granularity=granularity)  # type: ignore[arg-type]
     response = pipeline.search(query, k=k, filters=_parse_filters(filter_))
     if as_json:

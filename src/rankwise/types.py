@@ -114,6 +114,8 @@ class Provenance:
     num_reranked: int
     #: reranked passages longer than the reranker's max_length (split into windows, or truncated if asked)
     num_split: int = 0
+    #: how the reranked order was formed: ``none`` (reranker score alone) or ``rrf`` (fused with first stage)
+    rerank_fusion: str = "none"
 
 
 @dataclass(frozen=True, slots=True)

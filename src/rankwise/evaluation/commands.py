@@ -71,6 +71,7 @@ def register(app: typer.Typer) -> None:
         scale: Annotated[str | None, typer.Option(help="Allowed labels, e.g. 0-3, 0,1 or binary.")] = None,
         retrieve_k: Annotated[int, typer.Option(help="First-stage candidates (ranking depth).")] = 100,
         rerank_k: Annotated[int, typer.Option(help="Candidates the reranker scores.")] = 100,
+        rerank_fusion: Annotated[str, typer.Option(help="none: reranker order; rrf: fuse reranker and first-stage ranks.")] = "none",
         max_length: Annotated[int | None, typer.Option(help="Reranker tokens per window (default: the model's trained length).")] = None,
         limit_queries: Annotated[int | None, typer.Option(help="Evaluate only the first N queries.")] = None,
         json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
@@ -117,7 +118,7 @@ def register(app: typer.Typer) -> None:
 
             report = evaluate(index, prepared, first_stages=stages, reranker=ranker, metrics=metric_names,
                               baseline=baseline, candidate=candidate, retrieve_k=retrieve_k, rerank_k=rerank_k,
-                              seed=seed, progress=progress)
+                              rerank_fusion=rerank_fusion, seed=seed, progress=progress)
         result = evaluate_gates(report, gates, max_latency_ms) if gates or max_latency_ms is not None else None
         if result is not None:
             report.gates = result.to_dict()

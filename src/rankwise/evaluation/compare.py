@@ -227,6 +227,7 @@ def evaluate(
     candidate: str | None = None,
     retrieve_k: int = 100,
     rerank_k: int = 100,
+    rerank_fusion: str = "none",
     top_results: int = 5,
     seed: int = DEFAULT_SEED,
     n_resamples: int = DEFAULT_RESAMPLES,
@@ -238,7 +239,8 @@ def evaluate(
     baseline — with the default first stages and a reranker, ``hybrid+reranker``. Holm's correction is
     applied per metric over the comparisons with the baseline. The report keeps each system's top
     ``top_results`` results per query (with first-stage and reranker scores) and its full rankings (for
-    TREC run files); rankings are ``retrieve_k`` deep.
+    TREC run files); rankings are ``retrieve_k`` deep. ``rerank_fusion`` is the
+    :class:`~rankwise.pipeline.Pipeline` option (``rrf``: reranked order fused with the first stage's).
     """
     metrics = parse_metrics(metrics)
     first_stages = parse_first_stages(first_stages)
@@ -263,7 +265,7 @@ def evaluate(
                               f"limit (e.g. {', '.join(too_long[:3])}); shorten them or leave them out")
 
     rankings, tops, samples = _run_pipelines(index, goldset, first_stages, reranker, retrieve_k, rerank_k,
-                                             top_results, progress)
+                                             rerank_fusion, top_results, progress)
     values = {s: per_query(metrics, goldset.qrels, run_from_rankings(rankings[s])) for s in systems}
     scores = {s: {m: mean(values[s][m]) for m in metrics} for s in systems}
     cis = {s: {m: bootstrap_ci(list(values[s][m].values()), n_resamples=n_resamples, seed=seed) for m in metrics}
@@ -283,6 +285,7 @@ def evaluate(
         "reranker": reranker.name if reranker else None,
         "reranker_sha256": reranker.weights_sha256 if reranker else None,
         "first_stages": first_stages, "retrieve_k": retrieve_k, "rerank_k": rerank_k,
+        "rerank_fusion": rerank_fusion,
         "seed": seed, "n_resamples": n_resamples, "confidence": 0.95,
         "holm_family": "per metric: every system compared with the baseline",
         "latency_note": ("a first stage and its '+reranker' variant share one first-stage call per query; "
@@ -301,7 +304,7 @@ def evaluate(
 
 
 def _run_pipelines(index: Index, goldset: PreparedGoldSet, first_stages: Sequence[str], reranker: Reranker | None,
-                   retrieve_k: int, rerank_k: int, top_results: int, progress: Progress | None,
+                   retrieve_k: int, rerank_k: int, rerank_fusion: str, top_results: int, progress: Progress | None,
                    ) -> tuple[dict[str, dict[str, list[str]]], dict[str, dict[str, list[TopResult]]],
                               dict[str, dict[str, list[float]]]]:
     """Rankings, top results and per-stage latency samples of every system, one search per query and first stage."""
@@ -310,7 +313,8 @@ def _run_pipelines(index: Index, goldset: PreparedGoldSet, first_stages: Sequenc
     samples: dict[str, dict[str, list[float]]] = {}
     items = list(goldset.queries.items())
     for fs in first_stages:
-        pipeline = Pipeline(index, reranker, first_stage=fs, retrieve_k=retrieve_k, rerank_k=rerank_k)
+        pipeline = Pipeline(index, reranker, first_stage=fs, retrieve_k=retrieve_k, rerank_k=rerank_k,
+                            rerank_fusion=rerank_fusion)
         _warm_up(pipeline, items[0][1])
         reranked = fs + RERANKED_SUFFIX
         names = [fs, reranked] if reranker is not None else [fs]
