@@ -24,8 +24,6 @@ import argparse
 import itertools
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,7 +36,7 @@ import httpx
 from common import DEFAULT_SCIFACT, REPO, cpu_description, print_cpu, setup_environment, write_json
 
 from rankwise.pipeline import latency_percentiles
-from rankwise.serving.readiness import wait_until_ready
+from rankwise.serving.readiness import ServeProcess
 
 setup_environment()
 
@@ -79,25 +77,12 @@ def load_inputs(data: Path, docs: int) -> tuple[list[str], list[str], str]:
     return queries, passages, "synthetic"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
+class Server(ServeProcess):
     def __init__(self, model: Path, batching: bool, max_length: int, log: Path) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        port = self.url.rsplit(":", 1)[1]
-        self.command = [sys.executable, "-m", "rankwise", "serve", "--reranker", str(model), "--host", "127.0.0.1",
-                        "--port", port, "--max-length", str(max_length), "--audit", "none", "--timeout-ms", "300000",
-                        "--batching" if batching else "--no-batching"]
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT)
-        problem = wait_until_ready(self.url, self.proc, timeout_s=300)
-        if problem:
-            self.stop()
-            sys.exit(f"error: {problem}; see {log}")
+        super().__init__(["--reranker", str(model), "--max-length", str(max_length), "--audit", "none",
+                          "--timeout-ms", "300000", "--batching" if batching else "--no-batching"], log, timeout_s=300)
+        if self.problem:
+            sys.exit(f"error: {self.problem}; see {log}")
 
     def rounds(self) -> tuple[float, float]:
         """(batching rounds, requests scored in them) so far, from /metrics."""
@@ -106,14 +91,6 @@ class Server:
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
         samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
         return samples.get("rankwise_batch_requests_count", 0.0), samples.get("rankwise_batch_requests_sum", 0.0)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
 
 
 def run_cell(server: Server, payloads: list[dict[str, Any]], clients: int) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -31,16 +30,10 @@ from rankwise.index import Index
 from rankwise.pipeline import Pipeline
 from rankwise.rerank.cross_encoder import CrossEncoderReranker
 from rankwise.serving.auth import KeyStore
-from rankwise.serving.readiness import wait_until_ready
+from rankwise.serving.readiness import ServeProcess, free_port
 
 START_TIMEOUT_S = 180
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _build_model(path: Path, seed: int) -> Path:
@@ -56,21 +49,13 @@ def _build_model(path: Path, seed: int) -> Path:
     return path
 
 
-class Server:
+class Server(ServeProcess):
     """``python -m rankwise serve`` in a subprocess, waited for until ``/readyz`` says ready."""
 
     def __init__(self, args: list[str], log: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        with open(log, "wb") as fh:
-            self.proc = subprocess.Popen([sys.executable, "-m", "rankwise", "serve", "--host", "127.0.0.1",
-                                          "--port", str(self.port), *args], stdout=fh, stderr=subprocess.STDOUT,
-                                         env=ENV)
-        problem = wait_until_ready(self.url, self.proc, START_TIMEOUT_S)
-        if problem:
-            self.stop()
-            pytest.fail(f"{problem}:\n{log.read_text()[-3000:]}")
+        super().__init__(args, log, timeout_s=START_TIMEOUT_S, env=ENV)
+        if self.problem:
+            pytest.fail(f"{self.problem}:\n{log.read_text()[-3000:]}")
 
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -80,14 +65,6 @@ class Server:
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
                 for family in text_string_to_metric_families(text) for s in family.samples}
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def _rankwise(*args: str) -> subprocess.CompletedProcess[str]:
@@ -385,7 +362,7 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         pytest.skip("redis-server is not installed (Debian package redis-server; .ci/run installs it)")
     import redis
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"redis://127.0.0.1:{port}/0"
@@ -439,8 +416,8 @@ def test_redis_cache_survives_restarts_and_never_serves_another_models_scores(
 
 
 def test_unreachable_redis_is_one_error_line(models: tuple[Path, Path]) -> None:
-    result = _rankwise("serve", "--reranker", str(models[0]), "--cache", f"redis://127.0.0.1:{_free_port()}/0",
-                       "--audit", "none", "--port", str(_free_port()))
+    result = _rankwise("serve", "--reranker", str(models[0]), "--cache", f"redis://127.0.0.1:{free_port()}/0",
+                       "--audit", "none", "--port", str(free_port()))
     assert result.returncode == 2 and result.stderr.startswith("error: cannot reach Redis")
     assert "Traceback" not in result.stderr
 
