@@ -70,7 +70,8 @@ class PairBatchScorer:
     def __init__(self, reranker: Reranker) -> None:
         if not supports_shared_batches(reranker):
             raise ModelError(f"reranker '{reranker.name}' ({type(reranker).__name__}) cannot be served: the server "
-                             "needs a cross-encoder that exposes tokenize/forward/aggregate steps (CrossEncoderReranker)")
+                             "needs a cross-encoder with the encode_pairs/forward_windows/aggregate_windows hook "
+                             "(CrossEncoderReranker)")
         self.reranker = reranker
         self._r: Any = reranker  # duck-typed: anything with the _HOOK methods and attributes
         self._pair_specials = int(self._r.tokenizer.num_special_tokens_to_add(pair=True))
