@@ -11,8 +11,10 @@ from test_training import QRELS, QUERIES
 
 from conftest import build_tiny_cross_encoder
 from rankwise import Index
+from rankwise.evaluation.compare import evaluate
 from rankwise.evaluation.goldset import GoldSet, Judgement
 from rankwise.registry import Registry
+from rankwise.rerank.loading import load_reranker
 from rankwise.training.finetune import TrainingConfig, train_cross_encoder
 from rankwise.training.negatives import mine_groups
 from rankwise.training.promotion import check_promotion
@@ -54,6 +56,13 @@ def test_gate_refuses_a_worse_candidate_and_accepts_a_better_one(registry_with_m
     slow = check_promotion(reg, kb_index, gold, candidate="v2", first_stage="bm25", metric="nDCG@5",
                            max_latency_regression=-1.0)
     assert not slow.passed and any("latency" in r for r in slow.reasons)
+    # the gate judges the ordering production will serve: fused with the first stage, recorded in the decision
+    fused = check_promotion(reg, kb_index, gold, candidate="v2", first_stage="bm25", metric="nDCG@5",
+                            max_latency_regression=1000.0, rerank_k=4, rerank_fusion="rrf")
+    assert fused.to_dict()["rerank_fusion"] == "rrf" and fused.rerank_k == 4
+    direct = evaluate(kb_index, gold, first_stages=["bm25"], reranker=load_reranker("v2", registry=reg),
+                      metrics=["nDCG@5"], baseline="bm25", rerank_k=4, rerank_fusion="rrf", n_resamples=10)
+    assert fused.candidate_value == pytest.approx(direct.scores["bm25+reranker"]["nDCG@5"])
 
 
 def test_promote_cli_records_the_gate_and_exits_nonzero_when_refused(registry_with_models: Registry,

@@ -225,6 +225,18 @@ def test_search_returns_the_cli_json_objects(admin: httpx.Client, kb_index: Inde
     assert {r["metadata"]["category"] for r in filtered["results"]} == {"security"}
 
 
+def test_search_rerank_fusion_per_request(admin: httpx.Client, kb_index: Index,
+                                          reference: CrossEncoderReranker) -> None:
+    # a query no other test sends: cached scores for theirs would let the 1 ms budget test finish in time
+    query = "refund for a plan"
+    body = admin.post("/v1/search", json={"query": query, "k": 6, "rerank_fusion": "rrf"}).json()
+    want = Pipeline(kb_index, reference, rerank_fusion="rrf").search(query, k=6).to_dict()
+    assert body["provenance"]["rerank_fusion"] == "rrf"
+    assert [r["doc_id"] for r in body["results"]] == [r["doc_id"] for r in want["results"]]
+    bad = admin.post("/v1/search", json={"query": query, "rerank_fusion": "linear"})
+    assert bad.status_code == 422 and "rerank_fusion" in bad.text
+
+
 def test_search_budget_exhausted_keeps_first_stage_order(admin: httpx.Client, server: Server) -> None:
     response = admin.post("/v1/search", json={"query": "rotate credentials", "k": 5, "timeout_ms": 1})
     assert response.status_code == 200 and response.headers["x-rankwise-degraded"] == "true"

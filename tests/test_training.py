@@ -13,7 +13,7 @@ from rankwise import CrossEncoderReranker, Index
 from rankwise.errors import QueryError
 from rankwise.training.data import JudgedQueries
 from rankwise.training.finetune import TrainingConfig, train_cross_encoder
-from rankwise.training.negatives import mine_groups, parse_negative_mix
+from rankwise.training.negatives import mine_groups, parse_negative_mix, title_groups
 
 QUERIES = {"q1": "refund annual plan", "q2": "contractor mfa reset", "q3": "rotate postgres credentials",
            "q4": "customer churn q4", "q5": "monthly plan refund"}
@@ -47,6 +47,17 @@ def test_margin_filter_drops_near_positive_scores(kb_index: Index) -> None:
     loose = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 7}, depth=8)
     strict = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 7}, depth=8, false_negative_margin=0.01)
     assert sum(len(g.negatives) for g in strict) < sum(len(g.negatives) for g in loose)
+
+
+def test_title_groups_pair_each_title_with_its_own_untitled_body(kb_index: Index, kb_documents) -> None:
+    groups = title_groups(kb_index, mix={"bm25": 2, "random": 1}, depth=8, exclude={"churn-theory"}, seed=2)
+    by_title, by_id = {d.title: d for d in kb_documents}, {d.id: d for d in kb_documents}
+    assert len(groups) == len(kb_documents) - 1 and "Research on churn patterns" not in {g.query for g in groups}
+    for g in groups:
+        doc = by_title[g.query]
+        assert g.positives == (doc.text,), "the positive is the body alone: the title would give the answer away"
+        assert doc.id not in g.negative_ids and 1 <= len(g.negative_ids) <= 3
+        assert g.negatives == tuple(by_id[n].text for n in g.negative_ids), "negatives are untitled too"
 
 
 def test_negative_mix_parsing() -> None:

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from rankwise.cli_options import MaxLength, RerankFusion, RerankK
 from rankwise.errors import QueryError, RankwiseError
 from rankwise.types import SearchResponse
 
@@ -117,12 +118,12 @@ def search(
     reranker: Annotated[str, typer.Option(help="Cross-encoder: local dir, hub id, or 'none'.")] = "none",
     k: Annotated[int, typer.Option("--k", "-k", help="Results to show.")] = 10,
     retrieve_k: Annotated[int, typer.Option(help="First-stage candidates.")] = 100,
-    rerank_k: Annotated[int, typer.Option(help="Candidates the reranker scores.")] = 100,
-    rerank_fusion: Annotated[str, typer.Option(help="none: reranker order; rrf: fuse reranker and first-stage ranks.")] = "none",
+    rerank_k: RerankK = 100,
+    rerank_fusion: RerankFusion = "none",
     fusion: Annotated[str, typer.Option(help="Hybrid fusion: rrf | convex")] = "rrf",
     alpha: Annotated[float, typer.Option(help="Dense weight for convex fusion.")] = 0.5,
     granularity: Annotated[str, typer.Option(help="document (MaxP) | passage")] = "document",
-    max_length: Annotated[int | None, typer.Option(help="Reranker tokens per window (default: the model's trained length).")] = None,
+    max_length: MaxLength = None,
     backend: Annotated[str, typer.Option(help="Reranker inference: torch | torch-bf16 | onnx | onnx-int8.")] = "torch",
     filter_: Annotated[list[str], typer.Option("--filter", help="Metadata filter key=value (repeatable).")] = [],  # noqa: B006
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

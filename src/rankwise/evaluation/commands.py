@@ -23,6 +23,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from rankwise.cli_options import MaxLength, RerankFusion, RerankK
 from rankwise.evaluation.errors import EvaluationError
 from rankwise.evaluation.goldset import GoldSet
 
@@ -70,9 +71,9 @@ def register(app: typer.Typer) -> None:
         = "nDCG@5,P@5,R@20,nDCG@10",
         scale: Annotated[str | None, typer.Option(help="Allowed labels, e.g. 0-3, 0,1 or binary.")] = None,
         retrieve_k: Annotated[int, typer.Option(help="First-stage candidates (ranking depth).")] = 100,
-        rerank_k: Annotated[int, typer.Option(help="Candidates the reranker scores.")] = 100,
-        rerank_fusion: Annotated[str, typer.Option(help="none: reranker order; rrf: fuse reranker and first-stage ranks.")] = "none",
-        max_length: Annotated[int | None, typer.Option(help="Reranker tokens per window (default: the model's trained length).")] = None,
+        rerank_k: RerankK = 100,
+        rerank_fusion: RerankFusion = "none",
+        max_length: MaxLength = None,
         limit_queries: Annotated[int | None, typer.Option(help="Evaluate only the first N queries.")] = None,
         json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
         markdown: Annotated[Path | None, typer.Option(help="Write the report as Markdown.")] = None,

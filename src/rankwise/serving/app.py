@@ -204,7 +204,7 @@ def create_app(state: ServingState) -> FastAPI:
             request.state.audit.update(reranker=state.reranker.name, reranker_sha256=state.reranker.weights_sha256)
         outcome = await run_in_threadpool(
             state.search.search, query, k=body.k, first_stage=body.first_stage, retrieve_k=body.retrieve_k,
-            rerank_k=body.rerank_k, filters=body.filters, deadline=_deadline(state, request, body.timeout_ms),
+            rerank_k=body.rerank_k, rerank_fusion=body.rerank_fusion, filters=body.filters, deadline=_deadline(state, request, body.timeout_ms),
             loop=asyncio.get_running_loop())
         payload = outcome.response.to_dict()
         warnings = ["the latency budget ran out before reranking finished: results are in first-stage order"

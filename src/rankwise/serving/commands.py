@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from rankwise.cli_options import MaxLength, RerankFusion, RerankK
+
 DEFAULT_AUDIT = "default"
 
 
@@ -40,8 +42,9 @@ def register(app: typer.Typer) -> None:
         port: Annotated[int, typer.Option(help="Port.")] = 8080,
         first_stage: Annotated[str, typer.Option(help="Default first stage: bm25 | dense | hybrid")] = "hybrid",
         retrieve_k: Annotated[int, typer.Option(help="Default first-stage candidates.")] = 100,
-        rerank_k: Annotated[int, typer.Option(help="Default candidates reranked.")] = 100,
-        max_length: Annotated[int | None, typer.Option(help="Reranker tokens per (query, passage) window (default: the model's trained length).")] = None,
+        rerank_k: RerankK = 100,
+        rerank_fusion: RerankFusion = "none",
+        max_length: MaxLength = None,
         cache: Annotated[str, typer.Option(help="Score cache: memory | redis://host:port/db")] = "memory",
         cache_size: Annotated[int, typer.Option(help="In-process cache entries (0 disables it).")] = 100_000,
         cache_ttl: Annotated[int, typer.Option(help="Redis entry lifetime, seconds.")] = 7 * 24 * 3600,
@@ -76,7 +79,7 @@ def register(app: typer.Typer) -> None:
         config = ServeConfig(
             index=index_dir, reranker=None if reranker.strip().lower() in ("", "none") else reranker,
             max_length=max_length, host=host, port=port, first_stage=first_stage, retrieve_k=retrieve_k,
-            rerank_k=rerank_k, cache=cache, cache_size=cache_size, cache_ttl_s=cache_ttl, keys=keys,
+            rerank_k=rerank_k, rerank_fusion=rerank_fusion, cache=cache, cache_size=cache_size, cache_ttl_s=cache_ttl, keys=keys,
             audit=_audit_path(audit), timeout_ms=timeout_ms,
             batching=BatchingSettings(enabled=batching, max_wait_ms=batch_wait_ms, max_tokens=batch_tokens,
                                       max_requests=batch_requests),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rankwise.errors import RankwiseError
-from rankwise.pipeline import MAX_QUERY_CHARS
+from rankwise.pipeline import MAX_QUERY_CHARS, RERANK_FUSIONS
 from rankwise.types import FIRST_STAGE_METHODS
 
 
@@ -88,6 +88,7 @@ class ServeConfig:
     first_stage: str = "hybrid"
     retrieve_k: int = 100
     rerank_k: int = 100
+    rerank_fusion: str = "none"
     cache: str = "memory"
     cache_size: int = 100_000
     cache_ttl_s: int = 7 * 24 * 3600
@@ -103,6 +104,8 @@ class ServeConfig:
             raise ServeConfigError("nothing to serve: pass --index DIR (for /v1/search) and/or --reranker (for /v1/rerank)")
         if self.first_stage not in FIRST_STAGE_METHODS:
             raise ServeConfigError(f"unknown first stage '{self.first_stage}'; choose {', '.join(FIRST_STAGE_METHODS)}")
+        if self.rerank_fusion not in RERANK_FUSIONS:
+            raise ServeConfigError(f"unknown rerank fusion '{self.rerank_fusion}'; choose {', '.join(RERANK_FUSIONS)}")
         if self.timeout_ms <= 0:
             raise ServeConfigError("--timeout-ms must be positive")
         if self.cache_size < 0 or self.cache_ttl_s <= 0:

@@ -110,6 +110,8 @@ def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
         first_stage: Literal["bm25", "dense", "hybrid"] | None = Field(None, description="Default: the server's.")
         retrieve_k: ResultCount | None = Field(None, description="First-stage candidates (default: the server's).")
         rerank_k: RerankCount | None = Field(None, description="Candidates the reranker scores.")
+        rerank_fusion: Literal["none", "rrf"] | None = Field(
+            None, description="none: reranker order; rrf: reranker and first-stage ranks fused (default: the server's).")
         filters: dict[Annotated[str, StringConstraints(pattern=FILTER_KEY)], FilterValue] = Field(
             default_factory=dict, json_schema_extra={"additionalProperties": False},
             description="Metadata key = value (a list: any of).")

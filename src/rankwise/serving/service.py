@@ -167,13 +167,14 @@ class SearchService:
         first.retrieve("warm up", 1)
 
     def search(self, query: str, *, k: int, first_stage: str | None, retrieve_k: int | None, rerank_k: int | None,
-               filters: dict[str, Any], deadline: float, loop: asyncio.AbstractEventLoop) -> SearchOutcome:
+               rerank_fusion: str | None, filters: dict[str, Any], deadline: float, loop: asyncio.AbstractEventLoop) -> SearchOutcome:
         """Run on a worker thread (it blocks on the first stage and on scoring); ``None`` means the server default."""
         t0 = time.perf_counter()
         reranker = _BudgetedReranker(self.rerank, loop, deadline) if self.rerank is not None else None
         pipeline = Pipeline(self.index, reranker, first_stage=first_stage or self.config.first_stage,
                             retrieve_k=retrieve_k or self.config.retrieve_k,
-                            rerank_k=self.config.rerank_k if rerank_k is None else rerank_k)
+                            rerank_k=self.config.rerank_k if rerank_k is None else rerank_k,
+                            rerank_fusion=rerank_fusion or self.config.rerank_fusion)
         first = _RequestFirstStage(self.index, pipeline.first_stage.settings, self._lock)
         pipeline.first_stage = first
         try:

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rankwise.cli_options import RerankFusion, RerankK
+
 out = Console()
 
 
@@ -33,6 +35,7 @@ def train(
     skip_top: Annotated[int, typer.Option(help="Skip the first N candidates (likely unjudged positives).")] = 0,
     margin: Annotated[float | None, typer.Option(help="Drop candidates scoring >= margin × best positive.")] = None,
     rounds: Annotated[int, typer.Option(help="Groups per query, each with freshly sampled negatives.")] = 1,
+    title_queries: Annotated[bool, typer.Option(help="Also train on document titles as pseudo-queries for their bodies (few labels).")] = False,
     validation_fraction: Annotated[float, typer.Option(help="Share of queries held out for early stopping.")] = 0.1,
     epochs: Annotated[float, typer.Option()] = 1.0,
     max_steps: Annotated[int, typer.Option(help="Stop after N steps (-1: epochs decide).")] = -1,
@@ -53,7 +56,7 @@ def train(
     from rankwise.index import Index
     from rankwise.training.data import JudgedQueries, group_stats
     from rankwise.training.finetune import TrainingConfig, train_cross_encoder
-    from rankwise.training.negatives import mine_groups, parse_negative_mix
+    from rankwise.training.negatives import mine_groups, parse_negative_mix, title_groups
 
     config = TrainingConfig(base_model=base_model, loss=loss, epochs=epochs, max_steps=max_steps,  # type: ignore[arg-type]
                             batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
@@ -65,11 +68,13 @@ def train(
     with out.status("mining hard negatives…"):
         train_groups = mine_groups(index, train_part.queries, train_part.qrels, mix=mix, depth=depth,
                                    skip_top=skip_top, false_negative_margin=margin, rounds=rounds, seed=seed)
+        pseudo = title_groups(index, mix=mix, depth=depth, seed=seed) if title_queries else []
         # validation sees realistic candidate lists: the hybrid (or BM25) top-depth, not random documents
         val_mix = {"hybrid" if index.has_dense else "bm25": depth}
         val_groups = mine_groups(index, val_part.queries, val_part.qrels, mix=val_mix, depth=depth, seed=seed)
-    out.print(f"training groups {dict(group_stats(train_groups))}, validation groups {dict(group_stats(val_groups))}")
-    result = train_cross_encoder(train_groups, val_groups, config, output)
+    out.print(f"training groups {dict(group_stats(train_groups))}, title pseudo-queries {len(pseudo)}, "
+              f"validation groups {dict(group_stats(val_groups))}")
+    result = train_cross_encoder(train_groups + pseudo, val_groups, config, output)
     summary = result.summary()
     out.print_json(json.dumps(summary))
     if register:
@@ -77,7 +82,7 @@ def train(
         parent = reg.aliases().get("production")
         card = {"base_model": base_model, "training_data": {"dataset": str(dataset), "split": split,
                 "fingerprint": judged.fingerprint, "index_fingerprint": index.fingerprint, "negatives": mix,
-                **group_stats(train_groups)}, "hyperparameters": summary["config"],
+                "title_queries": len(pseudo), **group_stats(train_groups)}, "hyperparameters": summary["config"],
                 "metrics": {"validation": {"nDCG@10": result.best_validation_ndcg10}},
                 "training": {k: summary[k] for k in ("steps", "train_seconds", "loss_first", "loss_last")},
                 "parent": parent}
@@ -140,6 +145,8 @@ def promote(
     metric: Annotated[str, typer.Option(help="Metric the gain is measured on.")] = "nDCG@5",
     min_gain: Annotated[float, typer.Option(help="Required relative gain (0.05 = +5%).")] = 0.05,
     max_latency_regression: Annotated[float, typer.Option(help="Allowed p95 latency increase (0.25 = +25%).")] = 0.25,
+    rerank_k: RerankK = 100,
+    rerank_fusion: RerankFusion = "none",
     force: Annotated[bool, typer.Option("--force", help="Promote without the gate (recorded in history).")] = False,
     registry: RegistryOpt = None,
 ) -> None:
@@ -163,7 +170,8 @@ def promote(
     prepared = gold.prepare(known_documents=set(index.passage_doc_ids))
     with out.status(f"evaluating {target} against production…"):
         decision = check_promotion(reg, index, prepared, candidate=target, first_stage=first_stage, metric=metric,
-                                   min_gain=min_gain, max_latency_regression=max_latency_regression)
+                                   min_gain=min_gain, max_latency_regression=max_latency_regression,
+                                   rerank_k=rerank_k, rerank_fusion=rerank_fusion)
     out.print(f"{metric}: {target} {decision.candidate_value:.4f} vs {decision.against} {decision.baseline_value:.4f} "
               f"({decision.relative_gain:+.1%}, required > {min_gain:+.1%}); p95 {decision.candidate_p95_ms:.0f} ms")
     if not decision.passed:

@@ -31,6 +31,8 @@ class PromotionDecision:
     candidate_p95_ms: float
     baseline_p95_ms: float | None
     max_latency_regression: float
+    rerank_k: int = 100
+    rerank_fusion: str = "none"
     passed: bool = False
     reasons: list[str] = field(default_factory=list)
 
@@ -48,9 +50,15 @@ def check_promotion(
     metric: str = "nDCG@5",
     min_gain: float = 0.05,
     max_latency_regression: float = 0.25,
+    rerank_k: int = 100,
+    rerank_fusion: str = "none",
     **reranker_options: Any,
 ) -> PromotionDecision:
-    """Evaluate ``candidate`` against production (or the bare first stage) and apply the gate."""
+    """Evaluate ``candidate`` against production (or the bare first stage) and apply the gate.
+
+    ``rerank_k`` and ``rerank_fusion`` must be what production will serve with: a reranker that only
+    helps when fused with the first stage is judged as fused, and both sides use the same settings.
+    """
     version = registry.get(candidate).version
     production = registry.aliases().get("production")
     system = first_stage + RERANKED_SUFFIX
@@ -58,7 +66,7 @@ def check_promotion(
     def run(spec: str):
         reranker = load_reranker(spec, registry=registry, **reranker_options)
         return evaluate(index, goldset, first_stages=[first_stage], reranker=reranker, metrics=[metric],
-                        baseline=first_stage, n_resamples=1000)
+                        baseline=first_stage, rerank_k=rerank_k, rerank_fusion=rerank_fusion, n_resamples=1000)
 
     cand = run(version)
     cand_value = cand.scores[system][metric]
@@ -70,7 +78,7 @@ def check_promotion(
         against, base_value, base_p95 = f"{first_stage} (no production model)", cand.scores[first_stage][metric], None
     gain = (cand_value - base_value) / base_value if base_value > 0 else float("inf") if cand_value > 0 else 0.0
     decision = PromotionDecision(version, against, metric, cand_value, base_value, gain, min_gain, cand_p95,
-                                 base_p95, max_latency_regression)
+                                 base_p95, max_latency_regression, rerank_k, rerank_fusion)
     if gain <= min_gain:
         decision.reasons.append(f"{metric} gain {gain:+.1%} vs {against} does not clear the required {min_gain:+.1%}")
     if base_p95 is not None and cand_p95 > base_p95 * (1 + max_latency_regression):
