@@ -122,3 +122,33 @@ def test_compact_reranker_keeps_only_the_first_layers(tmp_path: Path, kb_index: 
     with pytest.raises(QueryError, match="cannot keep 5"):
         train_cross_encoder(groups, [], TrainingConfig(base_model=str(base), max_steps=1, layers=5),
                             tmp_path / "run2", show_progress=False)
+
+
+def test_train_cli_trains_registers_and_records_the_title_queries(tmp_path: Path, kb_index: Index,
+                                                                  kb_documents) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from rankwise.registry import Registry
+
+    dataset = tmp_path / "ds"
+    (dataset / "qrels").mkdir(parents=True)
+    (dataset / "queries.jsonl").write_text("\n".join(json.dumps({"_id": q, "text": t}) for q, t in QUERIES.items()))
+    (dataset / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(
+        f"{q}\t{d}\t{label}" for q, docs in QRELS.items() for d, label in docs.items()))
+    base = build_tiny_cross_encoder(tmp_path / "base", seed=1)
+    cmd = [sys.executable, "-m", "rankwise", "train", "--index", str(kb_index.path), "--dataset", str(dataset),
+           "--base-model", str(base), "--loss", "softmax", "--negatives", "bm25:2,random:2", "--title-queries",
+           "--validation-fraction", "0.2", "--max-steps", "12", "--batch-size", "2", "--lr", "1e-2",
+           "--max-length", "64", "--eval-steps", "6", "--output", str(tmp_path / "run"),
+           "--registry", str(tmp_path / "registry")]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"title pseudo-queries {len(kb_documents)}" in " ".join(done.stdout.split())  # rich wraps lines
+    entry = Registry(tmp_path / "registry").get("candidate")
+    assert entry.card["training_data"]["title_queries"] == len(kb_documents)
+    assert entry.card["training"]["steps"] == 12 and entry.card["hyperparameters"]["loss"] == "softmax"
+    reloaded = CrossEncoderReranker(entry.path)
+    assert reloaded.score("refund annual plan", ["Annual plans can be refunded.", "Rotate Redis."]).raw.shape == (2,)
