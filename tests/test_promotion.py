@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_training import QRELS, QUERIES
+from test_training import QRELS, QUERIES, write_beir_dataset
 
 from conftest import build_tiny_cross_encoder
 from rankwise import Index
@@ -69,14 +69,9 @@ def test_promote_cli_records_the_gate_and_exits_nonzero_when_refused(registry_wi
                                                                      kb_index: Index, tmp_path: Path) -> None:
     reg = registry_with_models
     reg.promote("v2", forced=True)
-    qrels_dir = tmp_path / "ds" / "qrels"
-    qrels_dir.mkdir(parents=True)
-    (tmp_path / "ds" / "queries.jsonl").write_text(
-        "\n".join(f'{{"_id": "{q}", "text": "{t}"}}' for q, t in QUERIES.items()))
-    (qrels_dir / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(
-        f"{q}\t{d}\t{label}" for q, docs in QRELS.items() for d, label in docs.items()))
+    dataset = write_beir_dataset(tmp_path / "ds", "test")
     cmd = [sys.executable, "-m", "rankwise", "models", "promote", "v1", "--index", str(kb_index.path),
-           "--dataset", str(tmp_path / "ds"), "--first-stage", "bm25", "--registry", str(reg.root)]
+           "--dataset", str(dataset), "--first-stage", "bm25", "--registry", str(reg.root)]
     refused = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert refused.returncode == 1 and "refused" in refused.stdout
     assert reg.aliases()["production"] == "v2", "a refused promotion changes nothing"

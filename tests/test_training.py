@@ -21,6 +21,15 @@ QRELS = {"q1": {"refund-annual": 1}, "q2": {"mfa-contractor": 1}, "q3": {"pg-rot
          "q4": {"churn-q4": 1}, "q5": {"refund-monthly": 1, "refund-annual": 0}}
 
 
+def write_beir_dataset(root: Path, split: str) -> Path:
+    """QUERIES/QRELS as a BEIR directory (queries.jsonl + qrels/<split>.tsv), for the CLI commands."""
+    (root / "qrels").mkdir(parents=True)
+    (root / "queries.jsonl").write_text("\n".join(json.dumps({"_id": q, "text": t}) for q, t in QUERIES.items()))
+    (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(
+        f"{q}\t{d}\t{label}" for q, docs in QRELS.items() for d, label in docs.items()))
+    return root
+
+
 def test_mined_negatives_never_include_judged_documents(kb_index: Index) -> None:
     groups = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 3, "dense": 2, "random": 2}, depth=8, seed=1)
     assert len(groups) == 5
@@ -132,11 +141,7 @@ def test_train_cli_trains_registers_and_records_the_title_queries(tmp_path: Path
 
     from rankwise.registry import Registry
 
-    dataset = tmp_path / "ds"
-    (dataset / "qrels").mkdir(parents=True)
-    (dataset / "queries.jsonl").write_text("\n".join(json.dumps({"_id": q, "text": t}) for q, t in QUERIES.items()))
-    (dataset / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(
-        f"{q}\t{d}\t{label}" for q, docs in QRELS.items() for d, label in docs.items()))
+    dataset = write_beir_dataset(tmp_path / "ds", "train")
     base = build_tiny_cross_encoder(tmp_path / "base", seed=1)
     cmd = [sys.executable, "-m", "rankwise", "train", "--index", str(kb_index.path), "--dataset", str(dataset),
            "--base-model", str(base), "--loss", "softmax", "--negatives", "bm25:2,random:2", "--title-queries",

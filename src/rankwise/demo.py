@@ -22,6 +22,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.rule import Rule
 
+from rankwise.pipeline import RERANK_FUSIONS
+
 SAMPLE_KB = Path(__file__).parent / "data" / "sample_kb"
 DEMO_QUERY = "customer churn analysis for Q4"
 
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--steps", type=int, default=100, help="training steps (4 groups of 8 passages each)")
     parser.add_argument("--rerank-k", type=int, default=20, help="hybrid recall@20 is already 1.0 here")
-    parser.add_argument("--rerank-fusion", choices=["none", "rrf"], default="rrf")
+    parser.add_argument("--rerank-fusion", choices=RERANK_FUSIONS, default="rrf")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from rankwise.cli import _quiet_libraries, print_response

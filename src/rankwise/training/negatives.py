@@ -113,9 +113,9 @@ def title_groups(
     otherwise the positive would contain the query verbatim and teach copy-matching. Negatives are mined
     like :func:`mine_groups` (documents sharing the title count as positives, never as negatives).
     Only the corpus is used, no queries or judgements; ``exclude`` names documents that get no
-    pseudo-query (they can still be drawn as negatives). Measured on the
-    bundled knowledge base (68 judged train queries, 100 steps): validation nDCG@10 0.75 → 0.88 with
-    title groups added; test nDCG@5 of hybrid + reranker (RRF) 0.81 → 0.84.
+    pseudo-query (they can still be drawn as negatives). Measured on the bundled knowledge base (68 judged
+    train queries, 100 steps): validation nDCG@10 0.75 → 0.88 with title groups added; test nDCG@5 of
+    hybrid + reranker (RRF) 0.81 → 0.84.
     """
     by_title: dict[str, list[str]] = {}
     for doc_id in sorted(set(index.passage_doc_ids) - set(exclude)):
