@@ -116,38 +116,15 @@ def mine(args: argparse.Namespace, index: Any, console: Console) -> tuple[list[A
         val_part = JudgedQueries(queries, load_qrels(args.data / args.dataset, val_source))
         _, val_part = val_part.split(args.validation_fraction, args.seed)
     started = time.perf_counter()
-    train = mine_groups(index, train_part.queries, _cap_positives(train_part.qrels, args.max_positives, train_part.queries, index),
-                        mix=parse_negative_mix(args.negatives), depth=args.depth, rounds=args.rounds, seed=args.seed)
+    train = mine_groups(index, train_part.queries, train_part.qrels, mix=parse_negative_mix(args.negatives),
+                        depth=args.depth, rounds=args.rounds, max_positives=args.max_positives, seed=args.seed)
     val = mine_groups(index, val_part.queries, val_part.qrels, mix={"hybrid": args.depth}, depth=args.depth,
                       seed=args.seed)
     info = {"train": dict(group_stats(train)), "validation": dict(group_stats(val)),
             "train_fingerprint": judged.fingerprint, "negatives": args.negatives, "rounds": args.rounds,
-            "depth": args.depth, "mining_seconds": round(time.perf_counter() - started, 1)}
+            "depth": args.depth, "max_positives": args.max_positives, "mining_seconds": round(time.perf_counter() - started, 1)}
     console.print(f"mined {info}")
     return train, val, info
-
-
-def _cap_positives(qrels: dict[str, dict[str, int]], cap: int, queries: dict[str, str], index: Any
-                   ) -> dict[str, dict[str, int]]:
-    """At most ``cap`` positives per query (NFCorpus has queries with hundreds), the rest judged 0.
-
-    Kept: best grades first, then the ones the hybrid first stage ranks highest — the documents a reranker
-    must order, and (with NFCorpus's all-grade-1 citation qrels) the ones with a visible link to the query;
-    picking by id chose arbitrary, often indirect, positives. The dropped positives stay *judged* (grade 0)
-    so negative mining can never draw them: un-judging them turned labelled-relevant documents into
-    negatives (NFCorpus: ~38 relevant documents per query, many in the first stage's top 30).
-    """
-    from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
-
-    stage = FirstStage(index, FirstStageSettings(method="hybrid" if index.has_dense else "bm25"))
-    capped = {}
-    for qid, judged in qrels.items():
-        positives = [d for d, g in judged.items() if g > 0]
-        if len(positives) > cap and qid in queries:
-            rank = {c.passage.doc_id: i for i, c in enumerate(stage.retrieve(queries[qid], 100))}
-            positives = sorted(positives, key=lambda d: (-judged[d], rank.get(d, len(rank)), d))[:cap]
-        capped[qid] = {d: g if g <= 0 or d in positives else 0 for d, g in judged.items()}
-    return capped
 
 
 def evaluate_model(args: argparse.Namespace, index: Any, model_dir: Path, console: Console) -> dict[str, Any]:

@@ -52,6 +52,21 @@ def test_rounds_resample_negatives_per_query(kb_index: Index) -> None:
         mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 2}, rounds=0)
 
 
+def test_max_positives_keeps_the_best_ranked_and_never_turns_the_rest_into_negatives(kb_index: Index) -> None:
+    from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
+
+    query = {"qm": "refund plan billing"}
+    qrels = {"qm": {"mfa-contractor": 1, "refund-monthly": 1, "refund-annual": 1, "churn-q4": 2}}
+    ranked = [c.passage.doc_id for c in FirstStage(kb_index, FirstStageSettings(method="bm25")).retrieve(query["qm"], 8)]
+    grade_1 = sorted(["mfa-contractor", "refund-monthly", "refund-annual"], key=lambda d: ranked.index(d) if d in ranked else 99)
+    groups = mine_groups(kb_index, query, qrels, mix={"bm25": 7, "random": 2}, depth=8, rounds=4, max_positives=2, seed=3)
+    kept = {kb_index.docstore.document(d).text for d in ("churn-q4", grade_1[0])}
+    for g in groups:
+        assert {p.split("\n", 1)[-1] for p in g.positives} == kept, "best grade first, then best first-stage rank"
+        assert not set(g.negative_ids) & set(qrels["qm"]), "capped positives stay judged: never negatives"
+        assert g.negative_ids, "the unjudged documents are still mined"
+
+
 def test_margin_filter_drops_near_positive_scores(kb_index: Index) -> None:
     loose = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 7}, depth=8)
     strict = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 7}, depth=8, false_negative_margin=0.01)
@@ -144,7 +159,7 @@ def test_train_cli_trains_registers_and_records_the_title_queries(tmp_path: Path
     dataset = write_beir_dataset(tmp_path / "ds", "train")
     base = build_tiny_cross_encoder(tmp_path / "base", seed=1)
     cmd = [sys.executable, "-m", "rankwise", "train", "--index", str(kb_index.path), "--dataset", str(dataset),
-           "--base-model", str(base), "--loss", "softmax", "--negatives", "bm25:2,random:2", "--title-queries",
+           "--base-model", str(base), "--loss", "softmax", "--negatives", "bm25:2,random:2", "--title-queries", "--max-positives", "1",
            "--validation-fraction", "0.2", "--max-steps", "12", "--batch-size", "2", "--lr", "1e-2",
            "--max-length", "64", "--eval-steps", "6", "--output", str(tmp_path / "run"),
            "--registry", str(tmp_path / "registry")]
@@ -154,6 +169,7 @@ def test_train_cli_trains_registers_and_records_the_title_queries(tmp_path: Path
     assert f"title pseudo-queries {len(kb_documents)}" in " ".join(done.stdout.split())  # rich wraps lines
     entry = Registry(tmp_path / "registry").get("candidate")
     assert entry.card["training_data"]["title_queries"] == len(kb_documents)
+    assert entry.card["training_data"]["max_positives"] == 1
     assert entry.card["training"]["steps"] == 12 and entry.card["hyperparameters"]["loss"] == "softmax"
     reloaded = CrossEncoderReranker(entry.path)
     assert reloaded.score("refund annual plan", ["Annual plans can be refunded.", "Rotate Redis."]).raw.shape == (2,)

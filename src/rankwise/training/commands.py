@@ -35,6 +35,7 @@ def train(
     skip_top: Annotated[int, typer.Option(help="Skip the first N candidates (likely unjudged positives).")] = 0,
     margin: Annotated[float | None, typer.Option(help="Drop candidates scoring >= margin × best positive.")] = None,
     rounds: Annotated[int, typer.Option(help="Groups per query, each with freshly sampled negatives.")] = 1,
+    max_positives: Annotated[int | None, typer.Option(min=1, help="At most N positives per query, the best-ranked kept; the rest are never negatives.")] = None,
     title_queries: Annotated[bool, typer.Option(help="Also train on document titles as pseudo-queries for their bodies (few labels).")] = False,
     validation_fraction: Annotated[float, typer.Option(help="Share of queries held out for early stopping.")] = 0.1,
     epochs: Annotated[float, typer.Option()] = 1.0,
@@ -67,7 +68,8 @@ def train(
     train_part, val_part = judged.split(validation_fraction, seed)
     with out.status("mining hard negatives…"):
         train_groups = mine_groups(index, train_part.queries, train_part.qrels, mix=mix, depth=depth,
-                                   skip_top=skip_top, false_negative_margin=margin, rounds=rounds, seed=seed)
+                                   skip_top=skip_top, false_negative_margin=margin, rounds=rounds,
+                                   max_positives=max_positives, seed=seed)
         pseudo = title_groups(index, mix=mix, depth=depth, seed=seed) if title_queries else []
         # validation sees realistic candidate lists: the hybrid (or BM25) top-depth, not random documents
         val_mix = {"hybrid" if index.has_dense else "bm25": depth}
@@ -82,7 +84,7 @@ def train(
         parent = reg.aliases().get("production")
         card = {"base_model": base_model, "training_data": {"dataset": str(dataset), "split": split,
                 "fingerprint": judged.fingerprint, "index_fingerprint": index.fingerprint, "negatives": mix,
-                "title_queries": len(pseudo), **group_stats(train_groups)}, "hyperparameters": summary["config"],
+                "max_positives": max_positives, "title_queries": len(pseudo), **group_stats(train_groups)}, "hyperparameters": summary["config"],
                 "metrics": {"validation": {"nDCG@10": result.best_validation_ndcg10}},
                 "training": {k: summary[k] for k in ("steps", "train_seconds", "loss_first", "loss_last")},
                 "parent": parent}

@@ -10,12 +10,13 @@ suspiciously high-scoring candidates (likely unjudged positives) with a margin f
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from rankwise.errors import QueryError
 from rankwise.index import Index
 from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
+from rankwise.types import Candidate
 
 NEGATIVE_SOURCES = ("bm25", "dense", "hybrid", "random")
 
@@ -54,6 +55,7 @@ def mine_groups(
     skip_top: int = 0,
     false_negative_margin: float | None = None,
     rounds: int = 1,
+    max_positives: int | None = None,
     seed: int = 42,
     with_titles: bool = True,
 ) -> list[TrainingGroup]:
@@ -67,6 +69,10 @@ def mine_groups(
             best-scoring judged positive's (e.g. 0.95), a cheap guard against false negatives.
         rounds: groups per query, each with a fresh sample of negatives from the same candidate pools —
             more distinct negatives for multi-epoch training without retrieving again.
+        max_positives: keep at most this many positives per query (NFCorpus judges ~38 per query, some
+            hundreds): best grade first, then the best first-stage rank — the documents a reranker must
+            order, and the ones with a visible link to the query. Dropped positives stay *judged*, so they
+            are never drawn as negatives (letting them become negatives kept an NFCorpus reranker at chance).
         with_titles: put each document's title before its text, as the reranker sees it at search time.
     """
     if rounds < 1:
@@ -76,22 +82,24 @@ def mine_groups(
     all_doc_ids = sorted(set(index.passage_doc_ids))
     groups: list[TrainingGroup] = []
     for qid in sorted(qrels):
-        positives = [d for d, grade in qrels[qid].items() if grade > 0]
-        positive_texts = [t for t in (_doc_text(index, d, with_titles) for d in positives) if t]
-        if qid not in queries or not positive_texts:
+        judged = qrels[qid]
+        if qid not in queries or not any(grade > 0 for grade in judged.values()):
             continue
-        judged = set(qrels[qid])
+        candidates = {method: stage.retrieve(queries[qid], depth) for method, stage in stages.items()}
+        positives = _ranked_positives(judged, candidates.values())[:max_positives]
+        positive_texts = [t for t in (_doc_text(index, d, with_titles) for d in positives) if t]
+        if not positive_texts:
+            continue
         pools: dict[str, list[str]] = {}
-        for method, stage in stages.items():
-            candidates = stage.retrieve(queries[qid], depth)
-            best_positive = max((c.score for c in candidates if c.passage.doc_id in judged), default=None)
+        for method, ranked in candidates.items():
+            best_positive = max((c.score for c in ranked if c.passage.doc_id in judged), default=None)
             pools[method] = list(dict.fromkeys(
-                c.passage.doc_id for c in candidates[skip_top:]
+                c.passage.doc_id for c in ranked[skip_top:]
                 if c.passage.doc_id not in judged
                 and not (false_negative_margin and best_positive is not None
                          and c.score >= false_negative_margin * best_positive)))
         for _round in range(rounds):
-            chosen = _sample_negatives(pools, mix, judged, all_doc_ids, rng)
+            chosen = _sample_negatives(pools, mix, set(judged), all_doc_ids, rng)
             groups.append(TrainingGroup(qid, queries[qid], tuple(positive_texts),
                                         tuple(_doc_text(index, d, with_titles) for d in chosen), tuple(chosen)))
     return groups
@@ -125,6 +133,17 @@ def title_groups(
     queries = {f"title:{ids[0]}": title for title, ids in by_title.items()}
     qrels = {f"title:{ids[0]}": dict.fromkeys(ids, 1) for ids in by_title.values()}
     return mine_groups(index, queries, qrels, mix=mix, depth=depth, seed=seed, with_titles=False)
+
+
+def _ranked_positives(judged: Mapping[str, int], rankings: Iterable[Sequence[Candidate]]) -> list[str]:
+    """Positive ids, best grade first, then best rank in any first-stage list, then id (deterministic)."""
+    best_rank: dict[str, int] = {}
+    for ranked in rankings:
+        for rank, candidate in enumerate(ranked):
+            doc_id = candidate.passage.doc_id
+            best_rank[doc_id] = min(rank, best_rank.get(doc_id, rank))
+    positives = [d for d, grade in judged.items() if grade > 0]
+    return sorted(positives, key=lambda d: (-judged[d], best_rank.get(d, len(best_rank)), d))
 
 
 def _sample_negatives(pools: Mapping[str, list[str]], mix: Mapping[str, int], judged: set[str],
