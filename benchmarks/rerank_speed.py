@@ -1,4 +1,4 @@
-"""Cross-encoder reranking speed and fidelity on CPU: sentence-transformers vs rankwise torch / ONNX / ONNX int8.
+"""Cross-encoder reranking speed and fidelity on CPU: sentence-transformers vs rankwise torch / ONNX / OpenVINO.
 
 Same model, same candidate lists (SciFact test queries, BM25 top-100 passages, title + text, max_length
 256), all variants in one run and interleaved query by query (the variant order rotates), so background
@@ -36,7 +36,8 @@ from common import (
 TRAINED_DEFAULT = TRAINED_SCIFACT_RERANKER  # benchmarks/train_beir.py's model
 #: fp32 variants, equal to each other within 1e-6: correlations are taken against the first one that ran
 REFERENCES = ("rankwise-torch", "rankwise-onnx", "sentence-transformers")
-VARIANTS = ("sentence-transformers", "rankwise-torch", "rankwise-torch-bf16", "rankwise-onnx", "rankwise-onnx-int8")
+VARIANTS = ("sentence-transformers", "rankwise-torch", "rankwise-torch-bf16", "rankwise-onnx", "rankwise-onnx-int8",
+            "rankwise-openvino", "rankwise-openvino-int8")
 
 
 def parse_args() -> argparse.Namespace:

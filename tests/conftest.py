@@ -10,6 +10,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from rankwise.models import bundled_minilm_dir
 from rankwise.types import Document
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -77,3 +78,19 @@ def kb_index(tmp_path_factory: pytest.TempPathFactory, kb_documents: list[Docume
     from rankwise.index import Index
 
     return Index.build(kb_documents, tmp_path_factory.mktemp("kb") / "index")
+
+
+@pytest.fixture(scope="session")
+def minilm_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled MiniLM's trained transformer with a fresh 1-logit head: real activations, fast to build.
+
+    A tiny random BERT is useless for int8 fidelity: its logits vary by ~1e-5 across inputs, below any
+    quantisation step. Trained transformer layers give inputs distinct representations, as in a reranker.
+    """
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("minilm-ce")
+    CrossEncoder(str(bundled_minilm_dir()), num_labels=1).save(str(directory))
+    return directory

@@ -69,22 +69,6 @@ def test_onnx_scores_do_not_depend_on_batch_budget_or_order(tiny_cross_encoder: 
     np.testing.assert_allclose(small.score(QUERY, [texts[i] for i in perm]).raw, big[perm], rtol=1e-4, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def minilm_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled MiniLM's trained transformer with a fresh 1-logit head: real activations, fast to build.
-
-    A tiny random BERT is useless for int8 fidelity: its logits vary by ~1e-5 across inputs, below any
-    quantisation step. Trained transformer layers give inputs distinct representations, as in a reranker.
-    """
-    import torch
-    from sentence_transformers import CrossEncoder
-
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("minilm-ce")
-    CrossEncoder(str(bundled_minilm_dir()), num_labels=1).save(str(directory))
-    return directory
-
-
 def test_int8_ranking_agrees_with_fp32_whatever_the_batching(minilm_cross_encoder: Path) -> None:
     texts = [f"{d.title}\n{d.text}" for d in KB] + [f"{a.title}. {b.text}" for a in KB for b in KB if a is not b][:32]
     fp32 = CrossEncoderReranker(minilm_cross_encoder, backend="onnx", max_length=128).score(QUERY, texts).raw

@@ -124,7 +124,7 @@ def search(
     alpha: Annotated[float, typer.Option(help="Dense weight for convex fusion.")] = 0.5,
     granularity: Annotated[str, typer.Option(help="document (MaxP) | passage")] = "document",
     max_length: MaxLength = None,
-    backend: Annotated[str, typer.Option(help="Reranker inference: torch | torch-bf16 | onnx | onnx-int8.")] = "torch",
+    backend: Annotated[str, typer.Option(help="Reranker inference: torch | torch-bf16 | onnx | onnx-int8 | openvino | openvino-int8.")] = "torch",
     filter_: Annotated[list[str], typer.Option("--filter", help="Metadata filter key=value (repeatable).")] = [],  # noqa: B006
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     allow_download: AllowDownload = False,

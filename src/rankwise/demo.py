@@ -22,9 +22,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.rule import Rule
 
+from rankwise.corpus import SAMPLE_KB
 from rankwise.pipeline import RERANK_FUSIONS
 
-SAMPLE_KB = Path(__file__).parent / "data" / "sample_kb"
 DEMO_QUERY = "customer churn analysis for Q4"
 
 

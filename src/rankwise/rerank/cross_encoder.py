@@ -1,10 +1,11 @@
-"""Cross-encoder reranking with a Hugging Face sequence-classification model, on torch or ONNX Runtime.
+"""Cross-encoder reranking with a Hugging Face sequence-classification model, on torch, ONNX Runtime or OpenVINO.
 
 Scoring is our own loop, shared by every backend: pairs are tokenized once with the fast tokenizer,
 grouped by a token budget (see :mod:`rankwise.rerank.batching`) and only the forward pass differs —
 eager PyTorch under ``torch.inference_mode`` (``backend="torch"``, loaded through sentence-transformers'
 ``CrossEncoder`` so any model it can load works) or an ONNX Runtime session over a fused fp32 or int8
-export (``"onnx"``, ``"onnx-int8"``; see :mod:`rankwise.rerank.onnx_backend`). Passages longer than
+export (``"onnx"``, ``"onnx-int8"``; see :mod:`rankwise.rerank.onnx_backend`) or OpenVINO over the plain
+export (``"openvino"``, ``"openvino-int8"``; see :mod:`rankwise.rerank.openvino_backend`). Passages longer than
 ``max_length`` are not silently truncated: they are split into overlapping windows, each window is
 scored, and the windows are aggregated per passage (MaxP by default); the response reports how many
 inputs were split.
@@ -18,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rankwise.corpus import SAMPLE_KB
 from rankwise.errors import ModelError, QueryError
 from rankwise.models import resolve_model, weights_sha256
 from rankwise.rerank.base import RerankScores, logits_to_scores
@@ -30,11 +32,14 @@ from rankwise.rerank.onnx_backend import (
     model_inputs,
     onnx_model,
 )
+from rankwise.rerank.openvino_backend import OpenVinoRunner, openvino_int8_model
 
 Aggregation = Literal["maxp", "firstp", "mean", "topk-mean", "truncate"]
 AGGREGATIONS: tuple[str, ...] = ("maxp", "firstp", "mean", "topk-mean", "truncate")
 #: ``forward(feeds) -> logits`` with feeds from :func:`~rankwise.rerank.batching.pad_batch`.
 Forward = Callable[[Mapping[str, np.ndarray]], np.ndarray]
+#: static int8 calibration: this many bundled-KB queries, each with one judged and three other passages
+CALIBRATION_QUERIES = 48
 
 
 class CrossEncoderReranker:
@@ -44,9 +49,12 @@ class CrossEncoderReranker:
         model: local model directory or Hugging Face hub id (must be in the local cache unless downloads
             are allowed, see :func:`rankwise.models.resolve_model`).
         backend: ``torch`` (eager PyTorch), ``torch-bf16`` (bfloat16 autocast: fast on CPUs with native
-            bf16, e.g. AVX512-BF16; small score shifts), ``onnx`` (fused fp32 ONNX Runtime: same scores, faster) or
-            ``onnx-int8`` (int8 weights: fastest, scores shift slightly). ONNX files are exported on first
-            use and cached next to the model (see :mod:`rankwise.rerank.onnx_backend`).
+            bf16, e.g. AVX512-BF16; small score shifts), ``onnx`` (fused fp32 ONNX Runtime: same scores, faster),
+            ``onnx-int8`` (int8 weights, dynamic int8 activations: scores shift slightly), ``openvino``
+            (OpenVINO at its default precision, bf16 on native-bf16 CPUs) or ``openvino-int8`` (static int8
+            calibrated on the bundled knowledge base: the fastest on CPU; check its fidelity for your model
+            with ``benchmarks/rerank_speed.py``). Exported files are created on first use and cached next to
+            the model (see :mod:`rankwise.rerank.onnx_backend`).
         max_length: tokens per (query, passage) window, special tokens included. Default: the length the
             model was trained with (its tokenizer's ``model_max_length``, which ``rankwise train`` sets),
             else 512. Scoring longer windows than a model saw in training can cost a lot of quality
@@ -85,8 +93,10 @@ class CrossEncoderReranker:
             raise QueryError(f"the {backend} backend runs on the CPU; use backend='torch' for device '{device}'")
         self.path = resolve_model(model)
         self.weights_sha256 = weights_sha256(self.path)
-        loaded = self._load_torch(model, device, threads) if torch_backend else self._load_onnx(model, threads)
-        self.tokenizer, config, self._run = loaded
+        if torch_backend:
+            self.tokenizer, config, self._run = self._load_torch(model, device, threads)
+        else:
+            self.tokenizer, config = self._load_hf(model)
         if not getattr(self.tokenizer, "is_fast", False):
             raise ModelError(f"cross-encoder '{model}' has no fast tokenizer (tokenizer.json); rankwise needs one")
         num_labels = int(config.num_labels)
@@ -101,6 +111,8 @@ class CrossEncoderReranker:
         self.long_documents = long_documents
         self.stride = stride
         self.name = name or (str(model) if backend == "torch" else f"{model}[{backend}]")
+        if not torch_backend:  # after max_length: static int8 calibrates on windows of that length
+            self._run = self._exported_runner(threads)
 
     def _load_torch(self, model: str | Path, device: str, threads: int | None) -> tuple[Any, Any, Forward]:
         import torch
@@ -123,7 +135,7 @@ class CrossEncoderReranker:
 
         return encoder.tokenizer, network.config, forward
 
-    def _load_onnx(self, model: str | Path, threads: int | None) -> tuple[Any, Any, Forward]:
+    def _load_hf(self, model: str | Path) -> tuple[Any, Any]:
         from transformers import AutoConfig, AutoTokenizer
 
         try:
@@ -131,7 +143,10 @@ class CrossEncoderReranker:
             tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         except Exception as err:  # any load failure becomes one actionable line
             raise ModelError(f"cannot load cross-encoder '{model}' from {self.path}: {type(err).__name__}: {err}") from err
-        names = model_inputs(tokenizer)
+        return tokenizer, config
+
+    def _exported_runner(self, threads: int | None) -> Forward:
+        names = model_inputs(self.tokenizer)
 
         def export(dest: Path) -> None:
             from transformers import AutoModelForSequenceClassification
@@ -140,8 +155,34 @@ class CrossEncoderReranker:
                 self.path, local_files_only=True, attn_implementation="eager").eval()
             export_module(lambda features: network(**features).logits, network, names, "logits", dest)
 
-        runner = OnnxRunner(onnx_model(self.path, "cross-encoder", self.backend, export), threads=threads)
-        return tokenizer, config, runner
+        file = onnx_model(self.path, "cross-encoder", self.backend, export)
+        if self.backend == "openvino":
+            return OpenVinoRunner(file, threads=threads)
+        if self.backend == "openvino-int8":
+            ir = openvino_int8_model(self.path, "cross-encoder", file, self._calibration_batches)
+            return OpenVinoRunner(ir, threads=threads)
+        return OnnxRunner(file, threads=threads)
+
+    def _calibration_batches(self) -> list[dict[str, np.ndarray]]:
+        """Windows of bundled-KB (query, passage) pairs, tokenized and padded exactly like real requests.
+
+        Each query gets one judged passage (so the high-score activation range is seen) and three others.
+        """
+        from rankwise.corpus import load_documents
+        from rankwise.corpus.beir import load_qrels, load_queries
+
+        docs = {d.id: f"{d.title}\n{d.text}" if d.title else d.text for d in load_documents(SAMPLE_KB)}
+        ids, queries, qrels = sorted(docs), load_queries(SAMPLE_KB), load_qrels(SAMPLE_KB, "train")
+        windows: list[list[int]] = []
+        types: list[list[int]] = []
+        for i, qid in enumerate(sorted(qrels)[:CALIBRATION_QUERIES]):
+            judged = [docs[d] for d, grade in qrels[qid].items() if grade > 0 and d in docs][:1]
+            texts = judged + [docs[ids[(i * 37 + j * 101) % len(ids)]] for j in range(3)]
+            query_windows, query_types, _, _ = self.encode_pairs(queries[qid], texts)
+            windows += query_windows
+            types += query_types
+        pad = self.tokenizer.pad_token_id or 0
+        return [pad_batch(windows[s:s + 16], types[s:s + 16], pad) for s in range(0, len(windows), 16)]
 
     def __repr__(self) -> str:
         return f"CrossEncoderReranker({self.name!r}, backend={self.backend!r}, max_length={self.max_length})"

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -44,9 +45,10 @@ import numpy as np
 from rankwise.errors import ModelError, QueryError
 from rankwise.models import weights_sha256
 
-Backend = Literal["torch", "torch-bf16", "onnx", "onnx-int8"]
-#: what the cross-encoder accepts; ``torch-bf16`` is eager PyTorch under bfloat16 autocast
-BACKENDS: tuple[str, ...] = ("torch", "torch-bf16", "onnx", "onnx-int8")
+Backend = Literal["torch", "torch-bf16", "onnx", "onnx-int8", "openvino", "openvino-int8"]
+#: what the cross-encoder accepts; ``torch-bf16`` is eager PyTorch under bfloat16 autocast, ``openvino*``
+#: run the plain ONNX export on OpenVINO (see :mod:`rankwise.rerank.openvino_backend`)
+BACKENDS: tuple[str, ...] = ("torch", "torch-bf16", "onnx", "onnx-int8", "openvino", "openvino-int8")
 #: what the bi-encoder accepts (its torch path is sentence-transformers' own ``encode``)
 EMBEDDER_BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
 Task = Literal["cross-encoder", "embedder"]
@@ -90,7 +92,12 @@ def has_vnni() -> bool:
     return bool(cpu_flags() & _VNNI_FLAGS)
 
 
-def recipe(task: Task, precision: Literal["fp32", "int8"]) -> dict[str, Any]:
+Product = Literal["plain", "fp32", "int8"]
+#: cached file per product: the plain export (OpenVINO's input), ORT-fused fp32, and its dynamic int8 version
+PRODUCT_FILES: dict[str, str] = {"plain": "model.onnx", "fp32": "model-opt.onnx", "int8": "model-int8.onnx"}
+
+
+def recipe(task: Task, precision: Product) -> dict[str, Any]:
     """Everything that shapes an exported file apart from the model; a sidecar with another recipe is stale.
 
     int8: weights per output channel (a per-tensor scale lets the widest channel crush the others: on
@@ -100,8 +107,11 @@ def recipe(task: Task, precision: Literal["fp32", "int8"]) -> dict[str, Any]:
     ``reduce_range`` (7-bit weights) is ORT's documented fix for u8×s8 saturation on CPUs without VNNI;
     with VNNI it would only cost precision.
     """
-    base: dict[str, Any] = {"version": RECIPE_VERSION, "task": task, "opset": OPSET,
-                            "exporter": "torch.onnx.export(dynamo=False)", "optimizer": "bert"}
+    plain: dict[str, Any] = {"version": RECIPE_VERSION, "task": task, "opset": OPSET,
+                             "exporter": "torch.onnx.export(dynamo=False)"}
+    if precision == "plain":
+        return plain
+    base = plain | {"optimizer": "bert"}
     if precision == "fp32":
         return base
     return base | {"quantization": {"weight_type": "QInt8", "per_channel": True, "reduce_range": not has_vnni(),
@@ -118,29 +128,46 @@ def source_key(model_dir: Path) -> str:
 
 
 def onnx_model(model_dir: Path, task: Task, backend: Backend, export: Exporter) -> Path:
-    """Path of the verified, cached ONNX file for ``backend`` (``onnx`` or ``onnx-int8``), exporting if needed."""
-    precision: Literal["fp32", "int8"] = "int8" if backend == "onnx-int8" else "fp32"
-    key = source_key(model_dir)
-    wanted = recipe(task, precision)
-    name = f"model-{'int8' if precision == 'int8' else 'opt'}.onnx"
-    for root in _cache_roots(model_dir):
-        file = root / key[:16] / task / name
-        if _verified(file, key, wanted):
-            return file
-    target = _writable_dir(model_dir, key, task)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=target) as tmp:
-        work = Path(tmp) / name
-        if precision == "int8":
-            _quantize(onnx_model(model_dir, task, "onnx", export), work, wanted["quantization"])
+    """Path of the verified, cached ONNX file for ``backend``, exporting if needed.
+
+    ``onnx`` gets the ORT-fused fp32 graph, ``onnx-int8`` its dynamic int8 version, and the OpenVINO
+    backends the plain export (the fused graph holds ``com.microsoft`` ops only ONNX Runtime runs).
+    """
+    product: Product = {"onnx": "fp32", "onnx-int8": "int8"}.get(backend, "plain")  # type: ignore[assignment]
+    name = PRODUCT_FILES[product]
+
+    def build(work: Path) -> None:
+        if product == "int8":
+            _quantize(onnx_model(model_dir, task, "onnx", export), work, recipe(task, "int8")["quantization"])
+        elif product == "fp32":
+            _optimize(model_dir, onnx_model(model_dir, task, "openvino", export), work)
         else:
-            raw = Path(tmp) / "raw.onnx"
-            log.warning("exporting %s to ONNX (one-off; cached in %s)", model_dir, target)
+            log.warning("exporting %s to ONNX (one-off; cached next to the model)", model_dir)
             try:
-                export(raw)
+                export(work)
             except Exception as err:  # tracing fails in many deep ways; the user needs one line and a way out
                 raise ModelError(f"cannot export '{model_dir}' to ONNX ({type(err).__name__}: {err}); "
                                  "use --backend torch for this model") from err
-            _optimize(model_dir, raw, work)
+
+    return cached_artifact(model_dir, task, name, recipe(task, product), build)
+
+
+def cached_artifact(model_dir: Path, task: Task, name: str, wanted: dict[str, Any],
+                    build: Callable[[Path], None]) -> Path:
+    """The verified cached artifact ``name`` (a file, or a directory of files) for this model and recipe.
+
+    ``build(work)`` creates it at ``work`` when no verified copy exists; it is then moved into place and
+    its sidecar (the commit marker) written, so a crash mid-export never leaves a half file in use.
+    """
+    key = source_key(model_dir)
+    for root in _cache_roots(model_dir):
+        path = root / key[:16] / task / name
+        if _verified(path, key, wanted):
+            return path
+    target = _writable_dir(model_dir, key, task)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=target) as tmp:
+        work = Path(tmp) / name
+        build(work)
         return _publish(work, target / name, key, wanted)
 
 
@@ -164,12 +191,21 @@ def _writable_dir(model_dir: Path, key: str, task: Task) -> Path:
                      "make one of them writable or use --backend torch")
 
 
-def _sha256_file(file: Path) -> str:
+def _sha256_path(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (relative names and contents, in name order)."""
     digest = hashlib.sha256()
-    with file.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def _verified(file: Path, key: str, wanted: dict[str, Any]) -> bool:
@@ -184,8 +220,8 @@ def _verified(file: Path, key: str, wanted: dict[str, Any]) -> bool:
         return False
     if meta.get("source_key") != key or meta.get("recipe") != wanted:
         return False  # another model version or recipe: stale, not corrupt
-    if not file.is_file() or file.stat().st_size != meta.get("bytes") or _sha256_file(file) != meta.get("sha256"):
-        log.warning("cached ONNX model %s is missing or does not match its sha256; re-exporting", file)
+    if not file.exists() or _size(file) != meta.get("bytes") or _sha256_path(file) != meta.get("sha256"):
+        log.warning("cached model %s is missing or does not match its sha256; re-exporting", file)
         return False
     return True
 
@@ -195,9 +231,11 @@ def _publish(work: Path, dest: Path, key: str, wanted: dict[str, Any]) -> Path:
     import onnx
     import onnxruntime
 
-    meta = {"source_key": key, "recipe": wanted, "sha256": _sha256_file(work), "bytes": work.stat().st_size,
+    meta = {"source_key": key, "recipe": wanted, "sha256": _sha256_path(work), "bytes": _size(work),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}}
+    if dest.is_dir():  # a stale directory artifact (another recipe): os.replace cannot overwrite it
+        shutil.rmtree(dest)
     os.replace(work, dest)
     tmp = dest.with_suffix(f".json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))

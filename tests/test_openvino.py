@@ -1,0 +1,75 @@
+"""OpenVINO backends: bf16/fp32 equivalence with torch, static int8 fidelity and batch invariance, the IR cache."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+from test_onnx import QUERY, TEXTS
+
+from conftest import KB, build_tiny_cross_encoder
+from rankwise.errors import ModelError
+from rankwise.rerank import CrossEncoderReranker
+from rankwise.rerank.openvino_backend import OpenVinoRunner
+
+KB_TEXTS = [f"{d.title}\n{d.text}" for d in KB] + [f"{a.title}. {b.text}" for a in KB for b in KB if a is not b][:32]
+
+
+def _irs(model_dir: Path) -> list[Path]:
+    return sorted((model_dir / ".rankwise" / "onnx").glob("*/cross-encoder/openvino-int8/model.xml"))
+
+
+def test_openvino_scores_match_torch(tiny_cross_encoder: Path) -> None:
+    fp32 = CrossEncoderReranker(tiny_cross_encoder, max_length=48).score(QUERY, TEXTS)
+    reranker = CrossEncoderReranker(tiny_cross_encoder, backend="openvino", max_length=48)
+    scores = reranker.score(QUERY, TEXTS)
+    assert reranker.name.endswith("[openvino]") and scores.truncated == fp32.truncated == 1
+    assert scores.stats["windows"] == fp32.stats["windows"]
+    # OpenVINO runs bf16 on CPUs with native bf16 (8 mantissa bits), fp32 elsewhere
+    np.testing.assert_allclose(scores.raw, fp32.raw, atol=0.05 + 0.02 * float(np.abs(fp32.raw).max()))
+
+
+def test_openvino_int8_ranks_like_fp32_and_ignores_batching(minilm_cross_encoder: Path) -> None:
+    fp32 = CrossEncoderReranker(minilm_cross_encoder, backend="onnx", max_length=128).score(QUERY, KB_TEXTS).raw
+    int8 = CrossEncoderReranker(minilm_cross_encoder, backend="openvino-int8", max_length=128)
+    scores = int8.score(QUERY, KB_TEXTS).raw
+    assert spearmanr(fp32, scores).statistic > 0.9
+    top = lambda values, k: set(np.argsort(-values)[:k].tolist())
+    assert np.argmax(fp32) in top(scores, 5) and len(top(fp32, 10) & top(scores, 10)) >= 7
+    assert not np.allclose(fp32, scores, atol=1e-6)  # it really is the quantised graph
+    # static quantisation: activation scales are fixed at calibration, so batching barely moves scores
+    small = CrossEncoderReranker(minilm_cross_encoder, backend="openvino-int8", max_length=128, batch_tokens=300)
+    perm = np.random.default_rng(0).permutation(len(KB_TEXTS))
+    regrouped = small.score(QUERY, [KB_TEXTS[i] for i in perm])
+    assert regrouped.stats["batches"] > 3
+    assert spearmanr(regrouped.raw, scores[perm]).statistic > 0.98
+    assert len(_irs(minilm_cross_encoder)) == 1, "the second load reuses the cached IR"
+
+
+def test_int8_ir_is_cached_per_weights_and_rebuilt_when_corrupt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = build_tiny_cross_encoder(tmp_path / "m", seed=3)
+    reference = CrossEncoderReranker(path, backend="openvino-int8").score(QUERY, TEXTS).raw
+    (ir,) = _irs(path)
+    weights = ir.with_suffix(".bin")
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)  # silent corruption: same size
+    weights.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="rankwise.rerank.onnx_backend"):
+        again = CrossEncoderReranker(path, backend="openvino-int8").score(QUERY, TEXTS).raw
+    assert "does not match its sha256" in caplog.text
+    np.testing.assert_allclose(again, reference, atol=1e-6)
+    build_tiny_cross_encoder(path, seed=4)  # same directory, new weights: a new IR, never the old one
+    CrossEncoderReranker(path, backend="openvino-int8").score(QUERY, TEXTS)
+    assert len(_irs(path)) == 2
+
+
+def test_missing_or_corrupt_openvino_file_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        OpenVinoRunner(tmp_path / "missing.xml")
+    garbage = tmp_path / "model.xml"
+    garbage.write_text("<net>not an IR")
+    with pytest.raises(ModelError, match="OpenVINO cannot load"):
+        OpenVinoRunner(garbage)
