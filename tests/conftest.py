@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -66,6 +67,25 @@ KB = [
     Document("churn-theory", "Theoretical research on churn models survival analysis and hazard functions.",
              "Research on churn patterns", {"category": "research"}),
 ]
+
+#: reranker backend tests: one query and texts of which one is longer than a 48-token window
+QUERY = "how do contractors reset MFA"
+TEXTS = ["Contractors reset multi-factor authentication through their sponsor.", "Monthly plans are not refunded.",
+         "Rotate Redis credentials by updating the ACL file and reloading the sentinel; " * 12, "short"]
+#: the KB's passages plus mismatched title/body pairs: enough varied texts to compare rankings across numerics
+KB_TEXTS = [f"{d.title}\n{d.text}" for d in KB] + [f"{a.title}. {b.text}" for a in KB for b in KB if a is not b][:32]
+
+
+def top_k(scores: np.ndarray, k: int) -> set[int]:
+    """Indices of the ``k`` highest scores."""
+    return set(np.argsort(-scores)[:k].tolist())
+
+
+def corrupt_middle(file: Path) -> None:
+    """Zero 64 bytes in the middle of ``file``: silent corruption, same size, often still parseable."""
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+    file.write_bytes(bytes(data))
 
 
 @pytest.fixture(scope="session")

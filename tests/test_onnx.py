@@ -13,15 +13,11 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from conftest import KB, build_tiny_cross_encoder
+from conftest import KB, KB_TEXTS, QUERY, TEXTS, build_tiny_cross_encoder, corrupt_middle, top_k
 from rankwise.errors import ModelError, QueryError
 from rankwise.models import bundled_minilm_dir
 from rankwise.rerank import CrossEncoderReranker
 from rankwise.rerank.onnx_backend import OnnxRunner
-
-QUERY = "how do contractors reset MFA"
-TEXTS = ["Contractors reset multi-factor authentication through their sponsor.", "Monthly plans are not refunded.",
-         "Rotate Redis credentials by updating the ACL file and reloading the sentinel; " * 12, "short"]
 
 
 def _exports(model_dir: Path) -> list[Path]:
@@ -70,18 +66,16 @@ def test_onnx_scores_do_not_depend_on_batch_budget_or_order(tiny_cross_encoder: 
 
 
 def test_int8_ranking_agrees_with_fp32_whatever_the_batching(minilm_cross_encoder: Path) -> None:
-    texts = [f"{d.title}\n{d.text}" for d in KB] + [f"{a.title}. {b.text}" for a in KB for b in KB if a is not b][:32]
-    fp32 = CrossEncoderReranker(minilm_cross_encoder, backend="onnx", max_length=128).score(QUERY, texts).raw
-    int8 = CrossEncoderReranker(minilm_cross_encoder, backend="onnx-int8", max_length=128).score(QUERY, texts).raw
+    fp32 = CrossEncoderReranker(minilm_cross_encoder, backend="onnx", max_length=128).score(QUERY, KB_TEXTS).raw
+    int8 = CrossEncoderReranker(minilm_cross_encoder, backend="onnx-int8", max_length=128).score(QUERY, KB_TEXTS).raw
     assert spearmanr(fp32, int8).statistic > 0.9
     # an untrained head spreads logits over ~0.03, so int8 noise may swap neighbours: check the top, not #1
-    top = lambda scores, k: set(np.argsort(-scores)[:k].tolist())
-    assert np.argmax(fp32) in top(int8, 5) and len(top(fp32, 10) & top(int8, 10)) >= 7
+    assert np.argmax(fp32) in top_k(int8, 5) and len(top_k(fp32, 10) & top_k(int8, 10)) >= 7
     assert not np.allclose(fp32, int8, atol=1e-7)  # it really is a different (quantised) graph
     # activations are quantised per batch, so int8 scores move slightly with the batching — but not the ranking
     small = CrossEncoderReranker(minilm_cross_encoder, backend="onnx-int8", max_length=128, batch_tokens=300)
-    perm = np.random.default_rng(0).permutation(len(texts))
-    regrouped = small.score(QUERY, [texts[i] for i in perm]).raw
+    perm = np.random.default_rng(0).permutation(len(KB_TEXTS))
+    regrouped = small.score(QUERY, [KB_TEXTS[i] for i in perm]).raw
     assert spearmanr(regrouped, int8[perm]).statistic > 0.9 and spearmanr(regrouped, fp32[perm]).statistic > 0.9
 
 
@@ -100,9 +94,7 @@ def test_corrupt_cached_export_is_detected_and_re_exported(tmp_path: Path, caplo
     path = build_tiny_cross_encoder(tmp_path / "m", seed=3)
     reference = CrossEncoderReranker(path, backend="onnx").score(QUERY, TEXTS).raw
     (file,) = _exports(path)
-    data = bytearray(file.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)  # silent corruption: same size, still parseable
-    file.write_bytes(bytes(data))
+    corrupt_middle(file)
     with caplog.at_level(logging.WARNING, logger="rankwise.rerank.onnx_backend"):
         again = CrossEncoderReranker(path, backend="onnx").score(QUERY, TEXTS).raw
     assert "does not match its sha256" in caplog.text

@@ -8,14 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
-from test_onnx import QUERY, TEXTS
 
-from conftest import KB, build_tiny_cross_encoder
+from conftest import KB_TEXTS, QUERY, TEXTS, build_tiny_cross_encoder, corrupt_middle, top_k
 from rankwise.errors import ModelError
 from rankwise.rerank import CrossEncoderReranker
 from rankwise.rerank.openvino_backend import OpenVinoRunner
-
-KB_TEXTS = [f"{d.title}\n{d.text}" for d in KB] + [f"{a.title}. {b.text}" for a in KB for b in KB if a is not b][:32]
 
 
 def _irs(model_dir: Path) -> list[Path]:
@@ -37,8 +34,7 @@ def test_openvino_int8_ranks_like_fp32_and_ignores_batching(minilm_cross_encoder
     int8 = CrossEncoderReranker(minilm_cross_encoder, backend="openvino-int8", max_length=128)
     scores = int8.score(QUERY, KB_TEXTS).raw
     assert spearmanr(fp32, scores).statistic > 0.9
-    top = lambda values, k: set(np.argsort(-values)[:k].tolist())
-    assert np.argmax(fp32) in top(scores, 5) and len(top(fp32, 10) & top(scores, 10)) >= 7
+    assert np.argmax(fp32) in top_k(scores, 5) and len(top_k(fp32, 10) & top_k(scores, 10)) >= 7
     assert not np.allclose(fp32, scores, atol=1e-6)  # it really is the quantised graph
     # static quantisation: activation scales are fixed at calibration, so batching barely moves scores
     small = CrossEncoderReranker(minilm_cross_encoder, backend="openvino-int8", max_length=128, batch_tokens=300)
@@ -53,10 +49,7 @@ def test_int8_ir_is_cached_per_weights_and_rebuilt_when_corrupt(tmp_path: Path, 
     path = build_tiny_cross_encoder(tmp_path / "m", seed=3)
     reference = CrossEncoderReranker(path, backend="openvino-int8").score(QUERY, TEXTS).raw
     (ir,) = _irs(path)
-    weights = ir.with_suffix(".bin")
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)  # silent corruption: same size
-    weights.write_bytes(bytes(data))
+    corrupt_middle(ir.with_suffix(".bin"))
     with caplog.at_level(logging.WARNING, logger="rankwise.rerank.onnx_backend"):
         again = CrossEncoderReranker(path, backend="openvino-int8").score(QUERY, TEXTS).raw
     assert "does not match its sha256" in caplog.text

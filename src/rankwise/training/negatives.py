@@ -10,7 +10,7 @@ suspiciously high-scoring candidates (likely unjudged positives) with a margin f
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from rankwise.errors import QueryError
@@ -99,7 +99,7 @@ def mine_groups(
                 and not (false_negative_margin and best_positive is not None
                          and c.score >= false_negative_margin * best_positive)))
         for _round in range(rounds):
-            chosen = _sample_negatives(pools, mix, set(judged), all_doc_ids, rng)
+            chosen = _sample_negatives(pools, mix, judged, all_doc_ids, rng)
             groups.append(TrainingGroup(qid, queries[qid], tuple(positive_texts),
                                         tuple(_doc_text(index, d, with_titles) for d in chosen), tuple(chosen)))
     return groups
@@ -146,7 +146,7 @@ def _ranked_positives(judged: Mapping[str, int], rankings: Iterable[Sequence[Can
     return sorted(positives, key=lambda d: (-judged[d], best_rank.get(d, len(best_rank)), d))
 
 
-def _sample_negatives(pools: Mapping[str, list[str]], mix: Mapping[str, int], judged: set[str],
+def _sample_negatives(pools: Mapping[str, list[str]], mix: Mapping[str, int], judged: Container[str],
                       all_doc_ids: list[str], rng: random.Random) -> list[str]:
     """Distinct negatives: ``mix[source]`` from each first-stage pool, then random corpus documents."""
     chosen: list[str] = []
