@@ -54,6 +54,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", help="BEIR scifact directory (default: ../shared/data/beir/scifact)")
     parser.add_argument("--index", help="index to take BM25 candidates from (default: /work/cache/scifact if "
                         "built, else a BM25-only index built once in the user cache)")
+    parser.add_argument("--calibration", help="openvino-int8 calibration: a JSONL file, or 'scifact-train' for 48 "
+                        "SciFact train queries with one judged and three BM25 passages each (what `rankwise train` "
+                        "stores with a model it trains); default: the model's own file, else the bundled KB")
     parser.add_argument("--out", default="rerank_speed.json", help="file name under benchmarks/results/")
     return parser.parse_args()
 
@@ -93,6 +96,29 @@ def load_candidates(args: argparse.Namespace) -> tuple[list[tuple[str, str, list
     return out, {qid: qrels[qid] for qid in picked}, bm25_run
 
 
+def scifact_train_calibration(args: argparse.Namespace) -> Path:
+    """48 evenly spaced SciFact *train* queries, each with its best-ranked judged passage and three unjudged
+    BM25 passages — the shape of the file ``rankwise train`` writes, for a model trained before it did."""
+    from platformdirs import user_cache_dir
+
+    from rankwise.corpus.beir import load_qrels, load_queries
+    from rankwise.rerank.calibration import CalibrationQuery, spread, write_calibration
+    from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
+
+    data = scifact_dir(args.data)
+    queries, qrels = load_queries(data), load_qrels(data, "train")
+    bm25 = FirstStage(bm25_index(data, args.index), FirstStageSettings(method="bm25"))
+    items = []
+    for qid in spread(sorted(qrels, key=lambda q: int(q) if q.isdigit() else q)):
+        found = bm25.retrieve(queries[qid], 30)
+        judged = [c.passage.full_text for c in found if qrels[qid].get(c.passage.doc_id, 0) > 0][:1]
+        others = [c.passage.full_text for c in found if qrels[qid].get(c.passage.doc_id, 0) <= 0][:4 - len(judged)]
+        items.append(CalibrationQuery(queries[qid], tuple(judged + others)))
+    directory = Path(user_cache_dir("rankwise")) / "benchmarks"
+    directory.mkdir(parents=True, exist_ok=True)
+    return write_calibration(directory / "scifact-train-calibration.jsonl", items)
+
+
 def build_variants(names: list[str], model: Path, args: argparse.Namespace) -> dict[str, Any]:
     """name → ``score(query, texts) -> raw logits``; every variant loads the same model directory."""
     import torch
@@ -101,6 +127,7 @@ def build_variants(names: list[str], model: Path, args: argparse.Namespace) -> d
     from rankwise.rerank import CrossEncoderReranker
 
     variants: dict[str, Any] = {}
+    calibration = scifact_train_calibration(args) if args.calibration == "scifact-train" else args.calibration
     for name in names:
         if name == "sentence-transformers":
             encoder = CrossEncoder(str(model), max_length=args.max_length, local_files_only=True)
@@ -108,9 +135,11 @@ def build_variants(names: list[str], model: Path, args: argparse.Namespace) -> d
             variants[name] = lambda q, texts, e=encoder: np.asarray(e.predict(
                 [(q, t) for t in texts], activation_fn=torch.nn.Identity(), convert_to_numpy=True), dtype=np.float32)
         else:
-            reranker = CrossEncoderReranker(model, backend=name.removeprefix("rankwise-"), max_length=args.max_length,
+            backend = name.removeprefix("rankwise-")
+            reranker = CrossEncoderReranker(model, backend=backend, max_length=args.max_length,
                                             batch_tokens=args.batch_tokens, long_documents="truncate",
-                                            threads=args.threads)
+                                            threads=args.threads,
+                                            calibration=calibration if backend == "openvino-int8" else None)
             variants[name] = lambda q, texts, r=reranker: r.score(q, texts).raw
     return variants
 

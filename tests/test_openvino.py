@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def test_int8_ir_is_cached_per_weights_and_rebuilt_when_corrupt(tmp_path: Path, 
     path = build_tiny_cross_encoder(tmp_path / "m", seed=3)
     reference = CrossEncoderReranker(path, backend="openvino-int8").score(QUERY, TEXTS).raw
     (ir,) = _irs(path)
+    sidecar = json.loads(ir.parent.with_suffix(".json").read_text())
+    assert set(sidecar["versions"]) == {"openvino", "nncf"}  # the tools that built it, for debugging shifts
     corrupt_middle(ir.with_suffix(".bin"))
     with caplog.at_level(logging.WARNING, logger="rankwise.rerank.onnx_backend"):
         again = CrossEncoderReranker(path, backend="openvino-int8").score(QUERY, TEXTS).raw

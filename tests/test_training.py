@@ -11,6 +11,7 @@ import pytest
 from conftest import build_tiny_cross_encoder
 from rankwise import CrossEncoderReranker, Index
 from rankwise.errors import QueryError
+from rankwise.rerank.calibration import CALIBRATION_FILE, read_calibration
 from rankwise.training.data import JudgedQueries
 from rankwise.training.finetune import TrainingConfig, train_cross_encoder
 from rankwise.training.negatives import mine_groups, parse_negative_mix, title_groups
@@ -133,6 +134,10 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path: Path, kb_index: Ind
                                  batch_size=4, max_length=32), tmp_path / "run", show_progress=False)
     assert second.resumed_from is not None and second.resumed_from.endswith("checkpoint-10")
     assert second.steps == 15
+    # no validation queries: the model carries calibration windows from its training groups instead
+    calibration = read_calibration(second.model_dir / CALIBRATION_FILE)
+    assert [c.query for c in calibration] == [g.query for g in groups]
+    assert all(c.texts[0] == g.positives[0] and set(c.texts[1:]) <= set(g.negatives) for c, g in zip(calibration, groups))
 
 
 def test_compact_reranker_keeps_only_the_first_layers(tmp_path: Path, kb_index: Index) -> None:
@@ -171,5 +176,6 @@ def test_train_cli_trains_registers_and_records_the_title_queries(tmp_path: Path
     assert entry.card["training_data"]["title_queries"] == len(kb_documents)
     assert entry.card["training_data"]["max_positives"] == 1
     assert entry.card["training"]["steps"] == 12 and entry.card["hyperparameters"]["loss"] == "softmax"
+    assert read_calibration(entry.path / CALIBRATION_FILE), "the registered copy keeps its calibration windows"
     reloaded = CrossEncoderReranker(entry.path)
     assert reloaded.score("refund annual plan", ["Annual plans can be refunded.", "Rotate Redis."]).raw.shape == (2,)

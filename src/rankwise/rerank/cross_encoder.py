@@ -19,11 +19,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rankwise.corpus import SAMPLE_KB
 from rankwise.errors import ModelError, QueryError
 from rankwise.models import resolve_model, weights_sha256
 from rankwise.rerank.base import RerankScores, logits_to_scores
 from rankwise.rerank.batching import pad_batch, padding_ratio, run_batched
+from rankwise.rerank.calibration import calibration_queries
 from rankwise.rerank.onnx_backend import (
     Backend,
     OnnxRunner,
@@ -38,8 +38,6 @@ Aggregation = Literal["maxp", "firstp", "mean", "topk-mean", "truncate"]
 AGGREGATIONS: tuple[str, ...] = ("maxp", "firstp", "mean", "topk-mean", "truncate")
 #: ``forward(feeds) -> logits`` with feeds from :func:`~rankwise.rerank.batching.pad_batch`.
 Forward = Callable[[Mapping[str, np.ndarray]], np.ndarray]
-#: static int8 calibration: this many bundled-KB queries, each with one judged and three other passages
-CALIBRATION_QUERIES = 48
 
 
 class CrossEncoderReranker:
@@ -68,6 +66,8 @@ class CrossEncoderReranker:
         threads: intra-op threads (default: all cores; for torch this sets the process-wide torch count).
         name: display name for provenance; defaults to ``model``, with ``[onnx]``/``[onnx-int8]`` appended for
             those backends so responses say which numerics produced them.
+        calibration: ``openvino-int8`` only: a calibration JSONL file (see :mod:`rankwise.rerank.calibration`);
+            default: the one ``rankwise train`` stores in the model directory, else the bundled knowledge base.
     """
 
     def __init__(
@@ -82,9 +82,12 @@ class CrossEncoderReranker:
         threads: int | None = None,
         device: str = "cpu",
         name: str | None = None,
+        calibration: str | Path | None = None,
     ) -> None:
         if long_documents not in AGGREGATIONS:
             raise QueryError(f"unknown long-document aggregation '{long_documents}'; choose {', '.join(AGGREGATIONS)}")
+        if calibration is not None and backend != "openvino-int8":
+            raise QueryError(f"a calibration file only applies to backend 'openvino-int8' (got '{backend}')")
         if max_length is not None and max_length < 16:
             raise QueryError(f"max_length must be at least 16 tokens (got {max_length})")
         self.backend = check_backend(backend)
@@ -111,6 +114,7 @@ class CrossEncoderReranker:
         self.long_documents = long_documents
         self.stride = stride
         self.name = name or (str(model) if backend == "torch" else f"{model}[{backend}]")
+        self.calibration = calibration
         if not torch_backend:  # after max_length: static int8 calibrates on windows of that length
             self._run = self._exported_runner(threads)
 
@@ -163,26 +167,17 @@ class CrossEncoderReranker:
             return OpenVinoRunner(ir, threads=threads)
         return OnnxRunner(file, threads=threads)
 
-    def _calibration_batches(self) -> list[dict[str, np.ndarray]]:
-        """Windows of bundled-KB (query, passage) pairs, tokenized and padded exactly like real requests.
-
-        Each query gets one judged passage (so the high-score activation range is seen) and three others.
-        """
-        from rankwise.corpus import load_documents
-        from rankwise.corpus.beir import load_qrels, load_queries
-
-        docs = {d.id: f"{d.title}\n{d.text}" if d.title else d.text for d in load_documents(SAMPLE_KB)}
-        ids, queries, qrels = sorted(docs), load_queries(SAMPLE_KB), load_qrels(SAMPLE_KB, "train")
+    def _calibration_batches(self) -> tuple[list[dict[str, np.ndarray]], str]:
+        """Calibration windows, tokenized and padded exactly like real requests, and where they came from."""
+        queries, source = calibration_queries(self.path, self.calibration)
         windows: list[list[int]] = []
         types: list[list[int]] = []
-        for i, qid in enumerate(sorted(qrels)[:CALIBRATION_QUERIES]):
-            judged = [docs[d] for d, grade in qrels[qid].items() if grade > 0 and d in docs][:1]
-            texts = judged + [docs[ids[(i * 37 + j * 101) % len(ids)]] for j in range(3)]
-            query_windows, query_types, _, _ = self.encode_pairs(queries[qid], texts)
+        for item in queries:
+            query_windows, query_types, _, _ = self.encode_pairs(item.query, item.texts)
             windows += query_windows
             types += query_types
         pad = self.tokenizer.pad_token_id or 0
-        return [pad_batch(windows[s:s + 16], types[s:s + 16], pad) for s in range(0, len(windows), 16)]
+        return [pad_batch(windows[s:s + 16], types[s:s + 16], pad) for s in range(0, len(windows), 16)], source
 
     def __repr__(self) -> str:
         return f"CrossEncoderReranker({self.name!r}, backend={self.backend!r}, max_length={self.max_length})"

@@ -27,13 +27,14 @@ cannot load (:class:`OnnxRunner`) raises :class:`~rankwise.errors.ModelError`.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -153,11 +154,12 @@ def onnx_model(model_dir: Path, task: Task, backend: Backend, export: Exporter) 
 
 
 def cached_artifact(model_dir: Path, task: Task, name: str, wanted: dict[str, Any],
-                    build: Callable[[Path], None]) -> Path:
+                    build: Callable[[Path], None], tools: Sequence[str] = ("onnxruntime", "onnx")) -> Path:
     """The verified cached artifact ``name`` (a file, or a directory of files) for this model and recipe.
 
     ``build(work)`` creates it at ``work`` when no verified copy exists; it is then moved into place and
-    its sidecar (the commit marker) written, so a crash mid-export never leaves a half file in use.
+    its sidecar (the commit marker) written, so a crash mid-export never leaves a half file in use. The
+    sidecar records the versions of ``tools`` (the packages that built it), for whoever debugs a score shift.
     """
     key = source_key(model_dir)
     for root in _cache_roots(model_dir):
@@ -168,7 +170,7 @@ def cached_artifact(model_dir: Path, task: Task, name: str, wanted: dict[str, An
     with tempfile.TemporaryDirectory(prefix=".export-", dir=target) as tmp:
         work = Path(tmp) / name
         build(work)
-        return _publish(work, target / name, key, wanted)
+        return _publish(work, target / name, key, wanted, tools)
 
 
 def _cache_roots(model_dir: Path) -> list[Path]:
@@ -226,14 +228,11 @@ def _verified(file: Path, key: str, wanted: dict[str, Any]) -> bool:
     return True
 
 
-def _publish(work: Path, dest: Path, key: str, wanted: dict[str, Any]) -> Path:
+def _publish(work: Path, dest: Path, key: str, wanted: dict[str, Any], tools: Sequence[str]) -> Path:
     """Move a finished file into place, then write its sidecar (the commit marker), both atomically."""
-    import onnx
-    import onnxruntime
-
     meta = {"source_key": key, "recipe": wanted, "sha256": _sha256_path(work), "bytes": _size(work),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "versions": {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}}
+            "versions": {tool: importlib.metadata.version(tool) for tool in tools}}
     if dest.is_dir():  # a stale directory artifact (another recipe): os.replace cannot overwrite it
         shutil.rmtree(dest)
     os.replace(work, dest)

@@ -10,7 +10,8 @@ sentence-transformers ``predict`` in one run (``benchmarks/rerank_speed.py``): O
 * ``openvino-int8``: post-training static int8 quantisation with NNCF (SmoothQuant + fast bias
   correction, the recipe NNCF documents for transformers). Static quantisation needs activation ranges,
   so it calibrates on (query, passage) windows the caller supplies — :class:`CrossEncoderReranker`
-  passes pairs from the bundled knowledge base, tokenized exactly like real requests. OpenVINO's
+  passes the model's own calibration queries (written by ``rankwise train``) or the bundled knowledge
+  base's, tokenized exactly like real requests (:mod:`rankwise.rerank.calibration`). OpenVINO's
   data-free alternative (int8 weights with dynamic activation quantisation) measured no faster than
   bf16 here, and ONNX-format static quantisation ran slower than quantising OpenVINO's own graph.
 
@@ -33,8 +34,9 @@ from rankwise.rerank.onnx_backend import Task, cached_artifact, default_threads
 
 OPENVINO_RECIPE_VERSION = 1
 IR_NAME = "openvino-int8"
-#: ``calibration() -> feeds``: padded batches (``pad_batch`` dicts) of representative windows
-Calibration = Callable[[], Sequence[Mapping[str, np.ndarray]]]
+#: ``calibration() -> (feeds, source)``: padded batches (``pad_batch`` dicts) of representative windows and
+#: where they came from (see :mod:`rankwise.rerank.calibration`)
+Calibration = Callable[[], tuple[Sequence[Mapping[str, np.ndarray]], str]]
 
 
 def calibration_digest(feeds: Sequence[Mapping[str, np.ndarray]]) -> str:
@@ -51,12 +53,12 @@ def openvino_int8_model(model_dir: Path, task: Task, plain_onnx: Path, calibrati
     """Path of the verified, cached int8 OpenVINO IR (``model.xml``) for ``model_dir``, quantising if needed."""
     # the digest of the actual windows is the cache key, so they are built even when the IR is cached
     # (~0.07 s): safer than a hand-listed key that would miss a tokenizer, length or window-rule change
-    feeds = calibration()
+    feeds, source = calibration()
     if not feeds:
         raise ModelError("openvino-int8 needs calibration batches; none were given")
     wanted = {"version": OPENVINO_RECIPE_VERSION, "task": task, "source": "plain ONNX export",
               "quantizer": "nncf.quantize(model_type=TRANSFORMER)", "calibration": calibration_digest(feeds),
-              "calibration_batches": len(feeds)}
+              "calibration_source": source, "calibration_batches": len(feeds)}
 
     def build(work: Path) -> None:
         import nncf
@@ -68,7 +70,7 @@ def openvino_int8_model(model_dir: Path, task: Task, plain_onnx: Path, calibrati
         work.mkdir()
         ov.save_model(quantized, str(work / "model.xml"))
 
-    return cached_artifact(model_dir, task, IR_NAME, wanted, build) / "model.xml"
+    return cached_artifact(model_dir, task, IR_NAME, wanted, build, tools=("openvino", "nncf")) / "model.xml"
 
 
 class OpenVinoRunner:

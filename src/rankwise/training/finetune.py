@@ -19,6 +19,13 @@ from typing import Any, Literal
 
 from rankwise.errors import QueryError
 from rankwise.models import resolve_model
+from rankwise.rerank.calibration import (
+    CALIBRATION_FILE,
+    PASSAGES_PER_QUERY,
+    CalibrationQuery,
+    spread,
+    write_calibration,
+)
 from rankwise.training.negatives import TrainingGroup
 
 Loss = Literal["bce", "lambda", "listnet", "softmax"]
@@ -188,6 +195,10 @@ def train_cross_encoder(
     seconds = time.perf_counter() - started
     final = output / "final"
     model.save_pretrained(str(final))
+    # the model carries its own domain's windows for static int8 calibration (see rerank/calibration.py):
+    # held-out queries with their real candidates are closest to what it will be asked to score
+    write_calibration(final / CALIBRATION_FILE, spread([
+        CalibrationQuery(g.query, (g.positives[:1] + g.negatives)[:PASSAGES_PER_QUERY]) for g in validation or train]))
     history = trainer.state.log_history
     validation_history = [{"step": h["step"], "ndcg@10": h[BEST_METRIC]} for h in history if BEST_METRIC in h]
     result = TrainingResult(
