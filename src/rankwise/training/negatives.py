@@ -79,12 +79,13 @@ def mine_groups(
         raise QueryError(f"rounds must be at least 1 (got {rounds})")
     rng = random.Random(seed)
     stages = {m: FirstStage(index, FirstStageSettings(method=m)) for m in mix if m != "random" and mix[m] > 0}
-    all_doc_ids = sorted(set(index.passage_doc_ids))
+    indexed = set(index.passage_doc_ids)
+    all_doc_ids = sorted(indexed)
     groups: list[TrainingGroup] = []
     for qid in sorted(qrels):
         judged = qrels[qid]
-        if qid not in queries or not any(grade > 0 for grade in judged.values()):
-            continue
+        if qid not in queries or not any(grade > 0 and d in indexed for d, grade in judged.items()):
+            continue  # checked before retrieving: a query none of whose positives is indexed costs nothing
         candidates = {method: stage.retrieve(queries[qid], depth) for method, stage in stages.items()}
         positives = _ranked_positives(judged, candidates.values())[:max_positives]
         positive_texts = [t for t in (_doc_text(index, d, with_titles) for d in positives) if t]
