@@ -111,9 +111,9 @@ def scifact_train_calibration(args: argparse.Namespace) -> Path:
     items = []
     for qid in spread(sorted(qrels, key=lambda q: int(q) if q.isdigit() else q)):
         found = bm25.retrieve(queries[qid], 30)
-        judged = [c.passage.full_text for c in found if qrels[qid].get(c.passage.doc_id, 0) > 0][:1]
-        others = [c.passage.full_text for c in found if qrels[qid].get(c.passage.doc_id, 0) <= 0][:4 - len(judged)]
-        items.append(CalibrationQuery(queries[qid], tuple(judged + others)))
+        judged = [c.passage.full_text for c in found if qrels[qid].get(c.passage.doc_id, 0) > 0]
+        others = [c.passage.full_text for c in found if qrels[qid].get(c.passage.doc_id, 0) <= 0]
+        items.append(CalibrationQuery.pick(queries[qid], judged, others))
     directory = Path(user_cache_dir("rankwise")) / "benchmarks"
     directory.mkdir(parents=True, exist_ok=True)
     return write_calibration(directory / "scifact-train-calibration.jsonl", items)

@@ -41,6 +41,11 @@ class CalibrationQuery:
     query: str
     texts: tuple[str, ...]
 
+    @classmethod
+    def pick(cls, query: str, judged: Sequence[str], others: Sequence[str]) -> CalibrationQuery:
+        """The first judged passage (so the high-score range is seen), then others up to PASSAGES_PER_QUERY."""
+        return cls(query, tuple([*judged[:1], *others][:PASSAGES_PER_QUERY]))
+
 
 def spread(items: Sequence[T], limit: int = CALIBRATION_QUERIES) -> list[T]:
     """At most ``limit`` (≥ 2) items, evenly spaced, so a sorted or clustered source is sampled across its range."""
@@ -59,9 +64,9 @@ def bundled_queries() -> list[CalibrationQuery]:
     ids, queries, qrels = sorted(docs), load_queries(SAMPLE_KB), load_qrels(SAMPLE_KB, "train")
     out = []
     for i, qid in enumerate(sorted(qrels)[:CALIBRATION_QUERIES]):
-        judged = [docs[d] for d, grade in qrels[qid].items() if grade > 0 and d in docs][:1]
-        others = [docs[ids[(i * 37 + j * 101) % len(ids)]] for j in range(PASSAGES_PER_QUERY - len(judged))]
-        out.append(CalibrationQuery(queries[qid], tuple(judged + others)))
+        judged = [docs[d] for d, grade in qrels[qid].items() if grade > 0 and d in docs]
+        others = [docs[ids[(i * 37 + j * 101) % len(ids)]] for j in range(PASSAGES_PER_QUERY)]
+        out.append(CalibrationQuery.pick(queries[qid], judged, others))
     return out
 
 

@@ -19,13 +19,7 @@ from typing import Any, Literal
 
 from rankwise.errors import QueryError
 from rankwise.models import resolve_model
-from rankwise.rerank.calibration import (
-    CALIBRATION_FILE,
-    PASSAGES_PER_QUERY,
-    CalibrationQuery,
-    spread,
-    write_calibration,
-)
+from rankwise.rerank.calibration import CALIBRATION_FILE, CalibrationQuery, spread, write_calibration
 from rankwise.training.negatives import TrainingGroup
 
 Loss = Literal["bce", "lambda", "listnet", "softmax"]
@@ -198,7 +192,7 @@ def train_cross_encoder(
     # the model carries its own domain's windows for static int8 calibration (see rerank/calibration.py):
     # held-out queries with their real candidates are closest to what it will be asked to score
     write_calibration(final / CALIBRATION_FILE, spread([
-        CalibrationQuery(g.query, (g.positives[:1] + g.negatives)[:PASSAGES_PER_QUERY]) for g in validation or train]))
+        CalibrationQuery.pick(g.query, g.positives, g.negatives) for g in validation or train]))
     history = trainer.state.log_history
     validation_history = [{"step": h["step"], "ndcg@10": h[BEST_METRIC]} for h in history if BEST_METRIC in h]
     result = TrainingResult(
