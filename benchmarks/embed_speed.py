@@ -1,4 +1,4 @@
-"""Bi-encoder indexing speed on CPU: sentence-transformers ``encode`` vs rankwise ONNX fp32 / int8.
+"""Bi-encoder indexing speed on CPU: sentence-transformers ``encode`` vs rankwise ONNX / OpenVINO backends.
 
 Throughput: passages/s on a subset of SciFact documents (title + text, max_seq_length 256), the variants
 interleaved chunk by chunk in one run. Fidelity: cosine of each variant's vectors to sentence-transformers'
@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 from common import scifact_dir, setup_environment, start_run, write_json
 
-VARIANTS = ("sentence-transformers", "rankwise-onnx", "rankwise-onnx-int8")
+VARIANTS = ("sentence-transformers", "rankwise-onnx", "rankwise-onnx-int8", "rankwise-openvino",
+            "rankwise-openvino-int8")
 CHUNK = 64
 
 
@@ -53,7 +54,7 @@ def main() -> None:
                                 else name.removeprefix("rankwise-"), threads=threads)  # type: ignore[arg-type]
                  for name in args.variants}
     for name, embedder in embedders.items():
-        embedder.encode(subset[:CHUNK])  # warm-up (and the one-off ONNX export)
+        embedder.encode(subset[:CHUNK])  # warm-up (and the one-off export / int8 calibration)
     seconds = dict.fromkeys(embedders, 0.0)
     vectors: dict[str, list[np.ndarray]] = {n: [] for n in embedders}
     names = list(embedders)

@@ -139,13 +139,15 @@ def minilm_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def test_onnx_embeddings_match_sentence_transformers(minilm_copy: Path) -> None:
+def test_onnx_and_openvino_embeddings_match_sentence_transformers(minilm_copy: Path) -> None:
     from rankwise.index.dense import Embedder
 
     sentences = ["A man is eating food.", "  Reset MFA for contractors  ", "Rotate the Postgres credentials " * 60,
                  "Zürich café", "x"]
     reference = Embedder(str(minilm_copy)).encode(sentences)
-    for backend, worst, mean in (("onnx", 0.9999, 0.9999), ("onnx-int8", 0.98, 0.99)):
+    # bf16 OpenVINO keeps ~3 significant digits; static int8 is calibrated on bundled texts, not these
+    for backend, worst, mean in (("onnx", 0.9999, 0.9999), ("onnx-int8", 0.98, 0.99), ("openvino", 0.999, 0.999),
+                                 ("openvino-int8", 0.97, 0.985)):
         embedder = Embedder(str(minilm_copy), backend=backend, batch_tokens=300)  # type: ignore[arg-type]
         vectors = embedder.encode(sentences)
         assert vectors.shape == reference.shape and embedder.info.backend == backend

@@ -67,7 +67,7 @@ def index(
     no_dense: Annotated[bool, typer.Option("--no-dense", help="Lexical-only index (no vectors).")] = False,
     passage_tokens: Annotated[int, typer.Option(help="Max tokens per passage.")] = 256,
     overlap: Annotated[int, typer.Option(help="Tokens shared by consecutive passages.")] = 48,
-    embedding_backend: Annotated[str, typer.Option(help="Bi-encoder inference: torch | onnx | onnx-int8.")] = "torch",
+    embedding_backend: Annotated[str, typer.Option(help="Bi-encoder inference: torch | onnx | onnx-int8 | openvino | openvino-int8.")] = "torch",
     allow_download: AllowDownload = False,
 ) -> None:
     """Build or update an index (atomic; unchanged passages keep their vectors)."""

@@ -1,9 +1,10 @@
 """Dense retrieval: a sentence-transformers bi-encoder and an exact FAISS inner-product index.
 
-The bi-encoder runs on eager PyTorch (sentence-transformers ``encode``) or on ONNX Runtime (fp32 or int8,
-the same export/cache machinery as the cross-encoder, :mod:`rankwise.rerank.onnx_backend`). The ONNX graph
-is the whole sentence-transformers module stack (transformer, pooling, normalisation), so pooling
-semantics are the model's own, not a re-implementation.
+The bi-encoder runs on eager PyTorch (sentence-transformers ``encode``), on ONNX Runtime (fp32 or dynamic
+int8) or on OpenVINO (bf16/fp32, or static int8 calibrated on the bundled passages and queries) — the same
+export/cache machinery as the cross-encoder (:func:`rankwise.rerank.openvino_backend.exported_runner`).
+The exported graph is the whole sentence-transformers module stack (transformer, pooling, normalisation),
+so pooling semantics are the model's own, not a re-implementation.
 
 Vectors are L2-normalised so inner product is cosine similarity. The index is exact (``IndexFlatIP``):
 at the corpus sizes rankwise targets (up to a few million passages) exact search is fast enough, needs
@@ -22,15 +23,15 @@ import numpy as np
 from rankwise.errors import IndexNotFoundError, ModelError, QueryError
 from rankwise.models import resolve_model, weights_sha256
 from rankwise.rerank.batching import pad_batch, run_batched
+from rankwise.rerank.calibration import bundled_texts
 from rankwise.rerank.onnx_backend import (
     EMBEDDER_BACKENDS,
     Backend,
-    OnnxRunner,
     check_backend,
     export_module,
     model_inputs,
-    onnx_model,
 )
+from rankwise.rerank.openvino_backend import exported_runner
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,7 @@ class EmbeddingModelInfo:
     sha256: str
     dim: int
     max_seq_length: int
-    #: inference backend the vectors came from (``torch``, ``onnx``, ``onnx-int8``): int8 vectors differ slightly
+    #: inference backend the vectors came from (``torch``, ``onnx``, ``openvino-int8``…): int8 vectors differ slightly
     backend: str = "torch"
 
 
@@ -49,10 +50,11 @@ class Embedder:
 
     Args:
         model: local directory, hub id in the local cache, or ``minilm`` (the bundled all-MiniLM-L6-v2).
-        backend: ``torch`` (sentence-transformers ``encode``), ``onnx`` (fused fp32) or ``onnx-int8``.
-        batch_size: texts per forward pass (torch); the cap on rows per batch for ONNX.
-        batch_tokens: ONNX token budget per forward pass (length-sorted batches, bounded memory).
-        threads: ONNX Runtime intra-op threads (default: all cores).
+        backend: ``torch`` (sentence-transformers ``encode``), ``onnx`` (fused fp32), ``onnx-int8``,
+            ``openvino`` (bf16 on native-bf16 CPUs) or ``openvino-int8`` (static int8, the fastest on CPU).
+        batch_size: texts per forward pass (torch); the cap on rows per batch for exported backends.
+        batch_tokens: exported backends' token budget per forward pass (length-sorted batches, bounded memory).
+        threads: intra-op threads of the exported backends (default: all cores).
     """
 
     def __init__(self, model: str = "minilm", *, backend: Backend = "torch", batch_size: int = 64,
@@ -74,26 +76,36 @@ class Embedder:
             model=model, path=str(path), sha256=weights_sha256(path), dim=int(dim or 0),
             max_seq_length=int(self.model.max_seq_length), backend=backend,
         )
-        self._onnx = None if backend == "torch" else OnnxRunner(
-            onnx_model(path, "embedder", backend, lambda dest: _export_sentence_transformer(path, dest)),
-            threads=threads)
+        self._runner = None if backend == "torch" else exported_runner(
+            path, "embedder", backend, lambda dest: _export_sentence_transformer(path, dest),
+            self._calibration_batches, threads=threads)
 
     def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
         """L2-normalised float32 vectors, one row per text (``show_progress``: torch backend only)."""
-        if self._onnx is None:
+        if self._runner is None:
             vectors = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
                                         normalize_embeddings=True, show_progress_bar=show_progress)
             return np.ascontiguousarray(vectors, dtype=np.float32)
         if not texts:
             return np.empty((0, self.info.dim), dtype=np.float32)
-        tokenizer = self.model.tokenizer
-        enc = tokenizer(list(texts), truncation=True, max_length=self.info.max_seq_length, return_token_type_ids=True)
-        rows, types, runner = enc["input_ids"], enc["token_type_ids"], self._onnx
-        vectors, _ = run_batched(rows, lambda b: runner(pad_batch([rows[i] for i in b], [types[i] for i in b],
-                                                                  tokenizer.pad_token_id or 0)),
+        rows, types = self._tokenize(texts)
+        pad, runner = self.model.tokenizer.pad_token_id or 0, self._runner
+        vectors, _ = run_batched(rows, lambda b: runner(pad_batch([rows[i] for i in b], [types[i] for i in b], pad)),
                                  self.batch_tokens, max_rows=self.batch_size)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+    def _tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:
+        enc = self.model.tokenizer(list(texts), truncation=True, max_length=self.info.max_seq_length,
+                                   return_token_type_ids=True)
+        return enc["input_ids"], enc["token_type_ids"]
+
+    def _calibration_batches(self) -> tuple[list[dict[str, np.ndarray]], str]:
+        """Bundled passages and queries, tokenized and padded like :meth:`encode`'s batches (static int8)."""
+        rows, types = self._tokenize(bundled_texts())
+        pad = self.model.tokenizer.pad_token_id or 0
+        return [pad_batch(rows[s:s + 16], types[s:s + 16], pad) for s in range(0, len(rows), 16)], "bundled"
 
 
 def _export_sentence_transformer(path: Path, dest: Path) -> None:

@@ -70,6 +70,21 @@ def bundled_queries() -> list[CalibrationQuery]:
     return out
 
 
+def bundled_texts() -> list[str]:
+    """Texts a bi-encoder calibrates on: bundled passages and queries, both, since it embeds both kinds.
+
+    The embedder has no model-specific file: an index is built before any query is known, and a general
+    English sample kept SciFact dense-retrieval nDCG@10 within the change ``benchmarks/embed_speed.py``
+    reports (README).
+    """
+    from rankwise.corpus import load_documents
+    from rankwise.corpus.beir import load_queries
+
+    docs = [f"{d.title}\n{d.text}" if d.title else d.text for d in sorted(load_documents(SAMPLE_KB), key=lambda d: d.id)]
+    queries = [text for _, text in sorted(load_queries(SAMPLE_KB).items())]
+    return spread(docs) + spread(queries)
+
+
 def write_calibration(path: Path, queries: Iterable[CalibrationQuery]) -> Path:
     """Write a calibration file atomically (aside, then renamed), never leaving a half file behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

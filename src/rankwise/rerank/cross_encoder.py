@@ -26,13 +26,11 @@ from rankwise.rerank.batching import pad_batch, padding_ratio, run_batched
 from rankwise.rerank.calibration import calibration_queries
 from rankwise.rerank.onnx_backend import (
     Backend,
-    OnnxRunner,
     check_backend,
     export_module,
     model_inputs,
-    onnx_model,
 )
-from rankwise.rerank.openvino_backend import OpenVinoRunner, openvino_int8_model
+from rankwise.rerank.openvino_backend import exported_runner
 
 Aggregation = Literal["maxp", "firstp", "mean", "topk-mean", "truncate"]
 AGGREGATIONS: tuple[str, ...] = ("maxp", "firstp", "mean", "topk-mean", "truncate")
@@ -159,13 +157,8 @@ class CrossEncoderReranker:
                 self.path, local_files_only=True, attn_implementation="eager").eval()
             export_module(lambda features: network(**features).logits, network, names, "logits", dest)
 
-        file = onnx_model(self.path, "cross-encoder", self.backend, export)
-        if self.backend == "openvino":
-            return OpenVinoRunner(file, threads=threads)
-        if self.backend == "openvino-int8":
-            ir = openvino_int8_model(self.path, "cross-encoder", file, self._calibration_batches)
-            return OpenVinoRunner(ir, threads=threads)
-        return OnnxRunner(file, threads=threads)
+        return exported_runner(self.path, "cross-encoder", self.backend, export, self._calibration_batches,
+                               threads=threads)
 
     def _calibration_batches(self) -> tuple[list[dict[str, np.ndarray]], str]:
         """Calibration windows, tokenized and padded exactly like real requests, and where they came from."""

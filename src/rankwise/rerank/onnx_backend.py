@@ -51,7 +51,7 @@ Backend = Literal["torch", "torch-bf16", "onnx", "onnx-int8", "openvino", "openv
 #: run the plain ONNX export on OpenVINO (see :mod:`rankwise.rerank.openvino_backend`)
 BACKENDS: tuple[str, ...] = ("torch", "torch-bf16", "onnx", "onnx-int8", "openvino", "openvino-int8")
 #: what the bi-encoder accepts (its torch path is sentence-transformers' own ``encode``)
-EMBEDDER_BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+EMBEDDER_BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 Task = Literal["cross-encoder", "embedder"]
 #: Bump when the export recipe changes in a way the sidecar's recipe dict would not show.
 RECIPE_VERSION = 1

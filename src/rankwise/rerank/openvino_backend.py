@@ -30,13 +30,23 @@ from pathlib import Path
 import numpy as np
 
 from rankwise.errors import ModelError
-from rankwise.rerank.onnx_backend import Task, cached_artifact, default_threads
+from rankwise.rerank.onnx_backend import (
+    Backend,
+    Exporter,
+    OnnxRunner,
+    Task,
+    cached_artifact,
+    default_threads,
+    onnx_model,
+)
 
 OPENVINO_RECIPE_VERSION = 1
 IR_NAME = "openvino-int8"
 #: ``calibration() -> (feeds, source)``: padded batches (``pad_batch`` dicts) of representative windows and
 #: where they came from (see :mod:`rankwise.rerank.calibration`)
 Calibration = Callable[[], tuple[Sequence[Mapping[str, np.ndarray]], str]]
+#: ``runner(feeds) -> first output``: what every exported backend looks like to the encoders
+Runner = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
 
 def calibration_digest(feeds: Sequence[Mapping[str, np.ndarray]]) -> str:
@@ -103,3 +113,18 @@ class OpenVinoRunner:
         result = request.infer({n: feeds[n] for n in self.input_names})
         return np.array(result[0], dtype=np.float32)  # a copy: the request reuses its output buffer
 
+
+
+def exported_runner(model_dir: Path, task: Task, backend: Backend, export: Exporter, calibration: Calibration,
+                    *, threads: int | None = None) -> Runner:
+    """The runner for a non-torch ``backend`` of ``model_dir``: ONNX Runtime or OpenVINO, exported/quantised once.
+
+    One place for the cross-encoder and the bi-encoder, so both get the same cache, errors and backends;
+    ``calibration`` is only called for ``openvino-int8`` (and only builds an IR when none is cached).
+    """
+    file = onnx_model(model_dir, task, backend, export)
+    if backend == "openvino":
+        return OpenVinoRunner(file, threads=threads)
+    if backend == "openvino-int8":
+        return OpenVinoRunner(openvino_int8_model(model_dir, task, file, calibration), threads=threads)
+    return OnnxRunner(file, threads=threads)
