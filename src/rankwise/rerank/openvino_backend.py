@@ -1,4 +1,4 @@
-"""OpenVINO backend for the cross-encoder: the plain ONNX export, run (and statically quantised) by OpenVINO.
+"""OpenVINO backend for both encoders: the plain ONNX export, run (and statically quantised) by OpenVINO.
 
 Why a second runtime: on this project's CPUs (AVX-512 VNNI and BF16) OpenVINO's oneDNN kernels run the
 same MiniLM cross-encoder much faster than ONNX Runtime. Measured on a trained SciFact reranker against
