@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
-from rankwise.rerank.batching import padding_ratio, token_budget_batches
+from rankwise.rerank.batching import CONCURRENT_BATCH_TOKENS, padding_ratio, run_batched, token_budget_batches
 from rankwise.retrieval import convex_combination, reciprocal_rank_fusion
 
 
@@ -48,3 +51,22 @@ def test_padding_cap_splits_mixed_lengths_that_fit_one_budget() -> None:
 
 def test_an_item_longer_than_the_budget_gets_its_own_batch() -> None:
     assert token_budget_batches([10, 5000, 10], max_tokens=100) == [[1], [0, 2]]
+
+
+def test_concurrent_batches_are_smaller_run_on_workers_and_return_in_input_order() -> None:
+    rng = random.Random(7)
+    rows = [[rng.randrange(1000)] * rng.randint(230, 256) for _ in range(100)]  # like 256-token windows
+    seen: set[str] = set()
+
+    def forward(batch: list[int]) -> np.ndarray:
+        seen.add(threading.current_thread().name)
+        return np.array([[float(rows[i][0]), float(len(rows[i]))] for i in batch])
+
+    serial, serial_batches = run_batched(rows, forward, 16384)
+    with ThreadPoolExecutor(2, thread_name_prefix="worker") as pool:
+        concurrent, batches = run_batched(rows, forward, 16384, mapper=pool.map)
+    np.testing.assert_array_equal(concurrent, serial)
+    np.testing.assert_array_equal(serial[:, 1], [len(r) for r in rows])  # input order, not length order
+    assert len(batches) > len(serial_batches)
+    assert all(len(b) * max(len(rows[i]) for i in b) <= CONCURRENT_BATCH_TOKENS for b in batches)
+    assert any(name.startswith("worker") for name in seen)

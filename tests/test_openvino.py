@@ -13,6 +13,7 @@ from scipy.stats import spearmanr
 from conftest import KB_TEXTS, QUERY, TEXTS, build_tiny_cross_encoder, corrupt_middle, top_k
 from rankwise.errors import ModelError
 from rankwise.rerank import CrossEncoderReranker
+from rankwise.rerank.onnx_backend import default_threads
 from rankwise.rerank.openvino_backend import OpenVinoRunner
 
 
@@ -26,6 +27,11 @@ def test_openvino_scores_match_torch(tiny_cross_encoder: Path) -> None:
     scores = reranker.score(QUERY, TEXTS)
     assert reranker.name.endswith("[openvino]") and scores.truncated == fp32.truncated == 1
     assert scores.stats["windows"] == fp32.stats["windows"]
+    # two or more cores: two streams, batches in flight together; one stream gives the same scores
+    assert (reranker.mapper is not None) == (default_threads() >= 2)
+    one = CrossEncoderReranker(tiny_cross_encoder, backend="openvino", max_length=48, threads=1)
+    assert one.mapper is None
+    np.testing.assert_allclose(one.score(QUERY, TEXTS).raw, scores.raw, atol=0.05 + 0.02 * float(np.abs(fp32.raw).max()))
     # OpenVINO runs bf16 on CPUs with native bf16 (8 mantissa bits), fp32 elsewhere
     np.testing.assert_allclose(scores.raw, fp32.raw, atol=0.05 + 0.02 * float(np.abs(fp32.raw).max()))
 

@@ -8,12 +8,19 @@ candidates. Sorting by length is safe: outputs are put back in input order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
 #: default cap on the share of padded positions in one batch
 MAX_PADDING = 0.1
+#: token budget per batch when batches run concurrently (a ``mapper``): small enough that 100 candidates make
+#: several batches to share among the streams. Measured on 2 cores (20 SciFact queries × 100 pairs, 256
+#: tokens, OpenVINO int8): 2 streams × 4,096-token batches 10% faster than one 16k-token batch at a time,
+#: 8,192-token batches only 3% faster (too few batches to keep both streams busy)
+CONCURRENT_BATCH_TOKENS = 4096
+#: ``mapper(forward, batches)`` yields ``forward(batch)`` for each batch in order, possibly computing several at once
+Mapper = Callable[[Callable[[list[int]], np.ndarray], Sequence[list[int]]], Iterable[np.ndarray]]
 
 
 def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_rows: int = 256,
@@ -74,17 +81,22 @@ def pad_batch(rows: Sequence[Sequence[int]], token_types: Sequence[Sequence[int]
 
 
 def run_batched(rows: Sequence[Sequence[int]], forward: Callable[[list[int]], np.ndarray], max_tokens: int,
-                max_rows: int = 256, max_padding: float = MAX_PADDING) -> tuple[np.ndarray, list[list[int]]]:
+                max_rows: int = 256, max_padding: float = MAX_PADDING, mapper: Mapper | None = None
+                ) -> tuple[np.ndarray, list[list[int]]]:
     """Run ``forward(indices)`` over token-budget batches of ``rows``; outputs come back in input order.
 
     ``forward`` receives the indices of one batch and returns one output row per index (a logit or a
-    vector). Returns the stacked outputs and the batches (for :func:`padding_ratio` and stats).
+    vector). ``mapper`` (a runner's ``map``, e.g. OpenVINO with several streams) runs batches concurrently;
+    they are then capped at :data:`CONCURRENT_BATCH_TOKENS` so there are enough to share out. Returns the
+    stacked outputs and the batches (for :func:`padding_ratio` and stats).
     """
     lengths = [len(r) for r in rows]
+    if mapper is not None:
+        max_tokens = min(max_tokens, CONCURRENT_BATCH_TOKENS)
     batches = token_budget_batches(lengths, max_tokens, max_rows, max_padding)
     out: np.ndarray | None = None
-    for batch in batches:
-        values = np.asarray(forward(batch), dtype=np.float32)
+    for batch, values in zip(batches, (mapper or map)(forward, batches), strict=True):
+        values = np.asarray(values, dtype=np.float32)
         if out is None:
             out = np.empty((len(rows), *values.shape[1:]), dtype=np.float32)
         out[batch] = values

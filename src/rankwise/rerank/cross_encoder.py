@@ -22,7 +22,7 @@ import numpy as np
 from rankwise.errors import ModelError, QueryError
 from rankwise.models import resolve_model, weights_sha256
 from rankwise.rerank.base import RerankScores, logits_to_scores
-from rankwise.rerank.batching import pad_batch, padding_ratio, run_batched
+from rankwise.rerank.batching import Mapper, pad_batch, padding_ratio, run_batched
 from rankwise.rerank.calibration import calibration_queries
 from rankwise.rerank.onnx_backend import (
     Backend,
@@ -181,7 +181,7 @@ class CrossEncoderReranker:
             return RerankScores(raw=np.empty(0, np.float32), calibrated=np.empty(0, np.float32))
         windows, types, owners, split = self.encode_pairs(query, texts)
         logits, batches = run_batched(windows, lambda b: self.forward_windows([windows[i] for i in b], [types[i] for i in b]),
-                                      self.batch_tokens)
+                                      self.batch_tokens, mapper=self.mapper)
         per_text = self.aggregate_windows(logits, owners, len(texts))
         raw, calibrated = logits_to_scores(per_text)
         lengths = [len(w) for w in windows]
@@ -212,6 +212,11 @@ class CrossEncoderReranker:
             first = [i for i, o in enumerate(owners) if i == 0 or owners[i - 1] != o]
             windows, types, owners = [windows[i] for i in first], [types[i] for i in first], [owners[i] for i in first]
         return windows, types, owners, split
+
+    @property
+    def mapper(self) -> Mapper | None:
+        """How :func:`run_batched` runs batches: several at once on a multi-stream OpenVINO model, else in turn."""
+        return getattr(self._run, "map", None)
 
     def forward_windows(self, ids: list[list[int]], types: list[list[int]]) -> np.ndarray:
         """One padded batch of windows → one raw logit per window (log-odds for two-logit models)."""

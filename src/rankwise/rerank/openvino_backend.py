@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -84,19 +85,27 @@ def openvino_int8_model(model_dir: Path, task: Task, plain_onnx: Path, calibrati
 
 
 class OpenVinoRunner:
-    """An OpenVINO CPU model: ``runner(feeds) -> first output``, thread-safe (one infer request per thread)."""
+    """An OpenVINO CPU model: ``runner(feeds) -> first output``, thread-safe (one infer request per thread).
 
-    def __init__(self, file: Path, *, threads: int | None = None) -> None:
+    With two or more threads it compiles two streams (one thread each) and exposes :meth:`map`, which runs
+    two batches at once: measured 10% faster per query than two threads sharing each batch (20 SciFact
+    queries × 100 pairs at 256 tokens, int8), because one batch's single-threaded ops (softmax, layer
+    norm, thread sync) overlap the other's matrix products. ``streams=1`` restores one batch at a time.
+    """
+
+    def __init__(self, file: Path, *, threads: int | None = None, streams: int | None = None) -> None:
         import openvino as ov
 
         if not file.is_file():
             raise ModelError(f"OpenVINO model '{file}' does not exist")
+        threads = threads or default_threads()
+        streams = max(1, min(streams or 2, threads))
         core = ov.Core()
         try:
             model = core.read_model(str(file))
             self.compiled = core.compile_model(model, "CPU", {
-                "INFERENCE_NUM_THREADS": threads or default_threads(), "PERFORMANCE_HINT": "LATENCY",
-                "NUM_STREAMS": 1})
+                "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": streams,
+                "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"})
         except Exception as err:  # OpenVINO raises RuntimeError with a multi-line trace for a bad file
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelError(f"OpenVINO cannot load '{file}' ({reason}); delete it — rankwise re-creates "
@@ -104,7 +113,11 @@ class OpenVinoRunner:
         self.file = file
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.streams = int(self.compiled.get_property("NUM_STREAMS"))
         self._local = threading.local()
+        #: ``map(forward, batches)`` on one worker per stream, or None (one batch at a time) — see run_batched
+        self.map = ThreadPoolExecutor(self.streams, thread_name_prefix="rankwise-openvino").map \
+            if self.streams > 1 else None
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         request = getattr(self._local, "request", None)

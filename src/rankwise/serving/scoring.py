@@ -31,7 +31,7 @@ from rankwise.errors import ModelError
 from rankwise.rerank.base import Reranker, RerankScores, logits_to_scores
 from rankwise.rerank.batching import padding_ratio, run_batched
 
-_HOOK = ("encode_pairs", "forward_windows", "aggregate_windows", "tokenizer", "batch_tokens", "max_length",
+_HOOK = ("encode_pairs", "forward_windows", "aggregate_windows", "tokenizer", "batch_tokens", "mapper", "max_length",
          "long_documents")
 
 
@@ -91,7 +91,7 @@ class PairBatchScorer:
         types = [t for req in requests for t in req.token_types]
         lengths = [len(w) for w in windows]
         logits, batches = run_batched(windows, lambda b: r.forward_windows([windows[i] for i in b], [types[i] for i in b]),
-                                      r.batch_tokens)
+                                      r.batch_tokens, mapper=r.mapper)
         round_stats = {"round_requests": float(len(requests)), "round_windows": float(len(windows)),
                        "round_batches": float(len(batches)), "round_padding": padding_ratio(lengths, batches)}
         out: list[RequestScores] = []
