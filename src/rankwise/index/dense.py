@@ -25,7 +25,7 @@ import numpy as np
 from rankwise.errors import IndexNotFoundError, ModelError, QueryError
 from rankwise.models import resolve_model, weights_sha256
 from rankwise.rerank.batching import pad_batch, run_batched
-from rankwise.rerank.calibration import bundled_texts
+from rankwise.rerank.calibration import bundled_texts, calibration_batches
 from rankwise.rerank.onnx_backend import (
     EMBEDDER_BACKENDS,
     Backend,
@@ -97,7 +97,6 @@ class Embedder:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
-
     def _tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:
         enc = self.model.tokenizer(list(texts), truncation=True, max_length=self.info.max_seq_length,
                                    return_token_type_ids=True)
@@ -106,8 +105,7 @@ class Embedder:
     def _calibration_batches(self) -> tuple[list[dict[str, np.ndarray]], str]:
         """Bundled passages and queries, tokenized and padded like :meth:`encode`'s batches (static int8)."""
         rows, types = self._tokenize(bundled_texts())
-        pad = self.model.tokenizer.pad_token_id or 0
-        return [pad_batch(rows[s:s + 16], types[s:s + 16], pad) for s in range(0, len(rows), 16)], "bundled"
+        return calibration_batches(rows, types, self.model.tokenizer.pad_token_id or 0), "bundled"
 
 
 def _export_sentence_transformer(path: Path, dest: Path) -> None:

@@ -15,9 +15,10 @@ import numpy as np
 #: default cap on the share of padded positions in one batch
 MAX_PADDING = 0.1
 #: token budget per batch when batches run concurrently (a ``mapper``): small enough that 100 candidates make
-#: several batches to share among the streams. Measured on 2 cores (20 SciFact queries × 100 pairs, 256
-#: tokens, OpenVINO int8): 2 streams × 4,096-token batches 10% faster than one 16k-token batch at a time,
-#: 8,192-token batches only 3% faster (too few batches to keep both streams busy)
+#: several batches to share among the streams. Chosen on 2 cores (20 SciFact queries × 100 pairs, 256 tokens,
+#: OpenVINO int8, scratch A/B with OpenVINO's async queue): 4,096-token batches on 2 streams 4% faster than
+#: 8,192-token ones (too few batches to keep both streams busy); the shipped thread-pool path, 6% faster
+#: than one 16k-token batch at a time on 50 queries, is in :class:`~rankwise.rerank.openvino_backend.OpenVinoRunner`
 CONCURRENT_BATCH_TOKENS = 4096
 #: ``mapper(forward, batches)`` yields ``forward(batch)`` for each batch in order, possibly computing several at once
 Mapper = Callable[[Callable[[list[int]], np.ndarray], Sequence[list[int]]], Iterable[np.ndarray]]

@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
+import numpy as np
+
 from rankwise.corpus import SAMPLE_KB
 from rankwise.errors import ModelError
+from rankwise.rerank.batching import pad_batch
 
 #: the calibration file a model directory may carry (written by ``rankwise train``)
 CALIBRATION_FILE = "rankwise-calibration.jsonl"
@@ -30,6 +33,8 @@ CALIBRATION_FILE = "rankwise-calibration.jsonl"
 #: and three others
 CALIBRATION_QUERIES = 48
 PASSAGES_PER_QUERY = 4
+#: rows per calibration batch (the quantiser sees these batches, not request-sized ones)
+CALIBRATION_BATCH_ROWS = 16
 Source = Literal["file", "model", "bundled"]
 T = TypeVar("T")
 
@@ -57,10 +62,9 @@ def spread(items: Sequence[T], limit: int = CALIBRATION_QUERIES) -> list[T]:
 
 def bundled_queries() -> list[CalibrationQuery]:
     """Training queries of the bundled knowledge base, each with its judged passage and three others."""
-    from rankwise.corpus import load_documents
     from rankwise.corpus.beir import load_qrels, load_queries
 
-    docs = {d.id: f"{d.title}\n{d.text}" if d.title else d.text for d in load_documents(SAMPLE_KB)}
+    docs = _bundled_documents()
     ids, queries, qrels = sorted(docs), load_queries(SAMPLE_KB), load_qrels(SAMPLE_KB, "train")
     out = []
     for i, qid in enumerate(sorted(qrels)[:CALIBRATION_QUERIES]):
@@ -77,12 +81,25 @@ def bundled_texts() -> list[str]:
     English sample kept SciFact dense-retrieval nDCG@10 within the change ``benchmarks/embed_speed.py``
     reports (README).
     """
-    from rankwise.corpus import load_documents
     from rankwise.corpus.beir import load_queries
 
-    docs = [f"{d.title}\n{d.text}" if d.title else d.text for d in sorted(load_documents(SAMPLE_KB), key=lambda d: d.id)]
+    docs = _bundled_documents()
     queries = [text for _, text in sorted(load_queries(SAMPLE_KB).items())]
-    return spread(docs) + spread(queries)
+    return spread([docs[i] for i in sorted(docs)]) + spread(queries)
+
+
+def _bundled_documents() -> dict[str, str]:
+    """The bundled knowledge base as ``{doc_id: title + text}``, the text a model scores for a document."""
+    from rankwise.corpus import load_documents
+
+    return {d.id: f"{d.title}\n{d.text}" if d.title else d.text for d in load_documents(SAMPLE_KB)}
+
+
+def calibration_batches(rows: Sequence[Sequence[int]], token_types: Sequence[Sequence[int]], pad_id: int
+                        ) -> list[dict[str, np.ndarray]]:
+    """Tokenized calibration windows in fixed batches of :data:`CALIBRATION_BATCH_ROWS`, padded like requests."""
+    step = CALIBRATION_BATCH_ROWS
+    return [pad_batch(rows[s:s + step], token_types[s:s + step], pad_id) for s in range(0, len(rows), step)]
 
 
 def write_calibration(path: Path, queries: Iterable[CalibrationQuery]) -> Path:

@@ -13,7 +13,7 @@ inputs were split.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,9 +23,10 @@ from rankwise.errors import ModelError, QueryError
 from rankwise.models import resolve_model, weights_sha256
 from rankwise.rerank.base import RerankScores, logits_to_scores
 from rankwise.rerank.batching import Mapper, pad_batch, padding_ratio, run_batched
-from rankwise.rerank.calibration import calibration_queries
+from rankwise.rerank.calibration import calibration_batches, calibration_queries
 from rankwise.rerank.onnx_backend import (
     Backend,
+    Runner,
     check_backend,
     export_module,
     model_inputs,
@@ -34,8 +35,6 @@ from rankwise.rerank.openvino_backend import exported_runner
 
 Aggregation = Literal["maxp", "firstp", "mean", "topk-mean", "truncate"]
 AGGREGATIONS: tuple[str, ...] = ("maxp", "firstp", "mean", "topk-mean", "truncate")
-#: ``forward(feeds) -> logits`` with feeds from :func:`~rankwise.rerank.batching.pad_batch`.
-Forward = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
 
 class CrossEncoderReranker:
@@ -116,7 +115,7 @@ class CrossEncoderReranker:
         if not torch_backend:  # after max_length: static int8 calibrates on windows of that length
             self._run = self._exported_runner(threads)
 
-    def _load_torch(self, model: str | Path, device: str, threads: int | None) -> tuple[Any, Any, Forward]:
+    def _load_torch(self, model: str | Path, device: str, threads: int | None) -> tuple[Any, Any, Runner]:
         import torch
         from sentence_transformers import CrossEncoder
 
@@ -147,7 +146,7 @@ class CrossEncoderReranker:
             raise ModelError(f"cannot load cross-encoder '{model}' from {self.path}: {type(err).__name__}: {err}") from err
         return tokenizer, config
 
-    def _exported_runner(self, threads: int | None) -> Forward:
+    def _exported_runner(self, threads: int | None) -> Runner:
         names = model_inputs(self.tokenizer)
 
         def export(dest: Path) -> None:
@@ -169,8 +168,7 @@ class CrossEncoderReranker:
             query_windows, query_types, _, _ = self.encode_pairs(item.query, item.texts)
             windows += query_windows
             types += query_types
-        pad = self.tokenizer.pad_token_id or 0
-        return [pad_batch(windows[s:s + 16], types[s:s + 16], pad) for s in range(0, len(windows), 16)], source
+        return calibration_batches(windows, types, self.tokenizer.pad_token_id or 0), source
 
     def __repr__(self) -> str:
         return f"CrossEncoderReranker({self.name!r}, backend={self.backend!r}, max_length={self.max_length})"

@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 
 #: ``export(dest)`` writes a plain (unfused, fp32) ONNX graph of the model to ``dest``.
 Exporter = Callable[[Path], None]
+#: ``runner(feeds) -> first output`` with feeds from :func:`~rankwise.rerank.batching.pad_batch`: what every
+#: backend (torch, ONNX Runtime, OpenVINO) looks like to the encoders
+Runner = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
 
 def check_backend(backend: str, allowed: tuple[str, ...] = BACKENDS) -> Backend:

@@ -35,6 +35,7 @@ from rankwise.rerank.onnx_backend import (
     Backend,
     Exporter,
     OnnxRunner,
+    Runner,
     Task,
     cached_artifact,
     default_threads,
@@ -46,8 +47,6 @@ IR_NAME = "openvino-int8"
 #: ``calibration() -> (feeds, source)``: padded batches (``pad_batch`` dicts) of representative windows and
 #: where they came from (see :mod:`rankwise.rerank.calibration`)
 Calibration = Callable[[], tuple[Sequence[Mapping[str, np.ndarray]], str]]
-#: ``runner(feeds) -> first output``: what every exported backend looks like to the encoders
-Runner = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
 
 def calibration_digest(feeds: Sequence[Mapping[str, np.ndarray]]) -> str:
