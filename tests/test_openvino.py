@@ -18,7 +18,7 @@ from rankwise.rerank.openvino_backend import OpenVinoRunner
 
 
 def _irs(model_dir: Path) -> list[Path]:
-    return sorted((model_dir / ".rankwise" / "onnx").glob("*/cross-encoder/openvino-int8/model.xml"))
+    return sorted((model_dir / ".rankwise" / "onnx").glob("*/cross-encoder/openvino-int8-*/model.xml"))
 
 
 def test_openvino_scores_match_torch(tiny_cross_encoder: Path) -> None:
@@ -63,9 +63,16 @@ def test_int8_ir_is_cached_per_weights_and_rebuilt_when_corrupt(tmp_path: Path, 
         again = CrossEncoderReranker(path, backend="openvino-int8").score(QUERY, TEXTS).raw
     assert "does not match its sha256" in caplog.text
     np.testing.assert_allclose(again, reference, atol=1e-6)
+    # another max_length calibrates on other windows: its own IR, and switching back reuses the first
+    CrossEncoderReranker(path, backend="openvino-int8", max_length=64)
+    assert len(_irs(path)) == 2
+    built = {p: p.stat().st_mtime_ns for p in _irs(path)}
+    np.testing.assert_allclose(CrossEncoderReranker(path, backend="openvino-int8").score(QUERY, TEXTS).raw,
+                               reference, atol=1e-6)
+    assert {p: p.stat().st_mtime_ns for p in _irs(path)} == built
     build_tiny_cross_encoder(path, seed=4)  # same directory, new weights: a new IR, never the old one
     CrossEncoderReranker(path, backend="openvino-int8").score(QUERY, TEXTS)
-    assert len(_irs(path)) == 2
+    assert len(_irs(path)) == 3
 
 
 def test_missing_or_corrupt_openvino_file_is_a_model_error(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ sentence-transformers ``predict`` in one run (``benchmarks/rerank_speed.py``): O
 
 The quantised model is cached as an OpenVINO IR directory beside the ONNX exports, under the same
 verified-sidecar scheme (:func:`rankwise.rerank.onnx_backend.cached_artifact`), keyed by the model's
-weights, the recipe and the calibration data's digest.
+weights, the recipe and the calibration data's digest (one IR per calibration set).
 """
 
 from __future__ import annotations
@@ -66,8 +66,9 @@ def openvino_int8_model(model_dir: Path, task: Task, plain_onnx: Path, calibrati
     feeds, source = calibration()
     if not feeds:
         raise ModelError("openvino-int8 needs calibration batches; none were given")
+    digest = calibration_digest(feeds)
     wanted = {"version": OPENVINO_RECIPE_VERSION, "task": task, "source": "plain ONNX export",
-              "quantizer": "nncf.quantize(model_type=TRANSFORMER)", "calibration": calibration_digest(feeds),
+              "quantizer": "nncf.quantize(model_type=TRANSFORMER)", "calibration": digest,
               "calibration_source": source, "calibration_batches": len(feeds)}
 
     def build(work: Path) -> None:
@@ -80,7 +81,9 @@ def openvino_int8_model(model_dir: Path, task: Task, plain_onnx: Path, calibrati
         work.mkdir()
         ov.save_model(quantized, str(work / "model.xml"))
 
-    return cached_artifact(model_dir, task, IR_NAME, wanted, build, tools=("openvino", "nncf")) / "model.xml"
+    # one IR per calibration set: the windows depend on max_length and the long-document rule, so a
+    # service alternating those settings would otherwise requantise (~20 s) on every switch
+    return cached_artifact(model_dir, task, f"{IR_NAME}-{digest}", wanted, build, tools=("openvino", "nncf")) / "model.xml"
 
 
 class OpenVinoRunner:
