@@ -72,14 +72,19 @@ def test_int8_model_is_requantised_for_new_calibration_windows(tmp_path: Path) -
     from conftest import build_tiny_cross_encoder
 
     path = build_tiny_cross_encoder(tmp_path / "m", seed=5)
+
+    def recipes() -> list[dict[str, object]]:  # one sidecar per calibration set, oldest first
+        sidecars = (path / ".rankwise" / "onnx").glob("*/cross-encoder/openvino-int8-*.json")
+        return [json.loads(s.read_text())["recipe"] for s in sorted(sidecars, key=lambda s: s.stat().st_mtime_ns)]
+
     CrossEncoderReranker(path, backend="openvino-int8", max_length=48).score(QUERY, TEXTS)
-    (sidecar,) = (path / ".rankwise" / "onnx").glob("*/cross-encoder/openvino-int8.json")
-    assert json.loads(sidecar.read_text())["recipe"]["calibration_source"] == "bundled"
+    assert [r["calibration_source"] for r in recipes()] == ["bundled"]
     write_calibration(path / CALIBRATION_FILE, [CalibrationQuery(QUERY, tuple(TEXTS))])
     scores = CrossEncoderReranker(path, backend="openvino-int8", max_length=48).score(QUERY, TEXTS)
-    recipe = json.loads(sidecar.read_text())["recipe"]
-    assert recipe["calibration_source"] == "model" and recipe["calibration_batches"] == 1
+    bundled, model = recipes()
+    assert model["calibration_source"] == "model" and model["calibration_batches"] == 1
+    assert model["calibration"] != bundled["calibration"]
     assert scores.raw.shape == (len(TEXTS),)
     explicit = write_calibration(tmp_path / "mine.jsonl", [CalibrationQuery("another query", ("a passage",))])
     CrossEncoderReranker(path, backend="openvino-int8", max_length=48, calibration=explicit)
-    assert json.loads(sidecar.read_text())["recipe"]["calibration_source"] == "file"
+    assert [r["calibration_source"] for r in recipes()] == ["bundled", "model", "file"]
