@@ -160,13 +160,12 @@ def correlations(scores: list[np.ndarray], reference: list[np.ndarray]) -> dict[
 def per_query_ndcg(candidates: list[tuple[str, str, list[str], list[str]]], scores: list[np.ndarray],
                    qrels: Any) -> np.ndarray:
     """nDCG@10 of each query, in ``candidates`` order (a query whose run finds nothing relevant scores 0)."""
-    import ir_measures
-    from ir_measures import nDCG
+    from rankwise.evaluation.metrics import per_query
 
     run = {qid: {d: float(s) for d, s in zip(docs, scores[i], strict=True)}
            for i, (qid, _, docs, _) in enumerate(candidates)}
-    values = {m.query_id: m.value for m in ir_measures.iter_calc([nDCG @ 10], qrels, run)}
-    return np.array([values.get(qid, 0.0) for qid, *_ in candidates])
+    values = per_query(["nDCG@10"], qrels, run)["nDCG@10"]
+    return np.array([values[qid] for qid, *_ in candidates])
 
 
 def ndcg_delta(values: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
