@@ -7,7 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from rankwise.rerank.batching import CONCURRENT_BATCH_TOKENS, padding_ratio, run_batched, token_budget_batches
+from rankwise.rerank.batching import (
+    CONCURRENT_BATCH_TOKENS,
+    pad_batch,
+    padding_ratio,
+    run_batched,
+    token_budget_batches,
+)
 from rankwise.retrieval import convex_combination, reciprocal_rank_fusion
 
 
@@ -70,3 +76,15 @@ def test_concurrent_batches_are_smaller_run_on_workers_and_return_in_input_order
     assert len(batches) > len(serial_batches)
     assert all(len(b) * max(len(rows[i]) for i in b) <= CONCURRENT_BATCH_TOKENS for b in batches)
     assert any(name.startswith("worker") for name in seen)
+
+
+def test_pad_batch_rounds_the_width_up_to_a_multiple_but_never_past_the_position_limit() -> None:
+    rows, types = [[5, 6, 7], [8] * 18], [[0, 0, 1], [0] * 18]
+    plain = pad_batch(rows, types, pad_id=0)
+    assert plain["input_ids"].shape == (2, 18)
+    aligned = pad_batch(rows, types, pad_id=0, multiple=16, max_width=512)
+    assert {a.shape for a in aligned.values()} == {(2, 32)}
+    assert aligned["attention_mask"].sum(axis=1).tolist() == [3, 18]  # the extra positions are masked
+    np.testing.assert_array_equal(aligned["token_type_ids"][0, :3], [0, 0, 1])
+    assert pad_batch(rows, types, pad_id=0, multiple=16, max_width=20)["input_ids"].shape == (2, 20)
+    assert pad_batch([[1] * 30], None, pad_id=0, multiple=16, max_width=20)["input_ids"].shape == (1, 30)

@@ -92,7 +92,9 @@ class Embedder:
             return np.empty((0, self.info.dim), dtype=np.float32)
         rows, types = self._tokenize(texts)
         pad, runner = self.model.tokenizer.pad_token_id or 0, self._runner
-        vectors, _ = run_batched(rows, lambda b: runner(pad_batch([rows[i] for i in b], [types[i] for i in b], pad)),
+        multiple, width = getattr(runner, "width_multiple", 1), self.info.max_seq_length
+        vectors, _ = run_batched(rows, lambda b: runner(pad_batch([rows[i] for i in b], [types[i] for i in b], pad,
+                                                                  multiple=multiple, max_width=width)),
                                  self.batch_tokens, max_rows=self.batch_size, mapper=getattr(runner, "map", None))
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)

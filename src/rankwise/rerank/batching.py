@@ -62,14 +62,17 @@ def padding_ratio(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> f
     return 0.0 if padded == 0 else 1.0 - real / padded
 
 
-def pad_batch(rows: Sequence[Sequence[int]], token_types: Sequence[Sequence[int]] | None, pad_id: int
-              ) -> dict[str, np.ndarray]:
+def pad_batch(rows: Sequence[Sequence[int]], token_types: Sequence[Sequence[int]] | None, pad_id: int,
+              *, multiple: int = 1, max_width: int | None = None) -> dict[str, np.ndarray]:
     """Right-pad token id rows into the ``input_ids``/``attention_mask``/``token_type_ids`` int64 arrays.
 
-    Every backend (torch, ONNX Runtime) takes these same arrays, so padding lives in one place and the
-    backends only differ in the forward call.
+    Every backend (torch, ONNX Runtime, OpenVINO) takes these same arrays, so padding lives in one place and
+    the backends only differ in the forward call. ``multiple`` rounds the width up (to a runner's
+    ``width_multiple``: some kernels run aligned widths faster than slightly narrower ones), never past
+    ``max_width`` (the model's position limit); masked positions do not change any row's output.
     """
     width = max(len(r) for r in rows)
+    width = max(width, min(-(-width // multiple) * multiple, max_width or width))
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     attention_mask = np.zeros((len(rows), width), dtype=np.int64)
     type_ids = np.zeros((len(rows), width), dtype=np.int64)

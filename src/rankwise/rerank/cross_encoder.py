@@ -218,7 +218,9 @@ class CrossEncoderReranker:
 
     def forward_windows(self, ids: list[list[int]], types: list[list[int]]) -> np.ndarray:
         """One padded batch of windows → one raw logit per window (log-odds for two-logit models)."""
-        logits = np.asarray(self._run(pad_batch(ids, types, self.tokenizer.pad_token_id or 0)), dtype=np.float32)
+        feeds = pad_batch(ids, types, self.tokenizer.pad_token_id or 0,
+                          multiple=getattr(self._run, "width_multiple", 1), max_width=self.max_length)
+        logits = np.asarray(self._run(feeds), dtype=np.float32)
         return logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
 
     def aggregate_windows(self, logits: np.ndarray, owners: list[int], n: int) -> np.ndarray:

@@ -96,6 +96,14 @@ class OpenVinoRunner:
     ``streams=1`` restores one batch at a time (``map`` is then None).
     """
 
+    #: batch widths are padded up to a multiple of this (:func:`~rankwise.rerank.batching.pad_batch`): the int8
+    #: attention kernels run e.g. 255- or 223-wide batches ~10% *slower* than 256- or 224-wide ones (16 × 255
+    #: windows, two streams). Measured on 60 held-out SciFact train queries × BM25 top-100 at 256 tokens, real
+    #: batches, interleaved A/B: 2.1% less time per query than unaligned, 8 gave 1.6%; scores on the 81
+    #: held-out queries unchanged (Spearman with fp32 0.9802 either way). Indexing (1,500 SciFact passages,
+    #: bi-encoder int8): within ±1%, vectors within cosine 0.9997
+    width_multiple = 16
+
     def __init__(self, file: Path, *, threads: int | None = None, streams: int | None = None) -> None:
         import openvino as ov
 
@@ -128,7 +136,6 @@ class OpenVinoRunner:
             request = self._local.request = self.compiled.create_infer_request()
         result = request.infer({n: feeds[n] for n in self.input_names})
         return np.array(result[0], dtype=np.float32)  # a copy: the request reuses its output buffer
-
 
 
 def exported_runner(model_dir: Path, task: Task, backend: Backend, export: Exporter, calibration: Calibration,
