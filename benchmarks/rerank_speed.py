@@ -188,10 +188,9 @@ def delta_text(result: dict[str, Any]) -> str:
 def main() -> None:
     setup_environment()
     args = parse_args()
-    import ir_measures
-    from ir_measures import nDCG
     from transformers import AutoConfig, AutoTokenizer
 
+    from rankwise.evaluation.metrics import mean, per_query
     from rankwise.pipeline import latency_percentiles
 
     threads, cpu = start_run(args.threads)
@@ -237,7 +236,7 @@ def main() -> None:
     gemm = gemm_ceilings(threads, m=8192, k=int(config.hidden_size), n=int(config.intermediate_size))
     reference_name = next((n for n in REFERENCES if n in scores), None)
     reference = scores[reference_name] if reference_name else None
-    per_query = {name: per_query_ndcg(candidates, scores[name], qrels) for name in names}
+    query_ndcg = {name: per_query_ndcg(candidates, scores[name], qrels) for name in names}
     results: dict[str, dict[str, Any]] = {}
     for name in names:
         seconds = sum(times[name]) / 1000
@@ -245,15 +244,15 @@ def main() -> None:
         results[name] = {
             "median_ms_per_query": pct["p50"], "p95_ms_per_query": pct["p95"],
             "pairs_per_s": pairs / seconds, "tokens_per_s": tokens / seconds,
-            "ndcg@10": float(np.mean(per_query[name])),
+            "ndcg@10": float(np.mean(query_ndcg[name])),
             "model_gflops_per_s": flops / seconds / 1e9,
             **(correlations(scores[name], reference) if reference is not None else {}),
-            **(ndcg_delta(per_query[name], per_query[reference_name]) if reference_name else {}),
+            **(ndcg_delta(query_ndcg[name], query_ndcg[reference_name]) if reference_name else {}),
         }
     base = results.get("sentence-transformers")
     for r in results.values():
         r["speedup_vs_sentence_transformers"] = r["pairs_per_s"] / base["pairs_per_s"] if base else None
-    bm25_ndcg = ir_measures.calc_aggregate([nDCG @ 10], qrels, {q: bm25_run[q] for q, *_ in candidates})[nDCG @ 10]
+    bm25_ndcg = mean(per_query(["nDCG@10"], qrels, bm25_run)["nDCG@10"])
 
     print(f"\nGEMM ceilings now ({gemm['shape']}, {threads} threads): torch fp32 {gemm['torch_fp32_gflops']:.0f} "
           f"GFLOP/s · ORT fp32 {gemm['ort_fp32_gflops']:.0f} GFLOP/s · ORT int8 {gemm['ort_int8_gops']:.0f} GOP/s")
