@@ -114,3 +114,43 @@ def minilm_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("minilm-ce")
     CrossEncoder(str(bundled_minilm_dir()), num_labels=1).save(str(directory))
     return directory
+
+
+@pytest.fixture(scope="session")
+def spread_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled MiniLM with a seeded 1-logit head scaled so that logits have a standard deviation of 4 across texts.
+
+    Backend equivalence must be tested on a model whose scores really depend on the input: a tiny random
+    BERT (or MiniLM with an untrained 0.02-std head) spreads its logits over 1e-5..0.03, inside any
+    tolerance, so a permuted or constant output would pass. Here the spread is two orders of magnitude
+    above the tolerances the equivalence tests use (:func:`assert_same_ranking` checks that too).
+    """
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("spread-ce")
+    encoder = CrossEncoder(str(bundled_minilm_dir()), num_labels=1)
+    logits = encoder.predict([(QUERY, t) for t in KB_TEXTS], activation_fn=torch.nn.Identity())
+    head = encoder.model.classifier
+    with torch.no_grad():
+        scale = 4.0 / float(np.std(logits))
+        head.weight.mul_(scale)
+        head.bias.copy_(-float(np.mean(logits)) * scale)
+    encoder.save(str(directory))
+    return directory
+
+
+def assert_same_ranking(reference: np.ndarray, other: np.ndarray, *, atol: float, min_spearman: float = 0.99,
+                        top: int = 5, min_top_overlap: int = 4) -> None:
+    """``other`` ranks like ``reference`` and stays within ``atol`` of it — on scores spread far wider than atol.
+
+    The spread check makes the test able to fail: a shuffled or constant ``other`` breaks the Spearman and
+    top-k checks only when the reference scores differ by much more than the tolerance.
+    """
+    from scipy.stats import spearmanr
+
+    assert float(np.std(reference)) > 20 * atol, "reference scores barely depend on the input: the check proves nothing"
+    assert spearmanr(reference, other).statistic >= min_spearman
+    assert len(top_k(reference, top) & top_k(other, top)) >= min_top_overlap
+    np.testing.assert_allclose(other, reference, atol=atol)

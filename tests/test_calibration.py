@@ -9,8 +9,7 @@ import pytest
 
 from conftest import QUERY, TEXTS
 from rankwise.errors import ModelError, QueryError
-from rankwise.rerank import CrossEncoderReranker
-from rankwise.rerank.calibration import (
+from rankwise.inference.calibration import (
     CALIBRATION_FILE,
     CALIBRATION_QUERIES,
     CalibrationQuery,
@@ -19,6 +18,7 @@ from rankwise.rerank.calibration import (
     spread,
     write_calibration,
 )
+from rankwise.rerank import CrossEncoderReranker
 
 ITEMS = [CalibrationQuery(f"query {i}", (f"judged passage {i}", "another passage")) for i in range(100)]
 

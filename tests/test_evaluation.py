@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rankwise import CrossEncoderReranker, Index, Pipeline
+from rankwise.errors import QueryError
 from rankwise.evaluation import EvaluationError, GoldSet, Judgement, LabelScale, evaluate
 from rankwise.evaluation.gates import MetricGate, evaluate_gates
 from rankwise.evaluation.labeling import build_sheet, merge_sheets, read_sheet, write_sheet
@@ -250,7 +251,7 @@ def test_label_sheet_round_trip_and_kappa(tmp_path: Path, kb_index: Index) -> No
 @pytest.fixture(scope="module")
 def kb_report(kb_index: Index, tiny_cross_encoder: Path):
     gold = kb_goldset().prepare(known_documents=set(kb_index.passage_doc_ids))
-    reranker = CrossEncoderReranker(tiny_cross_encoder)
+    reranker = CrossEncoderReranker(tiny_cross_encoder, backend="torch")
     return evaluate(kb_index, gold, first_stages=["bm25", "dense"], reranker=reranker, n_resamples=500), reranker
 
 
@@ -322,5 +323,5 @@ def test_evaluate_rejects_bad_options(kb_index: Index) -> None:
         evaluate(kb_index, gold, first_stages=["bm25"])
     with pytest.raises(EvaluationError, match="raise --retrieve-k to at least 20"):
         evaluate(kb_index, gold, first_stages=["bm25"], baseline="bm25", retrieve_k=10)
-    with pytest.raises(EvaluationError, match="unknown first stage"):
+    with pytest.raises(QueryError, match="unknown first stage 'bm42'; choose bm25, dense, hybrid"):
         evaluate(kb_index, gold, first_stages=["bm42"])

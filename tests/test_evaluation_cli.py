@@ -30,7 +30,7 @@ def goldset_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def passing_eval(tmp_path_factory: pytest.TempPathFactory, kb_index: Index, goldset_file: Path,
                  tiny_cross_encoder: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = tmp_path_factory.mktemp("eval")
-    result = run("eval", "--index", str(kb_index.path), "--goldset", str(goldset_file), "--first-stages", "bm25,dense",
+    result = run("eval", "--index", str(kb_index.path), "--goldset", str(goldset_file), "--first-stage", "bm25,dense",
                  "--reranker", str(tiny_cross_encoder), "--gate", "nDCG@10:-1", "--max-latency-ms", "600000",
                  "--json", str(out / "report.json"), "--markdown", str(out / "report.md"),
                  "--html", str(out / "report.html"), "--run-dir", str(out / "runs"))
@@ -57,7 +57,7 @@ def test_eval_writes_every_output_and_passes_its_gates(passing_eval: tuple[subpr
 
 
 def test_failed_gates_exit_1_with_one_line_per_rule(kb_index: Index, goldset_file: Path) -> None:
-    result = run("eval", "--index", str(kb_index.path), "--goldset", str(goldset_file), "--first-stages",
+    result = run("eval", "--index", str(kb_index.path), "--goldset", str(goldset_file), "--first-stage",
                  "bm25,hybrid", "--baseline", "bm25", "--gate", "nDCG@5:+15%", "--gate", "R@20:-1",
                  "--max-latency-ms", "0.001", "--limit-queries", "4")
     assert result.returncode == 1, result.stdout + result.stderr
@@ -83,7 +83,7 @@ def test_bad_input_is_one_error_line(tmp_path: Path, kb_index: Index, lines: lis
                                      message: str) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines) + ("\n" if lines else ""))
-    result = run("eval", "--index", str(kb_index.path), "--goldset", str(path), "--first-stages", "bm25",
+    result = run("eval", "--index", str(kb_index.path), "--goldset", str(path), "--first-stage", "bm25",
                  "--baseline", "bm25", *extra)
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
@@ -94,7 +94,7 @@ def test_label_then_label_import(tmp_path: Path, kb_index: Index) -> None:
     queries = tmp_path / "production.txt"
     queries.write_text("\n".join(text for text, _ in KB_QUERIES.values()) + "\n")
     made = run("label", str(queries), "--index", str(kb_index.path), "--first-stage", "bm25", "--k", "3",
-               "--out", str(tmp_path / "sheet"))
+               "--out-dir", str(tmp_path / "sheet"))
     assert made.returncode == 0, made.stderr
     with (tmp_path / "sheet" / "labels.csv").open(encoding="utf-8-sig", newline="") as fh:
         rows = list(csv.DictReader(fh))

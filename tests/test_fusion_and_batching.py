@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from rankwise.rerank.batching import (
+from rankwise.inference.batching import (
     CONCURRENT_BATCH_TOKENS,
     pad_batch,
     padding_ratio,
@@ -88,3 +88,21 @@ def test_pad_batch_rounds_the_width_up_to_a_multiple_but_never_past_the_position
     np.testing.assert_array_equal(aligned["token_type_ids"][0, :3], [0, 0, 1])
     assert pad_batch(rows, types, pad_id=0, multiple=16, max_width=20)["input_ids"].shape == (2, 20)
     assert pad_batch([[1] * 30], None, pad_id=0, multiple=16, max_width=20)["input_ids"].shape == (1, 30)
+
+
+def test_auto_backend_is_chosen_per_cpu_kind_and_explicit_choices_win() -> None:
+    from rankwise.errors import QueryError
+    from rankwise.inference.backends import cpu_kind, resolve_backend
+
+    vnni = frozenset({"avx2", "avx512f", "avx512_vnni"})
+    avx2 = frozenset({"avx2", "fma"})
+    assert cpu_kind(vnni) == "avx512-vnni" and cpu_kind(avx2) == "avx2" and cpu_kind(frozenset()) == "other"
+    on_vnni, on_avx2 = resolve_backend("auto", flags=vnni), resolve_backend("auto", flags=avx2)
+    assert on_vnni.backend == "openvino-int8" and "avx512-vnni" in on_vnni.reason
+    assert on_avx2.backend == "onnx-int8" and "avx2" in on_avx2.reason  # OpenVINO int8 is slow without VNNI
+    assert str(resolve_backend("torch", flags=vnni)) == "torch (requested)"
+    assert resolve_backend("auto", "embedder", flags=avx2).backend == "onnx-int8"
+    with pytest.raises(QueryError, match="unknown inference backend 'torch-bf16'; choose torch, onnx"):
+        resolve_backend("torch-bf16", "embedder")
+    with pytest.raises(QueryError, match="unknown inference backend 'gpu'"):
+        resolve_backend("gpu")

@@ -25,7 +25,7 @@ def test_hybrid_convex_and_passage_granularity(kb_index: Index) -> None:
 
 
 def test_reranked_results_show_both_signals(kb_index: Index, tiny_cross_encoder: Path) -> None:
-    reranker = CrossEncoderReranker(tiny_cross_encoder, name="tiny")
+    reranker = CrossEncoderReranker(tiny_cross_encoder, name="tiny", backend="torch")
     response = Pipeline(kb_index, reranker, first_stage="hybrid", rerank_k=5).search("reset MFA", k=8)
     reranked = [r for r in response.results if r.reranker is not None]
     assert len(reranked) == 5 and response.provenance.num_reranked == 5
@@ -47,7 +47,7 @@ def test_reranked_results_show_both_signals(kb_index: Index, tiny_cross_encoder:
 
 
 def test_rrf_rerank_fusion_orders_by_both_ranks(kb_index: Index, tiny_cross_encoder: Path) -> None:
-    reranker = CrossEncoderReranker(tiny_cross_encoder, name="tiny")
+    reranker = CrossEncoderReranker(tiny_cross_encoder, name="tiny", backend="torch")
     plain = Pipeline(kb_index, reranker, first_stage="bm25", rerank_k=6).search("refund annual plan", k=8)
     fused = Pipeline(kb_index, reranker, first_stage="bm25", rerank_k=6, rerank_fusion="rrf").search(
         "refund annual plan", k=8)

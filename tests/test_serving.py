@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import KB, build_tiny_cross_encoder
+from conftest import KB, KB_TEXTS, assert_same_ranking, build_tiny_cross_encoder
 from rankwise.index import Index
 from rankwise.pipeline import Pipeline
 from rankwise.rerank.cross_encoder import CrossEncoderReranker
@@ -82,7 +83,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def reference(models: tuple[Path, Path]) -> CrossEncoderReranker:
     """The unbatched reranker the server's answers must equal (same path, same settings)."""
-    return CrossEncoderReranker(models[0])
+    return CrossEncoderReranker(models[0], backend="torch")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,8 @@ def audit_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(kb_index: Index, models: tuple[Path, Path], keys: dict[str, Any], audit_db: Path) -> Iterator[Server]:
-    srv = Server(["--index", str(kb_index.path), "--reranker", str(models[0]), "--keys", str(keys["file"]),
+    srv = Server(["--index", str(kb_index.path), "--reranker", str(models[0]), "--backend", "torch",
+                  "--keys", str(keys["file"]),
                   "--audit", str(audit_db), "--batch-wait-ms", "50", "--max-documents", "400",
                   "--max-document-chars", "5000", "--max-body-bytes", "300000"], audit_db.with_name("server.log"))
     yield srv
@@ -180,6 +182,41 @@ def test_concurrent_clients_share_forward_passes(server: Server, keys: dict[str,
               - before[("rankwise_batch_requests_bucket", (("le", "1.0"),))])
     assert rounds < clients and rounds - single >= 1, "no round scored more than one request"
     assert ("rankwise_queue_depth", ()) in after
+
+
+def test_openvino_int8_server_shares_forward_passes_and_matches_its_own_scores(spread_cross_encoder: Path,
+                                                                              tmp_path: Path) -> None:
+    """The fastest CPU backend behind the micro-batcher: rounds pool requests, scores equal ``score``'s."""
+    srv = Server(["--reranker", str(spread_cross_encoder), "--backend", "openvino-int8", "--audit", "none",
+                  "--batch-wait-ms", "100"], tmp_path / "openvino.log")
+    try:
+        clients = 6
+        barrier = threading.Barrier(clients)
+        jobs = [(f"question {i}: {KB[i % len(KB)].title}?", KB_TEXTS[i: i + 16]) for i in range(clients)]
+
+        def call(job: tuple[str, list[str]]) -> dict[str, Any]:
+            with srv.client() as client:
+                barrier.wait()
+                response = client.post("/v1/rerank", json={"query": job[0], "documents": job[1], "raw_scores": True})
+            assert response.status_code == 200, response.text
+            return response.json()  # type: ignore[no-any-return]
+
+        with ThreadPoolExecutor(clients) as pool:
+            bodies = list(pool.map(call, jobs))
+        metrics = srv.metrics()
+    finally:
+        srv.stop()
+    reference = CrossEncoderReranker(spread_cross_encoder, backend="openvino-int8")
+    for (query, texts), body in zip(jobs, bodies, strict=True):
+        got = np.zeros(len(texts), dtype=np.float32)
+        for r in body["results"]:
+            got[r["index"]] = r["raw_score"]
+        # static int8: activation scales are fixed, so another batch composition moves scores only slightly
+        assert_same_ranking(reference.score(query, texts).raw, got, atol=0.15, min_spearman=0.98)
+    info = {k: v for (name, labels), _ in metrics.items() if name == "rankwise_model_info" for k, v in labels}
+    assert info["reranker_backend"] == "openvino-int8 (requested)"
+    rounds = metrics[("rankwise_batch_requests_count", ())]
+    assert rounds < clients, "no round scored more than one request"
 
 
 def test_score_cache_hits_repeat_requests(admin: httpx.Client, server: Server) -> None:
@@ -396,7 +433,7 @@ def test_redis_cache_survives_restarts_and_never_serves_another_models_scores(
     store = redis.Redis.from_url(redis_url)
     texts = [d.text for d in KB]
     payload = {"query": "rotate redis credentials", "documents": texts, "raw_scores": True}
-    common = ["--cache", redis_url, "--audit", "none"]
+    common = ["--cache", redis_url, "--audit", "none", "--backend", "torch"]
 
     a = Server(["--reranker", str(models[0]), *common], tmp_path / "a.log")
     try:
@@ -413,7 +450,7 @@ def test_redis_cache_survives_restarts_and_never_serves_another_models_scores(
         with b.client() as client:
             answer = client.post("/v1/rerank", json=payload).json()
             assert answer["meta"]["cache_hits"] == 0  # new weights → new keys, never model A's scores
-            _assert_matches_reference(answer, CrossEncoderReranker(models[1]), payload["query"], texts)
+            _assert_matches_reference(answer, CrossEncoderReranker(models[1], backend="torch"), payload["query"], texts)
             assert answer["results"] != first["results"]
             assert store.dbsize() == 2 * len(texts)
             again = client.post("/v1/rerank", json=payload).json()

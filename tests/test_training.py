@@ -11,7 +11,7 @@ import pytest
 from conftest import build_tiny_cross_encoder
 from rankwise import CrossEncoderReranker, Index
 from rankwise.errors import QueryError
-from rankwise.rerank.calibration import CALIBRATION_FILE, read_calibration
+from rankwise.inference.calibration import CALIBRATION_FILE, read_calibration
 from rankwise.training.data import JudgedQueries
 from rankwise.training.finetune import TrainingConfig, train_cross_encoder
 from rankwise.training.negatives import mine_groups, parse_negative_mix, title_groups
@@ -112,7 +112,7 @@ def test_training_end_to_end_learns_the_training_positives(tmp_path: Path, kb_in
     assert result.steps == 100 and result.model_dir.is_dir()
     assert result.losses[-1] < 0.7 * result.losses[0], result.losses
     assert result.best_validation_ndcg10 is not None and 0 < result.best_validation_ndcg10 <= 1
-    reranker = CrossEncoderReranker(result.model_dir, max_length=64)
+    reranker = CrossEncoderReranker(result.model_dir, max_length=64, backend="torch")
     hits = 0
     for g in groups:
         scores = reranker.score(g.query, list(g.positives) + list(g.negatives)).raw
@@ -145,7 +145,7 @@ def test_compact_reranker_keeps_only_the_first_layers(tmp_path: Path, kb_index: 
     groups = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 1}, seed=0)
     result = train_cross_encoder(groups, [], TrainingConfig(base_model=str(base), max_steps=2, eval_steps=2,
                                  batch_size=4, max_length=32, layers=1), tmp_path / "run", show_progress=False)
-    reranker = CrossEncoderReranker(result.model_dir, max_length=32)
+    reranker = CrossEncoderReranker(result.model_dir, max_length=32, backend="torch")
     assert json.loads((result.model_dir / "config.json").read_text())["num_hidden_layers"] == 1
     assert reranker.score("q", ["a", "b"]).raw.shape == (2,)
     with pytest.raises(QueryError, match="cannot keep 5"):
@@ -177,5 +177,5 @@ def test_train_cli_trains_registers_and_records_the_title_queries(tmp_path: Path
     assert entry.card["training_data"]["max_positives"] == 1
     assert entry.card["training"]["steps"] == 12 and entry.card["hyperparameters"]["loss"] == "softmax"
     assert read_calibration(entry.path / CALIBRATION_FILE), "the registered copy keeps its calibration windows"
-    reloaded = CrossEncoderReranker(entry.path)
+    reloaded = CrossEncoderReranker(entry.path, backend="torch")
     assert reloaded.score("refund annual plan", ["Annual plans can be refunded.", "Rotate Redis."]).raw.shape == (2,)

@@ -11,11 +11,11 @@ result shows both scores with full provenance. Three concepts:
 from rankwise.errors import RankwiseError
 from rankwise.index import Index
 from rankwise.pipeline import Pipeline
-from rankwise.rerank import CrossEncoderReranker, Reranker, RerankScores
+from rankwise.rerank import CrossEncoderReranker, Reranker, RerankScores, WindowedReranker
 from rankwise.types import Document, Passage, Provenance, SearchResponse, SearchResult
 
 __version__ = "0.1.0"
 __all__ = [
     "CrossEncoderReranker", "Document", "Index", "Passage", "Pipeline", "Provenance", "RankwiseError",
-    "RerankScores", "Reranker", "SearchResponse", "SearchResult",
+    "RerankScores", "Reranker", "SearchResponse", "SearchResult", "WindowedReranker",
 ]

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.rule import Rule
 
 from rankwise.corpus import SAMPLE_KB
-from rankwise.pipeline import RERANK_FUSIONS
+from rankwise.options import RERANK_FUSIONS
 
 DEMO_QUERY = "customer churn analysis for Q4"
 
@@ -36,9 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rerank-fusion", choices=RERANK_FUSIONS, default="rrf")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from rankwise.cli import _quiet_libraries, print_response
+    from rankwise.cli.common import prelude
+    from rankwise.cli.search import print_response
 
-    _quiet_libraries()
+    prelude()
     console = Console()
     started = time.perf_counter()
     out: Path = args.out.resolve()

@@ -1,26 +1,30 @@
 """The :class:`Pipeline`: first stage → optional reranker, with provenance and per-stage timings.
 
 This is the one object every front end (Python API, CLI, evaluation, HTTP service) uses, so a result
-looks the same wherever it comes from.
+looks the same wherever it comes from. Its steps are public — :meth:`Pipeline.retrieve`,
+:meth:`Pipeline.rerank`, :meth:`Pipeline.respond` — so a caller with its own scoring path (the server:
+cache, micro-batching, a latency budget) composes them instead of changing a shared pipeline; a degraded
+answer is ``respond`` without scores, not a pipeline with its reranker removed.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from rankwise.errors import QueryError
 from rankwise.index import Index
-from rankwise.rerank.base import Reranker
-from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings, Granularity
+from rankwise.options import RERANK_FUSIONS, FirstStageMethod, Fusion, Granularity, RerankFusion, choose
+from rankwise.rerank.base import Reranker, RerankScores, WindowedReranker
+from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
 from rankwise.retrieval.rrf import reciprocal_rank_fusion
 from rankwise.types import Candidate, FirstStageScore, Provenance, RerankerScore, SearchResponse, SearchResult
 
 SNIPPET_CHARS = 240
 MAX_QUERY_CHARS = 2000
-RERANK_FUSIONS: tuple[str, ...] = ("none", "rrf")
 
 
 def _snippet(text: str) -> str:
@@ -52,9 +56,8 @@ class Pipeline:
         rerank_fusion: ``none`` orders the reranked candidates by the reranker's score alone; ``rrf``
             orders them by reciprocal rank fusion (k=60) of the reranker's rank and the first stage's
             rank. Why: a reranker fine-tuned on a few hundred queries and the first stage make different
-            mistakes; on SciFact test a reranker of ours moved BM25's nDCG@10 from 0.681 to 0.704 alone
-            and to 0.739 fused (``benchmarks/train_beir.py``). RRF needs no weight to tune, so no
-            held-out data. The result's ``score`` is then the fused score; both inputs stay visible.
+            mistakes, and RRF needs no weight to tune, so no held-out data (``benchmarks/README.md``
+            measures both). The result's ``score`` is then the fused score; both inputs stay visible.
     """
 
     def __init__(
@@ -62,19 +65,17 @@ class Pipeline:
         index: Index,
         reranker: Reranker | None = None,
         *,
-        first_stage: str = "hybrid",
+        first_stage: FirstStageMethod = "hybrid",
         retrieve_k: int = 100,
         rerank_k: int = 100,
-        fusion: str = "rrf",
+        fusion: Fusion = "rrf",
         alpha: float = 0.5,
         granularity: Granularity = "document",
-        rerank_fusion: str = "none",
+        rerank_fusion: RerankFusion = "none",
     ) -> None:
         if retrieve_k <= 0 or rerank_k < 0:
             raise QueryError("retrieve_k must be positive and rerank_k non-negative")
-        if rerank_fusion not in RERANK_FUSIONS:
-            raise QueryError(f"unknown rerank fusion '{rerank_fusion}'; choose {', '.join(RERANK_FUSIONS)}")
-        self.rerank_fusion = rerank_fusion
+        self.rerank_fusion = choose(rerank_fusion, RERANK_FUSIONS, "rerank fusion")
         self.index = index
         self.reranker = reranker
         self.retrieve_k = retrieve_k
@@ -90,67 +91,90 @@ class Pipeline:
 
     def search(self, query: str, k: int = 10, filters: dict[str, Any] | None = None) -> SearchResponse:
         """Retrieve, rerank and return the top ``k`` results with both signals and provenance."""
+        t0 = time.perf_counter()
+        candidates = self.retrieve(query, filters)
+        timings = {"first_stage": (time.perf_counter() - t0) * 1000}
+        t1 = time.perf_counter()
+        scores = self.rerank(query, candidates)
+        if scores is not None:
+            timings["rerank"] = (time.perf_counter() - t1) * 1000
+        return self.respond(query, candidates, scores, k=k, timings=timings, started=t0)
+
+    def retrieve(self, query: str, filters: dict[str, Any] | None = None) -> list[Candidate]:
+        """The first stage's top ``retrieve_k`` candidates, best first."""
+        return self.first_stage.retrieve(validate_query(query), self.retrieve_k, filters)
+
+    def rerank(self, query: str, candidates: Sequence[Candidate]) -> RerankScores | None:
+        """The reranker's scores for the first ``rerank_k`` candidates (``None`` without a reranker)."""
+        head = candidates[: self.rerank_k]
+        if self.reranker is None or not head:
+            return None
+        return self.reranker.score(validate_query(query), [c.passage.full_text for c in head])
+
+    def respond(self, query: str, candidates: Sequence[Candidate], scores: RerankScores | None, *, k: int = 10,
+                timings: dict[str, float] | None = None, started: float | None = None) -> SearchResponse:
+        """The response for ``candidates`` ordered by ``scores`` (of the first ``len(scores.raw)`` of them).
+
+        ``scores=None`` answers in first-stage order, with no reranker in the provenance (what the server
+        returns when its latency budget runs out). ``started`` (``time.perf_counter()``) adds ``total``.
+        """
         query = validate_query(query)
         if k <= 0:
             raise QueryError(f"k must be positive (got {k})")
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        candidates = self.first_stage.retrieve(query, self.retrieve_k, filters)
-        timings["first_stage"] = (time.perf_counter() - t0) * 1000
-        results, reranked, split = self._rerank(query, candidates, timings)
-        timings["total"] = (time.perf_counter() - t0) * 1000
-        return SearchResponse(query=query, results=results[:k], provenance=self._provenance(len(candidates), reranked, split),
-                              timings_ms=timings)
-
-    def _rerank(self, query: str, candidates: list[Candidate], timings: dict[str, float]
-                ) -> tuple[list[SearchResult], int, int]:
-        """Final results, how many candidates were reranked, and how many of those were too long for one window."""
-        head = candidates[: self.rerank_k] if self.reranker is not None else []
-        order: list[tuple[Candidate, RerankerScore | None, float]]
-        if head:
-            t0 = time.perf_counter()
-            scores = self.reranker.score(query, [c.passage.full_text for c in head])  # type: ignore[union-attr]
-            timings["rerank"] = (time.perf_counter() - t0) * 1000
-            by_score = sorted(range(len(head)), key=lambda i: (-float(scores.raw[i]), head[i].rank))
-            reranker_rank = {i: r for r, i in enumerate(by_score, start=1)}
-            if self.rerank_fusion == "rrf":  # head is in first-stage order
-                fused = reciprocal_rank_fusion([[str(i) for i in by_score], [str(i) for i in range(len(head))]])
-                final = {i: fused[str(i)] for i in by_score}
-                by_score = sorted(by_score, key=lambda i: (-final[i], reranker_rank[i]))
-            else:
-                final = {i: float(scores.calibrated[i]) for i in by_score}
-            order = [(head[i], RerankerScore(rank=reranker_rank[i], score=float(scores.calibrated[i]),
-                                             raw_score=float(scores.raw[i])), final[i]) for i in by_score]
-            split = scores.truncated
-        else:
-            order, split = [], 0
-        order += [(c, None, c.score) for c in candidates[len(head):]]
-        metadata = self.index.docstore.metadata(list({c.passage.doc_id for c, _, _ in order[:1000]}))
+        order = self._order(candidates, scores)[:k]
+        metadata = self.index.docstore.metadata(list({c.passage.doc_id for c, _, _ in order}))
         results = [
             SearchResult(
-                rank=rank, doc_id=c.passage.doc_id, passage_id=c.passage.id,
-                score=score,
+                rank=rank, doc_id=c.passage.doc_id, passage_id=c.passage.id, score=score,
                 first_stage=FirstStageScore(method=c.method, rank=c.rank, score=c.score),
                 reranker=rr, rank_change=c.rank - rank, title=c.passage.title, snippet=_snippet(c.passage.text),
                 start=c.passage.start, end=c.passage.end, metadata=metadata.get(c.passage.doc_id, {}),
             )
             for rank, (c, rr, score) in enumerate(order, start=1)
         ]
-        return results, len(head), split
+        timings = dict(timings or {})
+        if started is not None:
+            timings["total"] = (time.perf_counter() - started) * 1000
+        num_reranked = 0 if scores is None else len(scores.raw)
+        provenance = self._provenance(len(candidates), num_reranked, 0 if scores is None else scores.truncated)
+        return SearchResponse(query=query, results=results, provenance=provenance, timings_ms=timings)
+
+    def _order(self, candidates: Sequence[Candidate], scores: RerankScores | None
+               ) -> list[tuple[Candidate, RerankerScore | None, float]]:
+        """Reranked head (by score, or fused with first-stage ranks), then the rest in first-stage order."""
+        if scores is None or not len(scores.raw):
+            return [(c, None, c.score) for c in candidates]
+        head = candidates[: len(scores.raw)]
+        by_score = sorted(range(len(head)), key=lambda i: (-float(scores.raw[i]), head[i].rank))
+        reranker_rank = {i: r for r, i in enumerate(by_score, start=1)}
+        if self.rerank_fusion == "rrf":  # head is in first-stage order
+            fused = reciprocal_rank_fusion([[str(i) for i in by_score], [str(i) for i in range(len(head))]])
+            final = {i: fused[str(i)] for i in by_score}
+            by_score = sorted(by_score, key=lambda i: (-final[i], reranker_rank[i]))
+        else:
+            final = {i: float(scores.calibrated[i]) for i in by_score}
+        order: list[tuple[Candidate, RerankerScore | None, float]] = [
+            (head[i], RerankerScore(rank=reranker_rank[i], score=float(scores.calibrated[i]),
+                                    raw_score=float(scores.raw[i])), final[i]) for i in by_score]
+        return order + [(c, None, c.score) for c in candidates[len(head):]]
 
     def _provenance(self, num_candidates: int, num_reranked: int, num_split: int) -> Provenance:
         emb = self.index.manifest.embedding or {}
+        reranked = self.reranker if num_reranked else None
         return Provenance(
             index_fingerprint=self.index.fingerprint,
             embedding_model=str(emb.get("model", "none")),
             embedding_sha256=str(emb.get("sha256", "none")),
-            reranker=self.reranker.name if self.reranker is not None else "none",
-            reranker_sha256=self.reranker.weights_sha256 if self.reranker is not None else "none",
+            reranker=reranked.name if reranked is not None else "none",
+            reranker_sha256=reranked.weights_sha256 if reranked is not None else "none",
             first_stage=self.first_stage.settings.method,
             num_candidates=num_candidates,
             num_reranked=num_reranked,
             num_split=num_split,
             rerank_fusion=self.rerank_fusion if num_reranked else "none",
+            embedding_backend=f"{emb['backend']} ({emb.get('backend_reason', 'requested')})" if emb else "none",
+            reranker_backend=str(reranked.backend_decision) if isinstance(reranked, WindowedReranker)
+            else "custom" if reranked is not None else "none",
         )
 
 

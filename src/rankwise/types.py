@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
-
-FirstStageMethod = Literal["bm25", "dense", "hybrid"]
-FIRST_STAGE_METHODS: tuple[str, ...] = ("bm25", "dense", "hybrid")
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +113,9 @@ class Provenance:
     num_split: int = 0
     #: how the reranked order was formed: ``none`` (reranker score alone) or ``rrf`` (fused with first stage)
     rerank_fusion: str = "none"
+    #: the inference backends that produced the vectors and the scores, and why (``auto`` picks per CPU)
+    embedding_backend: str = "none"
+    reranker_backend: str = "none"
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,9 +75,10 @@ from rankwise.evaluation.significance import (
     randomization_test,
 )
 from rankwise.index import Index
+from rankwise.options import FIRST_STAGE_METHODS, FirstStageMethod, choose_many
 from rankwise.pipeline import MAX_QUERY_CHARS, Pipeline, latency_percentiles
 from rankwise.rerank.base import Reranker
-from rankwise.types import FIRST_STAGE_METHODS, SearchResult
+from rankwise.types import SearchResult
 
 SCHEMA = "rankwise.evaluation/1"
 RERANKED_SUFFIX = "+reranker"
@@ -206,14 +207,9 @@ def system_names(first_stages: Sequence[str], with_reranker: bool) -> list[str]:
     return [name for fs in first_stages for name in ((fs, fs + RERANKED_SUFFIX) if with_reranker else (fs,))]
 
 
-def parse_first_stages(spec: str | Sequence[str]) -> list[str]:
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    stages = list(dict.fromkeys(s.strip() for s in items if s.strip()))
-    unknown = [s for s in stages if s not in FIRST_STAGE_METHODS]
-    if unknown or not stages:
-        raise EvaluationError(f"unknown first stage(s) {', '.join(unknown) or '(none given)'}; "
-                              f"choose from {', '.join(FIRST_STAGE_METHODS)}")
-    return stages
+def parse_first_stages(spec: str | Sequence[str]) -> list[FirstStageMethod]:
+    """``bm25,dense`` → ``["bm25", "dense"]`` (validated, de-duplicated, in order)."""
+    return choose_many(spec, FIRST_STAGE_METHODS, "first stage")
 
 
 def evaluate(

@@ -2,11 +2,10 @@
 
 The bi-encoder runs on eager PyTorch (sentence-transformers ``encode``), on ONNX Runtime (fp32 or dynamic
 int8) or on OpenVINO (bf16/fp32, or static int8 calibrated on the bundled passages and queries) — the same
-export/cache machinery as the cross-encoder (:func:`rankwise.rerank.openvino_backend.exported_runner`).
+export/cache machinery as the cross-encoder (:func:`rankwise.inference.runners.exported_runner`). The
+default, ``auto``, picks the fastest for the CPU (:func:`rankwise.inference.backends.resolve_backend`).
 The exported graph is the whole sentence-transformers module stack (transformer, pooling, normalisation),
 so pooling semantics are the model's own, not a re-implementation.
-Measured (``benchmarks/embed_speed.py --ndcg``, 2 cores): OpenVINO int8 4.0× sentence-transformers ``encode``
-with SciFact dense nDCG@10 0.654 vs 0.645, ONNX Runtime int8 2.3×.
 
 Vectors are L2-normalised so inner product is cosine similarity. The index is exact (``IndexFlatIP``):
 at the corpus sizes rankwise targets (up to a few million passages) exact search is fast enough, needs
@@ -23,17 +22,12 @@ import faiss
 import numpy as np
 
 from rankwise.errors import IndexNotFoundError, ModelError, QueryError
+from rankwise.inference.backends import BackendChoice, Runner, resolve_backend
+from rankwise.inference.batching import pad_batch, run_batched
+from rankwise.inference.calibration import bundled_texts, calibration_batches
+from rankwise.inference.onnx import export_module, model_inputs
+from rankwise.inference.runners import exported_runner
 from rankwise.models import resolve_model, weights_sha256
-from rankwise.rerank.batching import pad_batch, run_batched
-from rankwise.rerank.calibration import bundled_texts, calibration_batches
-from rankwise.rerank.onnx_backend import (
-    EMBEDDER_BACKENDS,
-    Backend,
-    check_backend,
-    export_module,
-    model_inputs,
-)
-from rankwise.rerank.openvino_backend import exported_runner
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +39,8 @@ class EmbeddingModelInfo:
     max_seq_length: int
     #: inference backend the vectors came from (``torch``, ``onnx``, ``openvino-int8``…): int8 vectors differ slightly
     backend: str = "torch"
+    #: why that backend: ``requested``, or the per-CPU rule of ``auto``
+    backend_reason: str = "requested"
 
 
 class Embedder:
@@ -52,18 +48,22 @@ class Embedder:
 
     Args:
         model: local directory, hub id in the local cache, or ``minilm`` (the bundled all-MiniLM-L6-v2).
-        backend: ``torch`` (sentence-transformers ``encode``), ``onnx`` (fused fp32), ``onnx-int8``,
+        backend: ``auto`` (default: the fastest for this CPU, see :mod:`rankwise.inference.backends`),
+            ``torch`` (sentence-transformers ``encode``, exact fp32), ``onnx`` (fused fp32), ``onnx-int8``,
             ``openvino`` (bf16 on native-bf16 CPUs) or ``openvino-int8`` (static int8, the fastest on CPU).
         batch_size: texts per forward pass (torch); the cap on rows per batch for exported backends.
         batch_tokens: exported backends' token budget per forward pass (length-sorted batches, bounded memory).
         threads: intra-op threads of the exported backends (default: all cores).
     """
 
-    def __init__(self, model: str = "minilm", *, backend: Backend = "torch", batch_size: int = 64,
+    def __init__(self, model: str = "minilm", *, backend: BackendChoice = "auto", batch_size: int = 64,
                  batch_tokens: int = 16384, device: str = "cpu", threads: int | None = None) -> None:
         from sentence_transformers import SentenceTransformer
 
-        check_backend(backend, EMBEDDER_BACKENDS)
+        if device != "cpu" and backend == "auto":
+            backend = "torch"  # the exported backends run on the CPU only
+        self.backend_decision = resolve_backend(backend, "embedder")
+        backend = self.backend_decision.backend
         if backend != "torch" and device != "cpu":
             raise QueryError(f"the {backend} backend runs on the CPU; use backend='torch' for device '{device}'")
         path = resolve_model(model)
@@ -77,8 +77,9 @@ class Embedder:
         self.info = EmbeddingModelInfo(
             model=model, path=str(path), sha256=weights_sha256(path), dim=int(dim or 0),
             max_seq_length=int(self.model.max_seq_length), backend=backend,
+            backend_reason=self.backend_decision.reason,
         )
-        self._runner = None if backend == "torch" else exported_runner(
+        self._runner: Runner | None = None if backend == "torch" else exported_runner(
             path, "embedder", backend, lambda dest: _export_sentence_transformer(path, dest),
             self._calibration_batches, threads=threads)
 
@@ -92,10 +93,10 @@ class Embedder:
             return np.empty((0, self.info.dim), dtype=np.float32)
         rows, types = self._tokenize(texts)
         pad, runner = self.model.tokenizer.pad_token_id or 0, self._runner
-        multiple, width = getattr(runner, "width_multiple", 1), self.info.max_seq_length
+        multiple, width = runner.width_multiple, self.info.max_seq_length
         vectors, _ = run_batched(rows, lambda b: runner(pad_batch([rows[i] for i in b], [types[i] for i in b], pad,
                                                                   multiple=multiple, max_width=width)),
-                                 self.batch_tokens, max_rows=self.batch_size, mapper=getattr(runner, "map", None))
+                                 self.batch_tokens, max_rows=self.batch_size, mapper=runner.map)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 

@@ -1,4 +1,5 @@
-"""The reranker interface every backend implements.
+"""The reranker contracts: :class:`Reranker` (what any model must provide) and :class:`WindowedReranker`
+(the extension the serving micro-batcher uses to pool several requests into shared forward passes).
 
 A reranker scores (query, passage) pairs. It returns the model's raw logit *and* a calibrated 0..1
 score: the sigmoid of the logit for single-logit models (softmax of the positive class for two-logit
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from rankwise.inference.backends import BackendDecision, Mapper
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +44,63 @@ def logits_to_scores(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @runtime_checkable
 class Reranker(Protocol):
-    """Anything that can score query–passage pairs. ``name``/``weights_sha256`` go into provenance."""
+    """What any reranking model must provide: ``name`` and ``weights_sha256`` go into provenance, ``score``
+    returns raw and calibrated scores in input order. Pipelines, evaluation and the server accept any such object.
+    """
 
     name: str
     weights_sha256: str
 
     def score(self, query: str, texts: Sequence[str]) -> RerankScores:
         """Score ``texts`` against ``query``; output order matches input order."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPairs:
+    """One request's (query, text) pairs as model windows, ready to be pooled with other requests' windows.
+
+    ``owners[j]``: the text window ``j`` belongs to; ``split[i]``: text ``i`` was longer than one window.
+    """
+
+    windows: list[list[int]]
+    token_types: list[list[int]]
+    owners: list[int]
+    split: list[bool]
+
+    @property
+    def num_texts(self) -> int:
+        return len(self.split)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(w) for w in self.windows)
+
+
+@runtime_checkable
+class WindowedReranker(Reranker, Protocol):
+    """A reranker whose scoring splits into encode → forward (per batch) → aggregate.
+
+    ``score`` is exactly these three steps; exposing them lets a caller run the expensive middle step on
+    the pooled windows of several requests (the server's micro-batcher). A reranker without them is still
+    servable: the server then calls ``score`` once per request.
+    """
+
+    #: token budget of one forward pass (bounds memory whatever the number of candidates)
+    batch_tokens: int
+    #: runs several batches at once on a multi-stream runner, else ``None``
+    mapper: Mapper | None
+    #: the inference backend the windows run on and why it was chosen (recorded in provenance)
+    backend_decision: BackendDecision
+
+    def encode_pairs(self, query: str, texts: Sequence[str], max_text_tokens: int | None = None) -> EncodedPairs:
+        """Tokenize into windows; ``max_text_tokens`` first cuts each text after that many tokens."""
+        ...
+
+    def forward_windows(self, ids: list[list[int]], types: list[list[int]]) -> np.ndarray:
+        """One batch of windows → one raw logit per window."""
+        ...
+
+    def aggregate_windows(self, logits: np.ndarray, owners: list[int], n: int) -> np.ndarray:
+        """One logit per text from its windows' logits."""
         ...

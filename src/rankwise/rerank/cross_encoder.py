@@ -1,11 +1,12 @@
 """Cross-encoder reranking with a Hugging Face sequence-classification model, on torch, ONNX Runtime or OpenVINO.
 
 Scoring is our own loop, shared by every backend: pairs are tokenized once with the fast tokenizer,
-grouped by a token budget (see :mod:`rankwise.rerank.batching`) and only the forward pass differs —
+grouped by a token budget (see :mod:`rankwise.inference.batching`) and only the forward pass differs —
 eager PyTorch under ``torch.inference_mode`` (``backend="torch"``, loaded through sentence-transformers'
 ``CrossEncoder`` so any model it can load works) or an ONNX Runtime session over a fused fp32 or int8
-export (``"onnx"``, ``"onnx-int8"``; see :mod:`rankwise.rerank.onnx_backend`) or OpenVINO over the plain
-export (``"openvino"``, ``"openvino-int8"``; see :mod:`rankwise.rerank.openvino_backend`). Passages longer than
+export (``"onnx"``, ``"onnx-int8"``; see :mod:`rankwise.inference.onnx`) or OpenVINO over the plain
+export (``"openvino"``, ``"openvino-int8"``; see :mod:`rankwise.inference.openvino`). The default, ``auto``,
+picks the fastest of these for the CPU (:func:`rankwise.inference.backends.resolve_backend`). Passages longer than
 ``max_length`` are not silently truncated: they are split into overlapping windows, each window is
 scored, and the windows are aggregated per passage (MaxP by default); the response reports how many
 inputs were split.
@@ -15,41 +16,39 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from rankwise.errors import ModelError, QueryError
+from rankwise.inference.backends import BackendChoice, FunctionRunner, Mapper, Runner, resolve_backend
+from rankwise.inference.batching import pad_batch, padding_ratio, run_batched
+from rankwise.inference.calibration import calibration_batches, calibration_queries
+from rankwise.inference.onnx import export_module, model_inputs
+from rankwise.inference.runners import exported_runner
 from rankwise.models import resolve_model, weights_sha256
-from rankwise.rerank.base import RerankScores, logits_to_scores
-from rankwise.rerank.batching import Mapper, pad_batch, padding_ratio, run_batched
-from rankwise.rerank.calibration import calibration_batches, calibration_queries
-from rankwise.rerank.onnx_backend import (
-    Backend,
-    Runner,
-    check_backend,
-    export_module,
-    model_inputs,
-)
-from rankwise.rerank.openvino_backend import exported_runner
+from rankwise.options import choose
+from rankwise.rerank.base import EncodedPairs, RerankScores, logits_to_scores
 
 Aggregation = Literal["maxp", "firstp", "mean", "topk-mean", "truncate"]
-AGGREGATIONS: tuple[str, ...] = ("maxp", "firstp", "mean", "topk-mean", "truncate")
+AGGREGATIONS: tuple[Aggregation, ...] = get_args(Aggregation)
 
 
 class CrossEncoderReranker:
-    """Score (query, passage) pairs with a cross-encoder; implements :class:`~rankwise.rerank.base.Reranker`.
+    """Score (query, passage) pairs with a cross-encoder; a :class:`~rankwise.rerank.base.WindowedReranker`.
 
     Args:
         model: local model directory or Hugging Face hub id (must be in the local cache unless downloads
             are allowed, see :func:`rankwise.models.resolve_model`).
-        backend: ``torch`` (eager PyTorch), ``torch-bf16`` (bfloat16 autocast: fast on CPUs with native
+        backend: ``auto`` (the default: ``openvino-int8`` on AVX-512 VNNI CPUs, ``onnx-int8`` on others, ``torch``
+            where neither runtime is installed; see :mod:`rankwise.inference.backends`), ``torch`` (eager
+            PyTorch, the exact fp32 reference), ``torch-bf16``  (bfloat16 autocast: fast on CPUs with native
             bf16, e.g. AVX512-BF16; small score shifts), ``onnx`` (fused fp32 ONNX Runtime: same scores, faster),
             ``onnx-int8`` (int8 weights, dynamic int8 activations: scores shift slightly), ``openvino``
             (OpenVINO at its default precision, bf16 on native-bf16 CPUs) or ``openvino-int8`` (static int8
             calibrated on the bundled knowledge base: the fastest on CPU; check its fidelity for your model
             with ``benchmarks/rerank_speed.py``). Exported files are created on first use and cached next to
-            the model (see :mod:`rankwise.rerank.onnx_backend`).
+            the model (see :mod:`rankwise.inference.artifacts`).
         max_length: tokens per (query, passage) window, special tokens included. Default: the length the
             model was trained with (its tokenizer's ``model_max_length``, which ``rankwise train`` sets),
             else 512. Scoring longer windows than a model saw in training can cost a lot of quality
@@ -63,7 +62,7 @@ class CrossEncoderReranker:
         threads: intra-op threads (default: all cores; for torch this sets the process-wide torch count).
         name: display name for provenance; defaults to ``model``, with ``[onnx]``/``[onnx-int8]`` appended for
             those backends so responses say which numerics produced them.
-        calibration: ``openvino-int8`` only: a calibration JSONL file (see :mod:`rankwise.rerank.calibration`);
+        calibration: ``openvino-int8`` only: a calibration JSONL file (see :mod:`rankwise.inference.calibration`);
             default: the one ``rankwise train`` stores in the model directory, else the bundled knowledge base.
     """
 
@@ -71,7 +70,7 @@ class CrossEncoderReranker:
         self,
         model: str | Path,
         *,
-        backend: Backend = "torch",
+        backend: BackendChoice = "auto",
         max_length: int | None = None,
         batch_tokens: int = 16384,
         long_documents: Aggregation = "maxp",
@@ -81,13 +80,15 @@ class CrossEncoderReranker:
         name: str | None = None,
         calibration: str | Path | None = None,
     ) -> None:
-        if long_documents not in AGGREGATIONS:
-            raise QueryError(f"unknown long-document aggregation '{long_documents}'; choose {', '.join(AGGREGATIONS)}")
-        if calibration is not None and backend != "openvino-int8":
-            raise QueryError(f"a calibration file only applies to backend 'openvino-int8' (got '{backend}')")
+        choose(long_documents, AGGREGATIONS, "long-document aggregation")
         if max_length is not None and max_length < 16:
             raise QueryError(f"max_length must be at least 16 tokens (got {max_length})")
-        self.backend = check_backend(backend)
+        if device != "cpu" and backend == "auto":
+            backend = "torch"  # the exported backends run on the CPU only
+        self.backend_decision = resolve_backend(backend, "cross-encoder")
+        self.backend = backend = self.backend_decision.backend
+        if calibration is not None and backend != "openvino-int8":
+            raise QueryError(f"a calibration file only applies to backend 'openvino-int8' (got '{backend}')")
         torch_backend = backend.startswith("torch")
         if not torch_backend and device != "cpu":
             raise QueryError(f"the {backend} backend runs on the CPU; use backend='torch' for device '{device}'")
@@ -134,7 +135,7 @@ class CrossEncoderReranker:
                 tensors = {n: torch.from_numpy(feeds[n]).to(network.device) for n in names}
                 return network(**tensors).logits.float().cpu().numpy()
 
-        return encoder.tokenizer, network.config, forward
+        return encoder.tokenizer, network.config, FunctionRunner(forward)
 
     def _load_hf(self, model: str | Path) -> tuple[Any, Any]:
         from transformers import AutoConfig, AutoTokenizer
@@ -165,9 +166,9 @@ class CrossEncoderReranker:
         windows: list[list[int]] = []
         types: list[list[int]] = []
         for item in queries:
-            query_windows, query_types, _, _ = self.encode_pairs(item.query, item.texts)
-            windows += query_windows
-            types += query_types
+            encoded = self.encode_pairs(item.query, item.texts)
+            windows += encoded.windows
+            types += encoded.token_types
         return calibration_batches(windows, types, self.tokenizer.pad_token_id or 0), source
 
     def __repr__(self) -> str:
@@ -177,27 +178,32 @@ class CrossEncoderReranker:
     def score(self, query: str, texts: Sequence[str]) -> RerankScores:
         if not texts:
             return RerankScores(raw=np.empty(0, np.float32), calibrated=np.empty(0, np.float32))
-        windows, types, owners, split = self.encode_pairs(query, texts)
+        enc = self.encode_pairs(query, texts)
+        windows, types = enc.windows, enc.token_types
         logits, batches = run_batched(windows, lambda b: self.forward_windows([windows[i] for i in b], [types[i] for i in b]),
                                       self.batch_tokens, mapper=self.mapper)
-        per_text = self.aggregate_windows(logits, owners, len(texts))
+        per_text = self.aggregate_windows(logits, enc.owners, len(texts))
         raw, calibrated = logits_to_scores(per_text)
         lengths = [len(w) for w in windows]
         stats = {"pairs": float(len(texts)), "windows": float(len(windows)), "tokens": float(sum(lengths)),
                  "batches": float(len(batches)), "padding": padding_ratio(lengths, batches)}
-        return RerankScores(raw=raw, calibrated=calibrated, truncated=split, stats=stats)
+        return RerankScores(raw=raw, calibrated=calibrated, truncated=sum(enc.split), stats=stats)
 
-    def encode_pairs(self, query: str, texts: Sequence[str]) -> tuple[list[list[int]], list[list[int]], list[int], int]:
-        """Windows of token ids, their token types, the text each window belongs to, and how many texts split.
+    def encode_pairs(self, query: str, texts: Sequence[str], max_text_tokens: int | None = None) -> EncodedPairs:
+        """Windows of token ids, their token types, the text each window belongs to, and which texts split.
 
         ``encode_pairs`` → ``forward_windows`` (per batch) → ``aggregate_windows`` is exactly what
-        :meth:`score` does; they are public so a caller can pool the windows of several queries into shared
-        forward passes (the serving micro-batcher, :mod:`rankwise.serving.scoring`).
+        :meth:`score` does (the :class:`~rankwise.rerank.base.WindowedReranker` steps), so a caller can pool
+        the windows of several queries into shared forward passes (the serving micro-batcher).
+        ``max_text_tokens`` first cuts each text after that many tokens, at a token end (Cohere's
+        ``max_tokens_per_doc``).
         """
         query_tokens = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
         if query_tokens > self.max_length // 2:
             raise QueryError(f"query is {query_tokens} tokens; the reranker allows at most {self.max_length // 2} "
                              f"(half of max_length {self.max_length}); shorten the query")
+        if max_text_tokens is not None:
+            texts = [self._cut(t, max_text_tokens) for t in texts]
         # windows must advance: the overlap has to stay below the room left for the passage in each window
         stride = min(self.stride, (self.max_length - query_tokens - 3) // 2)
         enc = self.tokenizer([query] * len(texts), list(texts), truncation="only_second", max_length=self.max_length,
@@ -205,21 +211,26 @@ class CrossEncoderReranker:
         owners: list[int] = list(enc["overflow_to_sample_mapping"])
         windows: list[list[int]] = enc["input_ids"]
         types: list[list[int]] = enc["token_type_ids"]
-        split = len({o for i, o in enumerate(owners) if i > 0 and owners[i - 1] == o})
+        counts = np.bincount(np.asarray(owners, dtype=np.int64), minlength=len(texts))
+        split = [bool(c > 1) for c in counts]  # a text longer than one window overflows into a second one
         if self.long_documents in ("truncate", "firstp"):
             first = [i for i, o in enumerate(owners) if i == 0 or owners[i - 1] != o]
             windows, types, owners = [windows[i] for i in first], [types[i] for i in first], [owners[i] for i in first]
-        return windows, types, owners, split
+        return EncodedPairs(windows, types, owners, split)
+
+    def _cut(self, text: str, max_tokens: int) -> str:
+        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
 
     @property
     def mapper(self) -> Mapper | None:
-        """How :func:`run_batched` runs batches: several at once on a multi-stream OpenVINO model, else in turn."""
-        return getattr(self._run, "map", None)
+        """How :func:`run_batched` runs batches: several at once on a multi-stream runner, else in turn."""
+        return self._run.map
 
     def forward_windows(self, ids: list[list[int]], types: list[list[int]]) -> np.ndarray:
         """One padded batch of windows → one raw logit per window (log-odds for two-logit models)."""
         feeds = pad_batch(ids, types, self.tokenizer.pad_token_id or 0,
-                          multiple=getattr(self._run, "width_multiple", 1), max_width=self.max_length)
+                          multiple=self._run.width_multiple, max_width=self.max_length)
         logits = np.asarray(self._run(feeds), dtype=np.float32)
         return logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
 

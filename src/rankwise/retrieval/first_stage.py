@@ -9,39 +9,42 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from rankwise.errors import QueryError
 from rankwise.index import Index
+from rankwise.options import (
+    FIRST_STAGE_METHODS,
+    FUSIONS,
+    GRANULARITIES,
+    FirstStageMethod,
+    Fusion,
+    Granularity,
+    choose,
+)
 from rankwise.retrieval.convex import convex_combination
 from rankwise.retrieval.rrf import RRF_K, reciprocal_rank_fusion
-from rankwise.types import FIRST_STAGE_METHODS, Candidate
-
-Granularity = Literal["document", "passage"]
-FUSIONS = ("rrf", "convex")
+from rankwise.types import Candidate
 
 
 @dataclass(frozen=True, slots=True)
 class FirstStageSettings:
     """``alpha`` is the dense weight of the convex combination (BM25 gets ``1 - alpha``)."""
 
-    method: str = "hybrid"
-    fusion: str = "rrf"
+    method: FirstStageMethod = "hybrid"
+    fusion: Fusion = "rrf"
     rrf_k: int = RRF_K
     alpha: float = 0.5
     granularity: Granularity = "document"
 
     def __post_init__(self) -> None:
-        if self.method not in FIRST_STAGE_METHODS:
-            raise QueryError(f"unknown first stage '{self.method}'; choose one of {', '.join(FIRST_STAGE_METHODS)}")
-        if self.fusion not in FUSIONS:
-            raise QueryError(f"unknown fusion '{self.fusion}'; choose rrf or convex")
+        choose(self.method, FIRST_STAGE_METHODS, "first stage")
+        choose(self.fusion, FUSIONS, "fusion")
+        choose(self.granularity, GRANULARITIES, "granularity")
         if not 0.0 <= self.alpha <= 1.0:
             raise QueryError(f"fusion alpha must be within 0..1 (got {self.alpha})")
-        if self.granularity not in ("document", "passage"):
-            raise QueryError("granularity must be 'document' or 'passage'")
 
 
 _Hit = tuple[str, int, float]  # (key, passage row, score), best first

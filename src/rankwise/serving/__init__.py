@@ -11,8 +11,7 @@ Modules, in the order a request meets them:
 * :mod:`~rankwise.serving.batcher` / :mod:`~rankwise.serving.scoring` — cross-request micro-batching;
 * :mod:`~rankwise.serving.cache`, :mod:`~rankwise.serving.auth`, :mod:`~rankwise.serving.audit`,
   :mod:`~rankwise.serving.metrics` — score cache, API keys and rate limits, audit log, Prometheus metrics;
-* :mod:`~rankwise.serving.commands` — the ``serve``, ``keys`` and ``audit`` CLI commands.
 
-Nothing is imported here: ``rankwise.cli`` imports :mod:`~rankwise.serving.commands` on every run, and
-the serving stack (FastAPI, uvicorn, torch) should load only when a serving command runs.
+Nothing is imported here: the CLI (:mod:`rankwise.cli.serve`) is loaded on every run, and the serving
+stack (FastAPI, uvicorn, torch) should load only when a serving command runs.
 """

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from rankwise.serving.config import BatchingSettings
 from rankwise.serving.metrics import ServingMetrics
-from rankwise.serving.scoring import EncodedRequest, PairBatchScorer, RequestScores
+from rankwise.serving.scoring import EncodedRequest, RequestScores, RoundScorer
 
 log = logging.getLogger("rankwise.serving")
 
@@ -37,11 +37,10 @@ class _Job:
     submitted: float = field(default_factory=time.perf_counter)
 
 
-
 class MicroBatcher:
     """One worker thread that scores queued jobs in shared forward passes."""
 
-    def __init__(self, scorer: PairBatchScorer, settings: BatchingSettings, metrics: ServingMetrics) -> None:
+    def __init__(self, scorer: RoundScorer, settings: BatchingSettings, metrics: ServingMetrics) -> None:
         self.scorer = scorer
         self.settings = settings
         self.metrics = metrics
@@ -114,7 +113,7 @@ class MicroBatcher:
         done = time.perf_counter()
         self.metrics.batch_requests.observe(len(round_))
         self.metrics.batch_pairs.observe(sum(enc.num_texts for _, enc in round_))
-        if results:
+        if results and "round_batches" in results[0].scores.stats:
             self.metrics.forward_passes.inc(results[0].scores.stats["round_batches"])
         for (job, _), result in zip(round_, results, strict=True):
             result.queue_ms = (started - job.submitted) * 1000.0

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rankwise.errors import RankwiseError
-from rankwise.pipeline import MAX_QUERY_CHARS, RERANK_FUSIONS
-from rankwise.types import FIRST_STAGE_METHODS
+from rankwise.inference.backends import BACKEND_CHOICES, BackendChoice
+from rankwise.options import FIRST_STAGE_METHODS, RERANK_FUSIONS, FirstStageMethod, RerankFusion, choose
+from rankwise.pipeline import MAX_QUERY_CHARS
 
 
 class ServeConfigError(RankwiseError):
@@ -85,10 +86,13 @@ class ServeConfig:
     max_length: int | None = None
     host: str = "127.0.0.1"
     port: int = 8080
-    first_stage: str = "hybrid"
+    first_stage: FirstStageMethod = "hybrid"
     retrieve_k: int = 100
     rerank_k: int = 100
-    rerank_fusion: str = "none"
+    rerank_fusion: RerankFusion = "none"
+    backend: BackendChoice = "auto"
+    device: str = "cpu"
+    registry: Path | None = None
     cache: str = "memory"
     cache_size: int = 100_000
     cache_ttl_s: int = 7 * 24 * 3600
@@ -102,10 +106,9 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.index is None and self.reranker is None:
             raise ServeConfigError("nothing to serve: pass --index DIR (for /v1/search) and/or --reranker (for /v1/rerank)")
-        if self.first_stage not in FIRST_STAGE_METHODS:
-            raise ServeConfigError(f"unknown first stage '{self.first_stage}'; choose {', '.join(FIRST_STAGE_METHODS)}")
-        if self.rerank_fusion not in RERANK_FUSIONS:
-            raise ServeConfigError(f"unknown rerank fusion '{self.rerank_fusion}'; choose {', '.join(RERANK_FUSIONS)}")
+        choose(self.first_stage, FIRST_STAGE_METHODS, "first stage")
+        choose(self.rerank_fusion, RERANK_FUSIONS, "rerank fusion")
+        choose(self.backend, BACKEND_CHOICES, "inference backend")
         if self.timeout_ms <= 0:
             raise ServeConfigError("--timeout-ms must be positive")
         if self.cache_size < 0 or self.cache_ttl_s <= 0:

@@ -2,16 +2,15 @@
 
 :class:`RerankService` is shared by ``/v1/rerank`` and ``/v1/search``: look the pairs up in the score
 cache, send only the misses to the micro-batcher, wait at most until the request's deadline, store the
-new scores. :class:`SearchService` runs the normal :class:`~rankwise.pipeline.Pipeline` on a worker
-thread with a :class:`~rankwise.rerank.Reranker` adapter that scores through :class:`RerankService`, so
-a search result is built by exactly the code the CLI uses. When the budget runs out either endpoint
-answers in first-stage order and says so (``degraded``).
+new scores. :class:`SearchService` runs the public steps of :class:`~rankwise.pipeline.Pipeline` on a
+worker thread and scores through :class:`RerankService`, so a search result is built by exactly the code
+the CLI uses. When the budget runs out either endpoint answers in first-stage order and says so
+(``degraded``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from rankwise.index import Index
+from rankwise.options import FirstStageMethod, RerankFusion
 from rankwise.pipeline import Pipeline
 from rankwise.rerank.base import Reranker, RerankScores, logits_to_scores
 from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
@@ -29,7 +29,7 @@ from rankwise.serving.batcher import MicroBatcher
 from rankwise.serving.cache import Entry, ScoreCache, score_keys, scoring_fingerprint
 from rankwise.serving.config import ServeConfig
 from rankwise.serving.metrics import ServingMetrics
-from rankwise.types import Candidate, SearchResponse
+from rankwise.types import SearchResponse
 
 log = logging.getLogger("rankwise.serving")
 
@@ -103,50 +103,6 @@ class RerankService:
         log.warning("score cache %s failed (%s backend: %s); serving without it", what, self.cache.backend, error)
 
 
-class _RequestFirstStage(FirstStage):
-    """The first stage of one request.
-
-    It runs under a server-wide lock because the query embedder's fast tokenizer must not be used from
-    two threads at once, and it keeps its candidates so that a degraded answer reuses them instead of
-    retrieving twice (one instance per request, so the memo cannot leak between requests).
-    """
-
-    def __init__(self, index: Index, settings: FirstStageSettings, lock: threading.Lock) -> None:
-        super().__init__(index, settings)
-        self._lock = lock
-        self.candidates: list[Candidate] | None = None
-        self.elapsed_ms = 0.0
-
-    def retrieve(self, query: str, k: int, filters: dict[str, Any] | None = None) -> list[Candidate]:
-        if self.candidates is None:
-            t0 = time.perf_counter()
-            with self._lock:
-                self.candidates = super().retrieve(query, k, filters)
-            self.elapsed_ms = (time.perf_counter() - t0) * 1000
-        return self.candidates
-
-
-class _BudgetedReranker:
-    """A :class:`Reranker` for one search request that scores through the shared :class:`RerankService`.
-
-    ``score`` is called by :class:`Pipeline` on a worker thread; it hands the coroutine to the event loop
-    and blocks that worker thread (never the loop) until the scores or the deadline arrive.
-    """
-
-    def __init__(self, service: RerankService, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-        self.name = service.reranker.name
-        self.weights_sha256 = service.reranker.weights_sha256
-        self._service = service
-        self._loop = loop
-        self._deadline = deadline
-        self.scored: ScoredTexts | None = None
-
-    def score(self, query: str, texts: Sequence[str]) -> RerankScores:
-        coro = self._service.score(query, texts, deadline=self._deadline)
-        self.scored = asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-        return RerankScores(raw=self.scored.raw, calibrated=self.scored.calibrated, truncated=sum(self.scored.split))
-
-
 @dataclass(frozen=True, slots=True)
 class SearchOutcome:
     response: SearchResponse
@@ -155,37 +111,45 @@ class SearchOutcome:
 
 
 class SearchService:
+    """``/v1/search``: the pipeline's public steps, with scoring through the shared :class:`RerankService`.
+
+    A :class:`Pipeline` is made per request (it is cheap: the index's parts are loaded once) and never
+    changed: when the budget runs out the same candidates are answered without scores (``degraded``).
+    """
+
     def __init__(self, index: Index, rerank: RerankService | None, config: ServeConfig) -> None:
         self.index = index
         self.rerank = rerank
         self.config = config
+        # the query embedder's fast tokenizer must not be used from two threads at once
         self._lock = threading.Lock()
 
     def warm(self) -> None:
         """Load the first stage's lazy parts (BM25, vectors, query encoder) before traffic arrives."""
-        first = _RequestFirstStage(self.index, FirstStageSettings(method=self.config.first_stage), self._lock)
-        first.retrieve("warm up", 1)
+        with self._lock:
+            FirstStage(self.index, FirstStageSettings(method=self.config.first_stage)).retrieve("warm up", 1)
 
-    def search(self, query: str, *, k: int, first_stage: str | None, retrieve_k: int | None, rerank_k: int | None,
-               rerank_fusion: str | None, filters: dict[str, Any], deadline: float, loop: asyncio.AbstractEventLoop) -> SearchOutcome:
+    def search(self, query: str, *, k: int, first_stage: FirstStageMethod | None, retrieve_k: int | None,
+               rerank_k: int | None, rerank_fusion: RerankFusion | None, filters: dict[str, Any], deadline: float,
+               loop: asyncio.AbstractEventLoop) -> SearchOutcome:
         """Run on a worker thread (it blocks on the first stage and on scoring); ``None`` means the server default."""
         t0 = time.perf_counter()
-        reranker = _BudgetedReranker(self.rerank, loop, deadline) if self.rerank is not None else None
-        pipeline = Pipeline(self.index, reranker, first_stage=first_stage or self.config.first_stage,
+        pipeline = Pipeline(self.index, self.rerank.reranker if self.rerank is not None else None,
+                            first_stage=first_stage or self.config.first_stage,
                             retrieve_k=retrieve_k or self.config.retrieve_k,
                             rerank_k=self.config.rerank_k if rerank_k is None else rerank_k,
                             rerank_fusion=rerank_fusion or self.config.rerank_fusion)
-        first = _RequestFirstStage(self.index, pipeline.first_stage.settings, self._lock)
-        pipeline.first_stage = first
+        with self._lock:
+            candidates = pipeline.retrieve(query, filters)
+        timings = {"first_stage": (time.perf_counter() - t0) * 1000}
+        head = candidates[: pipeline.rerank_k]
+        if self.rerank is None or not head:
+            return SearchOutcome(pipeline.respond(query, candidates, None, k=k, timings=timings, started=t0), False, None)
+        coro = self.rerank.score(query, [c.passage.full_text for c in head], deadline=deadline)
         try:
-            response = pipeline.search(query, k=k, filters=filters)
+            scored = asyncio.run_coroutine_threadsafe(coro, loop).result()
         except BudgetExceeded:
-            pipeline.reranker = None
-            response = pipeline.search(query, k=k, filters=filters)
-            timings = {"first_stage": first.elapsed_ms, "total": (time.perf_counter() - t0) * 1000}
-            return SearchOutcome(dataclasses.replace(response, timings_ms=timings), True, None)
-        scored = reranker.scored if reranker is not None else None
-        if scored is not None:
-            response = dataclasses.replace(response, timings_ms={**response.timings_ms, **{
-                stage: ms for stage, ms in scored.timings_ms.items() if stage != "rerank"}})
-        return SearchOutcome(response, False, scored.cache_hits if scored is not None else None)
+            return SearchOutcome(pipeline.respond(query, candidates, None, k=k, timings=timings, started=t0), True, None)
+        scores = RerankScores(raw=scored.raw, calibrated=scored.calibrated, truncated=sum(scored.split))
+        response = pipeline.respond(query, candidates, scores, k=k, timings=timings | scored.timings_ms, started=t0)
+        return SearchOutcome(response, False, scored.cache_hits)

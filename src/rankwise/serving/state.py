@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rankwise.index import Index
-from rankwise.rerank.base import Reranker
+from rankwise.registry import Registry
+from rankwise.rerank.base import Reranker, WindowedReranker
 from rankwise.rerank.loading import load_reranker
 from rankwise.serving.audit import AuditLog
 from rankwise.serving.auth import KeyStore, RateLimiter
@@ -18,7 +19,7 @@ from rankwise.serving.batcher import MicroBatcher
 from rankwise.serving.cache import ScoreCache, open_score_cache
 from rankwise.serving.config import ServeConfig
 from rankwise.serving.metrics import ServingMetrics
-from rankwise.serving.scoring import PairBatchScorer
+from rankwise.serving.scoring import scorer_for
 from rankwise.serving.service import RerankService, SearchService
 
 
@@ -58,9 +59,10 @@ def load_state(config: ServeConfig) -> ServingState:
                          cache=open_score_cache(config.cache, size=config.cache_size, ttl_s=config.cache_ttl_s))
     if config.index is not None:
         state.index = Index(config.index)
-    state.reranker = load_reranker(config.reranker, max_length=config.max_length)
+    state.reranker = load_reranker(config.reranker, registry=Registry(config.registry) if config.registry else None,
+                                   max_length=config.max_length, backend=config.backend, device=config.device)
     if state.reranker is not None:
-        state.batcher = MicroBatcher(PairBatchScorer(state.reranker), config.batching, metrics)
+        state.batcher = MicroBatcher(scorer_for(state.reranker), config.batching, metrics)
         state.rerank = RerankService(state.reranker, state.batcher, state.cache, metrics)
         sha = state.reranker.weights_sha256
         state.model_names = {state.reranker.name, str(config.reranker), sha, sha[:12]}
@@ -71,6 +73,8 @@ def load_state(config: ServeConfig) -> ServingState:
     metrics.model.info({
         "reranker": state.reranker.name if state.reranker else "none",
         "reranker_sha256": state.reranker.weights_sha256 if state.reranker else "none",
+        "reranker_backend": str(state.reranker.backend_decision) if isinstance(state.reranker, WindowedReranker)
+        else "custom" if state.reranker else "none",
         "index_fingerprint": state.index.fingerprint if state.index else "none",
         "embedding_model": str((state.index.manifest.embedding or {}).get("model", "none")) if state.index else "none",
         "cache": state.cache.backend,

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rankwise.errors import QueryError
+from rankwise.inference.calibration import CALIBRATION_FILE, CalibrationQuery, spread, write_calibration
 from rankwise.models import resolve_model
-from rankwise.rerank.calibration import CALIBRATION_FILE, CalibrationQuery, spread, write_calibration
 from rankwise.training.negatives import TrainingGroup
 
 Loss = Literal["bce", "lambda", "listnet", "softmax"]
@@ -210,7 +210,7 @@ def native_bf16() -> bool:
     """Whether bfloat16 math is native here (so autocast speeds training up instead of emulating)."""
     import torch
 
-    from rankwise.rerank.onnx_backend import cpu_flags
+    from rankwise.inference.backends import cpu_flags
 
     if torch.cuda.is_available():
         return bool(torch.cuda.is_bf16_supported())

@@ -1,4 +1,4 @@
-"""Token-budget batching for cross-encoders.
+"""Token-budget batching for both encoders.
 
 Pairs are tokenized once, sorted by length and grouped so that ``batch rows × longest row`` stays under
 a token budget. Compared with fixed-size batches in input order this (a) pads far less, because similar
@@ -8,20 +8,17 @@ candidates. Sorting by length is safe: outputs are put back in input order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from rankwise.inference.backends import Mapper
 
 #: default cap on the share of padded positions in one batch
 MAX_PADDING = 0.1
 #: token budget per batch when batches run concurrently (a ``mapper``): small enough that 100 candidates make
-#: several batches to share among the streams. Chosen on 2 cores (20 SciFact queries × 100 pairs, 256 tokens,
-#: OpenVINO int8, scratch A/B with OpenVINO's async queue): 4,096-token batches on 2 streams 4% faster than
-#: 8,192-token ones (too few batches to keep both streams busy); the shipped thread-pool path, 6% faster
-#: than one 16k-token batch at a time on 50 queries, is in :class:`~rankwise.rerank.openvino_backend.OpenVinoRunner`
+#: several batches to share among the streams (larger batches left one stream idle at the end of a query)
 CONCURRENT_BATCH_TOKENS = 4096
-#: ``mapper(forward, batches)`` yields ``forward(batch)`` for each batch in order, possibly computing several at once
-Mapper = Callable[[Callable[[list[int]], np.ndarray], Sequence[list[int]]], Iterable[np.ndarray]]
 
 
 def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_rows: int = 256,

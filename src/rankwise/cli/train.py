@@ -1,4 +1,4 @@
-"""CLI commands for training and the model registry: ``rankwise train`` and ``rankwise models ...``."""
+"""``rankwise train`` and ``rankwise models list|show|diff|promote|rollback``: fine-tuning and the registry."""
 
 from __future__ import annotations
 
@@ -7,12 +7,22 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from rankwise.cli_options import RerankFusion, RerankK
+from rankwise.cli.common import (
+    BackendOpt,
+    DeviceOpt,
+    FirstStageOpt,
+    LimitQueries,
+    RegistryOpt,
+    RerankFusionOpt,
+    RerankK,
+    friendly_errors,
+    out,
+    prelude,
+)
 
-out = Console()
+app = typer.Typer()
 
 
 def _registry(root: Path | None):
@@ -21,9 +31,8 @@ def _registry(root: Path | None):
     return Registry(root)
 
 
-RegistryOpt = Annotated[Path | None, typer.Option("--registry", help="Registry dir (default: $RANKWISE_REGISTRY or user data dir).")]
-
-
+@app.command()
+@friendly_errors
 def train(
     index_dir: Annotated[Path, typer.Option("--index", "-i", help="Index to mine negatives from.")],
     dataset: Annotated[Path, typer.Option(help="BEIR dataset dir with queries.jsonl and qrels/<split>.tsv.")],
@@ -53,6 +62,7 @@ def train(
     register: Annotated[bool, typer.Option(help="Register the result as the new 'candidate'.")] = True,
 ) -> None:
     """Fine-tune a cross-encoder on judged queries with mined hard negatives (resumes from checkpoints)."""
+    prelude()
     from rankwise.corpus.beir import load_qrels, load_queries
     from rankwise.index import Index
     from rankwise.training.data import JudgedQueries, group_stats
@@ -93,9 +103,11 @@ def train(
 
 
 models_app = typer.Typer(help="The model registry: versions, aliases, promotion and rollback.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 
 @models_app.command("list")
+@friendly_errors
 def list_models(registry: RegistryOpt = None) -> None:
     """All versions with their aliases and headline metrics."""
     reg = _registry(registry)
@@ -114,6 +126,7 @@ def list_models(registry: RegistryOpt = None) -> None:
 
 
 @models_app.command("show")
+@friendly_errors
 def show(version: str, registry: RegistryOpt = None) -> None:
     """A version's model card (by id or alias)."""
     entry = _registry(registry).get(version)
@@ -121,6 +134,7 @@ def show(version: str, registry: RegistryOpt = None) -> None:
 
 
 @models_app.command("diff")
+@friendly_errors
 def diff(a: str, b: str, registry: RegistryOpt = None) -> None:
     """What differs between two versions' cards."""
     table = Table(title=f"{a} vs {b}")
@@ -137,18 +151,22 @@ def _short(value: Any) -> str:
 
 
 @models_app.command("promote")
+@friendly_errors
 def promote(
     version: Annotated[str, typer.Argument(help="Version or alias to promote.")] = "candidate",
     index_dir: Annotated[Path | None, typer.Option("--index", "-i", help="Index the gold set is evaluated on.")] = None,
     dataset: Annotated[Path | None, typer.Option(help="BEIR dataset dir (with --split).")] = None,
     split: Annotated[str, typer.Option(help="Qrels split of --dataset.")] = "test",
     goldset: Annotated[Path | None, typer.Option(help="Gold set JSONL instead of --dataset.")] = None,
-    first_stage: Annotated[str, typer.Option(help="First stage both rerankers rerank.")] = "hybrid",
+    first_stage: FirstStageOpt = "hybrid",
     metric: Annotated[str, typer.Option(help="Metric the gain is measured on.")] = "nDCG@5",
     min_gain: Annotated[float, typer.Option(help="Required relative gain (0.05 = +5%).")] = 0.05,
     max_latency_regression: Annotated[float, typer.Option(help="Allowed p95 latency increase (0.25 = +25%).")] = 0.25,
     rerank_k: RerankK = 100,
-    rerank_fusion: RerankFusion = "none",
+    rerank_fusion: RerankFusionOpt = "none",
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "cpu",
+    limit_queries: LimitQueries = None,
     force: Annotated[bool, typer.Option("--force", help="Promote without the gate (recorded in history).")] = False,
     registry: RegistryOpt = None,
 ) -> None:
@@ -170,10 +188,13 @@ def promote(
     index = Index(index_dir)
     gold = GoldSet.from_beir(dataset, split) if dataset else GoldSet.load(goldset)  # type: ignore[arg-type]
     prepared = gold.prepare(known_documents=set(index.passage_doc_ids))
+    if limit_queries is not None:
+        prepared = prepared.limit(limit_queries)
+    prelude()
     with out.status(f"evaluating {target} against production…"):
         decision = check_promotion(reg, index, prepared, candidate=target, first_stage=first_stage, metric=metric,
                                    min_gain=min_gain, max_latency_regression=max_latency_regression,
-                                   rerank_k=rerank_k, rerank_fusion=rerank_fusion)
+                                   rerank_k=rerank_k, rerank_fusion=rerank_fusion, backend=backend, device=device)
     out.print(f"{metric}: {target} {decision.candidate_value:.4f} vs {decision.against} {decision.baseline_value:.4f} "
               f"({decision.relative_gain:+.1%}, required > {min_gain:+.1%}); p95 {decision.candidate_p95_ms:.0f} ms")
     if not decision.passed:
@@ -185,15 +206,8 @@ def promote(
 
 
 @models_app.command("rollback")
+@friendly_errors
 def rollback(registry: RegistryOpt = None) -> None:
     """Point production back at the previous production version."""
     version = _registry(registry).rollback()
     out.print(f"[yellow]production rolled back to {version}[/]")
-
-
-def register(app: typer.Typer, friendly_errors: Any) -> None:
-    """Attach ``train`` and ``models`` to the main CLI (every command gets one-line user errors)."""
-    app.command()(friendly_errors(train))
-    for command in models_app.registered_commands:
-        command.callback = friendly_errors(command.callback)
-    app.add_typer(models_app, name="models")

@@ -1,9 +1,8 @@
 """OpenVINO backend for both encoders: the plain ONNX export, run (and statically quantised) by OpenVINO.
 
-Why a second runtime: on this project's CPUs (AVX-512 VNNI and BF16) OpenVINO's oneDNN kernels run the
-same MiniLM cross-encoder much faster than ONNX Runtime. Measured on a trained SciFact reranker against
-sentence-transformers ``predict`` in one run (``benchmarks/rerank_speed.py``): ONNX Runtime dynamic int8
-2.5×, OpenVINO static int8 4.05× with nDCG@10 within 0.003 of fp32 (300 SciFact test queries). Backends:
+Why a second runtime: on CPUs with AVX-512 VNNI (and BF16) OpenVINO's oneDNN kernels run the same MiniLM
+cross-encoder much faster than ONNX Runtime, because static int8 fixes activation scales once instead of
+measuring them per batch (``benchmarks/README.md`` has the numbers for both CPU kinds). Backends:
 
 * ``openvino``: the plain fp32 graph at OpenVINO's default inference precision — bfloat16 on CPUs with
   native bf16 (scores within ~1e-2 of fp32, rankings nearly identical), fp32 elsewhere;
@@ -11,18 +10,20 @@ sentence-transformers ``predict`` in one run (``benchmarks/rerank_speed.py``): O
   correction, the recipe NNCF documents for transformers). Static quantisation needs activation ranges,
   so it calibrates on (query, passage) windows the caller supplies — :class:`CrossEncoderReranker`
   passes the model's own calibration queries (written by ``rankwise train``) or the bundled knowledge
-  base's, tokenized exactly like real requests (:mod:`rankwise.rerank.calibration`). OpenVINO's
+  base's, tokenized exactly like real requests (:mod:`rankwise.inference.calibration`). OpenVINO's
   data-free alternative (int8 weights with dynamic activation quantisation) measured no faster than
   bf16 here, and ONNX-format static quantisation ran slower than quantising OpenVINO's own graph.
 
 The quantised model is cached as an OpenVINO IR directory beside the ONNX exports, under the same
-verified-sidecar scheme (:func:`rankwise.rerank.onnx_backend.cached_artifact`), keyed by the model's
+verified-sidecar scheme (:func:`rankwise.inference.artifacts.cached_artifact`), keyed by the model's
 weights, the recipe and the calibration data's digest (one IR per calibration set).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,21 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from rankwise.errors import ModelError
-from rankwise.rerank.onnx_backend import (
-    Backend,
-    Exporter,
-    OnnxRunner,
-    Runner,
-    Task,
-    cached_artifact,
-    default_threads,
-    onnx_model,
-)
+from rankwise.inference.artifacts import cached_artifact
+from rankwise.inference.backends import Mapper, Task, default_threads
 
 OPENVINO_RECIPE_VERSION = 1
 IR_NAME = "openvino-int8"
 #: ``calibration() -> (feeds, source)``: padded batches (``pad_batch`` dicts) of representative windows and
-#: where they came from (see :mod:`rankwise.rerank.calibration`)
+#: where they came from (see :mod:`rankwise.inference.calibration`)
 Calibration = Callable[[], tuple[Sequence[Mapping[str, np.ndarray]], str]]
 
 
@@ -76,8 +69,10 @@ def openvino_int8_model(model_dir: Path, task: Task, plain_onnx: Path, calibrati
         import openvino as ov
 
         model = ov.Core().read_model(str(plain_onnx))
-        quantized = nncf.quantize(model, nncf.Dataset(list(feeds)), model_type=nncf.ModelType.TRANSFORMER,
-                                  subset_size=len(feeds))
+        # NNCF draws progress bars on stdout, which belongs to the caller (e.g. `rankwise search --json`)
+        with contextlib.redirect_stdout(sys.stderr):
+            quantized = nncf.quantize(model, nncf.Dataset(list(feeds)), model_type=nncf.ModelType.TRANSFORMER,
+                                      subset_size=len(feeds))
         work.mkdir()
         ov.save_model(quantized, str(work / "model.xml"))
 
@@ -87,21 +82,17 @@ def openvino_int8_model(model_dir: Path, task: Task, plain_onnx: Path, calibrati
 
 
 class OpenVinoRunner:
-    """An OpenVINO CPU model: ``runner(feeds) -> first output``, thread-safe (one infer request per thread).
+    """An OpenVINO CPU model, a :class:`~rankwise.inference.backends.Runner`; thread-safe (one infer request per thread).
 
     With two or more threads it compiles two streams (one thread each) and sets ``map``, which runs two
-    batches at once: measured 6% faster per query than two threads sharing each batch (50 SciFact queries
-    × 100 pairs at 256 tokens, int8, A/B in one process) — likely because each stream skips the per-op
-    thread synchronisation and one batch's memory-bound ops overlap the other's matrix products.
+    batches at once: faster per query than two threads sharing each batch, because each stream skips the
+    per-op thread synchronisation and one batch's memory-bound ops overlap the other's matrix products.
     ``streams=1`` restores one batch at a time (``map`` is then None).
     """
 
-    #: batch widths are padded up to a multiple of this (:func:`~rankwise.rerank.batching.pad_batch`): the int8
-    #: attention kernels run e.g. 255- or 223-wide batches ~10% *slower* than 256- or 224-wide ones (16 × 255
-    #: windows, two streams). Measured on 60 held-out SciFact train queries × BM25 top-100 at 256 tokens, real
-    #: batches, interleaved A/B: 2.1% less time per query than unaligned, 8 gave 1.6%; scores on the 81
-    #: held-out queries unchanged (Spearman with fp32 0.9802 either way). Indexing (1,500 SciFact passages,
-    #: bi-encoder int8): within ±1%, vectors within cosine 0.9997
+    #: batch widths are padded up to a multiple of this (:func:`~rankwise.inference.batching.pad_batch`): the
+    #: int8 attention kernels run slightly narrower unaligned batches (255 or 223 wide) *slower* in absolute
+    #: terms than the next aligned width; masked positions leave every row's output unchanged
     width_multiple = 16
 
     def __init__(self, file: Path, *, threads: int | None = None, streams: int | None = None) -> None:
@@ -127,7 +118,7 @@ class OpenVinoRunner:
         self.streams = int(self.compiled.get_property("NUM_STREAMS"))
         self._local = threading.local()
         #: ``map(forward, batches)`` on one worker per stream, or None (one batch at a time) — see run_batched
-        self.map = ThreadPoolExecutor(self.streams, thread_name_prefix="rankwise-openvino").map \
+        self.map: Mapper | None = ThreadPoolExecutor(self.streams, thread_name_prefix="rankwise-openvino").map \
             if self.streams > 1 else None
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -136,18 +127,3 @@ class OpenVinoRunner:
             request = self._local.request = self.compiled.create_infer_request()
         result = request.infer({n: feeds[n] for n in self.input_names})
         return np.array(result[0], dtype=np.float32)  # a copy: the request reuses its output buffer
-
-
-def exported_runner(model_dir: Path, task: Task, backend: Backend, export: Exporter, calibration: Calibration,
-                    *, threads: int | None = None) -> Runner:
-    """The runner for a non-torch ``backend`` of ``model_dir``: ONNX Runtime or OpenVINO, exported/quantised once.
-
-    One place for the cross-encoder and the bi-encoder, so both get the same cache, errors and backends;
-    ``calibration`` is only called for ``openvino-int8`` (and only builds an IR when none is cached).
-    """
-    file = onnx_model(model_dir, task, backend, export)
-    if backend == "openvino":
-        return OpenVinoRunner(file, threads=threads)
-    if backend == "openvino-int8":
-        return OpenVinoRunner(openvino_int8_model(model_dir, task, file, calibration), threads=threads)
-    return OnnxRunner(file, threads=threads)

@@ -1,63 +1,36 @@
-"""The ``rankwise`` command line. Commands are thin: parse options, call the library, print.
-
-Every :class:`~rankwise.errors.RankwiseError` is printed as one ``error:`` line on stderr with a
-non-zero exit code; tracebacks are reserved for bugs.
-"""
+"""``rankwise index``, ``rankwise search`` and ``rankwise info``: build an index, query it, inspect it."""
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-import signal
-import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rankwise.cli_options import MaxLength, RerankFusion, RerankK
-from rankwise.errors import QueryError, RankwiseError
+from rankwise.cli.common import (
+    AllowDownload,
+    BackendOpt,
+    DeviceOpt,
+    FirstStageOpt,
+    IndexOpt,
+    MaxLength,
+    RegistryOpt,
+    RerankerOpt,
+    RerankFusionOpt,
+    RerankK,
+    RetrieveK,
+    err,
+    friendly_errors,
+    load_reranker_option,
+    out,
+    prelude,
+)
+from rankwise.errors import QueryError
 from rankwise.types import SearchResponse
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="High-precision retrieval for RAG: hybrid first stage + cross-encoder reranking.")
-out = Console()
-err = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly_errors(func: F) -> F:
-    """Turn user errors into one red line and exit code 2 (tracebacks only for real bugs)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except RankwiseError as error:
-            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(error.exit_code) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    # TOKENIZERS_PARALLELISM is left at the library default (on): the CLI never forks after tokenizing, and
-    # tokenizing 100 candidates on every core is 2.6% of a 256-token OpenVINO int8 rerank (training, which
-    # may fork data-loader workers, turns it off itself)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
-IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index directory.")]
-AllowDownload = Annotated[bool, typer.Option("--allow-download", help="Allow fetching hub models (off: offline only).")]
+app = typer.Typer()
 
 
 @app.command()
@@ -69,13 +42,12 @@ def index(
     no_dense: Annotated[bool, typer.Option("--no-dense", help="Lexical-only index (no vectors).")] = False,
     passage_tokens: Annotated[int, typer.Option(help="Max tokens per passage.")] = 256,
     overlap: Annotated[int, typer.Option(help="Tokens shared by consecutive passages.")] = 48,
-    embedding_backend: Annotated[str, typer.Option(help="Bi-encoder inference: torch | onnx | onnx-int8 | openvino | openvino-int8.")] = "torch",
+    embedding_backend: Annotated[str, typer.Option(
+        help="Bi-encoder inference; auto: fastest for this CPU; torch: exact fp32 (torch-bf16 is reranker-only).")] = "auto",
     allow_download: AllowDownload = False,
 ) -> None:
     """Build or update an index (atomic; unchanged passages keep their vectors)."""
-    _quiet_libraries()
-    if allow_download:
-        os.environ["RANKWISE_ALLOW_DOWNLOAD"] = "1"
+    prelude(allow_download)
     from rankwise.corpus.chunking import ChunkingSettings
     from rankwise.index import Index
     from rankwise.index.dense import Embedder
@@ -116,33 +88,33 @@ def _parse_filters(filters: list[str]) -> dict[str, Any]:
 def search(
     query: Annotated[str, typer.Argument(help="The query text.")],
     index_dir: IndexOpt,
-    first_stage: Annotated[str, typer.Option(help="bm25 | dense | hybrid")] = "hybrid",
-    reranker: Annotated[str, typer.Option(help="Cross-encoder: local dir, hub id, or 'none'.")] = "none",
+    first_stage: FirstStageOpt = "hybrid",
+    reranker: RerankerOpt = "none",
     k: Annotated[int, typer.Option("--k", "-k", help="Results to show.")] = 10,
-    retrieve_k: Annotated[int, typer.Option(help="First-stage candidates.")] = 100,
+    retrieve_k: RetrieveK = 100,
     rerank_k: RerankK = 100,
-    rerank_fusion: RerankFusion = "none",
-    fusion: Annotated[str, typer.Option(help="Hybrid fusion: rrf | convex")] = "rrf",
+    rerank_fusion: RerankFusionOpt = "none",
+    fusion: Annotated[str, typer.Option(help="Hybrid fusion: rrf | convex.")] = "rrf",
     alpha: Annotated[float, typer.Option(help="Dense weight for convex fusion.")] = 0.5,
-    granularity: Annotated[str, typer.Option(help="document (MaxP) | passage")] = "document",
+    granularity: Annotated[str, typer.Option(help="document (MaxP) | passage.")] = "document",
     max_length: MaxLength = None,
-    backend: Annotated[str, typer.Option(help="Reranker inference: torch | torch-bf16 | onnx | onnx-int8 | openvino | openvino-int8.")] = "torch",
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "cpu",
+    registry: RegistryOpt = None,
     filter_: Annotated[list[str], typer.Option("--filter", help="Metadata filter key=value (repeatable).")] = [],  # noqa: B006
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     allow_download: AllowDownload = False,
 ) -> None:
     """Search an index; with --reranker, show first-stage and reranker scores side by side."""
-    _quiet_libraries()
-    if allow_download:
-        os.environ["RANKWISE_ALLOW_DOWNLOAD"] = "1"
+    prelude(allow_download)
     from rankwise.index import Index
     from rankwise.pipeline import Pipeline, validate_query
-    from rankwise.rerank.loading import load_reranker
 
     validate_query(query)
     idx = Index(index_dir)
-    pipeline = Pipeline(idx, load_reranker(reranker, max_length=max_length, backend=backend), first_stage=first_stage,
-                        retrieve_k=retrieve_k, rerank_k=rerank_k, rerank_fusion=rerank_fusion, fusion=fusion, alpha=alpha,
+    ranker = load_reranker_option(reranker, registry=registry, backend=backend, device=device, max_length=max_length)
+    pipeline = Pipeline(idx, ranker, first_stage=first_stage, retrieve_k=retrieve_k, rerank_k=rerank_k,
+                        rerank_fusion=rerank_fusion, fusion=fusion, alpha=alpha,  # type: ignore[arg-type]
                         granularity=granularity)  # type: ignore[arg-type]
     response = pipeline.search(query, k=k, filters=_parse_filters(filter_))
     if as_json:
@@ -166,7 +138,7 @@ def print_response(response: SearchResponse) -> None:
     out.print(table)
     p = response.provenance
     out.print(f"[dim]index {p.index_fingerprint} · embedding {p.embedding_model} ({p.embedding_sha256[:12]}) · "
-              f"reranker {p.reranker} ({p.reranker_sha256[:12]}) · {p.num_candidates} candidates, "
+              f"reranker {p.reranker} ({p.reranker_sha256[:12]}; {p.reranker_backend}) · {p.num_candidates} candidates, "
               f"{p.num_reranked} reranked, {p.num_split} split · "
               + " · ".join(f"{k} {v:.1f} ms" for k, v in response.timings_ms.items()) + "[/]")
 
@@ -180,23 +152,3 @@ def info(index_dir: IndexOpt) -> None:
     from rankwise.index.manifest import Manifest
 
     typer.echo(json.dumps(asdict(Manifest.read(index_dir)), indent=2))
-
-
-from rankwise.training.commands import register as _register_training
-
-_register_training(app, friendly_errors)
-
-from rankwise.evaluation.commands import register as _register_eval
-
-_register_eval(app)
-
-from rankwise.serving.commands import register as _register_serving
-
-_register_serving(app)
-
-
-def main() -> None:
-    # SIGTERM (docker stop, kill, a CI timeout) becomes SystemExit so that cleanup runs: an interrupted
-    # `rankwise index` removes its half-built directory and leaves the previous index untouched
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    app()

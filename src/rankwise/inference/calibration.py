@@ -25,7 +25,7 @@ import numpy as np
 
 from rankwise.corpus import SAMPLE_KB
 from rankwise.errors import ModelError
-from rankwise.rerank.batching import pad_batch
+from rankwise.inference.batching import pad_batch
 
 #: the calibration file a model directory may carry (written by ``rankwise train``)
 CALIBRATION_FILE = "rankwise-calibration.jsonl"

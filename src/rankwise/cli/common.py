@@ -1,0 +1,113 @@
+"""What every command shares: the consoles, one-line errors, the start-up prelude and the options.
+
+Each option is declared once here, so a flag means the same thing, with the same name, help and default,
+on every command that has it — a model promoted under one ``--rerank-fusion`` has to be served with the
+same one, and ``--backend`` must pick the same numerics in ``search``, ``eval`` and ``serve``. This module
+imports no command module (they import it), so the CLI has no import cycle.
+
+Choice options are plain strings here and validated by the library (:mod:`rankwise.options`,
+:func:`~rankwise.inference.backends.resolve_backend`): one validator per option for every front end, and a
+bad value is one ``error:`` line like any other user error rather than a usage box.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from rankwise.errors import RankwiseError
+
+if TYPE_CHECKING:
+    from rankwise.rerank.base import Reranker
+
+# emoji=False: a gate such as "nDCG@10:-1:" must not become a thumbs-down emoji
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(func: F) -> F:
+    """Turn user errors into one red ``error:`` line and the error's exit code (tracebacks only for real bugs)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RankwiseError as error:
+            err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def prelude(allow_download: bool = False) -> None:
+    """Quiet the model libraries' progress bars and logs; allow hub downloads only when asked.
+
+    Tokenizer parallelism stays at the library default (on): the CLI never forks after tokenizing, and
+    tokenizing 100 candidates on every core is a measurable share of an int8 rerank (training, which may
+    fork data-loader workers, turns it off itself).
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if allow_download:
+        os.environ["RANKWISE_ALLOW_DOWNLOAD"] = "1"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def warn(messages: list[str]) -> None:
+    for message in messages:
+        err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def progress_bars() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=err, transient=True)
+
+
+def load_reranker_option(spec: str, *, registry: Path | None, backend: str, device: str,
+                         max_length: int | None = None) -> Reranker | None:
+    """The reranker named by ``--reranker`` with the shared model-loading options applied."""
+    from rankwise.registry import Registry
+    from rankwise.rerank.loading import load_reranker
+
+    return load_reranker(spec, registry=Registry(registry) if registry else None, max_length=max_length,
+                         backend=backend, device=device)  # type: ignore[arg-type]
+
+
+IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index directory.")]
+AllowDownload = Annotated[bool, typer.Option("--allow-download", help="Allow fetching hub models (off: offline only).")]
+RerankerOpt = Annotated[str, typer.Option(help="Cross-encoder: registry name (production, candidate, v3), local dir, "
+                                               "cached hub id, or 'none'.")]
+RegistryOpt = Annotated[Path | None, typer.Option("--registry", help="Model registry dir (default: $RANKWISE_REGISTRY "
+                                                                     "or the user data dir).")]
+BackendOpt = Annotated[str, typer.Option(
+    help="Reranker inference backend; auto: fastest for this CPU (openvino-int8 on AVX-512 VNNI, onnx-int8 "
+         "otherwise); torch: exact fp32.")]
+DeviceOpt = Annotated[str, typer.Option(help="torch device for the reranker (cpu, cuda, mps); the other backends "
+                                             "run on the CPU.")]
+FirstStageOpt = Annotated[str, typer.Option(help="First stage: bm25 | dense | hybrid.")]
+FirstStagesOpt = Annotated[str, typer.Option("--first-stage", help="First stages, comma-separated: bm25,dense,hybrid.")]
+RetrieveK = Annotated[int, typer.Option(help="First-stage candidates.")]
+RerankK = Annotated[int, typer.Option(help="Candidates the reranker scores.")]
+RerankFusionOpt = Annotated[str, typer.Option(help="none: reranker order; rrf: fuse reranker and "
+                                                            "first-stage ranks.")]
+MaxLength = Annotated[int | None, typer.Option(help="Reranker tokens per (query, passage) window "
+                                                    "(default: the model's trained length).")]
+LimitQueries = Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N queries of the gold set.")]

@@ -1,0 +1,176 @@
+"""``rankwise serve``, ``rankwise keys add|list|revoke`` and ``rankwise audit``: the HTTP service and its keys
+and audit log. The heavy serving imports (FastAPI, uvicorn, torch) happen only when a command runs.
+"""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rankwise.cli.common import (
+    AllowDownload,
+    BackendOpt,
+    DeviceOpt,
+    FirstStageOpt,
+    MaxLength,
+    RegistryOpt,
+    RerankerOpt,
+    RerankFusionOpt,
+    RerankK,
+    RetrieveK,
+    err,
+    friendly_errors,
+    out,
+    prelude,
+)
+
+app = typer.Typer()
+
+DEFAULT_AUDIT = "default"
+
+
+def _default_audit_path() -> Path:
+    import platformdirs
+
+    return platformdirs.user_data_path("rankwise") / "audit.sqlite"
+
+
+def _audit_path(value: str) -> Path | None:
+    if value.lower() == "none":
+        return None
+    return _default_audit_path() if value == DEFAULT_AUDIT else Path(value)
+
+
+@app.command()
+@friendly_errors
+def serve(
+    index_dir: Annotated[Path | None, typer.Option("--index", "-i", help="Index for /v1/search.")] = None,
+    reranker: RerankerOpt = "none",
+    host: Annotated[str, typer.Option(help="Address to bind (non-loopback needs --keys).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    first_stage: FirstStageOpt = "hybrid",
+    retrieve_k: RetrieveK = 100,
+    rerank_k: RerankK = 100,
+    rerank_fusion: RerankFusionOpt = "none",
+    max_length: MaxLength = None,
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "cpu",
+    registry: RegistryOpt = None,
+    cache: Annotated[str, typer.Option(help="Score cache: memory | redis://host:port/db")] = "memory",
+    cache_size: Annotated[int, typer.Option(help="In-process cache entries (0 disables it).")] = 100_000,
+    cache_ttl: Annotated[int, typer.Option(help="Redis entry lifetime, seconds.")] = 7 * 24 * 3600,
+    keys: Annotated[Path | None, typer.Option(help="API keys file (from `rankwise keys add`); "
+                                                   "without it the server is open, loopback only.")] = None,
+    audit: Annotated[str, typer.Option(help="Audit SQLite path, 'default' (user data dir) or 'none'.")] = DEFAULT_AUDIT,
+    timeout_ms: Annotated[int, typer.Option(help="Default latency budget per request.")] = 30_000,
+    batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Cross-request micro-batching.")] = True,
+    batch_wait_ms: Annotated[float, typer.Option(help="Longest a round waits for more requests.")] = 2.0,
+    batch_tokens: Annotated[int, typer.Option(help="Token budget of one batching round.")] = 65_536,
+    batch_requests: Annotated[int, typer.Option(help="Most requests in one round.")] = 64,
+    max_documents: Annotated[int, typer.Option(help="Documents per /v1/rerank request.")] = 1000,
+    max_document_chars: Annotated[int, typer.Option(help="Characters per document.")] = 20_000,
+    max_query_chars: Annotated[int, typer.Option(help="Characters per query (at most 2000).")] = 2000,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 16 * 1024 * 1024,
+    rate_limit: Annotated[float, typer.Option(help="Default requests/second per key.")] = 20.0,
+    burst: Annotated[int, typer.Option(help="Default burst per key.")] = 40,
+    allow_download: AllowDownload = False,
+) -> None:
+    """Serve /v1/rerank (Cohere-compatible) and /v1/search over HTTP, with /metrics and /docs."""
+    prelude(allow_download)
+    import uvicorn
+
+    from rankwise.serving.app import create_app
+    from rankwise.serving.config import BatchingSettings, Limits, RateLimit, ServeConfig
+    from rankwise.serving.state import load_state
+
+    config = ServeConfig(
+        index=index_dir, reranker=None if reranker.strip().lower() in ("", "none") else reranker,
+        max_length=max_length, backend=backend, device=device, registry=registry, host=host, port=port,
+        first_stage=first_stage, retrieve_k=retrieve_k,
+        rerank_k=rerank_k, rerank_fusion=rerank_fusion, cache=cache, cache_size=cache_size, cache_ttl_s=cache_ttl, keys=keys,
+        audit=_audit_path(audit), timeout_ms=timeout_ms,
+        batching=BatchingSettings(enabled=batching, max_wait_ms=batch_wait_ms, max_tokens=batch_tokens,
+                                  max_requests=batch_requests),
+        limits=Limits(max_documents=max_documents, max_document_chars=max_document_chars,
+                      max_query_chars=max_query_chars, max_body_bytes=max_body_bytes),
+        rate_limit=RateLimit(per_second=rate_limit, burst=burst),
+    )
+    state = load_state(config)
+    err.print(f"rankwise serving on http://{host}:{port} (docs at /docs) · reranker "
+              f"{state.reranker.name if state.reranker else 'none'} · index {index_dir or 'none'} · cache "
+              f"{state.cache.backend} · auth {'on' if keys else 'off (loopback only)'} · audit "
+              f"{config.audit or 'off'}", highlight=False, soft_wrap=True)
+    uvicorn.run(create_app(state), host=host, port=port, log_level="warning", access_log=False)
+
+keys_app = typer.Typer(help="Create, list and revoke API keys (stored hashed).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+KeysFile = Annotated[Path, typer.Option("--keys", help="The keys file the server is started with.")]
+
+@keys_app.command("add")
+@friendly_errors
+def keys_add(
+    keys_file: KeysFile,
+    role: Annotated[list[str], typer.Option("--role", help="search | rerank | admin (repeatable).")],
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")] = "",
+    rate: Annotated[float | None, typer.Option(help="Requests/second for this key (default: server's).")] = None,
+    burst: Annotated[int | None, typer.Option(help="Burst for this key (default: server's).")] = None,
+) -> None:
+    """Create a key and print its secret once (only a hash is stored)."""
+    from rankwise.serving.auth import KeyStore
+
+    key, token = KeyStore(keys_file).add(role, name=name, rate_per_s=rate, burst=burst)
+    err.print(f"created key {key.id} with role(s) {', '.join(key.roles)}; the secret is shown only now:",
+              highlight=False)
+    typer.echo(token)
+
+@keys_app.command("list")
+@friendly_errors
+def keys_list(keys_file: KeysFile) -> None:
+    """List keys (ids, roles, limits; never secrets)."""
+    from rankwise.serving.auth import KeyStore
+
+    for key in KeyStore(keys_file).list():
+        limit = f"{key.rate_per_s or 'default'}/s burst {key.burst or 'default'}"
+        out.print(f"{key.id}  {','.join(key.roles):<18} {limit:<28} {key.created}  {key.name}", highlight=False)
+
+@keys_app.command("revoke")
+@friendly_errors
+def keys_revoke(keys_file: KeysFile, key_id: Annotated[str, typer.Argument(help="Key id.")]) -> None:
+    """Revoke a key (a running server notices within a request)."""
+    from rankwise.serving.auth import KeyStore
+
+    removed = KeyStore(keys_file).revoke(key_id)
+    err.print(f"revoked key {removed.id}", highlight=False)
+
+@app.command("audit")
+@friendly_errors
+def audit_cmd(
+    audit: Annotated[str, typer.Option(help="Audit SQLite path, or 'default'.")] = DEFAULT_AUDIT,
+    since: Annotated[str | None, typer.Option(help="Only newer rows: 30m, 2h, 7d or an ISO time.")] = None,
+    key: Annotated[str | None, typer.Option(help="Only this key id.")] = None,
+    limit: Annotated[int, typer.Option(help="Most rows, newest first.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+) -> None:
+    """Show the service's audit log: who asked what, which model versions answered, what was returned."""
+    from rich.table import Table
+
+    from rankwise.serving.audit import AuditError, read_audit
+
+    path = _audit_path(audit)
+    if path is None:
+        raise AuditError("--audit none has nothing to show; pass the --audit path the server was started with")
+    rows = read_audit(path, since=since, key_id=key, limit=limit)
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table(title=f"{len(rows)} newest audit rows in {path}")
+    for column in ("time (UTC)", "request", "key", "endpoint", "status", "reranker", "index", "top results", "ms"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        top = ", ".join(str(x.get("doc_id", x.get("index"))) for x in r["results"][:3])
+        table.add_row(r["time"][:19].replace("T", " "), r["request_id"][:8], r["key_id"] or "—",
+                      r["endpoint"].removeprefix("/v1/"), str(r["status"]) + (" degraded" if r["degraded"] else ""),
+                      (r["reranker_sha256"] or "—")[:8], (r["index_fingerprint"] or "—")[:8],
+                      top + ("…" if len(r["results"]) > 3 else ""), f"{r['latency_ms']:.0f}")
+    out.print(table)

@@ -1,0 +1,131 @@
+"""The verified artifact cache: exported and quantised models, built once, checked every time they are used.
+
+Exported files are cached at ``<model_dir>/.rankwise/onnx/<key>/<task>/<name>``, each with a JSON sidecar
+holding the source key, the recipe that built it, its sha256 and the versions of the tools that built it.
+``key`` digests the model's weight files *and* its JSON configs (a pooling mode or classifier setting is
+baked into the graph), so a changed model is re-exported, never silently reused. When the model directory
+cannot be written (site-packages, a read-only mount) the cache lives in the user cache dir (platformdirs).
+
+A cached artifact that fails verification (size or sha256 differs from its sidecar: a torn write, a bad
+disk, a hand edit) is never used. It is rebuilt with a logged warning rather than raised as an error: the
+file is derived data that rankwise owns, and deriving it again is always correct.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rankwise.errors import ModelError
+from rankwise.inference.backends import Task
+from rankwise.models import weights_sha256
+
+log = logging.getLogger(__name__)
+
+
+def source_key(model_dir: Path) -> str:
+    """Digest of a model's weights and JSON configs: what an exported graph depends on."""
+    digest = hashlib.sha256(weights_sha256(model_dir).encode())
+    for file in sorted(p for p in model_dir.rglob("*.json") if ".rankwise" not in p.relative_to(model_dir).parts):
+        digest.update(str(file.relative_to(model_dir)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def cached_artifact(model_dir: Path, task: Task, name: str, wanted: dict[str, Any],
+                    build: Callable[[Path], None], tools: Sequence[str] = ("onnxruntime", "onnx")) -> Path:
+    """The verified cached artifact ``name`` (a file, or a directory of files) for this model and recipe.
+
+    ``build(work)`` creates it at ``work`` when no verified copy exists; it is then moved into place and
+    its sidecar (the commit marker) written, so a crash mid-export never leaves a half file in use. The
+    sidecar records the versions of ``tools`` (the packages that built it), for whoever debugs a score shift.
+    """
+    key = source_key(model_dir)
+    for root in _cache_roots(model_dir):
+        path = root / key[:16] / task / name
+        if _verified(path, key, wanted):
+            return path
+    target = _writable_dir(model_dir, key, task)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=target) as tmp:
+        work = Path(tmp) / name
+        build(work)
+        return _publish(work, target / name, key, wanted, tools)
+
+
+def _cache_roots(model_dir: Path) -> list[Path]:
+    from platformdirs import user_cache_dir
+
+    return [model_dir / ".rankwise" / "onnx", Path(user_cache_dir("rankwise")) / "onnx"]
+
+
+def _writable_dir(model_dir: Path, key: str, task: Task) -> Path:
+    """First cache root we can create files in: next to the model, else the user cache dir."""
+    for root in _cache_roots(model_dir):
+        directory = root / key[:16] / task
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=directory):
+                return directory
+        except OSError:
+            continue
+    raise ModelError(f"cannot write an ONNX export next to '{model_dir}' or in the user cache dir; "
+                     "make one of them writable or use --backend torch")
+
+
+def _sha256_path(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (relative names and contents, in name order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _verified(file: Path, key: str, wanted: dict[str, Any]) -> bool:
+    """True only if ``file`` and its sidecar exist, match this model and recipe, and the bytes check out."""
+    sidecar = file.with_suffix(".json")
+    if not sidecar.is_file():
+        return False  # never exported here, or an export died before its commit marker (the sidecar)
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, json.JSONDecodeError):
+        log.warning("ONNX cache sidecar %s is unreadable; re-exporting", sidecar)
+        return False
+    if meta.get("source_key") != key or meta.get("recipe") != wanted:
+        return False  # another model version or recipe: stale, not corrupt
+    if not file.exists() or _size(file) != meta.get("bytes") or _sha256_path(file) != meta.get("sha256"):
+        log.warning("cached model %s is missing or does not match its sha256; re-exporting", file)
+        return False
+    return True
+
+
+def _publish(work: Path, dest: Path, key: str, wanted: dict[str, Any], tools: Sequence[str]) -> Path:
+    """Move a finished file into place, then write its sidecar (the commit marker), both atomically."""
+    meta = {"source_key": key, "recipe": wanted, "sha256": _sha256_path(work), "bytes": _size(work),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": {tool: importlib.metadata.version(tool) for tool in tools}}
+    if dest.is_dir():  # a stale directory artifact (another recipe): os.replace cannot overwrite it
+        shutil.rmtree(dest)
+    os.replace(work, dest)
+    tmp = dest.with_suffix(f".json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(tmp, dest.with_suffix(".json"))
+    return dest
+
