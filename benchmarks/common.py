@@ -47,7 +47,7 @@ def setup_environment() -> None:
 
 def cpu_description() -> dict[str, Any]:
     """CPU model, core count and the SIMD flags that decide which kernels ONNX Runtime and torch can use."""
-    from rankwise.rerank.onnx_backend import cpu_flags, default_threads
+    from rankwise.inference.backends import cpu_flags, default_threads
 
     model = platform.processor() or "unknown"
     try:
@@ -74,7 +74,7 @@ def start_run(threads: int | None) -> tuple[int, dict[str, Any]]:
     """Fix the torch thread count (default: all cores), print the CPU and return ``(threads, cpu)``."""
     import torch
 
-    from rankwise.rerank.onnx_backend import default_threads
+    from rankwise.inference.backends import default_threads
 
     threads = threads or default_threads()
     torch.set_num_threads(threads)
@@ -169,8 +169,15 @@ def bm25_index(data: Path, index: str | None) -> Any:
 
 
 def write_json(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
+    """Write ``payload`` to ``benchmarks/results/<name>``, or to ``name`` itself when it is a path with a folder.
+
+    Prints where it went; a file outside the repository is shown by its absolute path (never an error
+    after a long run).
+    """
+    given = Path(name)
+    path = given if given.is_absolute() or given.parent != Path(".") else RESULTS / given
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=False, default=float) + "\n")
-    print(f"wrote {path.relative_to(REPO)}")
+    shown = path.resolve()
+    print(f"wrote {shown.relative_to(REPO) if shown.is_relative_to(REPO) else shown}")
     return path

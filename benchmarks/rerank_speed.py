@@ -102,7 +102,7 @@ def scifact_train_calibration(args: argparse.Namespace) -> Path:
     from platformdirs import user_cache_dir
 
     from rankwise.corpus.beir import load_qrels, load_queries
-    from rankwise.rerank.calibration import CalibrationQuery, spread, write_calibration
+    from rankwise.inference.calibration import CalibrationQuery, spread, write_calibration
     from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
 
     data = scifact_dir(args.data)

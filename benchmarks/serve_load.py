@@ -1,11 +1,13 @@
 """Load test of ``rankwise serve``: throughput and latency percentiles of ``/v1/rerank`` on loopback.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_load.py [--model small|PATH] [--docs 100]
-        [--clients 1,4,16] [--requests 24] [--max-length 256] [--max-seconds 900] [--data DIR] [--out NAME]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_load.py [--model small|minilm|PATH] [--docs 100]
+        [--clients 1,4,16] [--requests 24] [--max-length 256] [--backends auto] [--batching on,off]
+        [--max-seconds 900] [--data DIR] [--out NAME]
 
-One run measures every cell of {micro-batching on, off} × {1, 4, 16 concurrent clients} × {cache cold,
-warm}: two server processes (batching on / off) run on 127.0.0.1 (nothing else is contacted) and the arms
-alternate cell by cell; each cell sends ``--requests`` requests of ``--docs`` documents with queries never
+One run measures every cell of {backend} × {micro-batching on, off} × {1, 4, 16 concurrent clients} ×
+{cache cold, warm}: one server process per (backend, batching) arm runs on 127.0.0.1 (nothing else is
+contacted) and the arms alternate cell by cell, so e.g. ``--backends torch,openvino-int8 --batching on``
+compares the exact fp32 server with the int8 one under the same load in the same run; each cell sends ``--requests`` requests of ``--docs`` documents with queries never
 seen before (cold: every pair is scored), then replays exactly those requests (warm: every pair is a
 cache hit). Requests are
 SciFact test queries with SciFact abstracts (title + text, cut at ~1,000 characters, about one 256-token
@@ -57,6 +59,16 @@ def small_model(directory: Path) -> Path:
     return directory
 
 
+def minilm_model(directory: Path) -> Path:
+    """The bundled MiniLM-L6 with a fresh 1-logit head: the shape and cost per token of a rankwise reranker."""
+    from sentence_transformers import CrossEncoder
+
+    from rankwise.models import bundled_minilm_dir
+
+    CrossEncoder(str(bundled_minilm_dir()), num_labels=1).save(str(directory))
+    return directory
+
+
 def load_inputs(data: Path, docs: int) -> tuple[list[str], list[str], str]:
     """(queries, passages, source): SciFact if present, else synthetic."""
     if (data / "corpus.jsonl").is_file() and (data / "queries.jsonl").is_file():
@@ -78,9 +90,10 @@ def load_inputs(data: Path, docs: int) -> tuple[list[str], list[str], str]:
 
 
 class Server(ServeProcess):
-    def __init__(self, model: Path, batching: bool, max_length: int, log: Path) -> None:
-        super().__init__(["--reranker", str(model), "--max-length", str(max_length), "--audit", "none",
-                          "--timeout-ms", "300000", "--batching" if batching else "--no-batching"], log, timeout_s=300)
+    def __init__(self, model: Path, backend: str, batching: bool, max_length: int, log: Path) -> None:
+        super().__init__(["--reranker", str(model), "--backend", backend, "--max-length", str(max_length),
+                          "--audit", "none", "--timeout-ms", "300000", "--batching" if batching else "--no-batching"],
+                         log, timeout_s=600)
         if self.problem:
             sys.exit(f"error: {self.problem}; see {log}")
 
@@ -136,11 +149,13 @@ def run_cell(server: Server, payloads: list[dict[str, Any]], clients: int) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="small", help="'small' (built now) or a cross-encoder directory")
+    parser.add_argument("--model", default="small", help="'small' or 'minilm' (built now), or a cross-encoder directory")
     parser.add_argument("--docs", type=int, default=100, help="documents per request")
     parser.add_argument("--clients", default="1,4,16", help="concurrent clients, comma-separated")
     parser.add_argument("--requests", type=int, default=24, help="requests per cell")
     parser.add_argument("--max-length", type=int, default=256, help="reranker tokens per window")
+    parser.add_argument("--backends", default="auto", help="server --backend values, comma-separated")
+    parser.add_argument("--batching", default="on,off", help="micro-batching arms: on, off or on,off")
     parser.add_argument("--max-seconds", type=float, default=900, help="overall time bound")
     parser.add_argument("--data", default=str(DEFAULT_SCIFACT), help="BEIR SciFact directory (optional)")
     parser.add_argument("--out", default="serve_load.json", help="result file name in benchmarks/results/")
@@ -150,7 +165,8 @@ def main() -> None:
     print_cpu(cpu)
     queries, passages, source = load_inputs(Path(args.data), args.docs)
     work = Path(tempfile.mkdtemp(prefix="rankwise-serve-load-"))
-    model = small_model(work / "model") if args.model == "small" else Path(args.model)
+    builders = {"small": small_model, "minilm": minilm_model}
+    model = builders[args.model](work / "model") if args.model in builders else Path(args.model)
     deadline = time.monotonic() + args.max_seconds
     fresh = itertools.count()
 
@@ -166,18 +182,21 @@ def main() -> None:
     skipped: list[str] = []
     # Both servers run for the whole benchmark (an idle one uses no CPU) and the arms alternate cell by cell,
     # so drifting load on a shared machine hits both arms alike instead of whichever ran second.
-    servers = {arm: Server(model, arm == "on", args.max_length, work / f"server-{arm}.log") for arm in ("on", "off")}
+    arms = [(b.strip(), on.strip()) for b in args.backends.split(",") for on in args.batching.split(",")]
+    servers = {arm: Server(model, arm[0], arm[1] == "on", args.max_length, work / f"server-{arm[0]}-{arm[1]}.log")
+               for arm in arms}
     try:
         for c in clients:
-            for arm, server in servers.items():
+            for (backend, arm), server in servers.items():
                 if time.monotonic() > deadline:
-                    skipped.append(f"batching {arm}, {c} clients")
+                    skipped.append(f"{backend}, batching {arm}, {c} clients")
                     continue
                 requests = payloads(args.requests)
                 for cache in ("cold", "warm"):
-                    cell = {"batching": arm, "clients": c, "cache": cache, **run_cell(server, requests, c)}
+                    cell = {"backend": backend, "batching": arm, "clients": c, "cache": cache,
+                            **run_cell(server, requests, c)}
                     cells.append(cell)
-                    print(f"batching {arm:3} · {c:2} clients · cache {cache}: {cell['throughput_rps']} req/s, "
+                    print(f"{backend:13} · batching {arm:3} · {c:2} clients · cache {cache}: {cell['throughput_rps']} req/s, "
                           f"p50 {cell['p50_ms']} ms, p95 {cell['p95_ms']} ms, p99 {cell['p99_ms']} ms, "
                           f"{cell['requests_per_round']} requests/round", flush=True)
     finally:
@@ -187,14 +206,15 @@ def main() -> None:
         "what": f"/v1/rerank over loopback, {args.docs} documents per request, {args.requests} requests per cell",
         "command": "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
         "cpu": cpu, "model": args.model, "max_length": args.max_length, "inputs": source,
-        "server": "python -m rankwise serve --reranker MODEL --max-length N --audit none --timeout-ms 300000 "
-                  "[--no-batching] (memory cache, default batching settings)",
+        "server": "python -m rankwise serve --reranker MODEL --backend B --max-length N --audit none "
+                  "--timeout-ms 300000 [--no-batching] (memory cache, default batching settings)",
         "cells": cells, "skipped": skipped,
     }
     write_json(args.out, payload)
-    print("\n| batching | clients | cache | req/s | p50 ms | p95 ms | p99 ms | requests/round |\n|---|---|---|---|---|---|---|---|")
+    print("\n| backend | batching | clients | cache | req/s | p50 ms | p95 ms | p99 ms | requests/round |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for c in cells:
-        print(f"| {c['batching']} | {c['clients']} | {c['cache']} | {c['throughput_rps']} | {c['p50_ms']} | "
+        print(f"| {c['backend']} | {c['batching']} | {c['clients']} | {c['cache']} | {c['throughput_rps']} | {c['p50_ms']} | "
               f"{c['p95_ms']} | {c['p99_ms']} | {c['requests_per_round'] or '—'} |")
     if skipped:
         print(f"skipped (time bound): {', '.join(skipped)}")
