@@ -47,7 +47,7 @@ def setup_environment() -> None:
 
 def cpu_description() -> dict[str, Any]:
     """CPU model, core count and the SIMD flags that decide which kernels ONNX Runtime and torch can use."""
-    from rankwise.inference.backends import cpu_flags, default_threads
+    from rankwise.inference.backends import cpu_flags, cpu_kind, default_threads, resolve_backend
 
     model = platform.processor() or "unknown"
     try:
@@ -57,14 +57,16 @@ def cpu_description() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         pass
     flags = cpu_flags()
-    return {"model": model, "cores": default_threads(), "flags": {f: f in flags for f in INTERESTING_FLAGS},
+    return {"model": model, "cores": default_threads(), "kind": cpu_kind(flags),
+            "auto_backend": str(resolve_backend("auto")), "flags": {f: f in flags for f in INTERESTING_FLAGS},
             "python": sys.version.split()[0], "load_average_at_start": list(os.getloadavg())}
 
 
 def print_cpu(cpu: dict[str, Any]) -> None:
     present = [f for f, on in cpu["flags"].items() if on]
     absent = [f for f, on in cpu["flags"].items() if not on]
-    print(f"CPU: {cpu['model']} · {cpu['cores']} cores · flags: {' '.join(present)}"
+    print(f"CPU: {cpu['model']} · {cpu['kind']} · {cpu['cores']} cores · auto backend {cpu['auto_backend']} · "
+          f"flags: {' '.join(present)}"
           + (f" · missing: {' '.join(absent)}" if absent else ""))
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in cpu['load_average_at_start'])} "
           "(a shared machine: compare variants within this run, not across runs)")

@@ -90,10 +90,11 @@ def load_inputs(data: Path, docs: int) -> tuple[list[str], list[str], str]:
 
 
 class Server(ServeProcess):
-    def __init__(self, model: Path, backend: str, batching: bool, max_length: int, log: Path) -> None:
+    def __init__(self, model: Path, backend: str, batching: bool, max_length: int, log: Path,
+                 extra: list[str]) -> None:
         super().__init__(["--reranker", str(model), "--backend", backend, "--max-length", str(max_length),
-                          "--audit", "none", "--timeout-ms", "300000", "--batching" if batching else "--no-batching"],
-                         log, timeout_s=600)
+                          "--audit", "none", "--timeout-ms", "300000", "--batching" if batching else "--no-batching",
+                          *extra], log, timeout_s=600)
         if self.problem:
             sys.exit(f"error: {self.problem}; see {log}")
 
@@ -111,7 +112,8 @@ def run_cell(server: Server, payloads: list[dict[str, Any]], clients: int) -> di
     pending = iter(payloads)
     lock = threading.Lock()
     latencies: list[float] = []
-    stats = {"degraded": 0, "cache_hits": 0, "errors": 0}
+    stats = {"degraded": 0, "cache_hits": 0, "shed": 0, "errors": 0}
+    all_latencies: list[float] = []
 
     def client() -> None:
         with httpx.Client(base_url=server.url, timeout=600) as http:
@@ -124,6 +126,10 @@ def run_cell(server: Server, payloads: list[dict[str, Any]], clients: int) -> di
                 response = http.post("/v1/rerank", json=payload)
                 elapsed = (time.perf_counter() - t0) * 1000
                 with lock:
+                    all_latencies.append(elapsed)  # what a client sees, shed requests included
+                    if response.status_code in (429, 503):
+                        stats["shed"] += 1
+                        continue
                     if response.status_code != 200:
                         stats["errors"] += 1
                         continue
@@ -140,10 +146,12 @@ def run_cell(server: Server, payloads: list[dict[str, Any]], clients: int) -> di
     wall = time.perf_counter() - started
     rounds1, scored1 = server.rounds()
     pct = latency_percentiles(latencies)
+    client = latency_percentiles(all_latencies)
     rounds = rounds1 - rounds0
     return {"requests": len(latencies), "seconds": round(wall, 3),
             "throughput_rps": round(len(latencies) / wall, 3) if wall else None,
             "p50_ms": round(pct["p50"], 1), "p95_ms": round(pct["p95"], 1), "p99_ms": round(pct["p99"], 1),
+            "all_p99_ms": round(client["p99"], 1),
             "requests_per_round": round((scored1 - scored0) / rounds, 2) if rounds else None, **stats}
 
 
@@ -156,6 +164,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256, help="reranker tokens per window")
     parser.add_argument("--backends", default="auto", help="server --backend values, comma-separated")
     parser.add_argument("--batching", default="on,off", help="micro-batching arms: on, off or on,off")
+    parser.add_argument("--timeout-ms", type=int, default=None,
+                        help="latency budget sent with every request (default: none, every pair scored)")
+    parser.add_argument("--max-in-flight", type=int, default=None, help="server --max-in-flight (admission limit)")
     parser.add_argument("--max-seconds", type=float, default=900, help="overall time bound")
     parser.add_argument("--data", default=str(DEFAULT_SCIFACT), help="BEIR SciFact directory (optional)")
     parser.add_argument("--out", default="serve_load.json", help="result file name in benchmarks/results/")
@@ -175,7 +186,10 @@ def main() -> None:
         for _ in range(n):
             i = next(fresh)  # a query never sent before: nothing of it can be cached
             start = (i * 97) % max(1, len(passages) - args.docs)
-            out.append({"query": f"{queries[i % len(queries)]} (#{i})", "documents": passages[start: start + args.docs]})
+            payload = {"query": f"{queries[i % len(queries)]} (#{i})", "documents": passages[start: start + args.docs]}
+            if args.timeout_ms is not None:
+                payload["timeout_ms"] = args.timeout_ms
+            out.append(payload)
         return out
 
     cells: list[dict[str, Any]] = []
@@ -183,7 +197,8 @@ def main() -> None:
     # Both servers run for the whole benchmark (an idle one uses no CPU) and the arms alternate cell by cell,
     # so drifting load on a shared machine hits both arms alike instead of whichever ran second.
     arms = [(b.strip(), on.strip()) for b in args.backends.split(",") for on in args.batching.split(",")]
-    servers = {arm: Server(model, arm[0], arm[1] == "on", args.max_length, work / f"server-{arm[0]}-{arm[1]}.log")
+    extra = ["--max-in-flight", str(args.max_in_flight)] if args.max_in_flight else []
+    servers = {arm: Server(model, arm[0], arm[1] == "on", args.max_length, work / f"server-{arm[0]}-{arm[1]}.log", extra)
                for arm in arms}
     try:
         for c in clients:
@@ -197,7 +212,8 @@ def main() -> None:
                             **run_cell(server, requests, c)}
                     cells.append(cell)
                     print(f"{backend:13} · batching {arm:3} · {c:2} clients · cache {cache}: {cell['throughput_rps']} req/s, "
-                          f"p50 {cell['p50_ms']} ms, p95 {cell['p95_ms']} ms, p99 {cell['p99_ms']} ms, "
+                          f"p50 {cell['p50_ms']} ms, p95 {cell['p95_ms']} ms, p99 {cell['p99_ms']} ms "
+                          f"(all answers incl. shed: p99 {cell['all_p99_ms']} ms, {cell['shed']} shed), "
                           f"{cell['requests_per_round']} requests/round", flush=True)
     finally:
         for server in servers.values():

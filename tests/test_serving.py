@@ -112,7 +112,7 @@ def audit_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(kb_index: Index, models: tuple[Path, Path], keys: dict[str, Any], audit_db: Path) -> Iterator[Server]:
     srv = Server(["--index", str(kb_index.path), "--reranker", str(models[0]), "--backend", "torch",
                   "--keys", str(keys["file"]),
-                  "--audit", str(audit_db), "--batch-wait-ms", "50", "--max-documents", "400",
+                  "--audit", str(audit_db), "--open-metrics", "--batch-wait-ms", "50", "--max-documents", "400",
                   "--max-document-chars", "5000", "--max-body-bytes", "300000"], audit_db.with_name("server.log"))
     yield srv
     srv.stop()

@@ -71,7 +71,11 @@ def serve(
     max_documents: Annotated[int, typer.Option(help="Documents per /v1/rerank request.")] = 1000,
     max_document_chars: Annotated[int, typer.Option(help="Characters per document.")] = 20_000,
     max_query_chars: Annotated[int, typer.Option(help="Characters per query (at most 2000).")] = 2000,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 16 * 1024 * 1024,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body (counted as it streams in).")] = 16 * 1024 * 1024,
+    max_in_flight: Annotated[int, typer.Option(help="API requests inside the server at once; more get 503 + "
+                                                    "Retry-After at once.")] = 32,
+    open_metrics: Annotated[bool, typer.Option("--open-metrics", help="Serve /metrics without an admin key "
+                                                                      "even when --keys is on.")] = False,
     rate_limit: Annotated[float, typer.Option(help="Default requests/second per key.")] = 20.0,
     burst: Annotated[int, typer.Option(help="Default burst per key.")] = 40,
     allow_download: AllowDownload = False,
@@ -89,11 +93,11 @@ def serve(
         max_length=max_length, backend=backend, device=device, registry=registry, host=host, port=port,
         first_stage=first_stage, retrieve_k=retrieve_k,
         rerank_k=rerank_k, rerank_fusion=rerank_fusion, cache=cache, cache_size=cache_size, cache_ttl_s=cache_ttl, keys=keys,
-        audit=_audit_path(audit), timeout_ms=timeout_ms,
+        audit=_audit_path(audit), timeout_ms=timeout_ms, open_metrics=open_metrics,
         batching=BatchingSettings(enabled=batching, max_wait_ms=batch_wait_ms, max_tokens=batch_tokens,
                                   max_requests=batch_requests),
         limits=Limits(max_documents=max_documents, max_document_chars=max_document_chars,
-                      max_query_chars=max_query_chars, max_body_bytes=max_body_bytes),
+                      max_query_chars=max_query_chars, max_body_bytes=max_body_bytes, max_in_flight=max_in_flight),
         rate_limit=RateLimit(per_second=rate_limit, burst=burst),
     )
     state = load_state(config)
@@ -143,23 +147,39 @@ def keys_revoke(keys_file: KeysFile, key_id: Annotated[str, typer.Argument(help=
     removed = KeyStore(keys_file).revoke(key_id)
     err.print(f"revoked key {removed.id}", highlight=False)
 
-@app.command("audit")
+audit_app = typer.Typer(help="The service's audit log: show rows, or verify its hash chain.",
+                        invoke_without_command=True)
+app.add_typer(audit_app, name="audit")
+AuditOpt = Annotated[str, typer.Option(help="Audit SQLite path, or 'default'.")]
+
+
+def _existing_audit(audit: str) -> Path:
+    from rankwise.serving.audit import AuditError
+
+    path = _audit_path(audit)
+    if path is None:
+        raise AuditError("--audit none has nothing to show; pass the --audit path the server was started with")
+    return path
+
+
+@audit_app.callback()
 @friendly_errors
 def audit_cmd(
-    audit: Annotated[str, typer.Option(help="Audit SQLite path, or 'default'.")] = DEFAULT_AUDIT,
+    ctx: typer.Context,
+    audit: AuditOpt = DEFAULT_AUDIT,
     since: Annotated[str | None, typer.Option(help="Only newer rows: 30m, 2h, 7d or an ISO time.")] = None,
     key: Annotated[str | None, typer.Option(help="Only this key id.")] = None,
     limit: Annotated[int, typer.Option(help="Most rows, newest first.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
     """Show the service's audit log: who asked what, which model versions answered, what was returned."""
+    if ctx.invoked_subcommand is not None:
+        return
     from rich.table import Table
 
-    from rankwise.serving.audit import AuditError, read_audit
+    from rankwise.serving.audit import read_audit
 
-    path = _audit_path(audit)
-    if path is None:
-        raise AuditError("--audit none has nothing to show; pass the --audit path the server was started with")
+    path = _existing_audit(audit)
     rows = read_audit(path, since=since, key_id=key, limit=limit)
     if as_json:
         typer.echo(json.dumps(rows, ensure_ascii=False))
@@ -174,3 +194,20 @@ def audit_cmd(
                       (r["reranker_sha256"] or "—")[:8], (r["index_fingerprint"] or "—")[:8],
                       top + ("…" if len(r["results"]) > 3 else ""), f"{r['latency_ms']:.0f}")
     out.print(table)
+
+
+@audit_app.command("verify")
+@friendly_errors
+def audit_verify(audit: AuditOpt = DEFAULT_AUDIT) -> None:
+    """Recompute the log's hash chain: exit 0 if every row follows from the one before, 1 at the first break."""
+    from rankwise.serving.audit import verify_chain
+
+    path = _existing_audit(audit)
+    report = verify_chain(path)
+    unchained = f" ({report.unchained} older rows predate the chain)" if report.unchained else ""
+    if not report.ok:
+        err.print(f"[bold red]audit log tampered:[/] row seq {report.broken_at}: {report.reason}; "
+                  f"{report.rows - 1} rows before it verified{unchained}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    out.print(f"[green]audit log intact:[/] {report.rows} rows verified{unchained}; head {report.head} "
+              "(keep this hash elsewhere to detect rows cut off the end later)", highlight=False, soft_wrap=True)

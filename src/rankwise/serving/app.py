@@ -8,7 +8,6 @@ request models are classes built per server, see :func:`~rankwise.serving.schema
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import time
@@ -20,15 +19,18 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from rankwise import __version__
 from rankwise.errors import RankwiseError
 from rankwise.pipeline import validate_query
 from rankwise.serving.audit import AuditRecord
 from rankwise.serving.auth import ApiKey, key_rate_limit
+from rankwise.serving.guard import RequestGuard
 from rankwise.serving.schemas import (
     PATTERN_MESSAGES,
     ErrorBody,
@@ -90,16 +92,10 @@ def require(role: str, state: ServingState) -> Callable[..., Awaitable[ApiKey | 
 
 def _authorize(state: ServingState, request: Request, role: str,
                credentials: HTTPAuthorizationCredentials | None) -> ApiKey:
-    assert state.keys is not None
-    if credentials is None:
-        state.metrics.rejected.labels("unauthenticated").inc()
-        raise ApiError(401, "missing API key: send 'Authorization: Bearer rk_...' (create one with "
-                       "`rankwise keys add`)", {"WWW-Authenticate": "Bearer"})
-    key = state.keys.authenticate(credentials.credentials)
+    """Role and rate limit of the key :class:`~rankwise.serving.guard.RequestGuard` already authenticated."""
+    key: ApiKey | None = getattr(request.state, "api_key", None)  # set by the guard on every /v1/ route
     if key is None:
-        state.metrics.rejected.labels("unauthenticated").inc()
-        raise ApiError(401, "invalid or revoked API key", {"WWW-Authenticate": "Bearer"})
-    request.state.key_id = key.id
+        raise ApiError(401, "missing API key: send 'Authorization: Bearer rk_...'", {"WWW-Authenticate": "Bearer"})
     if not key.allows(role):
         state.metrics.rejected.labels("forbidden").inc()
         raise ApiError(403, f"key {key.id} has role(s) {', '.join(key.roles)}; {request.url.path} needs "
@@ -118,8 +114,9 @@ def _deadline(state: ServingState, request: Request, timeout_ms: int | None) -> 
     return float(request.state.started) + budget / 1000.0
 
 
-def _query_sha(query: str) -> str:
-    return hashlib.sha256(query.encode()).hexdigest()
+def _query_sha(state: ServingState, query: str) -> str | None:
+    """A keyed hash of the query (HMAC with the audit log's secret): joinable, but not guessable from the log."""
+    return state.audit.query_digest(query) if state.audit is not None else None
 
 
 def create_app(state: ServingState) -> FastAPI:
@@ -137,9 +134,13 @@ def create_app(state: ServingState) -> FastAPI:
             await asyncio.to_thread(state.close)
             await state.cache.close()
 
-    app = FastAPI(title="rankwise", version=__version__, lifespan=lifespan,
+    # FastAPIOffline serves the /docs assets from the installed package: this server may have no internet
+    app = FastAPIOffline(title="rankwise", version=__version__, lifespan=lifespan,
                   description="Reranking (Cohere-compatible `/v1/rerank`) and search (`/v1/search`) with "
                               "cross-request micro-batching, a score cache, latency budgets, API keys and an audit log.")
+    # outermost last: envelope (ids, metrics, audit) → guard (admission, auth) → body limit → routes
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=state.config.limits.max_body_bytes)
+    app.add_middleware(RequestGuard, state=state)
     _install_handlers(app, state)
     RerankRequest, SearchRequest = request_models(state.config.limits)
 
@@ -153,12 +154,13 @@ def create_app(state: ServingState) -> FastAPI:
             raise ApiError(404, "this server has no reranker; start it with --reranker NAME|PATH")
         reranker = state.rerank.reranker
         if body.model is not None and body.model not in state.model_names:
-            raise ApiError(404, f"model '{body.model}' is not served here; this server serves '{reranker.name}' "
+            asked = body.model if len(body.model) <= 80 else body.model[:80] + "…"
+            raise ApiError(404, f"model '{asked}' is not served here; this server serves '{reranker.name}' "
                            f"(sha256 {reranker.weights_sha256[:12]}): omit `model` or pass that name")
         query = validate_query(body.query)
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
         request.state.audit.update(reranker=reranker.name, reranker_sha256=reranker.weights_sha256,
-                                   query_sha256=_query_sha(query))
+                                   query_sha256=_query_sha(state, query))
         top_n = min(body.top_n or len(texts), len(texts))
         warnings: list[str] = []
         try:
@@ -199,7 +201,7 @@ def create_app(state: ServingState) -> FastAPI:
         if state.search is None or state.index is None:
             raise ApiError(404, "this server has no index; start it with --index DIR")
         query = validate_query(body.query)
-        request.state.audit.update(index_fingerprint=state.index.fingerprint, query_sha256=_query_sha(query))
+        request.state.audit.update(index_fingerprint=state.index.fingerprint, query_sha256=_query_sha(state, query))
         if state.reranker is not None:
             request.state.audit.update(reranker=state.reranker.name, reranker_sha256=state.reranker.weights_sha256)
         outcome = await run_in_threadpool(
@@ -219,19 +221,36 @@ def create_app(state: ServingState) -> FastAPI:
         return Health()
 
     @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "Not ready"}},
-             summary="Readiness: models loaded and warmed")
-    async def readyz() -> JSONResponse:
+             summary="Readiness: models loaded and warmed (model details for admin keys only, when keys are on)")
+    async def readyz(request: Request) -> JSONResponse:
+        detail = _is_admin(state, request)
         body = Readiness(ready=state.ready, reason=None if state.ready else state.not_ready_reason,
-                         reranker=state.reranker.name if state.reranker else None,
-                         reranker_sha256=state.reranker.weights_sha256 if state.reranker else None,
-                         index_fingerprint=state.index.fingerprint if state.index else None)
+                         reranker=state.reranker.name if state.reranker and detail else None,
+                         reranker_sha256=state.reranker.weights_sha256 if state.reranker and detail else None,
+                         index_fingerprint=state.index.fingerprint if state.index and detail else None)
         return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
 
-    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
-    async def metrics() -> Response:
+    @app.get("/metrics", response_class=PlainTextResponse, responses=_errors(401),
+             summary="Prometheus metrics (an admin key when keys are on, unless started with --open-metrics)")
+    async def metrics(request: Request) -> Response:
+        if not state.config.open_metrics and not _is_admin(state, request):
+            raise ApiError(401, "metrics need an admin key on this server: send 'Authorization: Bearer rk_...' "
+                           "(or start it with --open-metrics)", {"WWW-Authenticate": "Bearer"})
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _is_admin(state: ServingState, request: Request) -> bool:
+    """Open servers (loopback, no keys) show everything; with keys only an admin key sees model details."""
+    if state.keys is None:
+        return True
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    try:
+        key = state.keys.authenticate(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+    except RankwiseError:
+        return False
+    return key is not None and key.allows("admin")
 
 
 def _finish(state: ServingState, request: Request, endpoint: str, degraded: bool, timings: dict[str, float],
@@ -264,18 +283,12 @@ def _install_handlers(app: FastAPI, state: ServingState) -> None:
         request.state.started = time.perf_counter()
         request.state.key_id = None
         request.state.audit = {}
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > state.config.limits.max_body_bytes:
-            state.metrics.rejected.labels("too_large").inc()
-            response: Response = _error_response(413, f"the request body is {length} bytes; this server accepts at "
-                                                 f"most {state.config.limits.max_body_bytes}")
-        else:
-            try:
-                response = await call_next(request)
-            except Exception:  # a bug: answer 500 with the request id (to find the traceback) and audit it
-                log.exception("request %s failed", request.state.request_id)
-                request.state.audit["error"] = "internal error"
-                response = _error_response(500, f"internal error; quote request id {request.state.request_id}")
+        try:
+            response: Response = await call_next(request)
+        except Exception:  # a bug: answer 500 with the request id (to find the traceback) and audit it
+            log.exception("request %s failed", request.state.request_id)
+            request.state.audit["error"] = "internal error"
+            response = _error_response(500, f"internal error; quote request id {request.state.request_id}")
         response.headers["X-Request-Id"] = request.state.request_id
         route = request.url.path if request.url.path in _ROUTES else "other"
         state.metrics.requests.labels(route, str(response.status_code)).inc()
@@ -309,7 +322,12 @@ def _install_handlers(app: FastAPI, state: ServingState) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        message = str(exc.detail)
+        if exc.status_code == 413:  # Starlette's streaming body limit
+            state.metrics.rejected.labels("too_large").inc()
+            message = f"the request body is larger than this server's limit of {state.config.limits.max_body_bytes} bytes"
+        request.state.audit["error"] = message
+        return _error_response(exc.status_code, message, headers=exc.headers)
 
 
 def _message(error: dict[str, Any]) -> str:

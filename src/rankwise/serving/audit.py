@@ -6,16 +6,25 @@ model versions that answered (reranker name + weights sha256, index fingerprint)
 with their scores, whether the answer was degraded, and the latency.
 
 Append-only is enforced by the database, not by convention: triggers abort any UPDATE or DELETE, and the
-code has no path that issues one. Rows are written by a dedicated thread so a slow disk never stalls the
-event loop; :meth:`AuditLog.close` drains the queue before the server exits.
+code has no path that issues one. Anyone with write access to the file can drop the triggers, so each row
+also carries ``row_hash = sha256(prev_hash + the row)``: a hash chain that ``rankwise audit verify``
+recomputes, so an edited, inserted or deleted row is detected (only cutting rows off the end is not: keep
+the head hash ``verify`` prints somewhere else to detect that too). The query hash is keyed (HMAC-SHA256
+with a secret kept in ``<audit>.key``, mode 0600), so a short query cannot be recovered by hashing guesses,
+and client-supplied text (error messages that echo input) is capped in length. Rows are written by a
+dedicated thread so a slow disk never stalls the event loop; :meth:`AuditLog.close` drains the queue.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import os
 import queue
 import re
+import secrets
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass, field
@@ -43,7 +52,9 @@ CREATE TABLE IF NOT EXISTS requests (
     cache_hits INTEGER,
     latency_ms REAL NOT NULL,
     results TEXT NOT NULL,
-    error TEXT
+    error TEXT,
+    prev_hash TEXT,
+    row_hash TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_time ON requests(time);
 CREATE INDEX IF NOT EXISTS requests_key ON requests(key_id, time);
@@ -54,6 +65,11 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: rows cannot be deleted'
 """
 _COLUMNS = ("request_id", "time", "key_id", "endpoint", "status", "reranker", "reranker_sha256",
             "index_fingerprint", "query_sha256", "degraded", "cache_hits", "latency_ms", "results", "error")
+
+
+#: longest stored text field: error messages can echo client input (an unknown model name, a bad field)
+MAX_TEXT = 500
+GENESIS = "0" * 64
 
 
 class AuditError(RankwiseError):
@@ -97,8 +113,16 @@ class AuditLog:
         self._conn = _connect(self.path)
         try:
             self._conn.executescript(_SCHEMA)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(requests)")}
+            for column in ("prev_hash", "row_hash"):  # databases written before the hash chain
+                if column not in columns:
+                    self._conn.execute(f"ALTER TABLE requests ADD COLUMN {column} TEXT")
+            last = self._conn.execute("SELECT row_hash FROM requests WHERE row_hash IS NOT NULL "
+                                      "ORDER BY seq DESC LIMIT 1").fetchone()
         except sqlite3.DatabaseError as err:
             raise AuditError(f"'{self.path}' is not a rankwise audit database ({err}); choose another --audit path") from err
+        self._head = last[0] if last else GENESIS
+        self._secret = _load_secret(self.path.with_name(self.path.name + ".key"))
         self._queue: queue.Queue[AuditRecord | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="rankwise-audit", daemon=True)
         self._thread.start()
@@ -106,13 +130,18 @@ class AuditLog:
     def record(self, rec: AuditRecord) -> None:
         self._queue.put(rec)
 
+    def query_digest(self, query: str) -> str:
+        """HMAC-SHA256 of the query under this log's secret (equal queries match, guesses cannot be checked)."""
+        return hmac.new(self._secret, query.encode(), hashlib.sha256).hexdigest()
+
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(30)
         self._conn.close()
 
     def _run(self) -> None:
-        sql = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+        names = (*_COLUMNS, "prev_hash", "row_hash")
+        sql = f"INSERT INTO requests ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
         while (first := self._queue.get()) is not None:
             batch = [first]
             stop = False
@@ -122,9 +151,16 @@ class AuditLog:
                     stop = True
                     break
                 batch.append(item)
+            rows, head = [], self._head
+            for rec in batch:
+                row = _row(rec)
+                row_hash = chain_hash(head, row)
+                rows.append((*row, head, row_hash))
+                head = row_hash
             try:
                 with self._conn:
-                    self._conn.executemany(sql, [_row(r) for r in batch])
+                    self._conn.executemany(sql, rows)
+                self._head = head
             except sqlite3.Error:
                 log.exception("could not write %d audit rows to %s", len(batch), self.path)
             if stop:
@@ -135,7 +171,75 @@ def _row(rec: AuditRecord) -> tuple[Any, ...]:
     data = asdict(rec)
     data["degraded"] = int(rec.degraded)
     data["results"] = json.dumps(rec.results, ensure_ascii=False)
+    for name in ("error", "reranker", "key_id"):
+        value = data[name]
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            data[name] = value[:MAX_TEXT] + f"… ({len(value)} characters)"
     return tuple(data[c] for c in _COLUMNS)
+
+
+def chain_hash(prev_hash: str, row: tuple[Any, ...]) -> str:
+    """The row's link in the chain: sha256 of the previous link and the row's values (canonical JSON)."""
+    payload = json.dumps([prev_hash, *row], ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _load_secret(path: Path) -> bytes:
+    """The log's HMAC key: created once (0600, written aside and renamed), then read on every start."""
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+        os.replace(tmp, path)
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError) as err:
+        raise AuditError(f"audit key file '{path}' is unreadable ({err}); restore it from a backup (query hashes "
+                         "in the log were made with it)") from err
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """What ``rankwise audit verify`` found: rows checked, rows written before the chain, the first break."""
+
+    rows: int
+    unchained: int
+    head: str
+    broken_at: int | None = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.broken_at is None
+
+
+def verify_chain(path: Path) -> ChainReport:
+    """Recompute every row's link; the first row whose stored hashes do not follow is where tampering began."""
+    if not Path(path).is_file():
+        raise AuditError(f"no audit database at '{path}'; pass the --audit path the server was started with")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        cursor = conn.execute(f"SELECT seq, {', '.join(_COLUMNS)}, prev_hash, row_hash FROM requests ORDER BY seq")
+        head, rows, unchained, started = GENESIS, 0, 0, False
+        for seq, *values in cursor:
+            row, prev_hash, row_hash = tuple(values[:-2]), values[-2], values[-1]
+            if row_hash is None and not started:
+                unchained += 1
+                continue
+            started = True
+            rows += 1
+            if prev_hash != head:
+                return ChainReport(rows, unchained, head, seq, "its prev_hash does not match the row before it "
+                                   "(a row was deleted or inserted)")
+            if row_hash != chain_hash(prev_hash, row):
+                return ChainReport(rows, unchained, head, seq, "its contents do not match its hash (the row was edited)")
+            head = row_hash
+    except sqlite3.DatabaseError as err:
+        raise AuditError(f"'{path}' is not a readable rankwise audit database ({err})") from err
+    finally:
+        conn.close()
+    return ChainReport(rows, unchained, head)
 
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")

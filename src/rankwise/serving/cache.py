@@ -14,13 +14,15 @@ never make them fail.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from rankwise.rerank.base import Reranker
 from rankwise.serving.config import ServeConfigError
@@ -103,12 +105,62 @@ class MemoryScoreCache:
         return None
 
 
+class CircuitBreaker:
+    """Stop calling a dependency that keeps failing, and try it again after a cool-down.
+
+    Why: a Redis that hangs (stopped, partitioned, swapping) makes every call wait its full socket timeout,
+    so every request pays it twice (read + write) and the latency budget is spent waiting for a cache.
+    After ``failures`` consecutive errors the breaker opens and calls are skipped (a cache miss / no write)
+    for ``cooldown_s``; then one call is let through (half-open) and its outcome closes or re-opens it.
+    """
+
+    def __init__(self, failures: int = 3, cooldown_s: float = 5.0) -> None:
+        self.failures = failures
+        self.cooldown_s = cooldown_s
+        self._consecutive = 0
+        self._open_until = 0.0
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if self._consecutive < self.failures:
+                return True
+            if now >= self._open_until:  # half-open: one probe, the others keep skipping until it reports
+                self._open_until = now + self.cooldown_s
+                return True
+            return False
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._consecutive = 0
+
+    def failed(self) -> None:
+        with self._lock:
+            self._consecutive += 1
+            if self._consecutive >= self.failures:
+                self._open_until = time.monotonic() + self.cooldown_s
+
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return self._consecutive >= self.failures
+
+
+class CacheUnavailable(Exception):
+    """The cache was skipped because its circuit breaker is open (answered as a miss / no write)."""
+
+
 class RedisScoreCache:
-    """Scores in Redis (``redis.asyncio``), with a TTL so an abandoned model's keys age out."""
+    """Scores in Redis (``redis.asyncio``), with a TTL so an abandoned model's keys age out.
+
+    Calls time out after ``timeout_s`` (a cache hit takes about a millisecond on a healthy Redis, so a
+    call that takes longer is not going to be worth its wait) and go through a :class:`CircuitBreaker`.
+    """
 
     backend = "redis"
 
-    def __init__(self, url: str, ttl_s: int) -> None:
+    def __init__(self, url: str, ttl_s: int, *, timeout_s: float = 0.1, breaker: CircuitBreaker | None = None) -> None:
         import redis
         import redis.asyncio
 
@@ -116,18 +168,35 @@ class RedisScoreCache:
             redis.Redis.from_url(url, socket_connect_timeout=3).ping()
         except (redis.RedisError, ValueError) as err:
             raise ServeConfigError(f"cannot reach Redis at {url} ({err}); start it or use --cache memory") from err
-        self._client = redis.asyncio.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._client = redis.asyncio.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self.timeout_s = timeout_s
         self.ttl_s = ttl_s
+        self.breaker = breaker or CircuitBreaker()
+
+    async def _guarded(self, call: Any) -> Any:
+        if not self.breaker.allow():
+            call.close()  # the coroutine is never awaited
+            raise CacheUnavailable("Redis circuit breaker is open; skipping the cache")
+        try:
+            result = await asyncio.wait_for(call, self.timeout_s * 2)
+        except Exception:
+            self.breaker.failed()
+            raise
+        self.breaker.succeeded()
+        return result
 
     async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
         if not keys:
             return []
-        values = await self._client.mget([_KEY_PREFIX + k for k in keys])
+        values = await self._guarded(self._client.mget([_KEY_PREFIX + k for k in keys]))
         return [None if v is None else _decode(v) for v in values]
 
     async def set_many(self, entries: dict[str, Entry]) -> None:
         if not entries:
             return
+        await self._guarded(self._write(entries))
+
+    async def _write(self, entries: dict[str, Entry]) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
             for key, (raw, split) in entries.items():
                 pipe.set(_KEY_PREFIX + key, f"{raw!r} {int(split)}", ex=self.ttl_s)

@@ -27,9 +27,11 @@ class Limits:
     max_document_chars: int = 20_000
     max_query_chars: int = MAX_QUERY_CHARS
     max_body_bytes: int = 16 * 1024 * 1024
+    #: API requests inside the server at once; one more is answered 503 + Retry-After at once (load shedding)
+    max_in_flight: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("max_documents", "max_document_chars", "max_query_chars", "max_body_bytes"):
+        for name in ("max_documents", "max_document_chars", "max_query_chars", "max_body_bytes", "max_in_flight"):
             if getattr(self, name) <= 0:
                 raise ServeConfigError(f"--{name.replace('_', '-')} must be positive")
         if self.max_query_chars > MAX_QUERY_CHARS:
@@ -99,6 +101,8 @@ class ServeConfig:
     keys: Path | None = None
     audit: Path | None = None
     timeout_ms: int = 30_000
+    #: serve /metrics without a key even when keys are on (for scrapers that cannot send a bearer token)
+    open_metrics: bool = False
     batching: BatchingSettings = BatchingSettings()
     limits: Limits = Limits()
     rate_limit: RateLimit = RateLimit()

@@ -26,7 +26,7 @@ from rankwise.pipeline import Pipeline
 from rankwise.rerank.base import Reranker, RerankScores, logits_to_scores
 from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
 from rankwise.serving.batcher import MicroBatcher
-from rankwise.serving.cache import Entry, ScoreCache, score_keys, scoring_fingerprint
+from rankwise.serving.cache import CacheUnavailable, Entry, ScoreCache, score_keys, scoring_fingerprint
 from rankwise.serving.config import ServeConfig
 from rankwise.serving.metrics import ServingMetrics
 from rankwise.types import SearchResponse
@@ -100,7 +100,10 @@ class RerankService:
 
     def _cache_failed(self, what: str, error: Exception) -> None:
         self.metrics.cache_errors.inc()
-        log.warning("score cache %s failed (%s backend: %s); serving without it", what, self.cache.backend, error)
+        if isinstance(error, CacheUnavailable):  # the breaker is open: already reported when it opened
+            return
+        log.warning("score cache %s failed (%s backend: %s %s); serving without it", what, self.cache.backend,
+                    type(error).__name__, error)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,115 @@
+"""The server's front door, as plain ASGI: admission control and authentication before the body is read.
+
+Why plain ASGI rather than FastAPI dependencies: a dependency runs after FastAPI has read and parsed the
+whole body, so an unauthenticated client could make the server buffer hundreds of megabytes (a chunked
+body has no ``Content-Length`` to check) before being told 401, and an overloaded server would spend
+its event loop parsing requests it cannot answer in time. Here, in order, before one body byte is read:
+
+1. admission: at most ``max_in_flight`` API requests are inside the server; one more gets a fast 503 with
+   ``Retry-After`` (shedding load keeps the latency of admitted requests within their budget, where an
+   unbounded queue lets every client's latency grow without limit);
+2. authentication (when the server has keys): a missing or wrong key is a 401, a key store the server
+   cannot read a 503 (without its path); roles and rate limits stay with each route, which knows its role.
+
+A declared ``Content-Length`` over the limit is refused here too; otherwise the body limit (Starlette's
+``RequestBodyLimitMiddleware``, inside this one) counts the bytes as they stream in — chunked bodies
+included — and stops reading at the limit with a 413.
+
+Rejections are ordinary responses, so the app's envelope middleware around this one still counts them in
+the metrics and writes their audit rows (with the key id when a valid key was sent).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from rankwise.serving.auth import KeyFileError
+from rankwise.serving.state import ServingState
+
+log = logging.getLogger("rankwise.serving")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: the routes that do model work; health, readiness, metrics and docs are never shed or size-limited
+API_ROUTES = frozenset({"/v1/rerank", "/v1/search"})
+
+
+class RequestGuard:
+    def __init__(self, app: ASGIApp, state: ServingState) -> None:
+        self.app = app
+        self.state = state
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in API_ROUTES:
+            await self.app(scope, receive, send)
+            return
+        state = self.state
+        limits = state.config.limits
+        request_state = scope.setdefault("state", {})
+        if self.in_flight >= limits.max_in_flight:
+            state.metrics.rejected.labels("overloaded").inc()
+            await _reply(send, 503, f"the server is at its limit of {limits.max_in_flight} requests in flight; "
+                         "retry shortly", {"Retry-After": "1"})
+            request_state.setdefault("audit", {})["error"] = "overloaded"
+            return
+        if state.keys is not None:
+            token = _bearer_token(scope)
+            try:
+                key = state.keys.authenticate(token) if token else None
+            except KeyFileError:
+                log.exception("the API key store cannot be read")
+                await _reply(send, 503, "the server cannot read its API key store; retry later or tell its operator")
+                return
+            if key is None:
+                state.metrics.rejected.labels("unauthenticated").inc()
+                message = ("missing API key: send 'Authorization: Bearer rk_...' (create one with `rankwise keys add`)"
+                           if not token else "invalid or revoked API key")
+                request_state.setdefault("audit", {})["error"] = message
+                await _reply(send, 401, message, {"WWW-Authenticate": "Bearer"})
+                return
+            request_state["api_key"] = key
+            request_state["key_id"] = key.id
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+            # declared too large: answer now, in the API's JSON shape (Starlette's limit would answer in text)
+            state.metrics.rejected.labels("too_large").inc()
+            message = f"the request body is {length} bytes; this server accepts at most {limits.max_body_bytes}"
+            request_state.setdefault("audit", {})["error"] = message
+            await _reply(send, 413, message, {"Connection": "close"})
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _bearer_token(scope: Scope) -> str | None:
+    value = _header(scope, b"authorization")
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def _reply(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    body = json.dumps({"message": message}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
