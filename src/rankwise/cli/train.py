@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from rankwise.cli.common import (
@@ -17,6 +18,7 @@ from rankwise.cli.common import (
     RegistryOpt,
     RerankFusionOpt,
     RerankK,
+    err,
     friendly_errors,
     out,
     prelude,
@@ -123,6 +125,8 @@ def list_models(registry: RegistryOpt = None) -> None:
                       str(v.card.get("base_model")), f"{val:.4f}" if isinstance(val, float) else "—",
                       v.weights_sha256[:12])
     out.print(table)
+    for problem in reg.problems():
+        err.print(f"[yellow]warning:[/] {escape(problem)}", highlight=False, soft_wrap=True)
 
 
 @models_app.command("show")

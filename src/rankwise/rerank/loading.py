@@ -1,8 +1,10 @@
 """Turn a reranker spec from the CLI/API/server into a :class:`Reranker`.
 
 A spec is ``none``, a registry alias or version (``production``, ``candidate``, ``v3``), a local model
-directory, or a Hugging Face hub id already in the local cache. Registry names win over hub ids so that
-``--reranker production`` means the same model in the CLI, the Python API and the server.
+directory, or a Hugging Face hub id already in the local cache. Registry names always mean the registry —
+over hub ids and over a local directory of the same name (pass ``./v3`` for that) — so that
+``--reranker production`` means the same verified model in the CLI, the Python API and the server, whatever
+the working directory holds.
 """
 
 from __future__ import annotations
@@ -11,21 +13,31 @@ import re
 from pathlib import Path
 from typing import Any
 
+from rankwise.errors import ModelError
 from rankwise.registry import ALIASES, Registry
 from rankwise.rerank.base import Reranker
 
-_VERSION = re.compile(r"^v\d+$")
+#: anything shaped like a version id goes to the registry, which refuses non-canonical ones (``v01``)
+_VERSION_LIKE = re.compile(r"v\d+")
 
 
 def load_reranker(spec: str | None, *, registry: Registry | None = None, **options: Any) -> Reranker | None:
-    """``None``/``"none"`` → no reranker; otherwise a :class:`CrossEncoderReranker` (offline-safe)."""
+    """``None``/``"none"`` → no reranker; otherwise a :class:`CrossEncoderReranker` (offline-safe).
+
+    A registry name is resolved and verified file by file by :meth:`Registry.get` before anything loads.
+    """
     if spec is None or spec.strip().lower() in ("", "none"):
         return None
     from rankwise.rerank.cross_encoder import CrossEncoderReranker
 
     spec = spec.strip()
-    if (spec in ALIASES or _VERSION.match(spec)) and not Path(spec).exists():
-        entry = (registry or Registry()).get(spec)
+    if spec in ALIASES or _VERSION_LIKE.fullmatch(spec):
+        try:
+            entry = (registry or Registry()).get(spec)
+        except ModelError as err:
+            if Path(spec).is_dir():
+                raise ModelError(f"{err} (to load the local directory '{spec}' instead, pass ./{spec})") from err
+            raise
         options.setdefault("name", f"{entry.version} ({spec})" if spec != entry.version else entry.version)
         return CrossEncoderReranker(entry.path, **options)
     return CrossEncoderReranker(spec, **options)
