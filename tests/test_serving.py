@@ -112,7 +112,8 @@ def audit_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(kb_index: Index, models: tuple[Path, Path], keys: dict[str, Any], audit_db: Path) -> Iterator[Server]:
     srv = Server(["--index", str(kb_index.path), "--reranker", str(models[0]), "--backend", "torch",
                   "--keys", str(keys["file"]),
-                  "--audit", str(audit_db), "--open-metrics", "--batch-wait-ms", "50", "--max-documents", "400",
+                  "--audit", str(audit_db), "--open-metrics", "--served-model-name", "rerank-english-v3.0",
+                  "--batch-wait-ms", "50", "--max-documents", "400",
                   "--max-document-chars", "5000", "--max-body-bytes", "300000"], audit_db.with_name("server.log"))
     yield srv
     srv.stop()
@@ -154,6 +155,21 @@ def test_rerank_is_cohere_shaped_and_equals_unbatched_scores(admin: httpx.Client
     assert {"cache", "queue", "inference", "total"} <= set(meta["timings_ms"])
     plain = admin.post("/v1/rerank", json={"query": "refunds", "documents": texts[:2]}).json()["results"][0]
     assert set(plain) == {"index", "relevance_score"}  # Cohere's shape unless extras are asked for
+
+
+def test_v2_rerank_requires_a_served_model_name_and_answers_like_v1(admin: httpx.Client) -> None:
+    payload = {"query": "reset MFA for contractors", "documents": [d.text for d in KB], "top_n": 3}
+    v1 = admin.post("/v1/rerank", json=payload).json()
+    assert v1["meta"]["api_version"]["version"] == "1"
+    missing = admin.post("/v2/rerank", json=payload)
+    assert missing.status_code == 422 and "model" in missing.json()["message"]
+    unknown = admin.post("/v2/rerank", json={**payload, "model": "rerank-v3.5"})
+    assert unknown.status_code == 404 and "rerank-english-v3.0" in unknown.json()["message"]
+    assert "--accept-any-model-name" in unknown.json()["message"]
+    v2 = admin.post("/v2/rerank", json={**payload, "model": "rerank-english-v3.0"}).json()
+    assert v2["meta"]["api_version"]["version"] == "2"
+    assert [(r["index"], r["relevance_score"]) for r in v2["results"]] == \
+        [(r["index"], r["relevance_score"]) for r in v1["results"]]
 
 
 def test_concurrent_clients_share_forward_passes(server: Server, keys: dict[str, Any],
@@ -382,7 +398,7 @@ def test_audit_rows_are_written_and_queryable(server: Server, keys: dict[str, An
 # ---------------------------------------------------------------------------------------------- docs, fuzzing
 def test_openapi_and_docs(server: Server) -> None:
     spec = httpx.get(f"{server.url}/openapi.json").json()
-    assert {"/v1/rerank", "/v1/search", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+    assert {"/v1/rerank", "/v2/rerank", "/v1/search", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
     assert httpx.get(f"{server.url}/docs").status_code == 200
 
@@ -393,7 +409,7 @@ def test_schemathesis_bounded_run(server: Server, keys: dict[str, Any], tmp_path
         pytest.skip("schemathesis is not installed (dev dependency)")
     config = tmp_path / "schemathesis.toml"  # a body over --max-body-bytes is refused (413) before parsing
     config.write_text('[checks.negative_data_rejection]\n'
-                      'expected-statuses = ["400", "401", "403", "404", "413", "422", "429"]\n')
+                      'expected-statuses = ["400", "401", "403", "404", "413", "422", "429", "503"]\n')
     result = subprocess.run(
         [cli, "--config-file", str(config), "run", f"{server.url}/openapi.json", "--header", f"Authorization: Bearer {keys['admin']}",
          "--max-examples", "10", "--seed", "7", "--workers", "1", "--generation-database", "none",

@@ -76,6 +76,12 @@ def serve(
                                                     "Retry-After at once.")] = 32,
     open_metrics: Annotated[bool, typer.Option("--open-metrics", help="Serve /metrics without an admin key "
                                                                       "even when --keys is on.")] = False,
+    served_model_name: Annotated[list[str], typer.Option(
+        help="Another name the reranker answers to in a request's `model` (repeatable), e.g. the name a "
+             "Cohere client sends.")] = [],  # noqa: B006
+    accept_any_model_name: Annotated[bool, typer.Option(
+        "--accept-any-model-name", help="Answer any `model` name with the served reranker (default: unknown "
+                                        "names get a 404 listing the served ones).")] = False,
     rate_limit: Annotated[float, typer.Option(help="Default requests/second per key.")] = 20.0,
     burst: Annotated[int, typer.Option(help="Default burst per key.")] = 40,
     allow_download: AllowDownload = False,
@@ -94,6 +100,7 @@ def serve(
         first_stage=first_stage, retrieve_k=retrieve_k,
         rerank_k=rerank_k, rerank_fusion=rerank_fusion, cache=cache, cache_size=cache_size, cache_ttl_s=cache_ttl, keys=keys,
         audit=_audit_path(audit), timeout_ms=timeout_ms, open_metrics=open_metrics,
+        served_model_names=tuple(served_model_name), accept_any_model_name=accept_any_model_name,
         batching=BatchingSettings(enabled=batching, max_wait_ms=batch_wait_ms, max_tokens=batch_tokens,
                                   max_requests=batch_requests),
         limits=Limits(max_documents=max_documents, max_document_chars=max_document_chars,

@@ -63,7 +63,8 @@ _ERRORS = {400: "Malformed request body", 401: "Missing or invalid API key",
            403: "The key's roles do not allow this endpoint",
            404: "Not available on this server (no index, no reranker, or another model)",
            413: "Request body larger than the server's limit", 422: "Invalid request (the message names the field)",
-           429: "Rate limit exceeded (see Retry-After)"}
+           429: "Rate limit exceeded (see Retry-After)",
+           503: "Overloaded (see Retry-After), or the key store is unreadable"}
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -142,21 +143,18 @@ def create_app(state: ServingState) -> FastAPI:
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=state.config.limits.max_body_bytes)
     app.add_middleware(RequestGuard, state=state)
     _install_handlers(app, state)
-    RerankRequest, SearchRequest = request_models(state.config.limits)
+    RerankRequest, RerankV2Request, SearchRequest = request_models(state.config.limits)
 
-    @app.post("/v1/rerank", response_model=RerankResponse, responses=_errors(400, 401, 403, 404, 413, 422, 429),
-              dependencies=[Depends(require("rerank", state))],
-              summary="Rerank documents for a query (Cohere / infinity compatible)")
-    async def rerank(body: RerankRequest, request: Request) -> JSONResponse:  # type: ignore[valid-type]
-        """Scores every document against the query with the served cross-encoder and returns them best first.
-        `relevance_score` is the calibrated score (sigmoid of the logit), comparable across requests."""
+    async def rerank(body: Any, request: Request, api_version: str) -> JSONResponse:
         if state.rerank is None:
             raise ApiError(404, "this server has no reranker; start it with --reranker NAME|PATH")
         reranker = state.rerank.reranker
-        if body.model is not None and body.model not in state.model_names:
+        if body.model is not None and body.model not in state.model_names and not state.config.accept_any_model_name:
             asked = body.model if len(body.model) <= 80 else body.model[:80] + "…"
+            served = sorted(n for n in state.model_names if len(n) < 200)[:8]
             raise ApiError(404, f"model '{asked}' is not served here; this server serves '{reranker.name}' "
-                           f"(sha256 {reranker.weights_sha256[:12]}): omit `model` or pass that name")
+                           f"(sha256 {reranker.weights_sha256[:12]}) under the names {', '.join(served)}: pass one "
+                           "of them, or start the server with --served-model-name NAME or --accept-any-model-name")
         query = validate_query(body.query)
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
         request.state.audit.update(reranker=reranker.name, reranker_sha256=reranker.weights_sha256,
@@ -185,14 +183,29 @@ def create_app(state: ServingState) -> FastAPI:
             results.append(item)
         _finish(state, request, "rerank", degraded, timings, cache_hits,
                 [{"index": r["index"], "score": r["relevance_score"]} for r in results])
-        meta = {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}, "model": reranker.name,
+        meta = {"api_version": {"version": api_version}, "billed_units": {"search_units": 1}, "model": reranker.name,
                 "model_sha256": reranker.weights_sha256, "degraded": degraded, "warnings": warnings,
                 "cache_hits": cache_hits, "num_split": num_split,
                 "timings_ms": {k: round(v, 3) for k, v in timings.items()}}
         return JSONResponse({"id": request.state.request_id, "results": results, "meta": meta},
                             headers={"X-Rankwise-Degraded": "true"} if degraded else None)
 
-    @app.post("/v1/search", response_model=SearchReply, responses=_errors(400, 401, 403, 404, 413, 422, 429),
+    @app.post("/v1/rerank", response_model=RerankResponse, responses=_errors(400, 401, 403, 404, 413, 422, 429, 503),
+              dependencies=[Depends(require("rerank", state))],
+              summary="Rerank documents for a query (Cohere v1 / infinity compatible)")
+    async def rerank_v1(body: RerankRequest, request: Request) -> JSONResponse:  # type: ignore[valid-type]
+        """Scores every document against the query with the served cross-encoder and returns them best first.
+        `relevance_score` is the calibrated score (sigmoid of the logit), comparable across requests."""
+        return await rerank(body, request, "1")
+
+    @app.post("/v2/rerank", response_model=RerankResponse, responses=_errors(400, 401, 403, 404, 413, 422, 429, 503),
+              dependencies=[Depends(require("rerank", state))],
+              summary="Rerank documents for a query (Cohere v2: `model` required)")
+    async def rerank_v2(body: RerankV2Request, request: Request) -> JSONResponse:  # type: ignore[valid-type]
+        """Cohere's v2 rerank (what `cohere.ClientV2.rerank` calls): the same scoring as `/v1/rerank`."""
+        return await rerank(body, request, "2")
+
+    @app.post("/v1/search", response_model=SearchReply, responses=_errors(400, 401, 403, 404, 413, 422, 429, 503),
               dependencies=[Depends(require("search", state))],
               summary="Search the index: first stage, then rerank (same result objects as `rankwise search --json`)")
     async def search(body: SearchRequest, request: Request) -> JSONResponse:  # type: ignore[valid-type]
@@ -335,7 +348,7 @@ def _message(error: dict[str, Any]) -> str:
     return PATTERN_MESSAGES.get(pattern, error.get("msg", "")) if pattern else str(error.get("msg", ""))
 
 
-_ROUTES = frozenset({"/v1/rerank", "/v1/search", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"})
+_ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/v1/search", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"})
 
 
 def _error_response(status: int, message: str, *, detail: list[dict[str, Any]] | None = None,

@@ -103,6 +103,10 @@ class ServeConfig:
     timeout_ms: int = 30_000
     #: serve /metrics without a key even when keys are on (for scrapers that cannot send a bearer token)
     open_metrics: bool = False
+    #: extra names the reranker answers to in a request's ``model`` (e.g. what a Cohere client sends)
+    served_model_names: tuple[str, ...] = ()
+    #: answer any ``model`` name with the served reranker instead of refusing unknown names with a 404
+    accept_any_model_name: bool = False
     batching: BatchingSettings = BatchingSettings()
     limits: Limits = Limits()
     rate_limit: RateLimit = RateLimit()

@@ -38,7 +38,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: the routes that do model work; health, readiness, metrics and docs are never shed or size-limited
-API_ROUTES = frozenset({"/v1/rerank", "/v1/search"})
+API_ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/v1/search"})
 
 
 class RequestGuard:

@@ -71,8 +71,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
-    """The ``/v1/rerank`` and ``/v1/search`` request bodies with this server's limits in their schema.
+def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
+    """The ``/v1/rerank``, ``/v2/rerank`` and ``/v1/search`` request bodies with this server's limits in their schema.
 
     Built per server because the limits are settings: putting them in the schema (maxLength, maxItems)
     tells clients and schema-driven tools the real contract, and pydantic refuses violations with 422
@@ -104,6 +104,11 @@ def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
                                        description="Latency budget; when it runs out the input order is returned "
                                        "with `meta.degraded = true` and null relevance scores.")
 
+    class RerankV2Request(RerankRequest):
+        """Cohere's v2 rerank body: ``model`` is required (any served name, see ``--served-model-name``)."""
+
+        model: StrictStr = Field(..., description="A name this server serves (see --served-model-name).")
+
     class SearchRequest(_Strict):
         query: Query
         k: ResultCount = Field(10, description="Results to return.")
@@ -119,7 +124,7 @@ def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
                                        description="Latency budget; when it runs out the first-stage order is "
                                        "returned with `degraded = true`.")
 
-    return RerankRequest, SearchRequest
+    return RerankRequest, RerankV2Request, SearchRequest
 
 
 class ResultDocument(BaseModel):

@@ -65,7 +65,7 @@ def load_state(config: ServeConfig) -> ServingState:
         state.batcher = MicroBatcher(scorer_for(state.reranker), config.batching, metrics)
         state.rerank = RerankService(state.reranker, state.batcher, state.cache, metrics)
         sha = state.reranker.weights_sha256
-        state.model_names = {state.reranker.name, str(config.reranker), sha, sha[:12]}
+        state.model_names = {state.reranker.name, str(config.reranker), sha, sha[:12], *config.served_model_names}
     if state.index is not None:
         state.search = SearchService(state.index, state.rerank, config)
     if config.audit is not None:
