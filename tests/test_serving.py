@@ -151,7 +151,7 @@ def test_rerank_is_cohere_shaped_and_equals_unbatched_scores(admin: httpx.Client
     assert all(r["document"]["text"] == texts[r["index"]] for r in body["results"])
     meta = body["meta"]
     assert meta["model"] == str(reference.path) and meta["model_sha256"] == reference.weights_sha256
-    assert meta["degraded"] is False and meta["api_version"] == {"version": "2"}
+    assert meta["degraded"] is False and meta["api_version"] == {"version": "1"}
     assert {"cache", "queue", "inference", "total"} <= set(meta["timings_ms"])
     plain = admin.post("/v1/rerank", json={"query": "refunds", "documents": texts[:2]}).json()["results"][0]
     assert set(plain) == {"index", "relevance_score"}  # Cohere's shape unless extras are asked for
@@ -348,7 +348,7 @@ def test_rate_limit_per_key(server: Server, keys: dict[str, Any]) -> None:
      "documents.1.string: String should have at most 5000 characters"),
     ("/v1/rerank", {"query": "q" * 2001, "documents": ["a"]}, 422, "query: String should have at most 2000 characters"),
     ("/v1/rerank", {"query": "q", "documents": ["y" * 4000] * 80}, 413, "the request body is"),
-    ("/v1/rerank", {"query": "q", "documents": ["a"], "model": "rerank-english-v3.0"}, 404, "is not served here"),
+    ("/v1/rerank", {"query": "q", "documents": ["a"], "model": "rerank-multilingual-v3.0"}, 404, "is not served here"),
     ("/v1/search", {"query": "q", "first_stage": "sparse"}, 422, "first_stage: Input should be 'bm25', 'dense' or"),
     ("/v1/search", {"query": "q", "k": 0}, 422, "k: Input should be greater than or equal to 1"),
     ("/v1/search", {"query": "q", "filters": {"": "x"}}, 422, "filters..[key]: metadata filter keys use letters"),
