@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
     {"evaluation"},
     {"training"},  # the promotion gate evaluates
     {"serving"},
+    {"integrations"},  # RAG-framework adapters over a local reranker or a server
     {"cli"},
     {"demo", "__main__", "__init__"},
 ]
