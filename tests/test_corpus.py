@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 from pathlib import Path
@@ -94,3 +95,60 @@ def test_short_document_is_one_passage_and_hash_tracks_content() -> None:
 def test_invalid_chunking_settings() -> None:
     with pytest.raises(CorpusError):
         ChunkingSettings(max_tokens=32, overlap=32)
+
+
+def test_byte_order_marks_and_every_line_ending_are_read_like_text_mode(tmp_path: Path) -> None:
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + b'{"id": "a", "text": "one"}\r{"id": "b", "text": "two"}\r\n'
+                      + b'{"id": "c", "text": "three"}\n')
+    assert [d.id for d in load_documents(jsonl)] == ["a", "b", "c"]
+    csv_file = tmp_path / "c.csv"
+    csv_file.write_bytes(b'\xef\xbb\xbfid,text\r\n1,"multi\r\nline"\r\n2,plain\r\n')
+    assert [(d.id, d.text) for d in load_documents(csv_file)] == [("1", "multi\r\nline"), ("2", "plain")]
+
+
+def test_gzipped_jsonl_and_csv_metadata_column_and_long_csv_fields(tmp_path: Path) -> None:
+    gz = tmp_path / "c.jsonl.gz"
+    gz.write_bytes(gzip.compress(b'{"id": "a", "text": "x", "metadata": {"team": "sre"}}\n'))
+    assert [d.metadata for d in load_documents(gz)] == [{"team": "sre"}]
+    long_text = "word " * 60_000  # 300 kB in one cell: over the csv module's default 128 KiB field limit
+    csv_file = tmp_path / "c.csv"
+    csv_file.write_text(f'id,text,metadata,owner\n1,{long_text},"{{""team"": ""sre""}}",ann\n2,short,,\n')
+    docs = list(load_documents(csv_file))
+    assert docs[0].metadata == {"team": "sre", "owner": "ann"} and len(docs[0].text) == len(long_text.strip())
+    assert docs[1].metadata == {}
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"id": "a", "text": "x", "metadata": "abc"}', r"c\.jsonl:1: 'metadata' must be a JSON object .* found a string"),
+    ('{"id": "a", "text": "x", "metadata": 5}', "found a number"),
+    ('{"id": "a", "text": "x", "metadata": null}', None),
+    ('{"id": true, "text": "x"}', "the id must be a string or a number, found true/false"),
+    ('{"id": 7, "text": "x"}', None),
+])
+def test_field_types_are_checked(tmp_path: Path, line: str, message: str | None) -> None:
+    f = tmp_path / "c.jsonl"
+    f.write_text(line + "\n")
+    if message is None:
+        assert len(list(load_documents(f))) == 1
+    else:
+        with pytest.raises(CorpusError, match=message):
+            list(load_documents(f))
+
+
+def test_undecodable_and_binary_bytes_name_the_line(tmp_path: Path) -> None:
+    f = tmp_path / "c.jsonl"
+    f.write_bytes(b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "\xff"}\n')
+    with pytest.raises(CorpusError, match=r"c\.jsonl:2: not UTF-8 text \(byte 0xff at column 22\)"):
+        list(load_documents(f))
+    f.write_bytes(b'{"id": "a", "text": "ok"}\n\x00\x00\x00\n')
+    with pytest.raises(CorpusError, match=r"c\.jsonl:2: binary data"):
+        list(load_documents(f))
+
+
+def test_a_binary_file_posing_as_text_in_a_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "ok.md").write_bytes(b"\xef\xbb\xbf# Title\nbody")
+    assert [d.title for d in load_documents(tmp_path)] == ["Title"]
+    (tmp_path / "notes.txt").write_bytes("UTF-16 notes".encode("utf-16"))
+    with pytest.raises(CorpusError, match=r"notes\.txt: binary data \(a NUL byte\)"):
+        list(load_documents(tmp_path))

@@ -105,3 +105,28 @@ def test_metadata_filter_rows(kb_index: Index) -> None:
     rows = kb_index.docstore.rows_matching({"category": "security"})
     assert sorted(p.doc_id for p in kb_index.docstore.passages(rows.tolist())) == ["mfa-contractor", "mfa-employee"]
     assert kb_index.docstore.rows_matching({"category": ["billing", "finance"]}).size == 3
+
+
+def test_an_index_that_lost_its_manifest_is_refused_then_rebuilt_in_place(tmp_path: Path,
+                                                                        kb_documents: list[Document]) -> None:
+    path = tmp_path / "idx"
+    Index.build(kb_documents, path, embedding_model=None)
+    (path / "manifest.json").unlink()
+    with pytest.raises(IndexNotFoundError, match=r"manifest\.json' is corrupt \(the file is missing\); rebuild"):
+        Index(path)
+    assert Index.build(kb_documents, path, embedding_model=None).manifest.num_documents == 8
+
+
+def test_opening_and_searching_never_modify_the_index_files(kb_index: Index) -> None:
+    from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
+
+    files = sorted(p for p in kb_index.path.rglob("*") if p.is_file())
+
+    def identities() -> list[tuple[int, int, int]]:
+        return [(p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+    before = identities()
+    index = Index(kb_index.path)
+    hits = FirstStage(index, FirstStageSettings(method="hybrid")).retrieve("rotate redis credentials", 3)
+    assert hits[0].passage.doc_id == "redis-rotate"
+    assert identities() == before, "a read-only open keeps every recorded sha256 valid"

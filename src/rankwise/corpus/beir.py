@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from rankwise.errors import CorpusError
+from rankwise.jsonl import read_lines
 
 Qrels = dict[str, dict[str, int]]
 
@@ -17,15 +18,14 @@ def load_queries(dataset_dir: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise CorpusError(f"{dataset_dir}: no queries.jsonl (is this a BEIR dataset directory?)")
     queries: dict[str, str] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                queries[str(record["_id"])] = str(record["text"])
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise CorpusError(f"{path}:{lineno}: expected {{\"_id\", \"text\"}} JSON ({err})") from err
+    for lineno, line in read_lines(path, CorpusError):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            queries[str(record["_id"])] = str(record["text"])
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise CorpusError(f"{path}:{lineno}: expected {{\"_id\", \"text\"}} JSON ({err})") from None
     return queries
 
 
@@ -40,17 +40,21 @@ def load_qrels(dataset_dir: str | Path, split: str) -> Qrels:
         splits = ", ".join(available_splits(dataset_dir)) or "none"
         raise CorpusError(f"{dataset_dir}: no qrels for split '{split}' (available: {splits})")
     qrels: Qrels = {}
-    with path.open(encoding="utf-8", newline="") as fh:
-        for lineno, row in enumerate(csv.reader(fh, delimiter="\t"), 1):
+    reader = csv.reader((line for _, line in read_lines(path, CorpusError)), delimiter="\t")
+    try:
+        for row in reader:
+            lineno = reader.line_num
             if not row or (lineno == 1 and row[0].strip().lower() in ("query-id", "query_id", "qid")):
                 continue
             if len(row) < 3:
                 raise CorpusError(f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score'")
             try:
                 grade = int(float(row[-1]))
-            except ValueError as err:
-                raise CorpusError(f"{path}:{lineno}: score '{row[-1]}' is not a number") from err
+            except (ValueError, OverflowError):
+                raise CorpusError(f"{path}:{lineno}: score '{row[-1]}' is not a number") from None
             qrels.setdefault(row[0].strip(), {})[row[-2].strip()] = grade
+    except csv.Error as err:
+        raise CorpusError(f"{path}:{reader.line_num}: unreadable TSV ({err})") from None
     if not qrels:
         raise CorpusError(f"{path}: the split '{split}' has no judgements")
     return qrels

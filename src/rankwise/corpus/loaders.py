@@ -5,43 +5,55 @@
 * a directory of ``.txt``/``.md``/``.html`` files (the relative path is the document id).
 
 Loaders are generators so a large corpus is never held twice; they validate as they go and raise
-:class:`~rankwise.errors.CorpusError` naming the file and line of the first bad record.
+:class:`~rankwise.errors.CorpusError` naming the file and line of the first bad record — including bytes
+that are not UTF-8, binary files, truncated ``.gz`` files and fields of the wrong JSON type. Files are
+read as UTF-8 with an optional byte-order mark (spreadsheet exports add one).
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from rankwise.errors import CorpusError
-from rankwise.jsonl import parse_json_object
+from rankwise.jsonl import parse_json_object, read_lines
 from rankwise.types import Document
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm")
 _ID_KEYS = ("_id", "id", "doc_id", "docid")
+#: the csv module's default field limit is 128 KiB; a long document in one cell is legitimate
+_CSV_FIELD_LIMIT = 2**31 - 1
 
 
-def _open_text(path: Path) -> IO[str]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open("r", encoding="utf-8", newline="")
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "true/false" if isinstance(value, bool) else "null"
+    return {str: "a string", int: "a number", float: "a number", list: "an array", dict: "an object"}.get(
+        type(value), type(value).__name__)
 
 
 def _record_to_document(record: dict[str, Any], where: str) -> Document:
     doc_id = next((record[k] for k in _ID_KEYS if record.get(k) not in (None, "")), None)
     if doc_id is None:
         raise CorpusError(f"{where}: record has no id (expected one of {', '.join(_ID_KEYS)})")
+    if isinstance(doc_id, bool) or not isinstance(doc_id, str | int | float):
+        raise CorpusError(f"{where}: the id must be a string or a number, found {_json_type(doc_id)}")
     title = record.get("title") or ""
     text = record.get("text")
     if text is None:
         text = record.get("contents") or record.get("body") or ""
     if not isinstance(text, str) or not isinstance(title, str):
         raise CorpusError(f"{where}: 'title' and 'text' must be strings")
-    metadata = dict(record.get("metadata") or {})
+    metadata = record.get("metadata")
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, dict):
+        raise CorpusError(f"{where}: 'metadata' must be a JSON object such as {{\"team\": \"sre\"}}, "
+                          f"found {_json_type(metadata)}")
+    metadata = dict(metadata)
     reserved = set(_ID_KEYS) | {"title", "text", "contents", "body", "metadata"}
     metadata.update({k: v for k, v in record.items() if k not in reserved and v not in (None, "")})
     return Document(id=str(doc_id), title=title.strip(), text=text.strip(), metadata=metadata)
@@ -50,32 +62,50 @@ def _record_to_document(record: dict[str, Any], where: str) -> Document:
 def load_jsonl(path: str | Path) -> Iterator[Document]:
     """Documents from a JSONL(.gz) file, one JSON object per line."""
     path = Path(path)
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            record = parse_json_object(line, f"{path}:{lineno}", CorpusError)
-            yield _record_to_document(record, f"{path}:{lineno}")
+    for lineno, line in read_lines(path, CorpusError):
+        if not line.strip():
+            continue
+        record = parse_json_object(line, f"{path}:{lineno}", CorpusError)
+        yield _record_to_document(record, f"{path}:{lineno}")
 
 
 def load_csv(path: str | Path) -> Iterator[Document]:
-    """Documents from a CSV file with a header row (``id``, ``title``, ``text``, extra columns → metadata)."""
+    """Documents from a CSV file with a header row (``id``, ``title``, ``text``, extra columns → metadata).
+
+    A ``metadata`` column, if present, holds a JSON object per row. Error line numbers are the file's
+    physical lines (a quoted field may span several).
+    """
     path = Path(path)
-    with _open_text(path) as fh:
-        reader = csv.DictReader(fh)
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
+    reader = csv.DictReader(line for _, line in read_lines(path, CorpusError))
+    try:
         if not reader.fieldnames or not {"text", "contents", "body"} & set(reader.fieldnames):
             raise CorpusError(f"{path}: CSV needs a header row with an id column and a 'text' column")
-        for lineno, row in enumerate(reader, 2):
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
             if None in row:
-                raise CorpusError(f"{path}:{lineno}: more fields than header columns; quote fields containing commas")
-            yield _record_to_document(dict(row), f"{path}:{lineno}")
+                raise CorpusError(f"{where}: more fields than header columns; quote fields containing commas")
+            record: dict[str, Any] = dict(row)
+            if "metadata" in record:
+                cell = record["metadata"]
+                record["metadata"] = parse_json_object(cell, f"{where}: column 'metadata'", CorpusError) if cell else None
+            yield _record_to_document(record, where)
+    except csv.Error as err:
+        raise CorpusError(f"{path}:{reader.line_num}: unreadable CSV ({err}); check the quoting") from None
 
 
 _TAG_HEADING = re.compile(r"^\s{0,3}#\s+(.+)$", re.MULTILINE)
 
 
 def _read_text_file(path: Path, root: Path) -> Document:
-    raw = path.read_text(encoding="utf-8", errors="replace")
+    """One document from a text file; stray invalid bytes become U+FFFD, but a binary file is refused."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CorpusError(f"cannot read '{path}' ({err.strerror or err})") from None
+    if b"\0" in data:
+        raise CorpusError(f"{path}: binary data (a NUL byte) in a text file; remove it or save it as UTF-8 text")
+    raw = data.decode("utf-8-sig", errors="replace")
     doc_id = path.relative_to(root).as_posix()
     if path.suffix in (".html", ".htm"):
         from bs4 import BeautifulSoup

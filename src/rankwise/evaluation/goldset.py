@@ -28,7 +28,7 @@ from typing import Any
 
 from rankwise.evaluation.errors import EvaluationError
 from rankwise.evaluation.runs import Qrels, read_trec_qrels, write_trec_qrels
-from rankwise.jsonl import parse_json_object
+from rankwise.jsonl import parse_json_object, read_lines
 
 _EXAMPLES = 3
 
@@ -136,10 +136,9 @@ class GoldSet:
         if not path.is_file():
             raise EvaluationError(f"gold set '{path}' does not exist")
         judgements = []
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if line.strip():
-                    judgements.append(_parse_record(line, f"{path}:{lineno}"))
+        for lineno, line in read_lines(path, EvaluationError):  # bad bytes: one line with file and line number
+            if line.strip():
+                judgements.append(_parse_record(line, f"{path}:{lineno}"))
         return cls(judgements, name=path.stem)
 
     def save(self, path: str | Path) -> Path:

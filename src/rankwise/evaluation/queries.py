@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rankwise.evaluation.errors import EvaluationError
-from rankwise.jsonl import parse_json_object
+from rankwise.jsonl import parse_json_object, read_lines
 
 _ID_KEYS = ("query_id", "_id", "id", "qid")
 _TEXT_KEYS = ("query", "text")
@@ -59,35 +59,35 @@ def read_queries(path: str | Path) -> dict[str, str]:
 def _records(path: Path) -> Iterator[tuple[str, str | None, str]]:
     """``(location, id or None, text)`` for each record of the file."""
     suffix = path.suffix.lower()
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        if suffix == ".jsonl":
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
+    lines = read_lines(path, EvaluationError)  # bad bytes: one line with file and line number, BOM dropped
+    if suffix == ".jsonl":
+        for lineno, line in lines:
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            record = parse_json_object(line, where, EvaluationError)
+            yield where, _first(record, _ID_KEYS), _required_text(record, where)
+    elif suffix in (".csv", ".tsv"):
+        rows = csv.reader((line for _, line in lines), delimiter="\t" if suffix == ".tsv" else ",")
+        first_row = next(rows, [])
+        header = [h.strip().lower() for h in first_row]
+        if any(h in _TEXT_KEYS for h in header):
+            for lineno, row in enumerate(rows, 2):
+                if any(cell.strip() for cell in row):
+                    record = dict(zip(header, row, strict=False))
+                    yield f"{path}:{lineno}", _first(record, _ID_KEYS), _required_text(record, f"{path}:{lineno}")
+        elif suffix == ".tsv":
+            for lineno, row in enumerate([first_row, *rows], 1):
+                if not row or not any(c.strip() for c in row):
                     continue
-                where = f"{path}:{lineno}"
-                record = parse_json_object(line, where, EvaluationError)
-                yield where, _first(record, _ID_KEYS), _required_text(record, where)
-        elif suffix in (".csv", ".tsv"):
-            rows = csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ",")
-            first_row = next(rows, [])
-            header = [h.strip().lower() for h in first_row]
-            if any(h in _TEXT_KEYS for h in header):
-                for lineno, row in enumerate(rows, 2):
-                    if any(cell.strip() for cell in row):
-                        record = dict(zip(header, row, strict=False))
-                        yield f"{path}:{lineno}", _first(record, _ID_KEYS), _required_text(record, f"{path}:{lineno}")
-            elif suffix == ".tsv":
-                for lineno, row in enumerate([first_row, *rows], 1):
-                    if not row or not any(c.strip() for c in row):
-                        continue
-                    if len(row) < 2:
-                        raise EvaluationError(f"{path}:{lineno}: expected 'query_id<TAB>query text'")
-                    yield f"{path}:{lineno}", row[0], "\t".join(row[1:])
-            else:
-                raise EvaluationError(f"{path}: the CSV header needs a 'query' (or 'text') column")
+                if len(row) < 2:
+                    raise EvaluationError(f"{path}:{lineno}: expected 'query_id<TAB>query text'")
+                yield f"{path}:{lineno}", row[0], "\t".join(row[1:])
         else:
-            for lineno, line in enumerate(fh, 1):
-                yield f"{path}:{lineno}", None, line
+            raise EvaluationError(f"{path}: the CSV header needs a 'query' (or 'text') column")
+    else:
+        for lineno, line in lines:
+            yield f"{path}:{lineno}", None, line
 
 
 def _first(record: dict[str, object], keys: tuple[str, ...]) -> str | None:

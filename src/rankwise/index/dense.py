@@ -21,7 +21,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from rankwise.errors import IndexNotFoundError, ModelError, QueryError
+from rankwise.errors import ModelError, QueryError
+from rankwise.index.integrity import corrupt
 from rankwise.inference.backends import BackendChoice, Runner, resolve_backend
 from rankwise.inference.batching import pad_batch, run_batched
 from rankwise.inference.calibration import bundled_texts, calibration_batches
@@ -121,6 +122,17 @@ def _export_sentence_transformer(path: Path, dest: Path) -> None:
                   "sentence_embedding", dest)
 
 
+#: how far a stored vector's squared norm may stray from 1 (float32 rounding is ~1e-6; damage is far larger)
+_NORM_TOLERANCE = 1e-2
+
+
+def check_vector_shape(file: Path, shape: tuple[int, ...], dtype: np.dtype, dim: int, rows: int | None) -> None:
+    """Refuse vectors that are not a ``rows`` x ``dim`` float32 matrix (``rows=None``: any row count)."""
+    if dtype != np.float32 or len(shape) != 2 or shape[1] != dim or (rows is not None and shape[0] != rows):
+        expected = f"({'*' if rows is None else rows}, {dim}) float32"
+        raise corrupt(file, f"vectors of shape {tuple(shape)} {dtype}, the manifest expects {expected}")
+
+
 class VectorIndex:
     """Exact cosine search over passage vectors; row ``i`` is passage row ``i`` of the docstore."""
 
@@ -130,16 +142,37 @@ class VectorIndex:
         self.index.add(self.vectors)
 
     @classmethod
-    def load(cls, file: Path, dim: int) -> VectorIndex:
+    def load(cls, file: Path, dim: int, rows: int | None = None) -> VectorIndex:
+        """The vectors of ``file``, refused unless they are ``rows`` x ``dim`` finite unit-length float32.
+
+        Every vector the build writes is L2-normalised, so a non-finite or non-unit row can only be damage
+        (overwritten bytes, NaN from a bad copy) and would otherwise rank silently wrong.
+        """
         if not file.is_file():
-            raise IndexNotFoundError(f"index is incomplete: '{file}' is missing; rebuild the index")
+            raise corrupt(file, "the file is missing")
         try:
-            vectors = np.load(file)
-        except Exception as err:  # a corrupt .npy raises many types; one line for all
-            raise IndexNotFoundError(f"vector file '{file}' is corrupt ({err}); rebuild the index") from err
-        if vectors.ndim != 2 or vectors.shape[1] != dim:
-            raise IndexNotFoundError(f"vector file '{file}' has shape {vectors.shape}, expected (*, {dim}); rebuild")
+            vectors = np.load(file, allow_pickle=False)
+        except Exception as err:  # noqa: BLE001 - a corrupt .npy raises many types; one line for all
+            raise corrupt(file, err) from None
+        check_vector_shape(file, vectors.shape, vectors.dtype, dim, rows)
+        squared_norms = np.einsum("ij,ij->i", vectors, vectors)
+        bad = np.flatnonzero(~(np.abs(squared_norms - 1.0) <= _NORM_TOLERANCE))  # NaN compares False: bad
+        if bad.size:
+            raise corrupt(file, f"{bad.size} vectors are not finite unit vectors, the first at row {bad[0]}")
         return cls(vectors)
+
+    @staticmethod
+    def stored_shape(file: Path) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype from the ``.npy`` header alone (memory-mapped; no data read)."""
+        if not file.is_file():
+            raise corrupt(file, "the file is missing")
+        try:
+            header = np.load(file, mmap_mode="r", allow_pickle=False)
+            shape, dtype = header.shape, header.dtype
+            del header
+        except Exception as err:  # noqa: BLE001 - a corrupt .npy raises many types; one line for all
+            raise corrupt(file, err) from None
+        return shape, dtype
 
     def search(self, query_vector: np.ndarray, k: int, allowed_rows: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray]:

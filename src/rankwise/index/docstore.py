@@ -10,12 +10,15 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rankwise.errors import IndexNotFoundError, QueryError
+from rankwise.corpus.chunking import content_hash
+from rankwise.errors import QueryError
+from rankwise.index.integrity import corrupt
 from rankwise.types import Document, Passage
 
 _SCHEMA = """
@@ -32,17 +35,26 @@ CREATE INDEX passages_doc ON passages(doc_id);
 
 
 class DocStore:
-    """Read/write access to ``docstore.sqlite``; thread-safe for the read paths a server uses."""
+    """Read/write access to ``docstore.sqlite``; thread-safe for the read paths a server uses.
+
+    An existing store is opened read-only (SQLite ``mode=ro``): reading an index must never modify it,
+    or its recorded sha256 would no longer match.
+    """
 
     def __init__(self, path: Path, *, create: bool = False) -> None:
         if not create and not path.is_file():
-            raise IndexNotFoundError(f"index is incomplete: '{path}' is missing; rebuild the index")
+            raise corrupt(path, "the file is missing")
         self.path = path
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, check_same_thread=False)
-        if create:
-            self._conn.executescript(_SCHEMA)
-        self._titles: dict[str, str] = {}
+        try:
+            if create:
+                self._conn = sqlite3.connect(path, check_same_thread=False)
+                self._conn.executescript(_SCHEMA)
+            else:
+                self._conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
+                                             check_same_thread=False)
+        except sqlite3.Error as err:
+            raise corrupt(path, err) from None
 
     def close(self) -> None:
         self._conn.close()
@@ -65,13 +77,27 @@ class DocStore:
         with self._lock:
             try:
                 return self._conn.execute(sql, tuple(params)).fetchall()
-            except sqlite3.DatabaseError as err:
-                raise IndexNotFoundError(f"document store '{self.path}' is corrupt ({err}); rebuild the index") from err
+            except sqlite3.Error as err:
+                raise corrupt(self.path, err) from None
 
     def counts(self) -> tuple[int, int]:
         (docs,), = self._query("SELECT COUNT(*) FROM documents")
         (passages,), = self._query("SELECT COUNT(*) FROM passages")
         return int(docs), int(passages)
+
+    def check_counts(self, documents: int, passages: int) -> None:
+        """Refuse a store whose rows disagree with the manifest or are not numbered ``0..passages-1``.
+
+        The BM25 and vector indexes address passages by row number, so a missing or extra row would
+        attach scores to the wrong passage.
+        """
+        (docs,), = self._query("SELECT COUNT(*) FROM documents")
+        (count, first, last), = self._query("SELECT COUNT(*), MIN(row), MAX(row) FROM passages")
+        if (docs, count) != (documents, passages):
+            raise corrupt(self.path, f"{docs} documents and {count} passages, the manifest records "
+                                     f"{documents} and {passages}")
+        if count and (first, last) != (0, count - 1):
+            raise corrupt(self.path, f"passage rows run {first}..{last}, expected 0..{count - 1}")
 
     def passage_hashes(self) -> list[str]:
         return [h for (h,) in self._query("SELECT content_hash FROM passages ORDER BY row")]
@@ -80,30 +106,59 @@ class DocStore:
         return [d for (d,) in self._query("SELECT doc_id FROM passages ORDER BY row")]
 
     def passages(self, rows: Sequence[int]) -> list[Passage]:
-        """Passages for the given rows, in the same order."""
+        """Passages for the given rows, in the same order, each checked against its stored content hash.
+
+        The check costs one sha256 of a passage per result and means an edited or damaged passage text
+        is refused instead of being shown (or reranked) as if it were what the index scored.
+        """
         if not rows:
             return []
         marks = ",".join("?" * len(rows))
         found = {
             r[0]: r for r in self._query(
                 "SELECT p.row, p.passage_id, p.doc_id, p.idx, d.title, p.text, p.start, p.end, p.content_hash "
-                f"FROM passages p JOIN documents d USING(doc_id) WHERE p.row IN ({marks})", rows)
+                f"FROM passages p JOIN documents d USING(doc_id) WHERE p.row IN ({marks})", [int(r) for r in rows])
         }
-        return [Passage(*found[int(r)][1:]) for r in rows]
+        passages: list[Passage] = []
+        for row in rows:
+            record = found.get(int(row))
+            if record is None:
+                raise corrupt(self.path, f"passage row {int(row)} is missing")
+            passage = Passage(*record[1:])
+            if not (isinstance(passage.title, str) and isinstance(passage.text, str)
+                    and content_hash(passage.title, passage.text) == passage.content_hash):
+                raise corrupt(self.path, f"the text of passage '{passage.id}' does not match its content hash")
+            passages.append(passage)
+        return passages
 
     def document(self, doc_id: str) -> Document | None:
         rows = self._query("SELECT doc_id, text, title, metadata FROM documents WHERE doc_id = ?", (doc_id,))
         if not rows:
             return None
         doc_id, text, title, metadata = rows[0]
-        return Document(id=doc_id, text=text, title=title, metadata=json.loads(metadata))
+        return Document(id=doc_id, text=text, title=title, metadata=self._metadata_object(doc_id, metadata))
 
     def metadata(self, doc_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         if not doc_ids:
             return {}
         marks = ",".join("?" * len(doc_ids))
-        return {d: json.loads(m) for d, m in self._query(
+        return {d: self._metadata_object(d, m) for d, m in self._query(
             f"SELECT doc_id, metadata FROM documents WHERE doc_id IN ({marks})", doc_ids)}
+
+    def _metadata_object(self, doc_id: str, text: Any) -> dict[str, Any]:
+        try:
+            metadata = json.loads(text)
+        except (TypeError, ValueError):
+            metadata = None
+        if not isinstance(metadata, dict):
+            raise corrupt(self.path, f"the metadata of document '{doc_id}' is not a JSON object")
+        return metadata
+
+    @cached_property
+    def metadata_keys(self) -> frozenset[str]:
+        """Every metadata key some document has (the index is immutable once built, so computed once)."""
+        return frozenset(key for (key,) in self._query(
+            "SELECT DISTINCT j.key FROM documents d, json_each(d.metadata) j"))
 
     def rows_matching(self, filters: dict[str, Any]) -> np.ndarray:
         """Passage rows whose document metadata equals every ``key: value`` in ``filters``.

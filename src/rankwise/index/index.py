@@ -1,7 +1,11 @@
 """The :class:`Index`: one directory holding a docstore, a BM25 index, passage vectors and a manifest.
 
-Builds are atomic: everything is written to a sibling temporary directory and swapped into place with
-renames only once complete, so a crash, Ctrl-C or bad input half-way leaves the previous index intact.
+Builds are atomic: everything is written to a sibling temporary directory and swapped into place only
+once complete (:mod:`rankwise.index.swap`: one atomic exchange on Linux), so a crash, kill -9, Ctrl-C or
+bad input at any point leaves the previous or the new index, complete, and the next open or build tidies up.
+Opening verifies the files against the sizes and sha256 digests the manifest recorded
+(:mod:`rankwise.index.integrity`) and that passages, vector rows and BM25 documents agree in number, so a
+damaged index is refused with one line instead of answering wrongly.
 Re-indexing reuses the vectors of passages whose content hash is unchanged (same embedding weights),
 so updating a few documents re-embeds only those.
 """
@@ -11,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -25,16 +29,21 @@ import numpy as np
 from rankwise.corpus.chunking import ChunkingSettings, PassageSplitter
 from rankwise.corpus.loaders import load_documents, validated
 from rankwise.errors import CorpusError, IndexNotFoundError, QueryError
-from rankwise.index.dense import Embedder, VectorIndex
+from rankwise.index.dense import Embedder, VectorIndex, check_vector_shape
 from rankwise.index.docstore import DocStore
+from rankwise.index.integrity import corrupt, one_line, record_files, verify_files
 from rankwise.index.lexical import BM25Index, BM25Settings
-from rankwise.index.manifest import MANIFEST_NAME, Manifest
+from rankwise.index.manifest import INDEX_ENTRIES, MANIFEST_NAME, Manifest, looks_like_index
+from rankwise.index.swap import (
+    build_directory,
+    recover_interrupted_swap,
+    remove_abandoned_builds,
+    replace_directory,
+)
 from rankwise.models import bundled_minilm_dir
 from rankwise.types import Document
 
-DOCSTORE = "docstore.sqlite"
-BM25_DIR = "bm25"
-VECTORS = "vectors.npy"
+DOCSTORE, BM25_DIR, VECTORS = INDEX_ENTRIES
 
 #: ``progress(stage, done, total)`` — lets the CLI draw progress bars without the library knowing rich.
 Progress = Callable[[str, int, int | None], None]
@@ -48,10 +57,56 @@ class Index:
     """A built index, opened read-only. Use :meth:`build` to create or update one."""
 
     def __init__(self, path: str | Path, *, embedder: Embedder | None = None) -> None:
+        """Open the index at ``path``, refusing it (one line) if any file is missing, damaged or inconsistent.
+
+        Finishes or undoes a swap a crashed build left half-done first, so an interrupted rebuild never
+        leaves "no index". The full sha256 of a file is computed only when it is not known to be verified
+        already (see :mod:`rankwise.index.integrity`), so opening a large index stays fast.
+        """
         self.path = Path(path)
+        recover_interrupted_swap(self.path)
         self.manifest = Manifest.read(self.path)
+        self._check_files()
+        try:
+            self._bm25_settings = BM25Settings(**self.manifest.bm25)
+        except (TypeError, ValueError) as err:
+            raise corrupt(self.path / MANIFEST_NAME, f"invalid bm25 settings: {err}") from None
         self.docstore = DocStore(self.path / DOCSTORE)
+        try:
+            self._check_counts()
+        except BaseException:
+            self.docstore.close()
+            raise
         self._embedder = embedder
+
+    def _check_files(self) -> None:
+        """Every file the index needs is recorded in the manifest and matches its record."""
+        files = self.manifest.files
+        if self.manifest.format_version >= 2:
+            needed = [DOCSTORE, f"{BM25_DIR}/params.index.json"] + ([VECTORS] if self.has_dense else [])
+            for name in needed:
+                if name not in files:
+                    raise corrupt(self.path / MANIFEST_NAME, f"it records no '{name}'")
+            if not self.has_dense and VECTORS in files:
+                raise corrupt(self.path / MANIFEST_NAME, f"it records '{VECTORS}' but no embedding model")
+        verify_files(self.path, files)
+
+    def _check_counts(self) -> None:
+        """Passages in the docstore, BM25 documents and vector rows all equal the manifest's passage count.
+
+        Cheap (row counts, a JSON parameter file and a .npy header), and it is what keeps vectors or BM25
+        files of another build from mapping hits onto the wrong passages.
+        """
+        m = self.manifest
+        self.docstore.check_counts(m.num_documents, m.num_passages)
+        size = BM25Index.stored_size(self.path / BM25_DIR)
+        if size != m.num_passages:
+            raise corrupt(self.path / BM25_DIR, f"the BM25 index covers {size} passages, the manifest records "
+                                                f"{m.num_passages}")
+        if self.has_dense:
+            shape, dtype = VectorIndex.stored_shape(self.path / VECTORS)
+            check_vector_shape(self.path / VECTORS, shape, dtype, int(m.embedding["dim"]),  # type: ignore[index]
+                               m.num_passages)
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -72,12 +127,13 @@ class Index:
 
     @cached_property
     def bm25(self) -> BM25Index:
-        return BM25Index.load(self.path / BM25_DIR, BM25Settings(**self.manifest.bm25))
+        return BM25Index.load(self.path / BM25_DIR, self._bm25_settings, self.manifest.num_passages)
 
     @cached_property
     def vectors(self) -> VectorIndex:
         self._require_dense()
-        return VectorIndex.load(self.path / VECTORS, int(self.manifest.embedding["dim"]))  # type: ignore[index]
+        return VectorIndex.load(self.path / VECTORS, int(self.manifest.embedding["dim"]),  # type: ignore[index]
+                                self.manifest.num_passages)
 
     @property
     def embedder(self) -> Embedder:
@@ -119,7 +175,8 @@ class Index:
         """
         path = Path(path)
         started = time.perf_counter()
-        if path.exists() and (not path.is_dir() or (not (path / MANIFEST_NAME).is_file() and any(path.iterdir()))):
+        recover_interrupted_swap(path)  # a crashed earlier build: put its previous index back first
+        if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not looks_like_index(path))):
             raise IndexNotFoundError(f"'{path}' exists and is not a rankwise index; refusing to overwrite it, "
                                      "choose an empty or new directory")
         label = str(source) if isinstance(source, (str, Path)) else "<documents>"
@@ -131,42 +188,27 @@ class Index:
         bm25 = bm25 or BM25Settings()
         previous = _previous_vectors(path, embedder)
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_abandoned_builds(path)
-        tmp = path.parent / f".{path.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        tmp = build_directory(path)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_abandoned_builds(path)
+            tmp.mkdir()
             manifest = _write_index(tmp, label, documents, PassageSplitter(tokenizer_dir, chunking), chunking,
                                     bm25, embedder, previous, progress)
             manifest.stats["build_seconds"] = round(time.perf_counter() - started, 2)
+            manifest.files = record_files(tmp, exclude={MANIFEST_NAME})  # fsyncs every file as it hashes it
             manifest.write(tmp)
-            _fsync_dir(tmp)
-            _swap_into_place(tmp, path)
+            _fsync_directories(tmp)
+            replace_directory(tmp, path)
+        except (OSError, sqlite3.Error) as err:  # disk full, permissions, a read-only location
+            shutil.rmtree(tmp, ignore_errors=True)
+            why = one_line(getattr(err, "strerror", None) or err)
+            raise IndexNotFoundError(f"cannot write the index at '{path}' ({why}); "
+                                     "the previous index, if any, is unchanged") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return cls(path, embedder=embedder)
-
-
-def _remove_abandoned_builds(path: Path) -> None:
-    """Delete build dirs of ``path`` left by a process that no longer runs (killed with SIGKILL, power loss).
-
-    A build dir is named after its builder's pid, so a concurrent build by a live process is left alone.
-    """
-    for stale in path.parent.glob(f".{path.name}.building-*"):
-        pid = stale.name.rsplit(".building-", 1)[1].split("-", 1)[0]
-        if not pid.isdigit() or not _process_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _previous_vectors(path: Path, embedder: Embedder | None) -> dict[str, np.ndarray]:
@@ -240,24 +282,15 @@ def _write_index(tmp: Path, label: str, documents: Iterable[Document], splitter:
     )
 
 
-def _fsync_dir(directory: Path) -> None:
-    for file in directory.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as fh:
-                os.fsync(fh.fileno())
-
-
-def _swap_into_place(tmp: Path, path: Path) -> None:
-    """Replace ``path`` by ``tmp`` with renames; the old index is removed only after the swap."""
-    if not path.exists():
-        tmp.rename(path)
-        return
-    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-    path.rename(old)
-    try:
-        tmp.rename(path)
-    except BaseException:
-        old.rename(path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+def _fsync_directories(directory: Path) -> None:
+    """Make the directory entries of a finished build durable before it is swapped in (POSIX)."""
+    for folder in [directory, *(p for p in directory.rglob("*") if p.is_dir())]:
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError:
+            return  # a platform that cannot open directories (Windows): nothing to sync
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 

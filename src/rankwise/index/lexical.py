@@ -6,6 +6,7 @@ tests) and scores a query over a sparse matrix in well under a millisecond per t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import bm25s
 import numpy as np
 import Stemmer
 
-from rankwise.errors import IndexNotFoundError
+from rankwise.index.integrity import corrupt
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +54,43 @@ class BM25Index:
         self.retriever.save(str(directory))
 
     @classmethod
-    def load(cls, directory: Path, settings: BM25Settings) -> BM25Index:
+    def load(cls, directory: Path, settings: BM25Settings, rows: int | None = None) -> BM25Index:
+        """The BM25 index saved in ``directory``, refused unless its score matrix is consistent with ``rows``.
+
+        bm25s indexes its score arrays without bounds checks, so an inconsistent matrix would otherwise
+        surface as an IndexError mid-query or as silently wrong scores.
+        """
         if not directory.is_dir():
-            raise IndexNotFoundError(f"index is incomplete: BM25 files missing in '{directory}'; rebuild the index")
+            raise corrupt(directory, "the BM25 directory is missing")
         try:
-            retriever = bm25s.BM25.load(str(directory))
-        except Exception as err:
-            raise IndexNotFoundError(f"BM25 index in '{directory}' is corrupt ({err}); rebuild the index") from err
+            retriever = bm25s.BM25.load(str(directory), show_progress=False)
+            scores = retriever.scores
+            data, indices, indptr = (np.asarray(scores[k]) for k in ("data", "indices", "indptr"))
+            size = int(scores["num_docs"])
+        except Exception as err:  # noqa: BLE001 - a damaged file raises many types; one line for all
+            raise corrupt(directory, f"BM25 index unreadable: {err}") from None
+        if rows is not None and size != rows:
+            raise corrupt(directory, f"the BM25 index covers {size} passages, the manifest records {rows}")
+        if (data.ndim != 1 or data.shape != indices.shape or indptr.ndim != 1 or indptr.size == 0
+                or int(indptr[-1]) != data.size or int(indptr[0]) != 0 or np.any(np.diff(indptr) < 0)
+                or (indices.size and (int(indices.min()) < 0 or int(indices.max()) >= size))
+                or not np.all(np.isfinite(data))):
+            raise corrupt(directory, "the BM25 score matrix is inconsistent")
         return cls(retriever, settings)
+
+    @staticmethod
+    def stored_size(directory: Path) -> int:
+        """Passages the saved index covers, from its small parameter file (no matrix read)."""
+        params = directory / "params.index.json"
+        try:
+            size = json.loads(params.read_text(encoding="utf-8"))["num_docs"]
+        except FileNotFoundError:
+            raise corrupt(params, "the file is missing") from None
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise corrupt(params, f"unreadable BM25 parameters: {err}") from None
+        if type(size) is not int:
+            raise corrupt(params, f"num_docs is {size!r}, not a number")
+        return size
 
     def search(self, query: str, k: int, allowed_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` passage rows and scores; passages that share no term with the query are dropped."""

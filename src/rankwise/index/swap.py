@@ -1,0 +1,226 @@
+"""Putting a finished build in place of the live index without a moment where a crash leaves no index.
+
+A build writes a complete index into a sibling ``.NAME.building-PID-HEX`` directory; :func:`replace_directory`
+then makes it the live ``NAME``:
+
+* On Linux, ``renameat2(RENAME_EXCHANGE)`` (called through ``ctypes``) swaps the two directories in one
+  atomic step: at every instant ``NAME`` is either the complete old index or the complete new one. The old
+  index, now under the build's name, is deleted afterwards.
+* Where the exchange is unavailable (another OS, an old C library, a filesystem that refuses it) two
+  renames do the job: ``NAME`` → ``.NAME.old-PID-HEX``, then the build → ``NAME``. A crash between them
+  leaves no ``NAME``; :func:`recover_interrupted_swap` puts the old index back.
+
+Recovery runs when an index is opened and when a build starts. Every leftover name carries the pid of the
+process that made it (and, on Linux, that process's start time, so that after a reboot or a container
+restart an unrelated process that got the same pid is not mistaken for it), so recovery only touches
+leftovers of processes that no longer run: a swap in progress in another live process is never undone
+under its feet. Opening only restores or deletes ``.old-*`` directories (complete indexes nobody writes);
+unfinished ``.building-*`` directories are deleted only when a build starts, because a build running in
+another pid namespace (another container on the same volume) would look dead to a reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from rankwise.faults import checkpoint
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+#: errno values meaning "this system or filesystem cannot exchange": use the two-rename fallback instead
+_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+#: how long an opener waits for another live process to finish a two-rename swap (it takes milliseconds)
+_SWAP_WAIT_SECONDS = 2.0
+
+
+def _load_renameat2() -> Callable[..., int] | None:
+    """libc's ``renameat2`` (glibc >= 2.28, musl >= 1.2.4), or None where there is no such function."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+#: None selects the portable two-rename swap (set to None to exercise that path on Linux)
+RENAMEAT2: Callable[..., int] | None = _load_renameat2()
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap the directory entries ``a`` and ``b``; False when this system cannot (nothing moved)."""
+    if RENAMEAT2 is None:
+        return False
+    if RENAMEAT2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _UNSUPPORTED:
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def replace_directory(new: Path, path: Path) -> None:
+    """Make the complete directory ``new`` the live ``path``; the previous ``path`` is deleted afterwards.
+
+    ``new`` must be a sibling of ``path``. On return ``new`` no longer exists. On an exception the previous
+    ``path`` is still in place (or, for a crash, is put back by :func:`recover_interrupted_swap`).
+    """
+    checkpoint("index:built")
+    if not path.exists():
+        os.rename(new, path)
+        _fsync_directory(path.parent)
+        checkpoint("index:swapped")
+        return
+    old = path.parent / f".{path.name}.old-{_owner()}-{uuid.uuid4().hex[:8]}"
+    if exchange(new, path):
+        _fsync_directory(path.parent)
+        checkpoint("index:swapped")
+        # ``new`` now holds the previous index: name it as such, so that if this process dies while
+        # deleting it, the next open (not only the next build) removes the rest
+        with contextlib.suppress(OSError):
+            os.rename(new, old)
+        shutil.rmtree(old if old.exists() else new, ignore_errors=True)
+        return
+    os.rename(path, old)
+    try:
+        checkpoint("index:old-moved")
+        os.rename(new, path)
+    except BaseException:
+        if not path.exists():
+            os.rename(old, path)
+        raise
+    _fsync_directory(path.parent)
+    checkpoint("index:swapped")
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_interrupted_swap(path: Path) -> None:
+    """Undo or finish a swap of ``path`` cut short by a crash.
+
+    * ``path`` missing and a dead process's ``.NAME.old-*`` present: the crash fell between the two
+      renames; the old index is renamed back (the finished build is left to :func:`remove_abandoned_builds`).
+    * ``path`` present: dead processes' ``.NAME.old-*`` (a previous index whose deletion never ran or
+      never finished) are deleted.
+
+    Best effort: on a read-only location nothing changes and opening reports what it finds.
+    """
+    parent = path.parent
+    if not parent.is_dir():
+        return
+    olds = _leftovers(path, "old")
+    if not path.exists():
+        if any(alive for _, alive in olds):
+            _wait_for(path)  # another process is between its two renames
+        dead = sorted((d for d, alive in olds if not alive), key=_mtime, reverse=True)
+        if dead and not path.exists():
+            with contextlib.suppress(OSError):  # another opener may have restored it first
+                os.rename(dead[0], path)
+                _fsync_directory(parent)
+    if not path.exists():
+        return
+    for leftover, alive in olds:
+        if not alive and leftover.exists():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def remove_abandoned_builds(path: Path) -> None:
+    """Delete build dirs of ``path`` left by a process that no longer runs (killed with SIGKILL, power loss).
+
+    A build dir is named after its builder's pid, so a concurrent build by a live process is left alone.
+    """
+    for stale, alive in _leftovers(path, "building"):
+        if not alive:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def build_directory(path: Path) -> Path:
+    """A fresh name for a build of ``path``: a hidden sibling carrying this process's pid."""
+    return path.parent / f".{path.name}.building-{_owner()}-{uuid.uuid4().hex[:8]}"
+
+
+def _leftovers(path: Path, kind: str) -> list[tuple[Path, bool]]:
+    """``(directory, owner still running)`` for each ``.NAME.<kind>-PID-HEX`` beside ``path``."""
+    prefix = f".{path.name}.{kind}-"
+    found: list[tuple[Path, bool]] = []
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.name.startswith(prefix):
+            parts = entry.name[len(prefix):].split("-")
+            # a name without a pid (older rankwise versions) has no owner to wait for
+            alive = parts[0].isdigit() and _process_alive(int(parts[0]))
+            if alive and len(parts) == 3 and parts[1].isdigit():  # PID-STARTTIME-HEX: check it is that process
+                started = _start_time(int(parts[0]))
+                alive = started is None or started == int(parts[1])
+            found.append((entry, alive))
+    return found
+
+
+def _owner() -> str:
+    """``PID`` or ``PID-STARTTIME``: who made a leftover, robust to pid reuse where the OS tells start times."""
+    started = _start_time(os.getpid())
+    return str(os.getpid()) if started is None else f"{os.getpid()}-{started}"
+
+
+def _start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (Linux ``/proc``), or None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except (OSError, OverflowError):
+        return False
+    return True
+
+
+def _wait_for(path: Path) -> None:
+    deadline = time.monotonic() + _SWAP_WAIT_SECONDS
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _mtime(directory: Path) -> float:
+    try:
+        return directory.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make renames inside ``directory`` durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
