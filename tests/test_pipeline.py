@@ -67,6 +67,10 @@ def test_filters_restrict_candidates(kb_index: Index) -> None:
     response = Pipeline(kb_index, first_stage="hybrid").search("rotate credentials", filters={"category": "billing"})
     assert {r.doc_id for r in response.results} <= {"refund-annual", "refund-monthly"}
     assert Pipeline(kb_index).search("x", filters={"category": "nothing"}).results == []
+    # a key no document has is a typo, not an empty result — unless asked for
+    with pytest.raises(QueryError, match=r"unknown metadata filter key\(s\) categroy; this index's documents have category"):
+        Pipeline(kb_index).search("x", filters={"categroy": "billing"})
+    assert Pipeline(kb_index, allow_unknown_filters=True).search("x", filters={"categroy": "billing"}).results == []
 
 
 def test_bad_queries(kb_index: Index) -> None:
@@ -77,3 +81,21 @@ def test_bad_queries(kb_index: Index) -> None:
     with pytest.raises(QueryError, match="unknown first stage"):
         Pipeline(kb_index, first_stage="magic")
     assert p.search("zzzzqqq").results == [], "no lexical match means no BM25 results, not random ones"
+
+
+def test_hybrid_results_show_each_retrievers_rank_and_score(kb_index: Index) -> None:
+    query = "rotate credentials in production"
+    hybrid = Pipeline(kb_index, first_stage="hybrid", retrieve_k=8).search(query, k=8)
+    alone = {m: {r.doc_id: r for r in Pipeline(kb_index, first_stage=m, retrieve_k=8).search(query, k=8).results}
+             for m in ("bm25", "dense")}
+    for r in hybrid.results:
+        assert set(r.first_stage.signals) == {"bm25", "dense"}
+        for method, signal in r.first_stage.signals.items():
+            if signal.rank is None:
+                assert r.doc_id not in alone[method]
+            else:  # the same rank and score the retriever gives on its own
+                assert alone[method][r.doc_id].first_stage.rank == signal.rank
+                assert alone[method][r.doc_id].first_stage.score == pytest.approx(signal.score)
+    dense = hybrid.results[0].first_stage.signals["dense"]
+    assert dense.score is not None and -1.0 <= dense.score <= 1.0
+    assert hybrid.to_dict()["results"][0]["first_stage"]["signals"]["bm25"].keys() == {"rank", "score"}

@@ -35,10 +35,12 @@ def test_mined_negatives_never_include_judged_documents(kb_index: Index) -> None
     groups = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 3, "dense": 2, "random": 2}, depth=8, seed=1)
     assert len(groups) == 5
     for g in groups:
-        assert not set(g.negative_ids) & set(QRELS[g.query_id]), "judged documents (any grade) are never negatives"
+        relevant = {d for d, grade in QRELS[g.query_id].items() if grade > 0}
+        assert not set(g.negative_ids) & relevant, "judged positives are never negatives"
         assert len(set(g.negative_ids)) == len(g.negative_ids) >= 3
     q5 = next(g for g in groups if g.query_id == "q5")
     assert len(q5.positives) == 1, "grade-0 judgements are not positives"
+    assert "refund-annual" in q5.negative_ids, "a document judged not relevant is a negative, before mined ones"
 
 
 def test_rounds_resample_negatives_per_query(kb_index: Index) -> None:
@@ -46,7 +48,7 @@ def test_rounds_resample_negatives_per_query(kb_index: Index) -> None:
     assert len(groups) == 3 * len(QUERIES)
     per_query: dict[str, set[tuple[str, ...]]] = {}
     for g in groups:
-        assert not set(g.negative_ids) & set(QRELS[g.query_id])
+        assert not set(g.negative_ids) & {d for d, grade in QRELS[g.query_id].items() if grade > 0}
         per_query.setdefault(g.query_id, set()).add(g.negative_ids)
     assert sum(len(samples) for samples in per_query.values()) > len(QUERIES), "rounds must draw fresh negatives"
     with pytest.raises(QueryError):
@@ -104,7 +106,10 @@ def test_query_split_is_seeded_and_disjoint() -> None:
 @pytest.mark.parametrize("loss", ["bce", "softmax", "lambda"])
 def test_training_end_to_end_learns_the_training_positives(tmp_path: Path, kb_index: Index, loss: str) -> None:
     base = build_tiny_cross_encoder(tmp_path / "base", seed=1)
-    groups = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 2, "random": 3}, seed=0)
+    # q5's judged negative is q1's positive: fine for a real model, a contradiction for a random tiny one in
+    # 100 steps — this test is about the training loop, so it learns the four queries without one
+    learnable = {q: r for q, r in QRELS.items() if min(r.values()) > 0}
+    groups = mine_groups(kb_index, QUERIES, learnable, mix={"bm25": 2, "random": 3}, seed=0)
     # a randomly initialised tiny model needs a high learning rate to learn 5 queries in 100 steps
     config = TrainingConfig(base_model=str(base), loss=loss, max_steps=100, batch_size=8 if loss == "bce" else 2,
                             learning_rate=1e-2, max_length=64, eval_steps=50, warmup_ratio=0.0, seed=0)
@@ -117,7 +122,7 @@ def test_training_end_to_end_learns_the_training_positives(tmp_path: Path, kb_in
     for g in groups:
         scores = reranker.score(g.query, list(g.positives) + list(g.negatives)).raw
         hits += int(np.argmax(scores) < len(g.positives))
-    assert hits >= 4, f"the trained model ranks the positive first for only {hits}/5 training queries"
+    assert hits >= 3, f"the trained model ranks the positive first for only {hits}/4 training queries"
     from sentence_transformers import CrossEncoder
 
     plain = CrossEncoder(str(result.model_dir))  # loadable by plain sentence-transformers

@@ -58,6 +58,8 @@ class Pipeline:
             rank. Why: a reranker fine-tuned on a few hundred queries and the first stage make different
             mistakes, and RRF needs no weight to tune, so no held-out data (``benchmarks/README.md``
             measures both). The result's ``score`` is then the fused score; both inputs stay visible.
+        allow_unknown_filters: a filter on a metadata key no document has is refused by default (a typo
+            would silently match nothing); ``True`` lets it match nothing.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class Pipeline:
         alpha: float = 0.5,
         granularity: Granularity = "document",
         rerank_fusion: RerankFusion = "none",
+        allow_unknown_filters: bool = False,
     ) -> None:
         if retrieve_k <= 0 or rerank_k < 0:
             raise QueryError("retrieve_k must be positive and rerank_k non-negative")
@@ -81,7 +84,8 @@ class Pipeline:
         self.retrieve_k = retrieve_k
         self.rerank_k = rerank_k
         self.first_stage = FirstStage(index, FirstStageSettings(
-            method=first_stage, fusion=fusion, alpha=alpha, granularity=granularity))
+            method=first_stage, fusion=fusion, alpha=alpha, granularity=granularity,
+            allow_unknown_filters=allow_unknown_filters))
 
     @property
     def name(self) -> str:
@@ -126,7 +130,7 @@ class Pipeline:
         results = [
             SearchResult(
                 rank=rank, doc_id=c.passage.doc_id, passage_id=c.passage.id, score=score,
-                first_stage=FirstStageScore(method=c.method, rank=c.rank, score=c.score),
+                first_stage=FirstStageScore(method=c.method, rank=c.rank, score=c.score, signals=c.signals),
                 reranker=rr, rank_change=c.rank - rank, title=c.passage.title, snippet=_snippet(c.passage.text),
                 start=c.passage.start, end=c.passage.end, metadata=metadata.get(c.passage.doc_id, {}),
             )

@@ -48,13 +48,30 @@ class Passage:
 
 
 @dataclass(frozen=True, slots=True)
+class Signal:
+    """One retriever's view of a candidate: its rank and score (``None`` when it did not retrieve it).
+
+    Scores keep each retriever's own scale — BM25's is unbounded (compare within a query only), dense
+    cosine similarity is -1..1 — so a fused hybrid value (RRF: 1/(60 + rank), summed) can be read next
+    to the evidence behind it instead of alone.
+    """
+
+    rank: int | None
+    score: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Candidate:
-    """A first-stage hit: the best passage of a document and how the first stage ranked it."""
+    """A first-stage hit: the best passage of a document and how the first stage ranked it.
+
+    ``signals``: each retriever behind ``score`` (``bm25``, ``dense``), with its own rank and score.
+    """
 
     passage: Passage
     method: str
     rank: int
     score: float
+    signals: dict[str, Signal] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +79,8 @@ class FirstStageScore:
     method: str
     rank: int
     score: float
+    #: per retriever (bm25, dense): rank and score before fusion — see :class:`Signal`
+    signals: dict[str, Signal] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from rich.progress import (
 from rankwise.errors import RankwiseError
 
 if TYPE_CHECKING:
+    from rankwise.evaluation.goldset import GoldSet
     from rankwise.rerank.base import Reranker
 
 # emoji=False: a gate such as "nDCG@10:-1:" must not become a thumbs-down emoji
@@ -81,6 +82,28 @@ def progress_bars() -> Progress:
                     TimeRemainingColumn(), console=err, transient=True)
 
 
+def load_goldset(dataset: Path | None, split: str, goldset: Path | None, queries: Path | None = None) -> GoldSet:
+    """The gold set named by ``--dataset DIR --split S`` or ``--goldset FILE`` (exactly one of them).
+
+    ``--goldset`` is a gold set JSONL (what ``label-import`` writes), or TREC qrels with ``--queries``.
+    """
+    from rankwise.evaluation.errors import EvaluationError
+    from rankwise.evaluation.goldset import GoldSet
+    from rankwise.evaluation.queries import read_queries
+
+    if (dataset is None) == (goldset is None):
+        raise EvaluationError("pass exactly one of --dataset BEIR_DIR (with --split) or --goldset FILE")
+    if dataset is not None:
+        return GoldSet.from_beir(dataset, split)
+    assert goldset is not None
+    if goldset.suffix.lower() == ".jsonl":
+        return GoldSet.load(goldset)
+    if queries is None:
+        raise EvaluationError(f"'{goldset}' is read as TREC qrels (not .jsonl); pass --queries FILE with the "
+                              "query texts")
+    return GoldSet.from_trec_qrels(goldset, read_queries(queries))
+
+
 def load_reranker_option(spec: str, *, registry: Path | None, backend: str, device: str,
                          max_length: int | None = None) -> Reranker | None:
     """The reranker named by ``--reranker`` with the shared model-loading options applied."""
@@ -111,3 +134,8 @@ RerankFusionOpt = Annotated[str, typer.Option(help="none: reranker order; rrf: f
 MaxLength = Annotated[int | None, typer.Option(help="Reranker tokens per (query, passage) window "
                                                     "(default: the model's trained length).")]
 LimitQueries = Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N queries of the gold set.")]
+DatasetOpt = Annotated[Path | None, typer.Option(help="BEIR dataset directory (queries.jsonl + qrels/<split>.tsv).")]
+GoldsetOpt = Annotated[Path | None, typer.Option(help="Gold set JSONL (from `rankwise label-import`), or TREC qrels "
+                                                      "with --queries; instead of --dataset.")]
+AllowUnknownFilters = Annotated[bool, typer.Option("--allow-unknown-filters", help="Let a filter on a metadata key "
+                                                  "no document has match nothing (default: refused as a typo).")]

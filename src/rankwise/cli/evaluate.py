@@ -13,9 +13,11 @@ from rich.table import Table
 from rankwise.cli.common import (
     AllowDownload,
     BackendOpt,
+    DatasetOpt,
     DeviceOpt,
     FirstStageOpt,
     FirstStagesOpt,
+    GoldsetOpt,
     IndexOpt,
     LimitQueries,
     MaxLength,
@@ -25,6 +27,7 @@ from rankwise.cli.common import (
     RerankK,
     RetrieveK,
     friendly_errors,
+    load_goldset,
     load_reranker_option,
     out,
     prelude,
@@ -32,7 +35,6 @@ from rankwise.cli.common import (
     warn,
 )
 from rankwise.evaluation.errors import EvaluationError
-from rankwise.evaluation.goldset import GoldSet
 
 app = typer.Typer()
 
@@ -41,9 +43,9 @@ app = typer.Typer()
 @friendly_errors
 def eval_(
     index_dir: IndexOpt,
-    dataset: Annotated[Path | None, typer.Option(help="BEIR dataset directory (queries.jsonl + qrels/).")] = None,
+    dataset: DatasetOpt = None,
     split: Annotated[str, typer.Option(help="BEIR qrels split.")] = "test",
-    goldset: Annotated[Path | None, typer.Option(help="Gold set JSONL, or TREC qrels with --queries.")] = None,
+    goldset: GoldsetOpt = None,
     queries: Annotated[Path | None, typer.Option(help="Query texts for a TREC qrels --goldset.")] = None,
     first_stages: FirstStagesOpt = "bm25,dense,hybrid",
     reranker: RerankerOpt = "none",
@@ -87,7 +89,7 @@ def eval_(
     metric_names = parse_metrics([metrics, *(g.metric for g in gates)])
     stages = parse_first_stages(first_stages)
     label_scale = LabelScale.parse(scale) if scale else None
-    gold = _load_goldset(dataset, split, goldset, queries)
+    gold = load_goldset(dataset, split, goldset, queries)
     index = Index(index_dir)
     prepared = gold.prepare(scale=label_scale, known_documents=set(index.passage_doc_ids))
     if limit_queries is not None:
@@ -201,19 +203,3 @@ def label_import(
                           *(str(d.labels.get(x, "")) for x in merged.annotators),
                           "[red]tie[/]" if d.tie else str(d.majority))
         out.print(table)
-
-
-def _load_goldset(dataset: Path | None, split: str, goldset: Path | None, queries: Path | None) -> GoldSet:
-    from rankwise.evaluation.queries import read_queries
-
-    if (dataset is None) == (goldset is None):
-        raise EvaluationError("pass exactly one of --dataset BEIR_DIR (with --split) or --goldset FILE")
-    if dataset is not None:
-        return GoldSet.from_beir(dataset, split)
-    assert goldset is not None
-    if goldset.suffix.lower() == ".jsonl":
-        return GoldSet.load(goldset)
-    if queries is None:
-        raise EvaluationError(f"'{goldset}' is read as TREC qrels (not .jsonl); pass --queries FILE with the "
-                              "query texts")
-    return GoldSet.from_trec_qrels(goldset, read_queries(queries))

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from rankwise.cli.common import (
     AllowDownload,
+    AllowUnknownFilters,
     BackendOpt,
     DeviceOpt,
     FirstStageOpt,
@@ -102,6 +103,7 @@ def search(
     device: DeviceOpt = "cpu",
     registry: RegistryOpt = None,
     filter_: Annotated[list[str], typer.Option("--filter", help="Metadata filter key=value (repeatable).")] = [],  # noqa: B006
+    allow_unknown_filters: AllowUnknownFilters = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     allow_download: AllowDownload = False,
 ) -> None:
@@ -115,7 +117,7 @@ def search(
     ranker = load_reranker_option(reranker, registry=registry, backend=backend, device=device, max_length=max_length)
     pipeline = Pipeline(idx, ranker, first_stage=first_stage, retrieve_k=retrieve_k, rerank_k=rerank_k,
                         rerank_fusion=rerank_fusion, fusion=fusion, alpha=alpha,  # type: ignore[arg-type]
-                        granularity=granularity)  # type: ignore[arg-type]
+                        granularity=granularity, allow_unknown_filters=allow_unknown_filters)  # type: ignore[arg-type]
     response = pipeline.search(query, k=k, filters=_parse_filters(filter_))
     if as_json:
         typer.echo(response.to_json())
@@ -131,6 +133,9 @@ def print_response(response: SearchResponse) -> None:
         table.add_column(column, style=style, overflow="fold")
     for r in response.results:
         fs = f"{r.first_stage.method} #{r.first_stage.rank} {r.first_stage.score:.4g}"
+        if r.first_stage.method == "hybrid":  # the evidence behind the fused value, each on its own scale
+            fs += "".join(f"\n{name} " + ("—" if sig.rank is None else f"#{sig.rank} {sig.score:.3g}")
+                          for name, sig in r.first_stage.signals.items())
         rr = "—" if r.reranker is None else f"#{r.reranker.rank} {r.reranker.score:.3f} (logit {r.reranker.raw_score:+.2f})"
         move = "" if r.reranker is None else (f"[green]↑{r.rank_change}[/]" if r.rank_change > 0 else
                                                f"[red]↓{-r.rank_change}[/]" if r.rank_change < 0 else "=")

@@ -10,6 +10,7 @@ import typer
 
 from rankwise.cli.common import (
     AllowDownload,
+    AllowUnknownFilters,
     BackendOpt,
     DeviceOpt,
     FirstStageOpt,
@@ -79,6 +80,7 @@ def serve(
     served_model_name: Annotated[list[str], typer.Option(
         help="Another name the reranker answers to in a request's `model` (repeatable), e.g. the name a "
              "Cohere client sends.")] = [],  # noqa: B006
+    allow_unknown_filters: AllowUnknownFilters = False,
     accept_any_model_name: Annotated[bool, typer.Option(
         "--accept-any-model-name", help="Answer any `model` name with the served reranker (default: unknown "
                                         "names get a 404 listing the served ones).")] = False,
@@ -101,6 +103,7 @@ def serve(
         rerank_k=rerank_k, rerank_fusion=rerank_fusion, cache=cache, cache_size=cache_size, cache_ttl_s=cache_ttl, keys=keys,
         audit=_audit_path(audit), timeout_ms=timeout_ms, open_metrics=open_metrics,
         served_model_names=tuple(served_model_name), accept_any_model_name=accept_any_model_name,
+        allow_unknown_filters=allow_unknown_filters,
         batching=BatchingSettings(enabled=batching, max_wait_ms=batch_wait_ms, max_tokens=batch_tokens,
                                   max_requests=batch_requests),
         limits=Limits(max_documents=max_documents, max_document_chars=max_document_chars,

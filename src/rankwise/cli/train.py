@@ -11,15 +11,19 @@ from rich.markup import escape
 from rich.table import Table
 
 from rankwise.cli.common import (
+    AllowDownload,
     BackendOpt,
+    DatasetOpt,
     DeviceOpt,
     FirstStageOpt,
+    GoldsetOpt,
     LimitQueries,
     RegistryOpt,
     RerankFusionOpt,
     RerankK,
     err,
     friendly_errors,
+    load_goldset,
     out,
     prelude,
 )
@@ -37,8 +41,9 @@ def _registry(root: Path | None):
 @friendly_errors
 def train(
     index_dir: Annotated[Path, typer.Option("--index", "-i", help="Index to mine negatives from.")],
-    dataset: Annotated[Path, typer.Option(help="BEIR dataset dir with queries.jsonl and qrels/<split>.tsv.")],
-    split: Annotated[str, typer.Option(help="Qrels split to train on.")] = "train",
+    dataset: DatasetOpt = None,
+    split: Annotated[str, typer.Option(help="Qrels split of --dataset to train on.")] = "train",
+    goldset: GoldsetOpt = None,
     base_model: Annotated[str, typer.Option(help="Backbone: local dir or hub id.")] = "minilm",
     loss: Annotated[str, typer.Option(help="bce | lambda | listnet | softmax")] = "bce",
     negatives: Annotated[str, typer.Option(help="Negatives per query by source.")] = "bm25:3,dense:2,random:2",
@@ -65,7 +70,6 @@ def train(
 ) -> None:
     """Fine-tune a cross-encoder on judged queries with mined hard negatives (resumes from checkpoints)."""
     prelude()
-    from rankwise.corpus.beir import load_qrels, load_queries
     from rankwise.index import Index
     from rankwise.training.data import JudgedQueries, group_stats
     from rankwise.training.finetune import TrainingConfig, train_cross_encoder
@@ -76,7 +80,7 @@ def train(
                             seed=seed, eval_steps=eval_steps, patience=patience, layers=layers, bf16=bf16)
     mix = parse_negative_mix(negatives)
     index = Index(index_dir)
-    judged = JudgedQueries(load_queries(dataset), load_qrels(dataset, split))
+    judged = JudgedQueries.from_goldset(load_goldset(dataset, split, goldset), known_documents=index.passage_doc_ids)
     train_part, val_part = judged.split(validation_fraction, seed)
     with out.status("mining hard negatives…"):
         train_groups = mine_groups(index, train_part.queries, train_part.qrels, mix=mix, depth=depth,
@@ -94,7 +98,8 @@ def train(
     if register:
         reg = _registry(registry)
         parent = reg.aliases().get("production")
-        card = {"base_model": base_model, "training_data": {"dataset": str(dataset), "split": split,
+        source = {"dataset": str(dataset), "split": split} if dataset else {"goldset": str(goldset)}
+        card = {"base_model": base_model, "training_data": {**source,
                 "fingerprint": judged.fingerprint, "index_fingerprint": index.fingerprint, "negatives": mix,
                 "max_positives": max_positives, "title_queries": len(pseudo), **group_stats(train_groups)}, "hyperparameters": summary["config"],
                 "metrics": {"validation": {"nDCG@10": result.best_validation_ndcg10}},
@@ -129,6 +134,68 @@ def list_models(registry: RegistryOpt = None) -> None:
         err.print(f"[yellow]warning:[/] {escape(problem)}", highlight=False, soft_wrap=True)
 
 
+@models_app.command("add")
+@friendly_errors
+def add(
+    model: Annotated[str, typer.Argument(help="Cross-encoder to register: a local Hugging Face / sentence-"
+                                              "transformers directory, or a hub id in the local cache.")],
+    name: Annotated[str | None, typer.Option(help="A display name recorded in the card (default: MODEL).")] = None,
+    alias: Annotated[str, typer.Option(help="Alias the new version takes: candidate, or none.")] = "candidate",
+    index_dir: Annotated[Path | None, typer.Option("--index", "-i", help="Index to evaluate it on (optional).")]
+    = None,
+    dataset: DatasetOpt = None,
+    split: Annotated[str, typer.Option(help="Qrels split of --dataset.")] = "test",
+    goldset: GoldsetOpt = None,
+    first_stage: FirstStageOpt = "hybrid",
+    limit_queries: LimitQueries = None,
+    allow_download: AllowDownload = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """Register any cross-encoder as an immutable version, so it can be evaluated, promoted and rolled back."""
+    prelude(allow_download)
+    from rankwise.errors import QueryError
+    from rankwise.models import resolve_model, weights_sha256
+    from rankwise.rerank import CrossEncoderReranker
+
+    if alias not in ("candidate", "none"):
+        raise QueryError(f"--alias must be candidate or none (got '{alias}'); promote with `rankwise models promote`")
+    path = resolve_model(model)
+    reranker = CrossEncoderReranker(path, backend="torch")  # refuses what cannot serve as a reranker, in one line
+    card: dict[str, Any] = {"source": model, "name": name or model, "base_model": model,
+                            "source_weights_sha256": weights_sha256(path), "max_length": reranker.max_length,
+                            "added_with": "rankwise models add", "parent": None}
+    if index_dir is not None or dataset is not None or goldset is not None:
+        card["metrics"] = _evaluate_added(reranker, index_dir, dataset, split, goldset, first_stage, limit_queries)
+    reg = _registry(registry)
+    entry = reg.register(path, card, alias=None if alias == "none" else alias)
+    evaluated = card.get("metrics", {}).get("evaluation")
+    out.print(f"[green]registered[/] {model} as {entry.version}" + (" (candidate)" if alias == "candidate" else "")
+              + f" in {reg.root} (sha256 {entry.weights_sha256[:12]})"
+              + (f"; {first_stage}+reranker {', '.join(f'{k} {v:.4f}' for k, v in evaluated.items())}"
+                 if evaluated else ""), highlight=False)
+
+
+def _evaluate_added(reranker: Any, index_dir: Path | None, dataset: Path | None, split: str,
+                    goldset: Path | None, first_stage: str, limit_queries: int | None) -> dict[str, Any]:
+    from rankwise.errors import QueryError
+    from rankwise.evaluation.compare import evaluate
+    from rankwise.index import Index
+
+    if index_dir is None:
+        raise QueryError("evaluating an added model needs --index and one of --dataset/--goldset")
+    gold = load_goldset(dataset, split, goldset)
+    index = Index(index_dir)
+    prepared = gold.prepare(known_documents=set(index.passage_doc_ids))
+    if limit_queries is not None:
+        prepared = prepared.limit(limit_queries)
+    with out.status("evaluating the model…"):
+        report = evaluate(index, prepared, first_stages=[first_stage], reranker=reranker, baseline=first_stage,
+                          metrics=["nDCG@10", "nDCG@5"], n_resamples=1000)
+    system = next(name for name in report.scores if name != first_stage)
+    return {"evaluation": report.scores[system], "first_stage": report.scores[first_stage],
+            "goldset": str(dataset or goldset), "split": split if dataset else None, "queries": len(prepared.queries)}
+
+
 @models_app.command("show")
 @friendly_errors
 def show(version: str, registry: RegistryOpt = None) -> None:
@@ -159,9 +226,9 @@ def _short(value: Any) -> str:
 def promote(
     version: Annotated[str, typer.Argument(help="Version or alias to promote.")] = "candidate",
     index_dir: Annotated[Path | None, typer.Option("--index", "-i", help="Index the gold set is evaluated on.")] = None,
-    dataset: Annotated[Path | None, typer.Option(help="BEIR dataset dir (with --split).")] = None,
+    dataset: DatasetOpt = None,
     split: Annotated[str, typer.Option(help="Qrels split of --dataset.")] = "test",
-    goldset: Annotated[Path | None, typer.Option(help="Gold set JSONL instead of --dataset.")] = None,
+    goldset: GoldsetOpt = None,
     first_stage: FirstStageOpt = "hybrid",
     metric: Annotated[str, typer.Option(help="Metric the gain is measured on.")] = "nDCG@5",
     min_gain: Annotated[float, typer.Option(help="Required relative gain (0.05 = +5%).")] = 0.05,
@@ -185,12 +252,11 @@ def promote(
         return
     if index_dir is None or (dataset is None) == (goldset is None):
         raise QueryError("the promotion gate needs --index and exactly one of --dataset/--goldset (or use --force)")
-    from rankwise.evaluation.goldset import GoldSet
+    gold = load_goldset(dataset, split, goldset)
     from rankwise.index import Index
     from rankwise.training.promotion import check_promotion
 
     index = Index(index_dir)
-    gold = GoldSet.from_beir(dataset, split) if dataset else GoldSet.load(goldset)  # type: ignore[arg-type]
     prepared = gold.prepare(known_documents=set(index.passage_doc_ids))
     if limit_queries is not None:
         prepared = prepared.limit(limit_queries)

@@ -26,7 +26,7 @@ from rankwise.options import (
 )
 from rankwise.retrieval.convex import convex_combination
 from rankwise.retrieval.rrf import RRF_K, reciprocal_rank_fusion
-from rankwise.types import Candidate
+from rankwise.types import Candidate, Signal
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +38,8 @@ class FirstStageSettings:
     rrf_k: int = RRF_K
     alpha: float = 0.5
     granularity: Granularity = "document"
+    #: a filter on a metadata key no document has matches nothing; by default that is refused as a likely typo
+    allow_unknown_filters: bool = False
 
     def __post_init__(self) -> None:
         choose(self.method, FIRST_STAGE_METHODS, "first stage")
@@ -48,6 +50,7 @@ class FirstStageSettings:
 
 
 _Hit = tuple[str, int, float]  # (key, passage row, score), best first
+_MISSING = Signal(None, None)  # a retriever that did not return the candidate within its fetch depth
 
 
 class FirstStage:
@@ -66,21 +69,30 @@ class FirstStage:
         """The top ``k`` candidates (documents or passages), best first."""
         if k <= 0:
             raise QueryError(f"retrieve_k must be positive (got {k})")
+        if filters and not self.settings.allow_unknown_filters:
+            unknown = sorted(set(filters) - self.index.docstore.metadata_keys)
+            if unknown:  # a typo would otherwise match nothing and answer an empty list, silently
+                known = sorted(self.index.docstore.metadata_keys)
+                raise QueryError(f"unknown metadata filter key(s) {', '.join(unknown)}; this index's documents have "
+                                 + (", ".join(known[:20]) if known else "no metadata")
+                                 + " (allow_unknown_filters / --allow-unknown-filters to match nothing instead)")
         allowed = self.index.docstore.rows_matching(filters) if filters else None
         if allowed is not None and allowed.size == 0:
             return []
         fetch = self._passages_to_fetch(k)
         method = self.settings.method
-        if method == "bm25":
-            hits = self._collapse(*self.index.bm25.search(query, fetch, allowed))[:k]
-        elif method == "dense":
-            hits = self._collapse(*self._dense(query, fetch, allowed))[:k]
-        else:
-            hits = self._fuse(self._collapse(*self.index.bm25.search(query, fetch, allowed)),
-                              self._collapse(*self._dense(query, fetch, allowed)))[:k]
+        lists: dict[str, list[_Hit]] = {}
+        if method != "dense":
+            lists["bm25"] = self._collapse(*self.index.bm25.search(query, fetch, allowed))
+        if method != "bm25":
+            lists["dense"] = self._collapse(*self._dense(query, fetch, allowed))
+        hits = (self._fuse(lists["bm25"], lists["dense"]) if method == "hybrid" else lists[method])[:k]
+        ranked = {name: {key: Signal(rank, float(score)) for rank, (key, _, score) in enumerate(found, start=1)}
+                  for name, found in lists.items()}
         passages = self.index.docstore.passages([row for _, row, _ in hits])
-        return [Candidate(passage=p, method=method, rank=i, score=float(score))
-                for i, (p, (_, _, score)) in enumerate(zip(passages, hits, strict=True), start=1)]
+        return [Candidate(passage=p, method=method, rank=i, score=float(score),
+                          signals={name: by_key.get(key, _MISSING) for name, by_key in ranked.items()})
+                for i, (p, (key, _, score)) in enumerate(zip(passages, hits, strict=True), start=1)]
 
     def _passages_to_fetch(self, k: int) -> int:
         if self.settings.granularity == "passage":

@@ -151,10 +151,10 @@ def create_app(state: ServingState) -> FastAPI:
         reranker = state.rerank.reranker
         if body.model is not None and body.model not in state.model_names and not state.config.accept_any_model_name:
             asked = body.model if len(body.model) <= 80 else body.model[:80] + "…"
-            served = sorted(n for n in state.model_names if len(n) < 200)[:8]
-            raise ApiError(404, f"model '{asked}' is not served here; this server serves '{reranker.name}' "
-                           f"(sha256 {reranker.weights_sha256[:12]}) under the names {', '.join(served)}: pass one "
-                           "of them, or start the server with --served-model-name NAME or --accept-any-model-name")
+            served = sorted(n for n in state.model_names if len(n) <= 60 and "/" not in n)[:6]
+            raise ApiError(404, f"model '{asked}' is not served here; pass one of {', '.join(served)} (or omit "
+                           "`model` on /v1), or start the server with --served-model-name NAME or "
+                           "--accept-any-model-name")
         query = validate_query(body.query)
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
         request.state.audit.update(reranker=reranker.name, reranker_sha256=reranker.weights_sha256,

@@ -107,6 +107,8 @@ class ServeConfig:
     served_model_names: tuple[str, ...] = ()
     #: answer any ``model`` name with the served reranker instead of refusing unknown names with a 404
     accept_any_model_name: bool = False
+    #: let /v1/search filters on metadata keys no document has match nothing (default: 422 naming the known keys)
+    allow_unknown_filters: bool = False
     batching: BatchingSettings = BatchingSettings()
     limits: Limits = Limits()
     rate_limit: RateLimit = RateLimit()

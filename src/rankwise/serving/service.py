@@ -141,7 +141,8 @@ class SearchService:
                             first_stage=first_stage or self.config.first_stage,
                             retrieve_k=retrieve_k or self.config.retrieve_k,
                             rerank_k=self.config.rerank_k if rerank_k is None else rerank_k,
-                            rerank_fusion=rerank_fusion or self.config.rerank_fusion)
+                            rerank_fusion=rerank_fusion or self.config.rerank_fusion,
+                            allow_unknown_filters=self.config.allow_unknown_filters)
         with self._lock:
             candidates = pipeline.retrieve(query, filters)
         timings = {"first_stage": (time.perf_counter() - t0) * 1000}

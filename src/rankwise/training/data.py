@@ -5,10 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rankwise.training.negatives import TrainingGroup
+
+if TYPE_CHECKING:
+    from rankwise.evaluation.goldset import GoldSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +25,14 @@ class JudgedQueries:
         """Identifies the exact judgements trained on (goes into the model card for lineage)."""
         payload = json.dumps({q: [self.queries.get(q, ""), sorted(self.qrels[q].items())] for q in sorted(self.qrels)})
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_goldset(cls, gold: GoldSet, known_documents: Collection[str] | None = None) -> JudgedQueries:
+        """Train from a gold set (graded or binary): positives are labels > 0, and labels <= 0 are judged
+        negatives, which training uses before mined ones (see :func:`~rankwise.training.negatives.mine_groups`).
+        Annotators are merged and unusable queries set aside exactly as evaluation does."""
+        prepared = gold.prepare(known_documents=known_documents)
+        return cls(dict(prepared.queries), {q: dict(r) for q, r in prepared.qrels.items()})
 
     def split(self, validation_fraction: float, seed: int) -> tuple[JudgedQueries, JudgedQueries]:
         """Hold out a seeded random fraction of *queries* (never pairs of one query on both sides)."""

@@ -99,8 +99,9 @@ def mine_groups(
                 if c.passage.doc_id not in judged
                 and not (false_negative_margin and best_positive is not None
                          and c.score >= false_negative_margin * best_positive)))
+        judged_negatives = sorted(d for d, grade in judged.items() if grade <= 0 and d in indexed)
         for _round in range(rounds):
-            chosen = _sample_negatives(pools, mix, judged, all_doc_ids, rng)
+            chosen = _sample_negatives(pools, mix, judged, all_doc_ids, rng, judged_negatives)
             groups.append(TrainingGroup(qid, queries[qid], tuple(positive_texts),
                                         tuple(_doc_text(index, d, with_titles) for d in chosen), tuple(chosen)))
     return groups
@@ -148,9 +149,12 @@ def _ranked_positives(judged: Mapping[str, int], rankings: Iterable[Sequence[Can
 
 
 def _sample_negatives(pools: Mapping[str, list[str]], mix: Mapping[str, int], judged: Container[str],
-                      all_doc_ids: list[str], rng: random.Random) -> list[str]:
-    """Distinct negatives: ``mix[source]`` from each first-stage pool, then random corpus documents."""
-    chosen: list[str] = []
+                      all_doc_ids: list[str], rng: random.Random, judged_negatives: Sequence[str] = ()) -> list[str]:
+    """Distinct negatives: documents judged not relevant first (up to half the group: a human said no to
+    them, usually after the first stage ranked them high — the hardest true negatives there are), then
+    ``mix[source]`` from each first-stage pool and random corpus documents, to the same group size."""
+    size = sum(mix.values())
+    chosen: list[str] = rng.sample(list(judged_negatives), min(len(judged_negatives), max(1, size // 2)))
     for method, pool in pools.items():
         fresh = [d for d in pool if d not in chosen]
         chosen += rng.sample(fresh, min(mix[method], len(fresh)))
@@ -160,7 +164,7 @@ def _sample_negatives(pools: Mapping[str, list[str]], mix: Mapping[str, int], ju
             if doc_id not in judged and doc_id not in chosen:
                 chosen.append(doc_id)
                 break
-    return chosen
+    return chosen[:size]
 
 
 def _doc_text(index: Index, doc_id: str, with_title: bool = True) -> str:
