@@ -74,7 +74,7 @@ def serve(
     max_query_chars: Annotated[int, typer.Option(help="Characters per query (at most 2000).")] = 2000,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body (counted as it streams in).")] = 16 * 1024 * 1024,
     max_in_flight: Annotated[int, typer.Option(help="API requests inside the server at once; more get 503 + "
-                                                    "Retry-After at once.")] = 32,
+                                                    "Retry-After at once.")] = 16,
     open_metrics: Annotated[bool, typer.Option("--open-metrics", help="Serve /metrics without an admin key "
                                                                       "even when --keys is on.")] = False,
     served_model_name: Annotated[list[str], typer.Option(

@@ -27,8 +27,10 @@ class Limits:
     max_document_chars: int = 20_000
     max_query_chars: int = MAX_QUERY_CHARS
     max_body_bytes: int = 16 * 1024 * 1024
-    #: API requests inside the server at once; one more is answered 503 + Retry-After at once (load shedding)
-    max_in_flight: int = 32
+    #: API requests inside the server at once; one more is answered 503 + Retry-After at once (load shedding).
+    #: 16 kept the client-side p99 under twice a 200 ms budget at 64 connections on 2 cores, where 32 did not
+    #: quite (benchmarks/serve_overload.sh); raise it with the cores
+    max_in_flight: int = 16
 
     def __post_init__(self) -> None:
         for name in ("max_documents", "max_document_chars", "max_query_chars", "max_body_bytes", "max_in_flight"):
