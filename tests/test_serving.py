@@ -135,6 +135,22 @@ def _assert_matches_reference(body: dict[str, Any], reference: CrossEncoderReran
         assert r["relevance_score"] == pytest.approx(float(want.calibrated[r["index"]]), abs=1e-6)
 
 
+def _rerank_all_at_once(server: Server, jobs: list[tuple[str, list[str]]], token: str | None = None
+                        ) -> list[dict[str, Any]]:
+    """Send every (query, texts) job to /v1/rerank at the same instant (a barrier), raw scores included."""
+    barrier = threading.Barrier(len(jobs))
+
+    def call(job: tuple[str, list[str]]) -> dict[str, Any]:
+        with server.client(token) as client:
+            barrier.wait()
+            response = client.post("/v1/rerank", json={"query": job[0], "documents": job[1], "raw_scores": True})
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(call, jobs))
+
+
 # ---------------------------------------------------------------------------------------------- rerank
 def test_rerank_is_cohere_shaped_and_equals_unbatched_scores(admin: httpx.Client,
                                                                reference: CrossEncoderReranker) -> None:
@@ -176,19 +192,9 @@ def test_concurrent_clients_share_forward_passes(server: Server, keys: dict[str,
                                                  reference: CrossEncoderReranker) -> None:
     clients = 8
     before = server.metrics()
-    barrier = threading.Barrier(clients)
     jobs = [(f"question {i}: {KB[i % len(KB)].title}?",
              [f"{d.text} (variant {i})" for d in KB[: 3 + i % 5]]) for i in range(clients)]
-
-    def call(job: tuple[str, list[str]]) -> dict[str, Any]:
-        with server.client(keys["rerank"]) as client:
-            barrier.wait()
-            response = client.post("/v1/rerank", json={"query": job[0], "documents": job[1], "raw_scores": True})
-        assert response.status_code == 200, response.text
-        return response.json()  # type: ignore[no-any-return]
-
-    with ThreadPoolExecutor(clients) as pool:
-        bodies = list(pool.map(call, jobs))
+    bodies = _rerank_all_at_once(server, jobs, keys["rerank"])
     for (query, texts), body in zip(jobs, bodies, strict=True):
         assert body["meta"]["cache_hits"] == 0
         _assert_matches_reference(body, reference, query, texts)
@@ -207,18 +213,8 @@ def test_openvino_int8_server_shares_forward_passes_and_matches_its_own_scores(s
                   "--batch-wait-ms", "100"], tmp_path / "openvino.log")
     try:
         clients = 6
-        barrier = threading.Barrier(clients)
         jobs = [(f"question {i}: {KB[i % len(KB)].title}?", KB_TEXTS[i: i + 16]) for i in range(clients)]
-
-        def call(job: tuple[str, list[str]]) -> dict[str, Any]:
-            with srv.client() as client:
-                barrier.wait()
-                response = client.post("/v1/rerank", json={"query": job[0], "documents": job[1], "raw_scores": True})
-            assert response.status_code == 200, response.text
-            return response.json()  # type: ignore[no-any-return]
-
-        with ThreadPoolExecutor(clients) as pool:
-            bodies = list(pool.map(call, jobs))
+        bodies = _rerank_all_at_once(srv, jobs)
         metrics = srv.metrics()
     finally:
         srv.stop()

@@ -33,7 +33,8 @@ from rich.progress import (
 from rankwise.errors import RankwiseError
 
 if TYPE_CHECKING:
-    from rankwise.evaluation.goldset import GoldSet
+    from rankwise.evaluation.goldset import GoldSet, LabelScale, PreparedGoldSet
+    from rankwise.index import Index
     from rankwise.rerank.base import Reranker
 
 # emoji=False: a gate such as "nDCG@10:-1:" must not become a thumbs-down emoji
@@ -102,6 +103,13 @@ def load_goldset(dataset: Path | None, split: str, goldset: Path | None, queries
         raise EvaluationError(f"'{goldset}' is read as TREC qrels (not .jsonl); pass --queries FILE with the "
                               "query texts")
     return GoldSet.from_trec_qrels(goldset, read_queries(queries))
+
+
+def prepare_goldset(gold: GoldSet, index: Index, limit_queries: int | None, scale: LabelScale | None = None
+                    ) -> PreparedGoldSet:
+    """The gold set checked against ``index`` (unknown documents, unusable queries), cut to ``--limit-queries``."""
+    prepared = gold.prepare(scale=scale, known_documents=set(index.passage_doc_ids))
+    return prepared if limit_queries is None else prepared.limit(limit_queries)
 
 
 def load_reranker_option(spec: str, *, registry: Path | None, backend: str, device: str,

@@ -31,6 +31,7 @@ from rankwise.cli.common import (
     load_reranker_option,
     out,
     prelude,
+    prepare_goldset,
     progress_bars,
     warn,
 )
@@ -91,9 +92,7 @@ def eval_(
     label_scale = LabelScale.parse(scale) if scale else None
     gold = load_goldset(dataset, split, goldset, queries)
     index = Index(index_dir)
-    prepared = gold.prepare(scale=label_scale, known_documents=set(index.passage_doc_ids))
-    if limit_queries is not None:
-        prepared = prepared.limit(limit_queries)
+    prepared = prepare_goldset(gold, index, limit_queries, label_scale)
     warn(prepared.warnings)
     ranker = load_reranker_option(reranker, registry=registry, backend=backend, device=device, max_length=max_length)
     with progress_bars() as bars:

@@ -26,6 +26,7 @@ from rankwise.cli.common import (
     load_goldset,
     out,
     prelude,
+    prepare_goldset,
 )
 
 app = typer.Typer()
@@ -185,9 +186,7 @@ def _evaluate_added(reranker: Any, index_dir: Path | None, dataset: Path | None,
         raise QueryError("evaluating an added model needs --index and one of --dataset/--goldset")
     gold = load_goldset(dataset, split, goldset)
     index = Index(index_dir)
-    prepared = gold.prepare(known_documents=set(index.passage_doc_ids))
-    if limit_queries is not None:
-        prepared = prepared.limit(limit_queries)
+    prepared = prepare_goldset(gold, index, limit_queries)
     with out.status("evaluating the model…"):
         report = evaluate(index, prepared, first_stages=[first_stage], reranker=reranker, baseline=first_stage,
                           metrics=["nDCG@10", "nDCG@5"], n_resamples=1000)
@@ -257,9 +256,7 @@ def promote(
     from rankwise.training.promotion import check_promotion
 
     index = Index(index_dir)
-    prepared = gold.prepare(known_documents=set(index.passage_doc_ids))
-    if limit_queries is not None:
-        prepared = prepared.limit(limit_queries)
+    prepared = prepare_goldset(gold, index, limit_queries)
     prelude()
     with out.status(f"evaluating {target} against production…"):
         decision = check_promotion(reg, index, prepared, candidate=target, first_stage=first_stage, metric=metric,
