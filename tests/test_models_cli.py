@@ -100,6 +100,29 @@ def test_train_from_a_goldset_made_by_label_import(tmp_path: Path, kb_index) -> 
     assert trained.returncode == 0, trained.stderr[-2000:]
     card = Registry(tmp_path / "registry").get("candidate").card
     assert card["training_data"]["goldset"] == str(gold) and card["training"]["steps"] == 4
+    assert len(card["training_data"]["query_digests"]) == len(KB_QUERIES)
+    # evaluating (or gating) the model on the queries it was trained on: a warning, or with --strict a refusal
+    common = ("--index", str(kb_index.path), "--goldset", str(gold), "--first-stage", "bm25", "--baseline", "bm25",
+              "--reranker", "candidate", "--registry", str(tmp_path / "registry"), "--backend", "torch")
+    leaked = run("eval", *common)
+    assert leaked.returncode == 0 and f"{len(KB_QUERIES)} of {len(KB_QUERIES)} gold-set queries were in v1's training" \
+        in " ".join(leaked.stderr.split()), leaked.stderr
+    refused = run("eval", *common, "--strict")
+    assert refused.returncode == 2 and "were in v1's training data" in refused.stderr and "Traceback" not in refused.stderr
     both = run("train", "--index", str(kb_index.path), "--goldset", str(gold), "--dataset", str(tmp_path),
                "--registry", str(tmp_path / "registry"))
     assert both.returncode == 2 and "exactly one of --dataset" in both.stderr
+
+
+def test_leakage_is_found_whatever_the_case_and_spacing() -> None:
+    from rankwise.errors import QueryError
+    from rankwise.training.leakage import find_leakage, guard, query_digests
+
+    card = {"training_data": {"query_digests": query_digests(["How are annual plans refunded", "reset MFA"])}}
+    leak = find_leakage("v3", card, {"a": "how are  annual plans refunded ", "b": "a new question"})
+    assert leak is not None and (leak.overlapping, leak.total, leak.examples) == (1, 2, ("a",))
+    assert "1 of 2 gold-set queries were in v3's training data" in (guard(leak, strict=False) or "")
+    with pytest.raises(QueryError, match="never saw"):
+        guard(leak, strict=True)
+    assert find_leakage("v3", card, {"b": "a new question"}) is None
+    assert find_leakage("v3", {"training_data": {}}, {"a": "reset MFA"}) is None  # older cards: nothing to check

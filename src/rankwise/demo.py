@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     from rankwise.rerank.loading import load_reranker
     from rankwise.training.data import JudgedQueries
     from rankwise.training.finetune import TrainingConfig, train_cross_encoder
+    from rankwise.training.leakage import query_digests
     from rankwise.training.negatives import mine_groups, title_groups
     from rankwise.training.promotion import check_promotion
 
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     registry = Registry(out / "registry")
     entry = registry.register(result.model_dir, {
         "base_model": config.base_model, "training_data": {"dataset": "sample_kb/train", "fingerprint": judged.fingerprint,
+                                                           "query_digests": query_digests(judged.texts),
                                                            "title_queries": len(pseudo)},
         "hyperparameters": result.summary()["config"],
         "metrics": {"validation": {"nDCG@10": result.best_validation_ndcg10}}, "parent": None})

@@ -112,6 +112,36 @@ def prepare_goldset(gold: GoldSet, index: Index, limit_queries: int | None, scal
     return prepared if limit_queries is None else prepared.limit(limit_queries)
 
 
+def training_card(spec: str, registry: Path | None) -> tuple[str, dict[str, Any]] | None:
+    """(name, model card) of the reranker ``spec`` names, when it has one: a registry version, or a directory
+    with a ``model_card.json`` (what the leakage guard reads); ``None`` for other models."""
+    import json
+
+    from rankwise.registry import ALIASES, VERSION_ID, Registry
+
+    if spec.strip().lower() in ("", "none"):
+        return None
+    if spec in ALIASES or VERSION_ID.fullmatch(spec):
+        entry = Registry(registry).get(spec)
+        return entry.version, entry.card
+    card = Path(spec) / "model_card.json"
+    try:
+        return (spec, json.loads(card.read_text())) if card.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def warn_leakage(spec: str, registry: Path | None, queries: dict[str, str], strict: bool) -> None:
+    """Warn (or with ``--strict`` refuse) when the gold set asks queries the reranker was trained on."""
+    from rankwise.training.leakage import find_leakage, guard
+
+    named = training_card(spec, registry)
+    if named is not None:
+        message = guard(find_leakage(named[0], named[1], queries), strict=strict)
+        if message:
+            warn([message])
+
+
 def load_reranker_option(spec: str, *, registry: Path | None, backend: str, device: str,
                          max_length: int | None = None) -> Reranker | None:
     """The reranker named by ``--reranker`` with the shared model-loading options applied."""
@@ -147,3 +177,5 @@ GoldsetOpt = Annotated[Path | None, typer.Option(help="Gold set JSONL (from `ran
                                                       "with --queries; instead of --dataset.")]
 AllowUnknownFilters = Annotated[bool, typer.Option("--allow-unknown-filters", help="Let a filter on a metadata key "
                                                   "no document has match nothing (default: refused as a typo).")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Refuse to evaluate a reranker on queries it was "
+                                                        "trained on (default: a warning).")]

@@ -26,6 +26,7 @@ from rankwise.cli.common import (
     RerankFusionOpt,
     RerankK,
     RetrieveK,
+    StrictOpt,
     friendly_errors,
     load_goldset,
     load_reranker_option,
@@ -34,6 +35,7 @@ from rankwise.cli.common import (
     prepare_goldset,
     progress_bars,
     warn,
+    warn_leakage,
 )
 from rankwise.evaluation.errors import EvaluationError
 
@@ -64,6 +66,7 @@ def eval_(
     device: DeviceOpt = "cpu",
     registry: RegistryOpt = None,
     limit_queries: LimitQueries = None,
+    strict: StrictOpt = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
     markdown: Annotated[Path | None, typer.Option(help="Write the report as Markdown.")] = None,
     html_path: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report.")] = None,
@@ -94,6 +97,7 @@ def eval_(
     index = Index(index_dir)
     prepared = prepare_goldset(gold, index, limit_queries, label_scale)
     warn(prepared.warnings)
+    warn_leakage(reranker, registry, prepared.queries, strict)
     ranker = load_reranker_option(reranker, registry=registry, backend=backend, device=device, max_length=max_length)
     with progress_bars() as bars:
         tasks: dict[str, Any] = {}

@@ -21,12 +21,14 @@ from rankwise.cli.common import (
     RegistryOpt,
     RerankFusionOpt,
     RerankK,
+    StrictOpt,
     err,
     friendly_errors,
     load_goldset,
     out,
     prelude,
     prepare_goldset,
+    warn_leakage,
 )
 
 app = typer.Typer()
@@ -74,6 +76,7 @@ def train(
     from rankwise.index import Index
     from rankwise.training.data import JudgedQueries, group_stats
     from rankwise.training.finetune import TrainingConfig, train_cross_encoder
+    from rankwise.training.leakage import query_digests
     from rankwise.training.negatives import mine_groups, parse_negative_mix, title_groups
 
     config = TrainingConfig(base_model=base_model, loss=loss, epochs=epochs, max_steps=max_steps,  # type: ignore[arg-type]
@@ -101,7 +104,7 @@ def train(
         parent = reg.aliases().get("production")
         source = {"dataset": str(dataset), "split": split} if dataset else {"goldset": str(goldset)}
         card = {"base_model": base_model, "training_data": {**source,
-                "fingerprint": judged.fingerprint, "index_fingerprint": index.fingerprint, "negatives": mix,
+                "fingerprint": judged.fingerprint, "query_digests": query_digests(judged.texts), "index_fingerprint": index.fingerprint, "negatives": mix,
                 "max_positives": max_positives, "title_queries": len(pseudo), **group_stats(train_groups)}, "hyperparameters": summary["config"],
                 "metrics": {"validation": {"nDCG@10": result.best_validation_ndcg10}},
                 "training": {k: summary[k] for k in ("steps", "train_seconds", "loss_first", "loss_last")},
@@ -238,6 +241,7 @@ def promote(
     device: DeviceOpt = "cpu",
     limit_queries: LimitQueries = None,
     force: Annotated[bool, typer.Option("--force", help="Promote without the gate (recorded in history).")] = False,
+    strict: StrictOpt = False,
     registry: RegistryOpt = None,
 ) -> None:
     """Promote a version to production if it beats production on a gold set (or --force, recorded)."""
@@ -257,6 +261,7 @@ def promote(
 
     index = Index(index_dir)
     prepared = prepare_goldset(gold, index, limit_queries)
+    warn_leakage(target, registry, prepared.queries, strict)  # a gate passed on training queries means nothing
     prelude()
     with out.status(f"evaluating {target} against production…"):
         decision = check_promotion(reg, index, prepared, candidate=target, first_stage=first_stage, metric=metric,

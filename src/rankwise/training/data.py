@@ -26,6 +26,11 @@ class JudgedQueries:
         payload = json.dumps({q: [self.queries.get(q, ""), sorted(self.qrels[q].items())] for q in sorted(self.qrels)})
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
+    @property
+    def texts(self) -> list[str]:
+        """The texts of the judged queries (``queries`` may hold more, e.g. a BEIR file's other splits)."""
+        return [self.queries[q] for q in sorted(self.qrels) if q in self.queries]
+
     @classmethod
     def from_goldset(cls, gold: GoldSet, known_documents: Collection[str] | None = None) -> JudgedQueries:
         """Train from a gold set (graded or binary): positives are labels > 0, and labels <= 0 are judged
