@@ -21,7 +21,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from rankwise.errors import ModelError, QueryError
+from rankwise.errors import ModelError
 from rankwise.index.integrity import corrupt
 from rankwise.inference.backends import BackendChoice, Runner, resolve_backend
 from rankwise.inference.batching import pad_batch, run_batched
@@ -61,12 +61,8 @@ class Embedder:
                  batch_tokens: int = 16384, device: str = "cpu", threads: int | None = None) -> None:
         from sentence_transformers import SentenceTransformer
 
-        if device != "cpu" and backend == "auto":
-            backend = "torch"  # the exported backends run on the CPU only
-        self.backend_decision = resolve_backend(backend, "embedder")
+        self.backend_decision = resolve_backend(backend, "embedder", device=device)
         backend = self.backend_decision.backend
-        if backend != "torch" and device != "cpu":
-            raise QueryError(f"the {backend} backend runs on the CPU; use backend='torch' for device '{device}'")
         path = resolve_model(model)
         try:
             self.model = SentenceTransformer(str(path), device=device, local_files_only=True)

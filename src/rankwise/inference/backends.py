@@ -24,6 +24,7 @@ from typing import Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 
+from rankwise.errors import QueryError
 from rankwise.options import choose
 
 Backend = Literal["torch", "torch-bf16", "onnx", "onnx-int8", "openvino", "openvino-int8"]
@@ -123,15 +124,22 @@ def _available(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
-def resolve_backend(requested: str, task: Task = "cross-encoder", *, flags: frozenset[str] | None = None
-                    ) -> BackendDecision:
-    """The concrete backend for ``requested`` (``auto`` → per CPU, see the module docstring).
+def resolve_backend(requested: str, task: Task = "cross-encoder", *, device: str = "cpu",
+                    flags: frozenset[str] | None = None) -> BackendDecision:
+    """The concrete backend for ``requested`` on ``device`` (``auto`` → per CPU, see the module docstring).
 
-    A runtime that is not installed falls back to the next choice with a one-line warning, never silently.
+    The exported backends run on the CPU only: ``auto`` on another device is torch, and asking for an
+    exported one there is a one-line error. A runtime that is not installed falls back to the next choice
+    with a one-line warning, never silently.
     """
     allowed = BACKENDS if task == "cross-encoder" else EMBEDDER_BACKENDS
+    if requested == "auto" and device != "cpu":
+        return BackendDecision("torch", f"auto: only torch runs on device {device}")
     if requested != "auto":
-        return BackendDecision(check_backend(requested, allowed), "requested")
+        backend = check_backend(requested, allowed)
+        if not backend.startswith("torch") and device != "cpu":
+            raise QueryError(f"the {backend} backend runs on the CPU; use backend='torch' for device '{device}'")
+        return BackendDecision(backend, "requested")
     kind = cpu_kind(flags)
     preferred: list[tuple[Backend, tuple[str, ...]]] = [("onnx-int8", ("onnxruntime",))]
     if kind == "avx512-vnni":

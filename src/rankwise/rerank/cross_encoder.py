@@ -83,15 +83,11 @@ class CrossEncoderReranker:
         choose(long_documents, AGGREGATIONS, "long-document aggregation")
         if max_length is not None and max_length < 16:
             raise QueryError(f"max_length must be at least 16 tokens (got {max_length})")
-        if device != "cpu" and backend == "auto":
-            backend = "torch"  # the exported backends run on the CPU only
-        self.backend_decision = resolve_backend(backend, "cross-encoder")
+        self.backend_decision = resolve_backend(backend, "cross-encoder", device=device)
         self.backend = backend = self.backend_decision.backend
         if calibration is not None and backend != "openvino-int8":
             raise QueryError(f"a calibration file only applies to backend 'openvino-int8' (got '{backend}')")
         torch_backend = backend.startswith("torch")
-        if not torch_backend and device != "cpu":
-            raise QueryError(f"the {backend} backend runs on the CPU; use backend='torch' for device '{device}'")
         self.path = resolve_model(model)
         self.weights_sha256 = weights_sha256(self.path)
         if torch_backend:
