@@ -18,7 +18,7 @@ import numpy as np
 from rankwise.errors import QueryError
 from rankwise.index import Index
 from rankwise.options import RERANK_FUSIONS, FirstStageMethod, Fusion, Granularity, RerankFusion, choose
-from rankwise.rerank.base import Reranker, RerankScores, WindowedReranker
+from rankwise.rerank.base import Reranker, RerankScores, backend_label
 from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
 from rankwise.retrieval.rrf import reciprocal_rank_fusion
 from rankwise.types import Candidate, FirstStageScore, Provenance, RerankerScore, SearchResponse, SearchResult
@@ -177,8 +177,7 @@ class Pipeline:
             num_split=num_split,
             rerank_fusion=self.rerank_fusion if num_reranked else "none",
             embedding_backend=f"{emb['backend']} ({emb.get('backend_reason', 'requested')})" if emb else "none",
-            reranker_backend=str(reranked.backend_decision) if isinstance(reranked, WindowedReranker)
-            else "custom" if reranked is not None else "none",
+            reranker_backend=backend_label(reranked),
         )
 
 

@@ -104,3 +104,11 @@ class WindowedReranker(Reranker, Protocol):
     def aggregate_windows(self, logits: np.ndarray, owners: list[int], n: int) -> np.ndarray:
         """One logit per text from its windows' logits."""
         ...
+
+
+def backend_label(reranker: Reranker | None) -> str:
+    """What provenance and metrics say produced a reranker's scores: its backend and why, ``custom`` for a
+    reranker that does not declare one, ``none`` without a reranker."""
+    if reranker is None:
+        return "none"
+    return str(reranker.backend_decision) if isinstance(reranker, WindowedReranker) else "custom"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from rankwise.index import Index
 from rankwise.registry import Registry
-from rankwise.rerank.base import Reranker, WindowedReranker
+from rankwise.rerank.base import Reranker, backend_label
 from rankwise.rerank.loading import load_reranker
 from rankwise.serving.audit import AuditLog
 from rankwise.serving.auth import KeyStore, RateLimiter
@@ -73,8 +73,7 @@ def load_state(config: ServeConfig) -> ServingState:
     metrics.model.info({
         "reranker": state.reranker.name if state.reranker else "none",
         "reranker_sha256": state.reranker.weights_sha256 if state.reranker else "none",
-        "reranker_backend": str(state.reranker.backend_decision) if isinstance(state.reranker, WindowedReranker)
-        else "custom" if state.reranker else "none",
+        "reranker_backend": backend_label(state.reranker),
         "index_fingerprint": state.index.fingerprint if state.index else "none",
         "embedding_model": str((state.index.manifest.embedding or {}).get("model", "none")) if state.index else "none",
         "cache": state.cache.backend,
