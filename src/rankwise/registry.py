@@ -460,11 +460,8 @@ def _tree(directory: Path) -> dict[str, os.stat_result]:
 
 
 def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
     with open(file, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _hash_tree(directory: Path) -> dict[str, dict[str, Any]]:

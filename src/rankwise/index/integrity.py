@@ -32,7 +32,6 @@ from rankwise.errors import IndexNotFoundError
 
 SIDECAR = ".verified.json"
 _EDGE = 4096
-_CHUNK = 1 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 #: absolute file path -> (stat identity, sha256) verified by this process
 _VERIFIED: dict[str, tuple[tuple[int, ...], str]] = {}
@@ -59,14 +58,12 @@ def record_files(directory: Path, *, exclude: set[str]) -> dict[str, dict[str, A
         name = file.relative_to(directory).as_posix()
         if name in exclude or name == SIDECAR:
             continue
-        digest = hashlib.sha256()
         with open(file, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
+            sha = hashlib.file_digest(fh, "sha256").hexdigest()
             os.fsync(fh.fileno())
         stat = file.stat()
-        records[name] = {"size": stat.st_size, "sha256": digest.hexdigest(), "edges": _edges(file, stat.st_size)}
-        cache[name] = [*_identity(stat), digest.hexdigest()]
+        records[name] = {"size": stat.st_size, "sha256": sha, "edges": _edges(file, stat.st_size)}
+        cache[name] = [*_identity(stat), sha]
     _write_sidecar(directory, cache)
     return records
 
@@ -132,14 +129,11 @@ def _identity(stat: os.stat_result) -> tuple[int, ...]:
 
 
 def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
     try:
         with open(file, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
+            return hashlib.file_digest(fh, "sha256").hexdigest()
     except OSError as err:
         raise corrupt(file, f"cannot be read: {err.strerror or err}") from None
-    return digest.hexdigest()
 
 
 def _edges(file: Path, size: int) -> str:
