@@ -30,7 +30,7 @@ from rankwise.errors import RankwiseError
 from rankwise.pipeline import validate_query
 from rankwise.serving.audit import AuditRecord
 from rankwise.serving.auth import ApiKey, key_rate_limit
-from rankwise.serving.guard import RequestGuard
+from rankwise.serving.guard import RequestGuard, bearer_token
 from rankwise.serving.schemas import (
     PATTERN_MESSAGES,
     ErrorBody,
@@ -258,9 +258,9 @@ def _is_admin(state: ServingState, request: Request) -> bool:
     """Open servers (loopback, no keys) show everything; with keys only an admin key sees model details."""
     if state.keys is None:
         return True
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = bearer_token(request.headers.get("authorization"))
     try:
-        key = state.keys.authenticate(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+        key = state.keys.authenticate(token) if token else None
     except RankwiseError:
         return False
     return key is not None and key.allows("admin")

@@ -141,11 +141,6 @@ class CircuitBreaker:
             if self._consecutive >= self.failures:
                 self._open_until = time.monotonic() + self.cooldown_s
 
-    @property
-    def is_open(self) -> bool:
-        with self._lock:
-            return self._consecutive >= self.failures
-
 
 class CacheUnavailable(Exception):
     """The cache was skipped because its circuit breaker is open (answered as a miss / no write)."""

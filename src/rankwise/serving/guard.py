@@ -21,21 +21,16 @@ the metrics and writes their audit rows (with the key id when a valid key was se
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rankwise.serving.auth import KeyFileError
 from rankwise.serving.state import ServingState
 
 log = logging.getLogger("rankwise.serving")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: the routes that do model work; health, readiness, metrics and docs are never shed or size-limited
 API_ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/v1/search"})
@@ -56,34 +51,34 @@ class RequestGuard:
         request_state = scope.setdefault("state", {})
         if self.in_flight >= limits.max_in_flight:
             state.metrics.rejected.labels("overloaded").inc()
-            await _reply(send, 503, f"the server is at its limit of {limits.max_in_flight} requests in flight; "
+            await _reply(scope, receive, send, 503, f"the server is at its limit of {limits.max_in_flight} requests in flight; "
                          "retry shortly", {"Retry-After": "1"})
             request_state.setdefault("audit", {})["error"] = "overloaded"
             return
         if state.keys is not None:
-            token = _bearer_token(scope)
+            token = bearer_token(Headers(scope=scope).get("authorization"))
             try:
                 key = state.keys.authenticate(token) if token else None
             except KeyFileError:
                 log.exception("the API key store cannot be read")
-                await _reply(send, 503, "the server cannot read its API key store; retry later or tell its operator")
+                await _reply(scope, receive, send, 503, "the server cannot read its API key store; retry later or tell its operator")
                 return
             if key is None:
                 state.metrics.rejected.labels("unauthenticated").inc()
                 message = ("missing API key: send 'Authorization: Bearer rk_...' (create one with `rankwise keys add`)"
                            if not token else "invalid or revoked API key")
                 request_state.setdefault("audit", {})["error"] = message
-                await _reply(send, 401, message, {"WWW-Authenticate": "Bearer"})
+                await _reply(scope, receive, send, 401, message, {"WWW-Authenticate": "Bearer"})
                 return
             request_state["api_key"] = key
             request_state["key_id"] = key.id
-        length = _header(scope, b"content-length")
+        length = Headers(scope=scope).get("content-length")
         if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
             # declared too large: answer now, in the API's JSON shape (Starlette's limit would answer in text)
             state.metrics.rejected.labels("too_large").inc()
             message = f"the request body is {length} bytes; this server accepts at most {limits.max_body_bytes}"
             request_state.setdefault("audit", {})["error"] = message
-            await _reply(send, 413, message, {"Connection": "close"})
+            await _reply(scope, receive, send, 413, message, {"Connection": "close"})
             return
         self.in_flight += 1
         try:
@@ -92,24 +87,13 @@ class RequestGuard:
             self.in_flight -= 1
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-def _bearer_token(scope: Scope) -> str | None:
-    value = _header(scope, b"authorization")
-    if not value:
-        return None
-    scheme, _, token = value.partition(" ")
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, or None."""
+    scheme, _, token = (authorization or "").partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-async def _reply(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-    body = json.dumps({"message": message}).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
+async def _reply(scope: Scope, receive: Receive, send: Send, status: int, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+    """Answer in the API's error shape (``{"message": ...}``), before the app has seen the request."""
+    await JSONResponse({"message": message}, status_code=status, headers=headers)(scope, receive, send)
