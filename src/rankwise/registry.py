@@ -74,6 +74,16 @@ def default_registry_root() -> Path:
     return Path(user_data_dir("rankwise")) / "registry"
 
 
+#: anything shaped like a version id names the registry, which then refuses non-canonical ones (``v01``)
+_VERSION_LIKE = re.compile(r"v\d+")
+
+
+def names_registry(spec: str) -> bool:
+    """Whether a model spec names a registry entry (an alias, or anything shaped like a version id) rather
+    than a directory or hub id; such names always mean the registry, whatever the working directory holds."""
+    return spec in ALIASES or _VERSION_LIKE.fullmatch(spec) is not None
+
+
 def check_name(name: str) -> str:
     """``name`` if it is a version id or an alias, else a one-line :class:`ModelError`.
 

@@ -117,11 +117,11 @@ def training_card(spec: str, registry: Path | None) -> tuple[str, dict[str, Any]
     with a ``model_card.json`` (what the leakage guard reads); ``None`` for other models."""
     import json
 
-    from rankwise.registry import ALIASES, VERSION_ID, Registry
+    from rankwise.registry import Registry, names_registry
 
     if spec.strip().lower() in ("", "none"):
         return None
-    if spec in ALIASES or VERSION_ID.fullmatch(spec):
+    if names_registry(spec):
         entry = Registry(registry).get(spec)
         return entry.version, entry.card
     card = Path(spec) / "model_card.json"

@@ -9,16 +9,12 @@ the working directory holds.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from rankwise.errors import ModelError
-from rankwise.registry import ALIASES, Registry
+from rankwise.registry import Registry, names_registry
 from rankwise.rerank.base import Reranker
-
-#: anything shaped like a version id goes to the registry, which refuses non-canonical ones (``v01``)
-_VERSION_LIKE = re.compile(r"v\d+")
 
 
 def load_reranker(spec: str | None, *, registry: Registry | None = None, **options: Any) -> Reranker | None:
@@ -31,7 +27,7 @@ def load_reranker(spec: str | None, *, registry: Registry | None = None, **optio
     from rankwise.rerank.cross_encoder import CrossEncoderReranker
 
     spec = spec.strip()
-    if spec in ALIASES or _VERSION_LIKE.fullmatch(spec):
+    if names_registry(spec):
         try:
             entry = (registry or Registry()).get(spec)
         except ModelError as err:
