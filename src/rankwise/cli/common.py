@@ -117,14 +117,14 @@ def training_card(spec: str, registry: Path | None) -> tuple[str, dict[str, Any]
     with a ``model_card.json`` (what the leakage guard reads); ``None`` for other models."""
     import json
 
-    from rankwise.registry import Registry, names_registry
+    from rankwise.registry import CARD, Registry, names_registry
 
     if spec.strip().lower() in ("", "none"):
         return None
     if names_registry(spec):
         entry = Registry(registry).get(spec)
         return entry.version, entry.card
-    card = Path(spec) / "model_card.json"
+    card = Path(spec) / CARD
     try:
         return (spec, json.loads(card.read_text())) if card.is_file() else None
     except (OSError, ValueError):
