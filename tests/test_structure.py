@@ -26,6 +26,8 @@ LAYERS: list[set[str]] = [
     {"pipeline"},
     {"evaluation"},
     {"training"},  # the promotion gate evaluates
+    {"feedback"},  # the query log, feedback events, click models, export to gold sets
+    {"experiments"},  # assignment, interleaving, statistics, reports over the feedback store
     {"serving"},
     {"integrations"},  # RAG-framework adapters over a local reranker or a server
     {"cli"},

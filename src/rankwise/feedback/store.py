@@ -1,0 +1,542 @@
+"""The query log and feedback store: served requests, feedback events and shadow rankings, in SQLite.
+
+:class:`FeedbackStore` is the protocol the server, the shadow runner and ``rankwise feedback`` use;
+:class:`SQLiteFeedbackStore` implements it on one SQLite file in WAL mode (readers never block the writer).
+A server-side database would implement the same small protocol, so the SQL here stays plain.
+
+Why the write paths differ:
+
+* :meth:`~SQLiteFeedbackStore.log_request` and :meth:`~SQLiteFeedbackStore.record_shadow` run on the
+  request path and must never wait for the disk. They enqueue the row for a writer thread that commits
+  whatever queued up in one transaction (one fsync per batch, as :mod:`rankwise.serving.audit` does). Feedback
+  can arrive before that commit — a user clicks within milliseconds of the answer — so the most recent
+  requests are also kept in a bounded in-memory LRU that :meth:`~SQLiteFeedbackStore.get_request` reads
+  first.
+* :meth:`~SQLiteFeedbackStore.add_event` is synchronous: the intake endpoint answers whether the event was
+  stored, and a client retry must be told "duplicate" (``event_id`` is the primary key; a reused id with
+  different content raises :class:`FeedbackConflict`).
+
+Rows are append-only, enforced by the database: triggers abort every UPDATE, and every DELETE except those
+of the retention purge. :meth:`~SQLiteFeedbackStore.purge` writes its cutoff into the ``retention`` table
+inside the purge transaction; the delete triggers let a row go only when it is older than that cutoff (or is
+feedback on a request older than it), and the cutoff row is removed before the transaction commits, so no
+other connection ever sees one. Each write is one SQLite transaction: a crash leaves the rows committed
+before it and none of a torn batch.
+
+A feedback database is recognised by SQLite's ``application_id`` header field (``PRAGMA application_id``),
+so pointing the store at another SQLite file (the audit log, say) is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import re
+import sqlite3
+import threading
+from collections import OrderedDict
+from collections.abc import Collection, Iterator
+from dataclasses import asdict, fields, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self
+
+from rankwise.errors import RankwiseError
+from rankwise.feedback.events import FeedbackEvent, LoggedRequest, LoggedResult, ShadowRecord
+
+log = logging.getLogger("rankwise.feedback")
+
+AddOutcome = Literal["stored", "duplicate"]
+
+#: ``PRAGMA application_id`` of a rankwise feedback database ("rkfb")
+APPLICATION_ID = 0x726B6662
+SCHEMA_VERSION = 1
+#: how many recent requests :meth:`SQLiteFeedbackStore.get_request` finds without the database
+RECENT_REQUESTS = 10_000
+#: most rows the writer thread commits in one transaction
+_BATCH = 1_000
+#: SQLite's limit on bound parameters is 32766 (999 before 3.32); stay well below either
+_CHUNK = 500
+
+_SCHEMA = f"""
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY,
+    time TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    model TEXT,
+    model_sha256 TEXT,
+    key_id TEXT,
+    user_id TEXT,
+    query TEXT,
+    query_sha256 TEXT,
+    experiment TEXT,
+    arm TEXT,
+    latency_ms REAL,
+    degraded INTEGER NOT NULL,
+    results TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_time ON requests(time);
+CREATE INDEX IF NOT EXISTS requests_experiment ON requests(experiment, time);
+CREATE TABLE IF NOT EXISTS events (
+    event_id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    signal TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    value REAL,
+    user_id TEXT,
+    key_id TEXT,
+    time TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_request ON events(request_id);
+CREATE INDEX IF NOT EXISTS events_time ON events(time);
+CREATE TABLE IF NOT EXISTS shadow (
+    request_id TEXT NOT NULL,
+    time TEXT NOT NULL,
+    production_model TEXT NOT NULL,
+    shadow_model TEXT NOT NULL,
+    kendall_tau REAL,
+    top5_overlap REAL NOT NULL,
+    largest_moves TEXT NOT NULL,
+    shadow_ranking TEXT NOT NULL,
+    shadow_ms REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS shadow_time ON shadow(time);
+CREATE INDEX IF NOT EXISTS shadow_request ON shadow(request_id);
+-- holds one row (the purge cutoff) only inside a purge transaction
+CREATE TABLE IF NOT EXISTS retention (purge_before TEXT NOT NULL);
+{"".join(f'''
+CREATE TRIGGER IF NOT EXISTS {table}_no_update BEFORE UPDATE ON {table}
+BEGIN SELECT RAISE(ABORT, 'the feedback store is append-only: rows cannot be updated'); END;''' for table in
+        ("requests", "events", "shadow"))}
+CREATE TRIGGER IF NOT EXISTS requests_retention_only BEFORE DELETE ON requests
+WHEN OLD.time >= (SELECT COALESCE(MAX(purge_before), '') FROM retention)
+BEGIN SELECT RAISE(ABORT, 'feedback rows are deleted only by the retention purge'); END;
+{"".join(f'''
+CREATE TRIGGER IF NOT EXISTS {table}_retention_only BEFORE DELETE ON {table}
+WHEN OLD.time >= (SELECT COALESCE(MAX(purge_before), '') FROM retention)
+ AND OLD.request_id NOT IN (SELECT request_id FROM requests
+                            WHERE time < (SELECT COALESCE(MAX(purge_before), '') FROM retention))
+BEGIN SELECT RAISE(ABORT, 'feedback rows are deleted only by the retention purge'); END;''' for table in
+        ("events", "shadow"))}
+PRAGMA application_id = {APPLICATION_ID};
+PRAGMA user_version = {SCHEMA_VERSION};
+COMMIT;
+"""
+
+_REQUEST_COLUMNS = tuple(f.name for f in fields(LoggedRequest))
+_EVENT_COLUMNS = tuple(f.name for f in fields(FeedbackEvent))
+_SHADOW_COLUMNS = tuple(f.name for f in fields(ShadowRecord))
+
+
+def _insert(table: str, columns: tuple[str, ...]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+class FeedbackStoreError(RankwiseError):
+    """The feedback database cannot be opened, written or queried; the message names the path and the fix."""
+
+
+class FeedbackConflict(FeedbackStoreError):
+    """An ``event_id`` already names a different event (a client reused an id instead of retrying)."""
+
+
+class FeedbackStore(Protocol):
+    """What the server, the shadow runner and the feedback CLI need from a query log + feedback store.
+
+    ``since`` / ``until`` / ``older_than`` take ``30m``, ``2h``, ``7d`` (ago) or an ISO 8601 time
+    (:func:`since_timestamp`); reads see everything logged through the same store before the call.
+    """
+
+    def log_request(self, req: LoggedRequest) -> None:
+        """Record an answered request without waiting for the disk."""
+        ...
+
+    def get_request(self, request_id: str) -> LoggedRequest | None: ...
+
+    def add_event(self, event: FeedbackEvent) -> AddOutcome:
+        """Store one event durably; ``"duplicate"`` when the same event was stored before."""
+        ...
+
+    def record_shadow(self, rec: ShadowRecord) -> None:
+        """Record a shadow comparison without waiting for the disk."""
+        ...
+
+    def shadow_records(self, since: str | None = None) -> list[ShadowRecord]: ...
+
+    def requests(self, since: str | None = None, until: str | None = None,
+                 experiment: str | None = None) -> Iterator[LoggedRequest]: ...
+
+    def events(self, since: str | None = None,
+               request_ids: Collection[str] | None = None) -> list[FeedbackEvent]: ...
+
+    def purge(self, older_than: str) -> int:
+        """Delete requests older than the cutoff, their events and shadow rows; how many rows went."""
+        ...
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until everything logged so far is committed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def since_timestamp(value: str, now: datetime | None = None) -> str:
+    """``30m``/``2h``/``7d``/``2w`` (that long ago) or an ISO 8601 time → the UTC text rows are compared with.
+
+    Stored times are :func:`~rankwise.feedback.events.utc_now` strings (UTC, milliseconds), which sort as
+    text, so the result is written the same way. An ISO time without an offset is taken as UTC.
+    """
+    text = value.strip()
+    match = _RELATIVE.match(text)
+    if match:
+        moment = (now or datetime.now(UTC)) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    else:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise FeedbackStoreError(f"'{value}' is neither a duration like 30m, 2h, 7d nor an ISO time like "
+                                     "2025-01-31T12:00") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+class _Stop:
+    """Queue marker: commit what is queued, then end the writer thread."""
+
+
+_Item = LoggedRequest | ShadowRecord | threading.Event | _Stop
+
+
+class SQLiteFeedbackStore:
+    """:class:`FeedbackStore` on one SQLite file (created on first use); see the module docstring."""
+
+    def __init__(self, path: str | Path, *, timeout: float = 10.0, recent: int = RECENT_REQUESTS) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self._closed = False
+        self._conn = self._open()  # synchronous reads, add_event and purge, serialised by _lock
+        self._writer = self._connect()  # the writer thread's own connection
+        self._lock = threading.Lock()
+        self._recent: OrderedDict[str, LoggedRequest] = OrderedDict()
+        self._recent_size = recent
+        self._recent_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="rankwise-feedback", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteFeedbackStore('{self.path}')"
+
+    # ------------------------------------------------------------------ opening
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False)
+        except (OSError, sqlite3.Error) as err:
+            raise self._error(err, "opening it") from None
+
+    def _open(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            problem = self._prepare(conn)
+        except sqlite3.Error as err:
+            conn.close()
+            raise self._error(err, "opening it") from None
+        if problem is not None:
+            conn.close()
+            raise FeedbackStoreError(problem)
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> str | None:
+        """Create the schema in a new file, or check an existing one; what is wrong with the file, or None."""
+        app_id, version = self._header(conn)
+        if app_id == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None:
+            conn.execute("PRAGMA journal_mode=WAL")  # switched only on a file that is (now) ours
+            conn.executescript(_SCHEMA)
+            return None
+        if app_id != APPLICATION_ID:
+            return (f"'{self.path}' is an SQLite database but not a rankwise feedback database; pass a new "
+                    "or existing feedback database path")
+        if version > SCHEMA_VERSION:
+            return (f"the feedback database '{self.path}' was written by a newer rankwise (schema {version}, "
+                    f"this one reads {SCHEMA_VERSION}); upgrade rankwise")
+        conn.execute("PRAGMA journal_mode=WAL")
+        return None
+
+    @staticmethod
+    def _header(conn: sqlite3.Connection) -> tuple[int, int]:
+        (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        return int(app_id), int(version)
+
+    def _error(self, err: OSError | sqlite3.Error, doing: str) -> FeedbackStoreError:
+        """One actionable line for a failure of the file or of SQLite (naming the cause, not a traceback)."""
+        if isinstance(err, OSError):
+            return FeedbackStoreError(f"cannot create the feedback database '{self.path}' "
+                                      f"({err.strerror or err}); pass a path in a writable directory")
+        # the module raises ProgrammingError and friends itself; these two come from SQLite, with its code
+        from_sqlite = type(err) in (sqlite3.OperationalError, sqlite3.DatabaseError)
+        code = err.sqlite_errorcode & 0xFF if from_sqlite else None
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return FeedbackStoreError(f"the feedback database '{self.path}' stayed locked by another process "
+                                      f"for {self.timeout:g}s while {doing}; stop the other writer or retry")
+        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            return FeedbackStoreError(f"'{self.path}' is not a rankwise feedback database ({err}); pass a "
+                                      "new or existing feedback database path")
+        if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM):
+            return FeedbackStoreError(f"cannot write the feedback database '{self.path}' ({err}); pass a "
+                                      "path in a writable directory")
+        if code == sqlite3.SQLITE_FULL:
+            return FeedbackStoreError(f"the disk holding the feedback database '{self.path}' is full; free "
+                                      "space or purge old rows with a shorter retention")
+        return FeedbackStoreError(f"the feedback database '{self.path}' failed while {doing} ({err})")
+
+    # ------------------------------------------------------------------ the request path (non-blocking)
+    def log_request(self, req: LoggedRequest) -> None:
+        """Remember the request for :meth:`get_request` at once and queue it for the writer thread."""
+        self._check_open()
+        with self._recent_lock:
+            self._recent[req.request_id] = req
+            self._recent.move_to_end(req.request_id)
+            while len(self._recent) > self._recent_size:
+                self._recent.popitem(last=False)
+        self._queue.put(req)
+
+    def record_shadow(self, rec: ShadowRecord) -> None:
+        self._check_open()
+        self._queue.put(rec)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FeedbackStoreError(f"the feedback store '{self.path}' is closed; open it again")
+
+    # ------------------------------------------------------------------ synchronous writes
+    def add_event(self, event: FeedbackEvent) -> AddOutcome:
+        """Store ``event`` (committed before returning); a retry of a stored event is ``"duplicate"``.
+
+        Two events with one ``event_id`` are the same event when everything but ``time`` (the time the
+        server received it, which differs on a retry) is equal; otherwise :class:`FeedbackConflict`.
+        """
+        self._check_open()
+        row = tuple(asdict(event)[c] for c in _EVENT_COLUMNS)
+        sql = _insert("events", _EVENT_COLUMNS) + " ON CONFLICT (event_id) DO NOTHING"
+        with self._lock:
+            try:
+                with self._conn:
+                    inserted = self._conn.execute(sql, row).rowcount == 1
+                    found = None if inserted else self._conn.execute(
+                        f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events WHERE event_id = ?",
+                        (event.event_id,)).fetchone()
+            except sqlite3.Error as err:
+                raise self._error(err, "storing a feedback event") from None
+        if found is None:
+            return "stored"
+        stored = FeedbackEvent(**dict(zip(_EVENT_COLUMNS, found, strict=True)))
+        if replace(stored, time=event.time) != event:
+            raise FeedbackConflict(f"event_id '{event.event_id}' was already used for a different event "
+                                   f"({stored.signal} on '{stored.doc_id}' of request {stored.request_id}); "
+                                   "send a new event_id for a new event")
+        return "duplicate"
+
+    def purge(self, older_than: str) -> int:
+        """Delete requests logged before ``older_than`` with their events and shadow rows, and older orphans.
+
+        Queued writes are committed first, so a request logged just before the purge is judged by its time
+        like any other. Returns the number of rows deleted (all tables).
+        """
+        self._check_open()
+        cutoff = since_timestamp(older_than)
+        self.flush()
+        old = "SELECT request_id FROM requests WHERE time < :cutoff"
+        with self._lock:
+            try:
+                with self._conn:
+                    self._conn.execute("INSERT INTO retention (purge_before) VALUES (?)", (cutoff,))
+                    deleted = sum(self._conn.execute(sql, {"cutoff": cutoff}).rowcount for sql in (
+                        f"DELETE FROM events WHERE time < :cutoff OR request_id IN ({old})",
+                        f"DELETE FROM shadow WHERE time < :cutoff OR request_id IN ({old})",
+                        "DELETE FROM requests WHERE time < :cutoff"))
+                    self._conn.execute("DELETE FROM retention")
+            except sqlite3.Error as err:
+                raise self._error(err, f"purging rows older than {older_than}") from None
+        with self._recent_lock:
+            for request_id in [k for k, req in self._recent.items() if req.time < cutoff]:
+                del self._recent[request_id]
+        return deleted
+
+    # ------------------------------------------------------------------ reads
+    def get_request(self, request_id: str) -> LoggedRequest | None:
+        """The logged request (recent ones from memory, even before they are committed), or None."""
+        with self._recent_lock:
+            recent = self._recent.get(request_id)
+        if recent is not None:
+            return recent
+        rows = self._select(f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM requests WHERE request_id = ?",
+                            (request_id,), "reading a logged request")
+        return _request(rows[0]) if rows else None
+
+    def requests(self, since: str | None = None, until: str | None = None,
+                 experiment: str | None = None) -> Iterator[LoggedRequest]:
+        """Logged requests in time order, read a page at a time (keyset pagination: no cursor stays open)."""
+        self._check_open()
+        clauses, params = _window("time", since, until)
+        if experiment is not None:
+            clauses.append("experiment = ?")
+            params.append(experiment)
+        self.flush()
+        sql = f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM requests WHERE " + " AND ".join(
+            [*clauses, "(time, request_id) > (?, ?)"]) + f" ORDER BY time, request_id LIMIT {_BATCH}"
+        return self._pages(sql, params)
+
+    def _pages(self, sql: str, params: list[Any]) -> Iterator[LoggedRequest]:
+        after = ("", "")
+        while rows := self._select(sql, (*params, *after), "reading logged requests"):
+            yield from (_request(row) for row in rows)
+            after = (rows[-1][_REQUEST_COLUMNS.index("time")], rows[-1][0])
+
+    def events(self, since: str | None = None,
+               request_ids: Collection[str] | None = None) -> list[FeedbackEvent]:
+        """Feedback events in the order they were received, optionally only those on ``request_ids``."""
+        clauses, params = _window("time", since, None)
+        sql = f"SELECT time, rowid, {', '.join(_EVENT_COLUMNS)} FROM events"
+        if request_ids is None:
+            chunks: list[list[str]] = [[]]
+        else:
+            ids = list(dict.fromkeys(request_ids))
+            chunks = [ids[i:i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
+        found: list[tuple[Any, ...]] = []
+        for chunk in chunks:
+            where = clauses + ([f"request_id IN ({', '.join('?' * len(chunk))})"] if chunk else [])
+            found += self._select(sql + (" WHERE " + " AND ".join(where) if where else ""), (*params, *chunk),
+                                  "reading feedback events")
+        found.sort(key=lambda row: row[:2])  # arrival order, across chunks too
+        return [FeedbackEvent(**dict(zip(_EVENT_COLUMNS, row[2:], strict=True))) for row in found]
+
+    def shadow_records(self, since: str | None = None) -> list[ShadowRecord]:
+        """Shadow comparisons in the order they were recorded."""
+        self.flush()
+        clauses, params = _window("time", since, None)
+        rows = self._select(f"SELECT {', '.join(_SHADOW_COLUMNS)} FROM shadow"
+                            + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY rowid",
+                            params, "reading shadow records")
+        return [_shadow(row) for row in rows]
+
+    def _select(self, sql: str, params: Collection[Any], doing: str) -> list[tuple[Any, ...]]:
+        self._check_open()
+        with self._lock:
+            try:
+                return self._conn.execute(sql, tuple(params)).fetchall()
+            except sqlite3.Error as err:
+                raise self._error(err, doing) from None
+
+    # ------------------------------------------------------------------ the writer thread
+    def flush(self, timeout: float = 30.0) -> None:
+        """Block until every request and shadow record queued before the call is committed."""
+        if self._closed:
+            return
+        done = threading.Event()
+        self._queue.put(done)
+        if not done.wait(timeout):
+            raise FeedbackStoreError(f"the feedback database '{self.path}' did not take queued rows within "
+                                     f"{timeout:g}s; check that its disk is responsive")
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer and close the database (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_Stop())
+        self._thread.join(self.timeout + 30)
+        if self._thread.is_alive():
+            log.error("the feedback writer for %s did not stop; rows still queued are lost", self.path)
+            return
+        self._writer.close()
+        with self._lock:
+            self._conn.close()
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch = [self._queue.get()]
+            while len(batch) < _BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            requests = [item for item in batch if isinstance(item, LoggedRequest)]
+            shadows = [item for item in batch if isinstance(item, ShadowRecord)]
+            if requests or shadows:
+                self._write(requests, shadows)
+            for item in batch:
+                if isinstance(item, threading.Event):
+                    item.set()
+            stop = any(isinstance(item, _Stop) for item in batch)
+
+    def _write(self, requests: list[LoggedRequest], shadows: list[ShadowRecord]) -> None:
+        try:
+            with self._writer:
+                # a request id is generated per answer; a repeat is the same request logged twice
+                self._writer.executemany(_insert("requests", _REQUEST_COLUMNS) + " ON CONFLICT DO NOTHING",
+                                         [_request_row(req) for req in requests])
+                self._writer.executemany(_insert("shadow", _SHADOW_COLUMNS),
+                                         [_shadow_row(rec) for rec in shadows])
+        except Exception:  # the thread must survive to commit later rows; these are reported, not retried
+            log.exception("could not write %d logged requests and %d shadow records to %s; they are lost",
+                          len(requests), len(shadows), self.path)
+
+
+def _window(column: str, since: str | None, until: str | None) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if since is not None:
+        clauses.append(f"{column} >= ?")
+        params.append(since_timestamp(since))
+    if until is not None:
+        clauses.append(f"{column} < ?")
+        params.append(since_timestamp(until))
+    return clauses, params
+
+
+def _request_row(req: LoggedRequest) -> tuple[Any, ...]:
+    data = asdict(req)
+    data["degraded"] = int(req.degraded)
+    data["results"] = json.dumps([{k: v for k, v in r.items() if v is not None} for r in data["results"]],
+                                 ensure_ascii=False, separators=(",", ":"))
+    return tuple(data[c] for c in _REQUEST_COLUMNS)
+
+
+def _request(row: tuple[Any, ...]) -> LoggedRequest:
+    data = dict(zip(_REQUEST_COLUMNS, row, strict=True))
+    data["degraded"] = bool(data["degraded"])
+    data["results"] = tuple(LoggedResult(**r) for r in json.loads(data["results"]))
+    return LoggedRequest(**data)
+
+
+def _shadow_row(rec: ShadowRecord) -> tuple[Any, ...]:
+    data = asdict(rec)
+    for name in ("largest_moves", "shadow_ranking"):
+        data[name] = json.dumps(data[name], ensure_ascii=False, separators=(",", ":"))
+    return tuple(data[c] for c in _SHADOW_COLUMNS)
+
+
+def _shadow(row: tuple[Any, ...]) -> ShadowRecord:
+    data = dict(zip(_SHADOW_COLUMNS, row, strict=True))
+    data["largest_moves"] = tuple((str(d), int(a), int(b)) for d, a, b in json.loads(data["largest_moves"]))
+    data["shadow_ranking"] = tuple((str(d), float(s)) for d, s in json.loads(data["shadow_ranking"]))
+    return ShadowRecord(**data)
