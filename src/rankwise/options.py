@@ -7,6 +7,7 @@ names, the error message and the error class from drifting apart between those f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Literal, TypeVar, get_args
 
@@ -39,3 +40,27 @@ def choose_many(spec: str | Sequence[str], allowed: Sequence[T], what: str) -> l
     if not values:
         raise QueryError(f"no {what} given; choose from {', '.join(allowed)}")
     return [choose(v, allowed, what) for v in values]
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str, flag: str) -> float:
+    """``90s``, ``30m``, ``2h``, ``30d``, ``1w`` → seconds; one line naming ``flag`` otherwise."""
+    match = _DURATION.match(value)
+    if not match or float(match.group(1)) <= 0:
+        raise QueryError(f"{flag} '{value}' is not a duration; write a positive number with a unit, like 30m, 2h or 30d")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+def parse_share(value: str, flag: str) -> float:
+    """``10%`` or ``0.1`` → 0.1; one line naming ``flag`` unless it is a share in [0, 1]."""
+    text = value.strip()
+    try:
+        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        share = -1.0
+    if not 0 <= share <= 1:
+        raise QueryError(f"{flag} '{value}' is not a share; write a percentage like 10% or a fraction like 0.1")
+    return share

@@ -57,6 +57,24 @@ def friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+DEFAULT_STORE = "default"
+FEEDBACK_DB = "feedback.sqlite"
+FeedbackDbOpt = Annotated[str, typer.Option(
+    "--feedback-db", help="Query log and feedback store (SQLite): a path, 'default' (the user data "
+                          "directory) or 'none' (serve: no query log, no /v1/feedback).")]
+
+
+def store_path(value: str, default_name: str) -> Path | None:
+    """A store option's value: a path, 'default' (the user data directory) or 'none'."""
+    if value.lower() == "none":
+        return None
+    if value == DEFAULT_STORE:
+        import platformdirs
+
+        return platformdirs.user_data_path("rankwise") / default_name
+    return Path(value)
+
+
 def prelude(allow_download: bool = False) -> None:
     """Quiet the model libraries' progress bars and logs; allow hub downloads only when asked.
 

@@ -9,10 +9,13 @@ from typing import Annotated
 import typer
 
 from rankwise.cli.common import (
+    DEFAULT_STORE,
+    FEEDBACK_DB,
     AllowDownload,
     AllowUnknownFilters,
     BackendOpt,
     DeviceOpt,
+    FeedbackDbOpt,
     FirstStageOpt,
     MaxLength,
     RegistryOpt,
@@ -24,23 +27,16 @@ from rankwise.cli.common import (
     friendly_errors,
     out,
     prelude,
+    store_path,
 )
 
 app = typer.Typer()
 
-DEFAULT_AUDIT = "default"
 
-
-def _default_audit_path() -> Path:
-    import platformdirs
-
-    return platformdirs.user_data_path("rankwise") / "audit.sqlite"
 
 
 def _audit_path(value: str) -> Path | None:
-    if value.lower() == "none":
-        return None
-    return _default_audit_path() if value == DEFAULT_AUDIT else Path(value)
+    return store_path(value, "audit.sqlite")
 
 
 @app.command()
@@ -63,7 +59,7 @@ def serve(
     cache_ttl: Annotated[int, typer.Option(help="Redis entry lifetime, seconds.")] = 7 * 24 * 3600,
     keys: Annotated[Path | None, typer.Option(help="API keys file (from `rankwise keys add`); "
                                                    "without it the server is open, loopback only.")] = None,
-    audit: Annotated[str, typer.Option(help="Audit SQLite path, 'default' (user data dir) or 'none'.")] = DEFAULT_AUDIT,
+    audit: Annotated[str, typer.Option(help="Audit SQLite path, 'default' (user data dir) or 'none'.")] = DEFAULT_STORE,
     timeout_ms: Annotated[int, typer.Option(help="Default latency budget per request.")] = 30_000,
     batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Cross-request micro-batching.")] = True,
     batch_wait_ms: Annotated[float, typer.Option(help="Longest a round waits for more requests.")] = 2.0,
@@ -84,6 +80,21 @@ def serve(
     accept_any_model_name: Annotated[bool, typer.Option(
         "--accept-any-model-name", help="Answer any `model` name with the served reranker (default: unknown "
                                         "names get a 404 listing the served ones).")] = False,
+    log_queries: Annotated[str, typer.Option(help="What the query log keeps of each query: none | hash (keyed, "
+                                                  "joinable) | text (needed to turn feedback into gold sets).")] = "hash",
+    feedback_db: FeedbackDbOpt = DEFAULT_STORE,
+    retention: Annotated[str | None, typer.Option(help="Delete query-log rows (and their feedback) older than "
+                                                       "this, e.g. 30d.")] = None,
+    shadow: Annotated[str | None, typer.Option(help="A second reranker (registry name or path) that scores "
+                                                    "sampled requests off the critical path.")] = None,
+    shadow_share: Annotated[str, typer.Option(help="Share of requests offered to the shadow, e.g. 25%.")] = "100%",
+    canary: Annotated[str, typer.Option(help="Share of callers (sticky per user or key) served by "
+                                             "--canary-model instead of production, e.g. 10%.")] = "0%",
+    canary_model: Annotated[str, typer.Option(help="What the canary share is served with.")] = "candidate",
+    experiment: Annotated[Path | None, typer.Option(help="Experiment file (TOML/JSON): A/B arms with traffic "
+                                                         "shares, or team-draft interleaving of two arms.")] = None,
+    follow_interval: Annotated[str, typer.Option(help="How often registry aliases are re-read, so promote and "
+                                                      "rollback take effect without a restart; 0 pins.")] = "2s",
     rate_limit: Annotated[float, typer.Option(help="Default requests/second per key.")] = 20.0,
     burst: Annotated[int, typer.Option(help="Default burst per key.")] = 40,
     allow_download: AllowDownload = False,
@@ -92,6 +103,7 @@ def serve(
     prelude(allow_download)
     import uvicorn
 
+    from rankwise.options import parse_duration, parse_share
     from rankwise.serving.app import create_app
     from rankwise.serving.config import BatchingSettings, Limits, RateLimit, ServeConfig
     from rankwise.serving.state import load_state
@@ -103,7 +115,12 @@ def serve(
         rerank_k=rerank_k, rerank_fusion=rerank_fusion, cache=cache, cache_size=cache_size, cache_ttl_s=cache_ttl, keys=keys,
         audit=_audit_path(audit), timeout_ms=timeout_ms, open_metrics=open_metrics,
         served_model_names=tuple(served_model_name), accept_any_model_name=accept_any_model_name,
-        allow_unknown_filters=allow_unknown_filters,
+        allow_unknown_filters=allow_unknown_filters, log_queries=log_queries,  # type: ignore[arg-type]
+        feedback=store_path(feedback_db, FEEDBACK_DB),
+        retention_s=parse_duration(retention, "--retention") if retention else None,
+        shadow=shadow, shadow_share=parse_share(shadow_share, "--shadow-share"), canary=canary_model,
+        canary_share=parse_share(canary, "--canary"), experiment=experiment,
+        follow_interval_s=0.0 if follow_interval.strip() in ("0", "0s") else parse_duration(follow_interval, "--follow-interval"),
         batching=BatchingSettings(enabled=batching, max_wait_ms=batch_wait_ms, max_tokens=batch_tokens,
                                   max_requests=batch_requests),
         limits=Limits(max_documents=max_documents, max_document_chars=max_document_chars,
@@ -112,9 +129,13 @@ def serve(
     )
     state = load_state(config)
     err.print(f"rankwise serving on http://{host}:{port} (docs at /docs) · reranker "
-              f"{state.reranker.name if state.reranker else 'none'} · index {index_dir or 'none'} · cache "
+              f"{state.router.production.name if state.router and state.router.production else 'none'} · index {index_dir or 'none'} · cache "
               f"{state.cache.backend} · auth {'on' if keys else 'off (loopback only)'} · audit "
-              f"{config.audit or 'off'}", highlight=False, soft_wrap=True)
+              f"{config.audit or 'off'} · query log {config.feedback or 'off'} ({config.log_queries})"
+              + (f" · shadow {state.shadow.name or 'failed'}" if state.shadow else "")
+              + (f" · experiment {state.experiment.name} ({state.experiment.mode})" if state.experiment else "")
+              + (f" · canary {config.canary} {config.canary_share:.0%}" if config.canary_share else ""),
+              highlight=False, soft_wrap=True)
     uvicorn.run(create_app(state), host=host, port=port, log_level="warning", access_log=False)
 
 keys_app = typer.Typer(help="Create, list and revoke API keys (stored hashed).", no_args_is_help=True)
@@ -125,7 +146,7 @@ KeysFile = Annotated[Path, typer.Option("--keys", help="The keys file the server
 @friendly_errors
 def keys_add(
     keys_file: KeysFile,
-    role: Annotated[list[str], typer.Option("--role", help="search | rerank | admin (repeatable).")],
+    role: Annotated[list[str], typer.Option("--role", help="search | rerank | feedback | admin (repeatable).")],
     name: Annotated[str, typer.Option(help="Who or what the key is for.")] = "",
     rate: Annotated[float | None, typer.Option(help="Requests/second for this key (default: server's).")] = None,
     burst: Annotated[int | None, typer.Option(help="Burst for this key (default: server's).")] = None,
@@ -176,7 +197,7 @@ def _existing_audit(audit: str) -> Path:
 @friendly_errors
 def audit_cmd(
     ctx: typer.Context,
-    audit: AuditOpt = DEFAULT_AUDIT,
+    audit: AuditOpt = DEFAULT_STORE,
     since: Annotated[str | None, typer.Option(help="Only newer rows: 30m, 2h, 7d or an ISO time.")] = None,
     key: Annotated[str | None, typer.Option(help="Only this key id.")] = None,
     limit: Annotated[int, typer.Option(help="Most rows, newest first.")] = 50,
@@ -208,7 +229,7 @@ def audit_cmd(
 
 @audit_app.command("verify")
 @friendly_errors
-def audit_verify(audit: AuditOpt = DEFAULT_AUDIT) -> None:
+def audit_verify(audit: AuditOpt = DEFAULT_STORE) -> None:
     """Recompute the log's hash chain: exit 0 if every row follows from the one before, 1 at the first break."""
     from rankwise.serving.audit import verify_chain
 

@@ -10,9 +10,12 @@ import asyncio
 import contextlib
 import logging
 import math
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
@@ -27,21 +30,29 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from rankwise import __version__
 from rankwise.errors import RankwiseError
+from rankwise.experiments import team_draft
+from rankwise.feedback.events import FeedbackEvent, LoggedRequest, LoggedResult
+from rankwise.feedback.store import FeedbackConflict
 from rankwise.pipeline import validate_query
 from rankwise.serving.audit import AuditRecord
 from rankwise.serving.auth import ApiKey, key_rate_limit
 from rankwise.serving.guard import RequestGuard, bearer_token
+from rankwise.serving.models import Route, ServedModel
 from rankwise.serving.schemas import (
     PATTERN_MESSAGES,
     ErrorBody,
+    FeedbackReceipt,
+    FeedbackRequest,
     Health,
     Readiness,
     RerankResponse,
     SearchReply,
     request_models,
 )
-from rankwise.serving.service import BudgetExceeded
+from rankwise.serving.service import BudgetExceeded, RerankService, SearchOutcome
+from rankwise.serving.shadow import ShadowJob
 from rankwise.serving.state import ServingState
+from rankwise.types import SearchResponse
 
 log = logging.getLogger("rankwise.serving")
 
@@ -116,8 +127,14 @@ def _deadline(state: ServingState, request: Request, timeout_ms: int | None) -> 
 
 
 def _query_sha(state: ServingState, query: str) -> str | None:
-    """A keyed hash of the query (HMAC with the audit log's secret): joinable, but not guessable from the log."""
-    return state.audit.query_digest(query) if state.audit is not None else None
+    """A keyed hash of the query (HMAC with the audit log's secret): joinable, but not guessable from the log.
+
+    None with ``--log-queries none`` (nothing about the query is kept) and without an audit log (no secret,
+    and an unkeyed hash of a short query can be reversed by hashing guesses).
+    """
+    if state.config.log_queries == "none" or state.audit is None:
+        return None
+    return state.audit.query_digest(query)
 
 
 def create_app(state: ServingState) -> FastAPI:
@@ -125,13 +142,17 @@ def create_app(state: ServingState) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if state.batcher is not None:
-            state.batcher.start()
+        if state.router is not None:
+            state.router.start()
+        if state.shadow is not None:
+            state.shadow.start()
+        retention = asyncio.create_task(_purge_expired(state))
         warm = asyncio.create_task(_warm_up(state))
         try:
             yield
         finally:
             warm.cancel()
+            retention.cancel()
             await asyncio.to_thread(state.close)
             await state.cache.close()
 
@@ -146,49 +167,61 @@ def create_app(state: ServingState) -> FastAPI:
     RerankRequest, RerankV2Request, SearchRequest = request_models(state.config.limits)
 
     async def rerank(body: Any, request: Request, api_version: str) -> JSONResponse:
-        if state.rerank is None:
+        if state.router is None:
             raise ApiError(404, "this server has no reranker; start it with --reranker NAME|PATH")
-        reranker = state.rerank.reranker
-        if body.model is not None and body.model not in state.model_names and not state.config.accept_any_model_name:
-            asked = body.model if len(body.model) <= 80 else body.model[:80] + "…"
-            served = sorted(n for n in state.model_names if len(n) <= 60 and "/" not in n)[:6]
-            raise ApiError(404, f"model '{asked}' is not served here; pass one of {', '.join(served)} (or omit "
-                           "`model` on /v1), or start the server with --served-model-name NAME or "
-                           "--accept-any-model-name")
+        _check_model_name(state, body.model)
         query = validate_query(body.query)
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
-        request.state.audit.update(reranker=reranker.name, reranker_sha256=reranker.weights_sha256,
-                                   query_sha256=_query_sha(state, query))
         top_n = min(body.top_n or len(texts), len(texts))
-        warnings: list[str] = []
-        try:
-            scored = await state.rerank.score(query, texts, deadline=_deadline(state, request, body.timeout_ms),
-                                              max_tokens_per_doc=body.max_tokens_per_doc)
-        except BudgetExceeded:
-            order, scores, raw, degraded = list(range(top_n)), None, None, True
-            cache_hits, num_split, timings = 0, 0, {}
-            warnings.append("the latency budget ran out before reranking finished: results are in input order, unscored")
-        else:
-            order = sorted(range(len(texts)), key=lambda i: (-float(scored.raw[i]), i))[:top_n]
-            scores, raw, degraded = scored.calibrated, scored.raw, False
-            cache_hits, num_split, timings = scored.cache_hits, sum(scored.split), scored.timings_ms
+        deadline = _deadline(state, request, body.timeout_ms)
+        with state.router.lease(_unit(request, None)) as route:
+            if route.model is None:
+                raise ApiError(404, f"experiment arm '{route.arm}' serves no reranker; /v1/rerank needs one")
+            model = route.model
+            request.state.audit.update(reranker=model.name, reranker_sha256=model.sha256,
+                                       query_sha256=_query_sha(state, query))
+            first = await _score_texts(model.service, query, texts, deadline, body.max_tokens_per_doc)
+            order = first.order[:top_n]
+            teams: list[str] | None = None
+            by_arm = {route.arms[0]: first, route.arms[1]: first} if route.arms else {}
+            if route.other is not None and route.arms is not None and not first.degraded:
+                second = await _score_texts(route.other.service, query, texts, deadline, body.max_tokens_per_doc)
+                by_arm[route.arms[1]] = second
+                if not second.degraded:
+                    picked = team_draft([str(i) for i in first.order], [str(i) for i in second.order], top_n,
+                                        random.Random(request.state.request_id))
+                    order = [int(d) for d, _ in picked]
+                    teams = [route.arms[0] if t == "a" else route.arms[1] for _, t in picked]
+            state.metrics.served_by.labels(model.key, route.arm or "-").inc()
+        timings = first.timings
         timings["total"] = (time.perf_counter() - request.state.started) * 1000
         results: list[dict[str, Any]] = []
-        for i in order:
-            item: dict[str, Any] = {"index": i, "relevance_score": None if scores is None else float(scores[i])}
+        for rank, i in enumerate(order):
+            own = by_arm[teams[rank]] if teams else first
+            item: dict[str, Any] = {"index": i, "relevance_score": None if own.calibrated is None else float(own.calibrated[i])}
             if body.raw_scores:
-                item["raw_score"] = None if raw is None else float(raw[i])
+                item["raw_score"] = None if own.raw is None else float(own.raw[i])
             if body.return_documents:
                 item["document"] = {"text": texts[i]}
             results.append(item)
-        _finish(state, request, "rerank", degraded, timings, cache_hits,
+        warnings = ["the latency budget ran out before reranking finished: results are in input order, unscored"
+                    ] if first.degraded else []
+        _finish(state, request, "rerank", first.degraded, timings, first.cache_hits,
                 [{"index": r["index"], "score": r["relevance_score"]} for r in results])
-        meta = {"api_version": {"version": api_version}, "billed_units": {"search_units": 1}, "model": reranker.name,
-                "model_sha256": reranker.weights_sha256, "degraded": degraded, "warnings": warnings,
-                "cache_hits": cache_hits, "num_split": num_split,
+        experiment = _experiment_info(route, teams)
+        _log_served(state, request, "/v1/rerank", query, None, model.name, model.sha256, route,
+                    [LoggedResult(str(r["index"]), rank + 1, r["relevance_score"], teams[rank] if teams else None)
+                     for rank, r in enumerate(results)], first.degraded)
+        if state.shadow is not None and not first.degraded:
+            state.shadow.offer(ShadowJob(request.state.request_id, query, [str(i) for i in first.order],
+                                         [texts[i] for i in first.order], model.name, time.perf_counter()))
+        meta = {"api_version": {"version": api_version}, "billed_units": {"search_units": 1}, "model": model.name,
+                "model_sha256": model.sha256, "degraded": first.degraded, "warnings": warnings,
+                "cache_hits": first.cache_hits, "num_split": first.num_split, "experiment": experiment,
                 "timings_ms": {k: round(v, 3) for k, v in timings.items()}}
-        return JSONResponse({"id": request.state.request_id, "results": results, "meta": meta},
-                            headers={"X-Rankwise-Degraded": "true"} if degraded else None)
+        return JSONResponse({"id": request.state.request_id, "request_id": request.state.request_id,
+                             "results": results, "meta": meta},
+                            headers={"X-Rankwise-Degraded": "true"} if first.degraded else None)
 
     @app.post("/v1/rerank", response_model=RerankResponse, responses=_errors(400, 401, 403, 404, 413, 422, 429, 503),
               dependencies=[Depends(require("rerank", state))],
@@ -215,19 +248,101 @@ def create_app(state: ServingState) -> FastAPI:
             raise ApiError(404, "this server has no index; start it with --index DIR")
         query = validate_query(body.query)
         request.state.audit.update(index_fingerprint=state.index.fingerprint, query_sha256=_query_sha(state, query))
-        if state.reranker is not None:
-            request.state.audit.update(reranker=state.reranker.name, reranker_sha256=state.reranker.weights_sha256)
-        outcome = await run_in_threadpool(
-            state.search.search, query, k=body.k, first_stage=body.first_stage, retrieve_k=body.retrieve_k,
-            rerank_k=body.rerank_k, rerank_fusion=body.rerank_fusion, filters=body.filters, deadline=_deadline(state, request, body.timeout_ms),
-            loop=asyncio.get_running_loop())
-        payload = outcome.response.to_dict()
+        deadline = _deadline(state, request, body.timeout_ms)
+        loop = asyncio.get_running_loop()
+        router = state.router
+        with router.lease(_unit(request, body.user_id)) if router else contextlib.nullcontext(Route(None)) as route:
+            model = route.model
+            if model is not None:
+                request.state.audit.update(reranker=model.name, reranker_sha256=model.sha256)
+
+            def run(served: ServedModel | None, settings: dict[str, Any]) -> SearchOutcome:
+                options = {"first_stage": body.first_stage, "retrieve_k": body.retrieve_k, "rerank_k": body.rerank_k,
+                           "rerank_fusion": body.rerank_fusion}
+                options = {k: v if v is not None else settings.get(k) for k, v in options.items()}
+                return state.search.search(query, served.service if served else None, k=body.k, filters=body.filters,
+                                           deadline=deadline, loop=loop, **options)
+
+            outcome = await run_in_threadpool(run, model, route.settings)
+            response, teams = outcome.response, None
+            if route.arms is not None and not outcome.degraded:
+                other = await run_in_threadpool(run, route.other, route.other_settings)
+                if not other.degraded:
+                    response, teams = _interleave(outcome.response, other.response, route.arms, body.k,
+                                                  random.Random(request.state.request_id))
+            if model is not None:
+                state.metrics.served_by.labels(model.key, route.arm or "-").inc()
+        payload = response.to_dict()
         warnings = ["the latency budget ran out before reranking finished: results are in first-stage order"
                     ] if outcome.degraded else []
-        _finish(state, request, "search", outcome.degraded, outcome.response.timings_ms, outcome.cache_hits,
-                [{"doc_id": r.doc_id, "passage_id": r.passage_id, "score": r.score} for r in outcome.response.results])
-        return JSONResponse({"id": request.state.request_id, "degraded": outcome.degraded, "warnings": warnings,
-                             **payload}, headers={"X-Rankwise-Degraded": "true"} if outcome.degraded else None)
+        _finish(state, request, "search", outcome.degraded, response.timings_ms, outcome.cache_hits,
+                [{"doc_id": r.doc_id, "passage_id": r.passage_id, "score": r.score} for r in response.results])
+        _log_served(state, request, "/v1/search", query, body.user_id, model.name if model else None,
+                    model.sha256 if model else None, route,
+                    [LoggedResult(r.doc_id, r.rank, r.score, teams[i] if teams else None)
+                     for i, r in enumerate(response.results)], outcome.degraded)
+        if state.shadow is not None and model is not None and outcome.reranked:
+            ids, texts = zip(*outcome.reranked, strict=True)
+            state.shadow.offer(ShadowJob(request.state.request_id, query, list(ids), list(texts), model.name,
+                                         time.perf_counter()))
+        return JSONResponse({"id": request.state.request_id, "request_id": request.state.request_id,
+                             "degraded": outcome.degraded, "warnings": warnings,
+                             "experiment": _experiment_info(route, teams), **payload},
+                            headers={"X-Rankwise-Degraded": "true"} if outcome.degraded else None)
+
+    @app.post("/v1/feedback", status_code=201, response_model=FeedbackReceipt,
+              responses={200: {"model": FeedbackReceipt, "description": "Already stored (same event_id)"},
+                         409: {"model": ErrorBody, "description": "event_id reused for a different event"},
+                         **_errors(400, 401, 403, 404, 413, 422, 429, 503)},
+              dependencies=[Depends(require("feedback", state))],
+              summary="Report a user's reaction (click, thumbs, dwell, copy) to one result of an answered request")
+    async def feedback(body: FeedbackRequest, request: Request) -> JSONResponse:
+        """Checked against the logged request (unknown or expired request, or a document that was not
+        returned → 404/422), stored once per `event_id`, and turned into training data by
+        `rankwise feedback export`."""
+        store = state.feedback
+        if store is None:
+            raise ApiError(404, "this server keeps no query log, so it takes no feedback; start it with "
+                           "--feedback-db PATH")
+        signal = body.signal
+        if body.doc_id is None and body.rank is None:
+            raise ApiError(422, "invalid request: give the result's doc_id or its rank")
+        try:
+            logged = await run_in_threadpool(store.get_request, body.request_id)
+        except RankwiseError as error:
+            state.metrics.feedback.labels(signal, "unavailable").inc()
+            log.error("feedback store unavailable: %s", error)
+            raise ApiError(503, "the feedback store is unavailable; retry later (the event was not stored)",
+                           {"Retry-After": "5"}) from None
+        if logged is None or _expired(state, logged.time):
+            state.metrics.feedback.labels(signal, "rejected").inc()
+            raise ApiError(404, f"no answered request '{body.request_id}' in the query log (unknown, or older "
+                           "than the server's --retention)")
+        result = logged.result_for(body.doc_id, body.rank)
+        if result is None or (body.doc_id is not None and body.rank is not None and result.rank != body.rank):
+            state.metrics.feedback.labels(signal, "rejected").inc()
+            what = f"doc_id '{body.doc_id}'" if body.doc_id is not None else f"rank {body.rank}"
+            raise ApiError(422, f"{what} was not among the {len(logged.results)} results returned for request "
+                           f"{body.request_id}" + (f" (it is at rank {result.rank})" if result else ""))
+        event = FeedbackEvent(event_id=body.event_id, request_id=body.request_id, signal=signal,
+                              doc_id=result.doc_id, rank=result.rank, value=body.value,
+                              user_id=body.user_id or logged.user_id, key_id=request.state.key_id)
+        try:
+            outcome = await run_in_threadpool(store.add_event, event)
+        except FeedbackConflict as error:
+            state.metrics.feedback.labels(signal, "rejected").inc()
+            raise ApiError(409, str(error)) from None
+        except RankwiseError as error:
+            state.metrics.feedback.labels(signal, "unavailable").inc()
+            log.error("feedback store unavailable: %s", error)
+            raise ApiError(503, "the feedback store is unavailable; retry later (the event was not stored)",
+                           {"Retry-After": "5"}) from None
+        state.metrics.feedback.labels(signal, outcome).inc()
+        request.state.audit.update(results=[{"doc_id": result.doc_id, "rank": result.rank, "signal": signal,
+                                             "event_id": body.event_id[:128], "outcome": outcome}])
+        receipt = FeedbackReceipt(status=outcome, event_id=body.event_id, request_id=body.request_id,
+                                  doc_id=result.doc_id, rank=result.rank)
+        return JSONResponse(receipt.model_dump(), status_code=201 if outcome == "stored" else 200)
 
     @app.get("/healthz", response_model=Health, summary="Liveness: the process is up")
     async def healthz() -> Health:
@@ -237,10 +352,18 @@ def create_app(state: ServingState) -> FastAPI:
              summary="Readiness: models loaded and warmed (model details for admin keys only, when keys are on)")
     async def readyz(request: Request) -> JSONResponse:
         detail = _is_admin(state, request)
+        production = state.router.production if state.router else None
+        models = {role: m.name for role, m in state.router.models().items()} if state.router else {}
+        problems = dict(state.router.problems) if state.router else {}
+        if state.shadow is not None:
+            models["shadow"] = state.shadow.name or "not loaded"
+            if state.shadow.problem:
+                problems["shadow"] = state.shadow.problem
         body = Readiness(ready=state.ready, reason=None if state.ready else state.not_ready_reason,
-                         reranker=state.reranker.name if state.reranker and detail else None,
-                         reranker_sha256=state.reranker.weights_sha256 if state.reranker and detail else None,
-                         index_fingerprint=state.index.fingerprint if state.index and detail else None)
+                         reranker=production.name if production and detail else None,
+                         reranker_sha256=production.sha256 if production and detail else None,
+                         index_fingerprint=state.index.fingerprint if state.index and detail else None,
+                         models=models or None if detail else None, problems=problems or None if detail else None)
         return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse, responses=_errors(401),
@@ -266,6 +389,102 @@ def _is_admin(state: ServingState, request: Request) -> bool:
     return key is not None and key.allows("admin")
 
 
+def _check_model_name(state: ServingState, name: str | None) -> None:
+    """A request's ``model`` must name what this server serves (unless --accept-any-model-name).
+
+    Names of every version served since start stay valid, so a client that copied a version's name keeps
+    working across a promotion (its answer then names the version that produced it).
+    """
+    if name is None or state.config.accept_any_model_name or state.router is None:
+        return
+    if name in state.model_names or name in state.router.names():
+        return
+    asked = name if len(name) <= 80 else name[:80] + "…"
+    served = sorted(n for n in state.model_names | state.router.names() if len(n) <= 60 and "/" not in n)[:6]
+    raise ApiError(404, f"model '{asked}' is not served here; pass one of {', '.join(served)} (or omit "
+                   "`model` on /v1), or start the server with --served-model-name NAME or --accept-any-model-name")
+
+
+def _unit(request: Request, user_id: str | None) -> str:
+    """What experiment and canary assignment stick to: the user, else the API key, else the request."""
+    user = user_id or request.headers.get("x-rankwise-user")
+    if user:
+        request.state.user_id = user[:256]
+        return f"user:{user[:256]}"
+    if request.state.key_id:
+        return f"key:{request.state.key_id}"
+    return f"request:{request.state.request_id}"
+
+
+@dataclass(slots=True)
+class _Scored:
+    """One model's scores for a /v1/rerank request, or the input order when the budget ran out."""
+
+    order: list[int]
+    raw: Any
+    calibrated: Any
+    degraded: bool
+    cache_hits: int
+    num_split: int
+    timings: dict[str, float]
+
+
+async def _score_texts(service: RerankService, query: str, texts: list[str], deadline: float,
+                       max_tokens_per_doc: int | None) -> _Scored:
+    try:
+        scored = await service.score(query, texts, deadline=deadline, max_tokens_per_doc=max_tokens_per_doc)
+    except BudgetExceeded:
+        return _Scored(list(range(len(texts))), None, None, True, 0, 0, {})
+    order = sorted(range(len(texts)), key=lambda i: (-float(scored.raw[i]), i))
+    return _Scored(order, scored.raw, scored.calibrated, False, scored.cache_hits, sum(scored.split),
+                   dict(scored.timings_ms))
+
+
+def _interleave(a: SearchResponse, b: SearchResponse, arms: tuple[str, str], k: int,
+                rng: random.Random) -> tuple[SearchResponse, list[str]]:
+    """Team-draft interleaving of two arms' result lists; each result keeps the scores of the arm that
+    contributed it, and ``teams`` says which arm that was."""
+    own = {"a": {r.doc_id: r for r in a.results}, "b": {r.doc_id: r for r in b.results}}
+    picked = team_draft([r.doc_id for r in a.results], [r.doc_id for r in b.results], k, rng)
+    results = [replace(own[team][doc], rank=rank + 1) for rank, (doc, team) in enumerate(picked)]
+    teams = [arms[0] if team == "a" else arms[1] for _, team in picked]
+    timings = {**a.timings_ms, **{f"{arms[1]}_{k_}": v for k_, v in b.timings_ms.items()}}
+    return replace(a, results=results, timings_ms=timings), teams
+
+
+def _experiment_info(route: Route, teams: list[str] | None) -> dict[str, Any] | None:
+    if route.arm is None:
+        return None
+    return {"name": route.experiment, "arm": route.arm, "teams": teams}
+
+
+def _log_served(state: ServingState, request: Request, endpoint: str, query: str, user_id: str | None,
+                model: str | None, sha: str | None, route: Route, results: list[LoggedResult],
+                degraded: bool) -> None:
+    """Add the answered request to the query log (what the user saw), keeping as much of the query as allowed."""
+    if state.feedback is None:
+        return
+    mode = state.config.log_queries
+    entry = LoggedRequest(
+        request_id=request.state.request_id, endpoint=endpoint, results=tuple(results), model=model,
+        model_sha256=sha, key_id=request.state.key_id, user_id=user_id or request.state.user_id,
+        query=query if mode == "text" else None, query_sha256=_query_sha(state, query),
+        experiment=route.experiment, arm=route.arm, degraded=degraded,
+        latency_ms=(time.perf_counter() - request.state.started) * 1000)
+    try:
+        state.feedback.log_request(entry)
+    except Exception:  # the answer is ready: a query-log failure must not fail it
+        state.metrics.query_log_errors.inc()
+        log.exception("could not log request %s", request.state.request_id)
+
+
+def _expired(state: ServingState, logged_at: str) -> bool:
+    retention = state.config.retention_s
+    if retention is None:
+        return False
+    return datetime.fromisoformat(logged_at) < datetime.now(UTC) - timedelta(seconds=retention)
+
+
 def _finish(state: ServingState, request: Request, endpoint: str, degraded: bool, timings: dict[str, float],
             cache_hits: int | None, results: list[dict[str, Any]]) -> None:
     if degraded:
@@ -274,14 +493,29 @@ def _finish(state: ServingState, request: Request, endpoint: str, degraded: bool
     request.state.audit.update(degraded=degraded, cache_hits=cache_hits, results=results)
 
 
+async def _purge_expired(state: ServingState) -> None:
+    """Delete query-log rows older than --retention at start and then hourly (off the event loop)."""
+    if state.feedback is None or state.config.retention_s is None:
+        return
+    while True:
+        cutoff = (datetime.now(UTC) - timedelta(seconds=state.config.retention_s)).isoformat(timespec="milliseconds")
+        try:
+            removed = await asyncio.to_thread(state.feedback.purge, cutoff)
+            if removed:
+                log.warning("retention: removed %d query-log rows older than %s", removed, cutoff)
+        except Exception:  # try again at the next round
+            log.exception("retention purge failed")
+        await asyncio.sleep(3600)
+
+
 async def _warm_up(state: ServingState) -> None:
     """Run one search and one scoring round so the first real request does not pay for lazy loading."""
     try:
         if state.search is not None:
             await asyncio.to_thread(state.search.warm)
-        if state.batcher is not None:
-            await asyncio.wrap_future(state.batcher.submit("warm up", ["the model is warmed up before traffic"]))
-    except Exception as error:
+        if state.router is not None:
+            await asyncio.to_thread(state.router.warm)
+    except Exception as error:  # warm-up failure is reported by /readyz
         state.not_ready_reason = f"warm-up failed: {type(error).__name__}: {error}"
         log.exception("warm-up failed")
         return
@@ -295,6 +529,7 @@ def _install_handlers(app: FastAPI, state: ServingState) -> None:
         request.state.request_id = uuid.uuid4().hex
         request.state.started = time.perf_counter()
         request.state.key_id = None
+        request.state.user_id = None
         request.state.audit = {}
         try:
             response: Response = await call_next(request)
@@ -348,7 +583,7 @@ def _message(error: dict[str, Any]) -> str:
     return PATTERN_MESSAGES.get(pattern, error.get("msg", "")) if pattern else str(error.get("msg", ""))
 
 
-_ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/v1/search", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"})
+_ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/v1/search", "/v1/feedback", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"})
 
 
 def _error_response(status: int, message: str, *, detail: list[dict[str, Any]] | None = None,

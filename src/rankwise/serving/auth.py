@@ -5,7 +5,8 @@ printed once by ``rankwise keys add`` and never written anywhere. sha256 rather 
 because secrets are 256-bit random strings, not passwords: nobody can brute-force them, and a slow hash
 would add milliseconds to every request. Comparison is constant-time (:func:`hmac.compare_digest`).
 
-Roles: ``search`` may call ``/v1/search``, ``rerank`` may call ``/v1/rerank``, ``admin`` may call both.
+Roles: ``search`` may call ``/v1/search``, ``rerank`` may call ``/v1/rerank``, ``feedback`` may post to
+``/v1/feedback`` (a front end that reports clicks needs no right to query), ``admin`` may call all.
 The server re-reads the file when its modification time changes, so adding or revoking a key takes
 effect without a restart.
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 from rankwise.errors import RankwiseError
 from rankwise.serving.config import RateLimit
 
-ROLES: tuple[str, ...] = ("search", "rerank", "admin")
+ROLES: tuple[str, ...] = ("search", "rerank", "feedback", "admin")
 _TOKEN = re.compile(r"^rk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,})$")
 
 

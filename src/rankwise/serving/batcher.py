@@ -46,10 +46,24 @@ class MicroBatcher:
         self.metrics = metrics
         self._queue: queue.Queue[_Job | None] = queue.Queue()  # None stops the worker
         self._thread = threading.Thread(target=self._run, name="rankwise-batcher", daemon=True)
-        metrics.track_queue(self._queue.qsize)
+        self._in_round = False
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting for the worker."""
+        return self._queue.qsize()
+
+    @property
+    def busy(self) -> bool:
+        """Work queued or a round running: lower-priority work (a shadow model) should wait."""
+        return self._in_round or not self._queue.empty()
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish queued work, then stop the worker."""
@@ -65,9 +79,13 @@ class MicroBatcher:
     # ------------------------------------------------------------------ worker thread
     def _run(self) -> None:
         while (first := self._queue.get()) is not None:
-            round_, stop = self._collect(first)
-            if round_:
-                self._score(round_)
+            self._in_round = True
+            try:
+                round_, stop = self._collect(first)
+                if round_:
+                    self._score(round_)
+            finally:
+                self._in_round = False
             if stop:
                 return
 

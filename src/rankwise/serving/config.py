@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rankwise.errors import RankwiseError
+from rankwise.feedback.events import QUERY_LOGGING, QueryLogging
 from rankwise.inference.backends import BACKEND_CHOICES, BackendChoice
 from rankwise.options import FIRST_STAGE_METHODS, RERANK_FUSIONS, FirstStageMethod, RerankFusion, choose
 from rankwise.pipeline import MAX_QUERY_CHARS
@@ -111,6 +112,22 @@ class ServeConfig:
     accept_any_model_name: bool = False
     #: let /v1/search filters on metadata keys no document has match nothing (default: 422 naming the known keys)
     allow_unknown_filters: bool = False
+    #: how much of each query the query log keeps: nothing, a keyed hash (the default), or the text
+    log_queries: QueryLogging = "hash"
+    #: the query log and feedback store (SQLite); None keeps no query log and refuses feedback (404)
+    feedback: Path | None = None
+    #: delete query-log rows (and their feedback and shadow rows) older than this many seconds
+    retention_s: float | None = None
+    #: a second reranker that scores sampled requests off the critical path (registry name or path)
+    shadow: str | None = None
+    shadow_share: float = 1.0
+    #: serve this share of callers (sticky by user/key) with ``canary`` instead of production
+    canary: str = "candidate"
+    canary_share: float = 0.0
+    #: an experiment definition (A/B arms or interleaving), see :mod:`rankwise.experiments`
+    experiment: Path | None = None
+    #: how often registry aliases are re-read (seconds); 0 pins the versions loaded at start
+    follow_interval_s: float = 2.0
     batching: BatchingSettings = BatchingSettings()
     limits: Limits = Limits()
     rate_limit: RateLimit = RateLimit()
@@ -127,6 +144,20 @@ class ServeConfig:
             raise ServeConfigError("--cache-size must be >= 0 (0 disables the in-process cache) and --cache-ttl positive")
         if not (self.cache == "memory" or self.cache.startswith(("redis://", "rediss://", "unix://"))):
             raise ServeConfigError(f"--cache must be 'memory' or a redis:// URL (got '{self.cache}')")
+        choose(self.log_queries, QUERY_LOGGING, "query logging")
+        if self.retention_s is not None and self.retention_s <= 0:
+            raise ServeConfigError("--retention must be a positive duration such as 30d")
+        if not 0 < self.shadow_share <= 1:
+            raise ServeConfigError(f"--shadow-share must be in (0, 1] (got {self.shadow_share})")
+        if not 0 <= self.canary_share < 1:
+            raise ServeConfigError(f"--canary must be a share below 100% such as 10% (got {self.canary_share:.0%})")
+        if self.follow_interval_s < 0:
+            raise ServeConfigError("--follow-interval must be >= 0 seconds (0 pins the loaded versions)")
+        if self.reranker is None and (self.shadow or self.canary_share or self.experiment):
+            raise ServeConfigError("--shadow, --canary and --experiment compare rerankers: pass --reranker too")
+        if self.experiment is not None and self.canary_share:
+            raise ServeConfigError("--canary and --experiment both split traffic: use one (a canary is an "
+                                   "experiment with two arms)")
         if self.keys is None and not is_loopback(self.host):
             raise ServeConfigError(f"refusing to serve on {self.host} without authentication: pass --keys FILE "
                                    "(create keys with `rankwise keys add`) or bind to 127.0.0.1")

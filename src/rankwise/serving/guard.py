@@ -33,7 +33,7 @@ from rankwise.serving.state import ServingState
 log = logging.getLogger("rankwise.serving")
 
 #: the routes that do model work; health, readiness, metrics and docs are never shed or size-limited
-API_ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/v1/search"})
+API_ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/v1/search", "/v1/feedback"})
 
 
 class RequestGuard:

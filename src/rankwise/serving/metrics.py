@@ -43,6 +43,16 @@ class ServingMetrics:
                                 ["reason"], registry=r)
         self.model = Info("rankwise_model", "Versions being served", registry=r)
         self.ready = Gauge("rankwise_ready", "1 once the model is loaded and warmed", registry=r)
+        self.model_swaps = Counter("rankwise_model_swaps", "Registry alias changes followed without a restart",
+                                   ["role", "outcome"], registry=r)
+        self.served_by = Counter("rankwise_served", "Responses by the model version and experiment arm that "
+                                 "produced them", ["model", "arm"], registry=r)
+        self.shadow = Counter("rankwise_shadow", "Shadow-model work: requests offered, scored, dropped (queue "
+                              "full or stale) and failed", ["outcome"], registry=r)
+        self.feedback = Counter("rankwise_feedback", "Feedback events by signal and outcome (stored, duplicate, "
+                                "rejected, unavailable)", ["signal", "outcome"], registry=r)
+        self.query_log_errors = Counter("rankwise_query_log_errors", "Answered requests the query log could "
+                                        "not record", registry=r)
 
     def count_cache(self, hits: int, misses: int) -> None:
         self.cache_lookups.labels("hit").inc(hits)

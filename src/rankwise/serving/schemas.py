@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from rankwise.feedback.events import FeedbackSignal
 from rankwise.serving.config import Limits
 from rankwise.types import Provenance, SearchResult
 
@@ -71,6 +72,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class FeedbackRequest(_Strict):
+    """One user reaction to one returned result; send it again with the same ``event_id`` safely."""
+
+    request_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+        ..., description="The `request_id` of the search or rerank response the user reacted to.")
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=NON_BLANK)] = Field(
+        ..., description="Unique per event, chosen by the client: a retry with the same id is stored once.")
+    signal: FeedbackSignal
+    doc_id: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = Field(
+        None, description="The result's doc_id (for /v1/rerank: its `index`). Or give `rank`.")
+    rank: PositiveInt | None = Field(None, description="The result's 1-based position in the response.")
+    value: Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_not_bool)] | None = Field(
+        None, description="dwell: seconds; custom: any number.")
+    user_id: UserId | None = None
+
+
+class FeedbackReceipt(BaseModel):
+    status: Literal["stored", "duplicate"]
+    event_id: str
+    request_id: str
+    doc_id: str
+    rank: int
+
+
+class ExperimentInfo(BaseModel):
+    """Which experiment arm (or canary) answered; for interleaving, the arm behind each result."""
+
+    name: str | None = None
+    arm: str | None = None
+    teams: list[str] | None = None
+
+
 def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
     """The ``/v1/rerank``, ``/v2/rerank`` and ``/v1/search`` request bodies with this server's limits in their schema.
 
@@ -111,6 +147,8 @@ def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel], ty
 
     class SearchRequest(_Strict):
         query: Query
+        user_id: UserId | None = Field(None, description="Who is searching (opaque): experiment arms are sticky "
+                                       "per user, and feedback can be joined to it. Or send X-Rankwise-User.")
         k: ResultCount = Field(10, description="Results to return.")
         first_stage: Literal["bm25", "dense", "hybrid"] | None = Field(None, description="Default: the server's.")
         retrieve_k: ResultCount | None = Field(None, description="First-stage candidates (default: the server's).")
@@ -155,12 +193,14 @@ class RerankMeta(BaseModel):
     degraded: bool = Field(..., description="True when the latency budget ran out and the input order was returned.")
     warnings: list[str] = []
     cache_hits: int = Field(..., description="Documents whose scores came from the score cache.")
+    experiment: ExperimentInfo | None = None
     num_split: int = Field(..., description="Documents longer than the model's window, scored in windows.")
     timings_ms: dict[str, float]
 
 
 class RerankResponse(BaseModel):
     id: str
+    request_id: str = Field(..., description="Joins this answer to the audit log and to /v1/feedback.")
     results: list[RerankResult]
     meta: RerankMeta
 
@@ -169,8 +209,10 @@ class SearchReply(BaseModel):
     """``rankwise search --json``'s object, plus the request id and the degraded flag."""
 
     id: str
+    request_id: str = Field(..., description="Joins this answer to the audit log and to /v1/feedback.")
     degraded: bool
     warnings: list[str] = []
+    experiment: ExperimentInfo | None = None
     query: str
     results: list[SearchResult]
     provenance: Provenance
@@ -192,3 +234,7 @@ class Readiness(BaseModel):
     reranker: str | None = None
     reranker_sha256: str | None = None
     index_fingerprint: str | None = None
+    #: role (production, canary, arm:NAME, shadow) → the version it serves, and problems that do not block
+    #: serving (a shadow that failed, a promoted version that did not load)
+    models: dict[str, str] | None = None
+    problems: dict[str, str] | None = None

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -111,18 +111,20 @@ class SearchOutcome:
     response: SearchResponse
     degraded: bool
     cache_hits: int | None
+    #: the reranked candidates, best first by the reranker alone, one passage per document: ``(doc_id, text)``
+    reranked: list[tuple[str, str]] = field(default_factory=list)
 
 
 class SearchService:
-    """``/v1/search``: the pipeline's public steps, with scoring through the shared :class:`RerankService`.
+    """``/v1/search``: the pipeline's public steps, with scoring through a :class:`RerankService`.
 
     A :class:`Pipeline` is made per request (it is cheap: the index's parts are loaded once) and never
-    changed: when the budget runs out the same candidates are answered without scores (``degraded``).
+    changed: when the budget runs out the same candidates are answered without scores (``degraded``). The
+    reranker is a per-call argument because the server may route requests to different model versions.
     """
 
-    def __init__(self, index: Index, rerank: RerankService | None, config: ServeConfig) -> None:
+    def __init__(self, index: Index, config: ServeConfig) -> None:
         self.index = index
-        self.rerank = rerank
         self.config = config
         # the query embedder's fast tokenizer must not be used from two threads at once
         self._lock = threading.Lock()
@@ -132,12 +134,12 @@ class SearchService:
         with self._lock:
             FirstStage(self.index, FirstStageSettings(method=self.config.first_stage)).retrieve("warm up", 1)
 
-    def search(self, query: str, *, k: int, first_stage: FirstStageMethod | None, retrieve_k: int | None,
-               rerank_k: int | None, rerank_fusion: RerankFusion | None, filters: dict[str, Any], deadline: float,
-               loop: asyncio.AbstractEventLoop) -> SearchOutcome:
+    def search(self, query: str, rerank: RerankService | None, *, k: int, first_stage: FirstStageMethod | None,
+               retrieve_k: int | None, rerank_k: int | None, rerank_fusion: RerankFusion | None,
+               filters: dict[str, Any], deadline: float, loop: asyncio.AbstractEventLoop) -> SearchOutcome:
         """Run on a worker thread (it blocks on the first stage and on scoring); ``None`` means the server default."""
         t0 = time.perf_counter()
-        pipeline = Pipeline(self.index, self.rerank.reranker if self.rerank is not None else None,
+        pipeline = Pipeline(self.index, rerank.reranker if rerank is not None else None,
                             first_stage=first_stage or self.config.first_stage,
                             retrieve_k=retrieve_k or self.config.retrieve_k,
                             rerank_k=self.config.rerank_k if rerank_k is None else rerank_k,
@@ -147,13 +149,16 @@ class SearchService:
             candidates = pipeline.retrieve(query, filters)
         timings = {"first_stage": (time.perf_counter() - t0) * 1000}
         head = candidates[: pipeline.rerank_k]
-        if self.rerank is None or not head:
+        if rerank is None or not head:
             return SearchOutcome(pipeline.respond(query, candidates, None, k=k, timings=timings, started=t0), False, None)
-        coro = self.rerank.score(query, [c.passage.full_text for c in head], deadline=deadline)
+        coro = rerank.score(query, [c.passage.full_text for c in head], deadline=deadline)
         try:
             scored = asyncio.run_coroutine_threadsafe(coro, loop).result()
         except BudgetExceeded:
             return SearchOutcome(pipeline.respond(query, candidates, None, k=k, timings=timings, started=t0), True, None)
         scores = RerankScores(raw=scored.raw, calibrated=scored.calibrated, truncated=sum(scored.split))
         response = pipeline.respond(query, candidates, scores, k=k, timings=timings | scored.timings_ms, started=t0)
-        return SearchOutcome(response, False, scored.cache_hits)
+        best: dict[str, str] = {}
+        for i in np.argsort(-scored.raw, kind="stable"):
+            best.setdefault(head[i].passage.doc_id, head[i].passage.full_text)
+        return SearchOutcome(response, False, scored.cache_hits, list(best.items()))

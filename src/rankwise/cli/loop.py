@@ -1,0 +1,144 @@
+"""``rankwise feedback export``, ``rankwise shadow report`` and ``rankwise experiment report``: the
+production loop's commands, reading the query log and feedback store a server writes (``--feedback-db``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rankwise.cli.common import (
+    DEFAULT_STORE,
+    FEEDBACK_DB,
+    FeedbackDbOpt,
+    err,
+    friendly_errors,
+    out,
+    store_path,
+)
+
+app = typer.Typer()
+feedback_app = typer.Typer(help="Turn users' feedback into gold sets and training data.", no_args_is_help=True)
+shadow_app = typer.Typer(help="Compare a shadow reranker with production.", no_args_is_help=True)
+experiment_app = typer.Typer(help="Results of an A/B or interleaving experiment.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+app.add_typer(shadow_app, name="shadow")
+app.add_typer(experiment_app, name="experiment")
+
+SinceOpt = Annotated[str | None, typer.Option(help="Only traffic newer than this: 30m, 2h, 7d or an ISO time.")]
+KOpt = Annotated[int, typer.Option("--k", help="Rank cut-off of the metrics (CTR@k, nDCG@k).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _open_store(value: str):
+    from rankwise.feedback.store import FeedbackStoreError, SQLiteFeedbackStore
+
+    path = store_path(value, FEEDBACK_DB)
+    if path is None or not path.is_file():
+        raise FeedbackStoreError(f"no feedback store at '{path or value}'; pass the --feedback-db the server "
+                                 "was started with")
+    return SQLiteFeedbackStore(path)
+
+
+@feedback_app.command("export")
+@friendly_errors
+def feedback_export(
+    out_file: Annotated[Path, typer.Option("--out", help="Gold-set JSONL to write (for `eval`/`train --goldset`).")],
+    feedback_db: FeedbackDbOpt = DEFAULT_STORE,
+    since: SinceOpt = None,
+    misranked: Annotated[Path | None, typer.Option(help="Also write the misranked report (JSONL): documents "
+                                                        "users chose that the reranker placed low, and the reverse.")] = None,
+    eta: Annotated[float, typer.Option(help="Position-bias strength of the click model: rank r is examined "
+                                            "with probability (1/r)^eta.")] = 1.0,
+) -> None:
+    """Write a gold set from feedback: thumbs as labels, clicks corrected for position bias."""
+    from rankwise.feedback import ClickModel, export_goldset
+
+    store = _open_store(feedback_db)
+    try:
+        summary = export_goldset(store, since=since, out=out_file, click_model=ClickModel(eta=eta),
+                                 misranked_out=misranked)
+    finally:
+        store.close()
+    for line in summary.lines():
+        out.print(line, highlight=False, soft_wrap=True)
+
+
+@shadow_app.command("report")
+@friendly_errors
+def shadow_report_cmd(feedback_db: FeedbackDbOpt = DEFAULT_STORE, since: SinceOpt = None, k: KOpt = 5,
+                      as_json: JsonOpt = False) -> None:
+    """Rank agreement of shadow and production, and both models' nDCG@k on the requests users judged."""
+    from rich.table import Table
+
+    from rankwise.experiments.report import shadow_report
+
+    store = _open_store(feedback_db)
+    try:
+        summaries = shadow_report(store, since=since, k=k)
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps([asdict(s) for s in summaries], default=str))
+        return
+    for s in summaries:
+        table = Table(title=f"shadow {s.shadow_model} vs production {s.production_model}: {s.requests} requests")
+        table.add_column("measure")
+        table.add_column("value", overflow="fold")
+        table.add_row("Kendall's tau", s.kendall_tau.summary() if s.kendall_tau else "—")
+        table.add_row("top-5 overlap", s.top5_overlap.summary())
+        table.add_row("shadow time p50", f"{s.shadow_ms_p50:.0f} ms")
+        table.add_row(f"nDCG@{k} shadow − production", s.ndcg.summary() if s.ndcg else
+                      f"{s.judged_requests} requests with feedback")
+        for doc, request_id, before, after in s.largest_moves:
+            table.add_row("largest move", f"{doc}: rank {before} → {after} (request {request_id[:8]})")
+        out.print(table)
+        out.print(f"[bold]recommendation:[/] {s.recommendation.summary()}", highlight=False, soft_wrap=True)
+
+
+@experiment_app.command("report")
+@friendly_errors
+def experiment_report_cmd(
+    experiment: Annotated[Path, typer.Option(help="The experiment file the server was started with.")],
+    feedback_db: FeedbackDbOpt = DEFAULT_STORE, since: SinceOpt = None, k: KOpt = 5, as_json: JsonOpt = False,
+) -> None:
+    """Per-arm CTR@k, thumbs ratio, abandonment and latency, with significance and a recommendation."""
+    from rich.table import Table
+
+    from rankwise.experiments import load_experiment
+    from rankwise.experiments.report import experiment_report
+
+    definition = load_experiment(experiment)
+    store = _open_store(feedback_db)
+    try:
+        report = experiment_report(store, definition, since=since, k=k)
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps(asdict(report), default=str))
+        return
+    table = Table(title=f"experiment {report.experiment} ({report.mode}), {report.events} feedback events")
+    for column in ("arm", "models", "requests", f"CTR@{k}", "thumbs up", "abandonment", "p50 ms", "p99 ms"):
+        table.add_column(column, overflow="fold")
+    for arm in report.arms:
+        ratio = f"{arm.thumbs_ratio:.0%} of {arm.thumbs_up + arm.thumbs_down}" if arm.thumbs_ratio is not None else "—"
+        table.add_row(arm.arm, ", ".join(arm.models), str(arm.requests), f"{arm.ctr_at_k:.1%}", ratio,
+                      f"{arm.abandonment:.1%}", f"{arm.latency_p50_ms:.0f}" if arm.latency_p50_ms else "—",
+                      f"{arm.latency_p99_ms:.0f}" if arm.latency_p99_ms else "—")
+    out.print(table)
+    for c in report.comparisons:
+        out.print(f"{c.treatment} vs {c.control}: CTR@{k} {c.ctr.summary() if c.ctr else '—'}", highlight=False,
+                  soft_wrap=True)
+        if c.latency is not None:
+            out.print(f"  latency: {c.latency.summary()}", highlight=False, soft_wrap=True)
+        out.print(f"  [bold]recommendation:[/] {c.recommendation.summary()}", highlight=False, soft_wrap=True)
+    if report.interleaving is not None:
+        out.print(f"interleaving: {report.interleaving.summary()}", highlight=False, soft_wrap=True)
+    if report.recommendation is not None and not report.comparisons:
+        out.print(f"[bold]recommendation:[/] {report.recommendation.summary()}", highlight=False, soft_wrap=True)
+    if report.events == 0:
+        err.print("no feedback yet: send it to /v1/feedback (clicks, thumbs) to measure the arms", highlight=False)

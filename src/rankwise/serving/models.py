@@ -1,0 +1,287 @@
+"""The rerankers a server holds, and which one answers each request: production, a canary, an experiment's
+arms, and the registry aliases it follows so that a promotion or rollback takes effect without a restart.
+
+Every loaded model is a :class:`ServedModel`: the reranker, its own micro-batcher (one worker thread, so
+two models never share a tokenizer) and its :class:`RerankService` (score-cache keys include the model's
+weights hash, so versions never see each other's scores). A request *leases* the models it uses for its
+whole life; a swap only changes which model the next lease gets. That is why one response is never
+scored by two versions, and why a swap fails no request: the model it replaced is closed only when its
+last lease is returned.
+
+Aliases (``production``, ``candidate``) are followed by polling the registry's append-only history —
+cheap (one small file read) and correct across processes, where a file-watch API would miss writes made
+over NFS and a push would need the CLI to know every server. A new version is loaded and warmed on the
+follower thread, off the request path, and only then swapped in; a version that fails to load leaves the
+old one serving and is counted (``rankwise_model_swaps_total{outcome="failed"}``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from rankwise.errors import ModelError
+from rankwise.experiments import Arm, Experiment, assign
+from rankwise.registry import Registry, names_registry
+from rankwise.rerank.base import Reranker, backend_label
+from rankwise.rerank.loading import load_reranker
+from rankwise.serving.batcher import MicroBatcher
+from rankwise.serving.cache import ScoreCache
+from rankwise.serving.config import ServeConfig
+from rankwise.serving.metrics import ServingMetrics
+from rankwise.serving.scoring import scorer_for
+from rankwise.serving.service import RerankService
+
+log = logging.getLogger("rankwise.serving")
+
+WARM_UP = ("warm up", ["the model is warmed up before traffic"])
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """One loaded reranker with its batcher and scoring service; closed when retired and no longer leased."""
+
+    key: str  # the registry version, or the spec for a model loaded from a path
+    reranker: Reranker
+    batcher: MicroBatcher
+    service: RerankService
+    leases: int = 0
+    slots: int = 0  # how many roles (production, canary, arms) point at it
+    closed: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.reranker.name
+
+    @property
+    def sha256(self) -> str:
+        return self.reranker.weights_sha256
+
+    def warm(self) -> None:
+        self.batcher.submit(*WARM_UP).result()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The models one request uses, and why: the experiment arm(s) or canary that picked them."""
+
+    model: ServedModel | None  # the model whose ranking is served (for interleaving: arm a)
+    arm: str | None = None
+    experiment: str | None = None
+    #: interleaving only: the second arm's model and both arm names (a, b)
+    other: ServedModel | None = None
+    arms: tuple[str, str] | None = None
+    #: per-arm pipeline settings (first stage, rerank_k, rerank fusion); absent = the server's defaults
+    settings: dict[str, object] = field(default_factory=dict)
+    other_settings: dict[str, object] = field(default_factory=dict)
+
+
+def unit_fraction(salt: str, unit: str) -> float:
+    """A stable number in [0, 1) for a user/key/request: the same caller always lands in the same share."""
+    digest = hashlib.sha256(f"{salt}:{unit}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+class ModelRouter:
+    """Loads the configured rerankers, routes requests to them, and follows registry aliases."""
+
+    def __init__(self, config: ServeConfig, cache: ScoreCache, metrics: ServingMetrics,
+                 experiment: Experiment | None = None, info: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.info = info or {}
+        self.cache = cache
+        self.metrics = metrics
+        self.experiment = experiment
+        self.registry = Registry(config.registry) if config.registry else None
+        self._lock = threading.Lock()
+        self._loaded: dict[str, ServedModel] = {}
+        #: role → (spec, model): "production", "canary", "arm:<name>"
+        self._slots: dict[str, tuple[str, ServedModel]] = {}
+        self._stop = threading.Event()
+        self._follower: threading.Thread | None = None
+        self.problems: dict[str, str] = {}  # role → why its newest version is not served (readiness detail)
+        self._names: set[str] = set()
+        specs: dict[str, str] = {}
+        if config.reranker is not None:
+            specs["production"] = config.reranker
+        if config.canary_share > 0:
+            specs["canary"] = config.canary
+        if experiment is not None:
+            for arm in experiment.arms:
+                if arm.reranker.strip().lower() not in ("", "none"):
+                    specs[f"arm:{arm.name}"] = arm.reranker
+        for role, spec in specs.items():
+            model = self._acquire(spec, self._resolve(spec))
+            self._slots[role] = (spec, model)
+        self._publish_info()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start every batcher, and the alias follower when a served spec names the registry."""
+        for model in self._loaded.values():
+            model.batcher.start()
+        if self.config.follow_interval_s > 0 and any(names_registry(spec) for spec, _ in self._slots.values()):
+            self._follower = threading.Thread(target=self._follow, name="rankwise-follow", daemon=True)
+            self._follower.start()
+
+    def warm(self) -> None:
+        for model in list(self._loaded.values()):
+            model.warm()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._follower is not None:
+            self._follower.join(30)
+        with self._lock:
+            models, self._loaded = list(self._loaded.values()), {}
+        for model in models:
+            model.closed = True
+            model.batcher.close()
+
+    # ------------------------------------------------------------------ routing
+    def depth(self) -> int:
+        """Jobs waiting on every loaded model's batcher (the queue-depth gauge)."""
+        with self._lock:
+            return sum(m.batcher.depth for m in self._loaded.values())
+
+    def busy(self) -> bool:
+        """Whether any served model has work queued or running (the shadow waits while it does)."""
+        with self._lock:
+            return any(m.batcher.busy for m in self._loaded.values())
+
+    def names(self) -> set[str]:
+        """Every name a request's ``model`` may use: versions, names and weight hashes served since start."""
+        return self._names
+
+    @property
+    def production(self) -> ServedModel | None:
+        slot = self._slots.get("production")
+        return slot[1] if slot else None
+
+    def models(self) -> dict[str, ServedModel]:
+        """Role → model, right now (for /readyz and metrics)."""
+        with self._lock:
+            return {role: model for role, (_, model) in self._slots.items()}
+
+    @contextlib.contextmanager
+    def lease(self, unit: str) -> Iterator[Route]:
+        """The route for a caller identified by ``unit`` (user id, key id or request id), held until exit."""
+        with self._lock:
+            route = self._route(unit)
+            held = [m for m in (route.model, route.other) if m is not None]
+            for model in held:
+                model.leases += 1
+        try:
+            yield route
+        finally:
+            with self._lock:
+                for model in held:
+                    model.leases -= 1
+                    self._maybe_close(model)
+
+    def _route(self, unit: str) -> Route:
+        experiment = self.experiment
+        if experiment is not None:
+            if experiment.mode == "interleave":
+                a, b = experiment.arms
+                return Route(self._arm_model(a.name), "interleaved", experiment.name, self._arm_model(b.name),
+                             (a.name, b.name), _settings(a), _settings(b))
+            arm = assign(experiment, unit)
+            return Route(self._arm_model(arm.name), arm.name, experiment.name, settings=_settings(arm))
+        if "canary" in self._slots and unit_fraction("canary", unit) < self.config.canary_share:
+            return Route(self._slots["canary"][1], "canary")
+        production = self._slots.get("production")
+        return Route(production[1] if production else None, None)
+
+    def _arm_model(self, arm: str) -> ServedModel | None:
+        slot = self._slots.get(f"arm:{arm}")
+        return slot[1] if slot else None
+
+    # ------------------------------------------------------------------ loading and following
+    def _resolve(self, spec: str) -> str:
+        """The key a spec loads as: its registry version (so two aliases of one version share a model)."""
+        if names_registry(spec):
+            return (self.registry or Registry()).get(spec).version
+        return spec
+
+    def _acquire(self, spec: str, key: str) -> ServedModel:
+        """The loaded model for ``key``, loading it if needed (call without the lock: loading is slow)."""
+        with self._lock:
+            model = self._loaded.get(key)
+            if model is not None:
+                model.slots += 1
+                return model
+        # a registry spec loads the version it resolved to (the alias may move again meanwhile)
+        named = {"name": key if key == spec else f"{key} ({spec})"} if names_registry(spec) else {}
+        reranker = load_reranker(key, registry=self.registry, max_length=self.config.max_length,
+                                 backend=self.config.backend, device=self.config.device, **named)
+        if reranker is None:
+            raise ModelError(f"'{spec}' names no reranker; pass a registry name or a model directory")
+        batcher = MicroBatcher(scorer_for(reranker), self.config.batching, self.metrics)
+        model = ServedModel(key, reranker, batcher, RerankService(reranker, batcher, self.cache, self.metrics), slots=1)
+        with self._lock:
+            self._loaded[key] = model
+            self._names = self._names | {key, model.name, model.sha256, model.sha256[:12]}
+        return model
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.config.follow_interval_s):
+            for role, (spec, current) in list(self._slots.items()):
+                if not names_registry(spec):
+                    continue
+                try:
+                    key = self._resolve(spec)
+                except Exception as error:  # noqa: BLE001 - the registry may be mid-write or damaged
+                    self.problems[role] = f"cannot resolve '{spec}': {error}"
+                    continue
+                if key == current.key:
+                    continue
+                self._swap(role, spec, key, current)
+
+    def _swap(self, role: str, spec: str, key: str, current: ServedModel) -> None:
+        """Load and warm ``key`` off the request path, then point ``role`` at it; the old model drains."""
+        try:
+            model = self._acquire(spec, key)
+            if not model.batcher.is_running:
+                model.batcher.start()
+            model.warm()
+        except Exception as error:  # a bad version must never stop the serving one
+            log.exception("could not load %s for %s; still serving %s", key, role, current.name)
+            self.problems[role] = f"{spec} → {key} failed to load ({type(error).__name__}: {error}); serving {current.key}"
+            self.metrics.model_swaps.labels(role, "failed").inc()
+            return
+        with self._lock:
+            self._slots[role] = (spec, model)
+            current.slots -= 1
+            self._maybe_close(current)
+        self.problems.pop(role, None)
+        self.metrics.model_swaps.labels(role, "swapped").inc()
+        log.warning("%s now serves %s (was %s)", role, model.name, current.name)
+        self._publish_info()
+
+    def _maybe_close(self, model: ServedModel) -> None:
+        """Close a model nobody routes to and nobody holds (call with the lock held)."""
+        if model.slots > 0 or model.leases > 0 or model.closed:
+            return
+        model.closed = True
+        self._loaded.pop(model.key, None)
+        threading.Thread(target=model.batcher.close, name="rankwise-retire", daemon=True).start()
+
+    def _publish_info(self) -> None:
+        production = self.production
+        self.metrics.model.info({
+            **self.info,
+            "reranker": production.name if production else "none",
+            "reranker_sha256": production.sha256 if production else "none",
+            "reranker_backend": backend_label(production.reranker if production else None),
+            **{f"{role.replace(':', '_')}_reranker": m.name for role, m in self.models().items() if role != "production"},
+        })
+
+
+def _settings(arm: Arm) -> dict[str, object]:
+    values = {"first_stage": arm.first_stage, "rerank_k": arm.rerank_k, "rerank_fusion": arm.rerank_fusion}
+    return {k: v for k, v in values.items() if v is not None}

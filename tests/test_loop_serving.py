@@ -1,0 +1,266 @@
+"""The production loop against real server processes: the query log and ``/v1/feedback``, shadow scoring,
+A/B and interleaving experiments, canaries, and promotion or rollback followed without a restart.
+
+Two tiny cross-encoders with well-separated scores (seeds 0 and 1) are registered as ``v1`` (production)
+and ``v2`` (candidate), so every answer can be checked against the exact scores of the version it names.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_serving import Server, _build_model, _rankwise
+
+from conftest import KB
+from rankwise.index import Index
+from rankwise.registry import Registry
+from rankwise.rerank.cross_encoder import CrossEncoderReranker
+
+QUERY = "how do contractors reset MFA"
+TEXTS = [f"{d.title}\n{d.text}" for d in KB][:12]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("loop-models")
+    registry = Registry(root / "registry")
+    registry.register(_build_model(root / "a", seed=0), {"note": "production"})
+    registry.promote("v1", forced=True)
+    registry.register(_build_model(root / "b", seed=1), {"note": "candidate"})
+    return registry.root
+
+
+@pytest.fixture(scope="module")
+def references(registry: Path) -> dict[str, list[float]]:
+    """Each version's exact raw scores for QUERY × TEXTS."""
+    reg = Registry(registry)
+    return {v: [float(x) for x in CrossEncoderReranker(reg.get(v).path, backend="torch").score(QUERY, TEXTS).raw]
+            for v in ("v1", "v2")}
+
+
+def _version(body: dict[str, Any]) -> str:
+    return body["meta"]["model"].split()[0]
+
+
+def _rerank(client: httpx.Client, **extra: Any) -> httpx.Response:
+    return client.post("/v1/rerank", json={"query": QUERY, "documents": TEXTS, "raw_scores": True, **extra})
+
+
+def _assert_from(body: dict[str, Any], references: dict[str, list[float]]) -> str:
+    """The answer's scores are exactly those of the version it names (never a mix of two)."""
+    version = _version(body)
+    for r in body["results"]:
+        assert r["raw_score"] == pytest.approx(references[version][r["index"]], abs=1e-4), (version, r)
+    return version
+
+
+@pytest.fixture(scope="module")
+def loop_server(kb_index: Index, registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("loop-server")
+    srv = Server(["--index", str(kb_index.path), "--reranker", "production", "--registry", str(registry),
+                  "--backend", "torch", "--feedback-db", str(tmp / "feedback.sqlite"), "--log-queries", "text",
+                  "--audit", str(tmp / "audit.sqlite"), "--shadow", "v2", "--open-metrics"], tmp / "server.log")
+    yield srv
+    srv.stop()
+
+
+# ---------------------------------------------------------------------------------------------- feedback
+def test_feedback_round_trip_is_validated_idempotent_and_exported(loop_server: Server, tmp_path: Path) -> None:
+    feedback_db = str(next(loop_server.log.parent.glob("feedback.sqlite")))
+    with loop_server.client() as client:
+        answer = client.post("/v1/search", json={"query": QUERY, "k": 5, "user_id": "alice"}).json()
+        request_id = answer["request_id"]
+        assert request_id == answer["id"]
+        second = answer["results"][1]["doc_id"]
+        event = {"request_id": request_id, "event_id": "e1", "signal": "thumbs_up", "doc_id": second}
+        first = client.post("/v1/feedback", json=event)
+        assert first.status_code == 201, first.text
+        assert first.json() == {"status": "stored", "event_id": "e1", "request_id": request_id, "doc_id": second,
+                                "rank": 2}
+        again = client.post("/v1/feedback", json=event)
+        assert again.status_code == 200 and again.json()["status"] == "duplicate"
+        by_rank = client.post("/v1/feedback", json={"request_id": request_id, "event_id": "e2", "signal": "click",
+                                                    "rank": 1})
+        assert by_rank.status_code == 201 and by_rank.json()["doc_id"] == answer["results"][0]["doc_id"]
+        cases = [
+            ({**event, "doc_id": answer["results"][0]["doc_id"]}, 409, "e1"),
+            ({**event, "event_id": "e3", "request_id": "f" * 32}, 404, "no answered request"),
+            ({**event, "event_id": "e4", "doc_id": "not-returned"}, 422, "was not among the 5 results"),
+            ({**event, "event_id": "e5", "doc_id": None, "rank": 99}, 422, "rank 99 was not among"),
+            ({"request_id": request_id, "event_id": "e6", "signal": "click"}, 422, "doc_id or its rank"),
+            ({**event, "event_id": "e7", "signal": "like"}, 422, "signal"),
+            ({**event, "event_id": "e8", "surprise": 1}, 422, "surprise"),
+        ]
+        for body, status, words in cases:
+            response = client.post("/v1/feedback", json=body)
+            assert response.status_code == status, (body, response.text)
+            assert words in response.json()["message"]
+    metrics = loop_server.metrics()
+    assert metrics[("rankwise_feedback_total", (("outcome", "stored"), ("signal", "thumbs_up")))] == 1
+    assert metrics[("rankwise_feedback_total", (("outcome", "duplicate"), ("signal", "thumbs_up")))] == 1
+    out = tmp_path / "gold.jsonl"
+    result = _rankwise("feedback", "export", "--feedback-db", feedback_db, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {(r["query"], r["document_id"], r["label"]) for r in records if r["label"] > 0} >= {(QUERY, second, 2)}
+    with sqlite3.connect(feedback_db) as db:  # the query log kept the text because of --log-queries text
+        assert db.execute("SELECT COUNT(*) FROM requests WHERE query = ?", (QUERY,)).fetchone()[0] >= 1
+
+
+def test_shadow_scores_requests_off_the_critical_path(loop_server: Server, references: dict[str, list[float]]) -> None:
+    with loop_server.client() as client:
+        for _ in range(6):
+            response = _rerank(client)
+            assert response.status_code == 200
+            assert _assert_from(response.json(), references) == "v1"  # production answers, never the shadow
+        ready = client.get("/readyz").json()
+    assert ready["models"]["shadow"].startswith("v2") and not ready.get("problems")
+    deadline = time.monotonic() + 60
+    while loop_server.metrics().get(("rankwise_shadow_total", (("outcome", "scored"),)), 0) < 6:
+        assert time.monotonic() < deadline, "the shadow never scored the offered requests"
+        time.sleep(0.5)
+    feedback_db = str(next(loop_server.log.parent.glob("feedback.sqlite")))
+    report = _rankwise("shadow", "report", "--feedback-db", feedback_db, "--json")
+    assert report.returncode == 0, report.stderr
+    summary = next(s for s in json.loads(report.stdout) if s["shadow_model"].startswith("v2"))
+    assert summary["requests"] >= 6 and -1.0 <= summary["kendall_tau"]["value"] <= 1.0
+    # the two seeds rank the texts differently, so agreement is measured, not trivially perfect
+    assert summary["kendall_tau"]["value"] < 0.999
+
+
+def test_a_shadow_that_fails_to_load_leaves_production_serving(registry: Path, tmp_path: Path,
+                                                               references: dict[str, list[float]]) -> None:
+    srv = Server(["--reranker", "v1", "--registry", str(registry), "--backend", "torch", "--shadow",
+                  str(tmp_path / "missing-model"), "--feedback-db", str(tmp_path / "f.sqlite"), "--audit", "none",
+                  "--open-metrics"], tmp_path / "server.log")
+    try:
+        with srv.client() as client:
+            assert _assert_from(_rerank(client).json(), references) == "v1"
+            ready = client.get("/readyz").json()
+        assert ready["ready"] and "failed to load" in ready["problems"]["shadow"]
+        assert srv.metrics()[("rankwise_shadow_total", (("outcome", "load_failed"),))] == 1
+    finally:
+        srv.stop()
+
+
+# ---------------------------------------------------------------------------------------------- experiments
+def test_ab_assignment_is_sticky_per_user_and_reported(registry: Path, tmp_path: Path,
+                                                       references: dict[str, list[float]]) -> None:
+    experiment = tmp_path / "ab.toml"
+    experiment.write_text('name = "v2-vs-v1"\nmode = "ab"\nunit = "user"\n'
+                          '[[arms]]\nname = "control"\nreranker = "v1"\nshare = 0.5\n'
+                          '[[arms]]\nname = "treatment"\nreranker = "v2"\nshare = 0.5\n')
+    db = tmp_path / "f.sqlite"
+    srv = Server(["--reranker", "v1", "--registry", str(registry), "--backend", "torch", "--experiment",
+                  str(experiment), "--feedback-db", str(db), "--audit", "none"], tmp_path / "server.log")
+    try:
+        arms: dict[str, set[str]] = {}
+        with srv.client() as client:
+            for user in range(16):
+                for _ in range(2):
+                    body = client.post(
+                        "/v1/rerank", headers={"X-Rankwise-User": f"user-{user}"},
+                        json={"query": QUERY, "documents": TEXTS, "raw_scores": True, "top_n": 3}).json()
+                    version = _assert_from(body, references)
+                    arm = body["meta"]["experiment"]["arm"]
+                    assert (arm, version) in {("control", "v1"), ("treatment", "v2")}
+                    arms.setdefault(f"user-{user}", set()).add(arm)
+                    if arm == "treatment":  # users like the treatment's first result
+                        client.post("/v1/feedback", json={"request_id": body["request_id"], "event_id":
+                                                          body["request_id"], "signal": "click", "rank": 1})
+        assert all(len(a) == 1 for a in arms.values()), "a user saw two arms"
+        assert Counter(next(iter(a)) for a in arms.values()).keys() == {"control", "treatment"}
+    finally:
+        srv.stop()
+    report = _rankwise("experiment", "report", "--experiment", str(experiment), "--feedback-db", str(db), "--json")
+    assert report.returncode == 0, report.stderr
+    data = json.loads(report.stdout)
+    ctr = {arm["arm"]: arm["ctr_at_k"] for arm in data["arms"]}
+    assert ctr["control"] == 0.0 and ctr["treatment"] == 1.0
+    assert data["comparisons"][0]["recommendation"]["decision"] == "inconclusive"  # 32 requests < 100 per arm
+
+
+def test_interleaving_credits_clicks_to_the_arm_that_contributed(registry: Path, tmp_path: Path,
+                                                                references: dict[str, list[float]]) -> None:
+    experiment = tmp_path / "interleave.json"
+    experiment.write_text(json.dumps({"name": "il", "mode": "interleave", "unit": "request", "arms": [
+        {"name": "old", "reranker": "v1"}, {"name": "new", "reranker": "v2"}]}))
+    db = tmp_path / "f.sqlite"
+    srv = Server(["--reranker", "v1", "--registry", str(registry), "--backend", "torch", "--experiment",
+                  str(experiment), "--feedback-db", str(db), "--audit", "none"], tmp_path / "server.log")
+    best = {v: sorted(range(len(TEXTS)), key=lambda i: -references[v][i]) for v in ("v1", "v2")}
+    try:
+        with srv.client() as client:
+            for n in range(40):
+                body = client.post("/v1/rerank", json={"query": QUERY, "documents": TEXTS, "top_n": 6}).json()
+                teams = body["meta"]["experiment"]["teams"]
+                shown = [r["index"] for r in body["results"]]
+                assert len(teams) == 6 == len(set(shown))
+                # team draft: the first pick of each team is that arm's own best document
+                assert shown[0] in (best["v1"][0], best["v2"][0])
+                assert set(teams) <= {"old", "new"}
+                for rank, team in enumerate(teams, start=1):
+                    if team == "new":  # simulated users only click what the new model contributed
+                        client.post("/v1/feedback", json={"request_id": body["request_id"],
+                                                          "event_id": f"{n}-{rank}", "signal": "click", "rank": rank})
+    finally:
+        srv.stop()
+    report = _rankwise("experiment", "report", "--experiment", str(experiment), "--feedback-db", str(db), "--json")
+    assert report.returncode == 0, report.stderr
+    test = json.loads(report.stdout)["interleaving"]
+    assert (test["wins_a"], test["wins_b"], test["ties"]) == (0, 40, 0)
+    assert json.loads(report.stdout)["recommendation"]["decision"] == "switch"
+
+
+# ---------------------------------------------------------------------------------------------- promotion
+def test_promotion_and_rollback_are_followed_under_load_without_failed_requests(
+        registry: Path, tmp_path: Path, references: dict[str, list[float]]) -> None:
+    srv = Server(["--reranker", "production", "--registry", str(registry), "--backend", "torch",
+                  "--follow-interval", "0.2s", "--audit", "none", "--feedback-db", "none", "--open-metrics"],
+                 tmp_path / "server.log")
+    seen: list[tuple[float, int, str]] = []
+    stop = threading.Event()
+
+    def client_loop() -> None:
+        with srv.client() as client:
+            while not stop.is_set():
+                response = _rerank(client)
+                seen.append((time.monotonic(), response.status_code,
+                             _assert_from(response.json(), references) if response.status_code == 200 else "-"))
+
+    threads = [threading.Thread(target=client_loop) for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
+
+        def wait_for(version: str) -> None:
+            deadline = time.monotonic() + 90
+            while not any(v == version and at > mark for at, _, v in list(seen)):
+                assert time.monotonic() < deadline, f"the server never switched to {version}"
+                time.sleep(0.2)
+
+        time.sleep(1.0)
+        mark = time.monotonic()
+        Registry(registry).promote("v2", forced=True)
+        wait_for("v2")
+        mark = time.monotonic()
+        Registry(registry).rollback()
+        wait_for("v1")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        metrics = srv.metrics()
+        srv.stop()
+    assert len(seen) > 20 and {status for _, status, _ in seen} == {200}
+    assert metrics[("rankwise_model_swaps_total", (("outcome", "swapped"), ("role", "production")))] == 2
