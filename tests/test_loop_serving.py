@@ -264,3 +264,52 @@ def test_promotion_and_rollback_are_followed_under_load_without_failed_requests(
         srv.stop()
     assert len(seen) > 20 and {status for _, status, _ in seen} == {200}
     assert metrics[("rankwise_model_swaps_total", (("outcome", "swapped"), ("role", "production")))] == 2
+
+
+# ---------------------------------------------------------------------------------------------- failures
+def test_an_unavailable_feedback_store_rejects_feedback_with_503_and_keeps_serving(
+        loop_server: Server, references: dict[str, list[float]]) -> None:
+    feedback_db = next(loop_server.log.parent.glob("feedback.sqlite"))
+    with loop_server.client() as client:
+        answer = client.post("/v1/search", json={"query": QUERY, "k": 3}).json()
+        holder = sqlite3.connect(feedback_db, timeout=1, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # another process holds the database past the store's timeout
+        try:
+            started = time.monotonic()
+            served = _rerank(client)
+            assert served.status_code == 200 and time.monotonic() - started < 5  # the query log never blocks
+            refused = client.post("/v1/feedback", json={"request_id": answer["request_id"], "event_id": "locked",
+                                                        "signal": "click", "rank": 1})
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+            assert "not stored" in refused.json()["message"] and str(feedback_db) not in refused.text
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        retried = client.post("/v1/feedback", json={"request_id": answer["request_id"], "event_id": "locked",
+                                                    "signal": "click", "rank": 1})
+        assert retried.status_code == 201, retried.text
+    assert loop_server.metrics()[("rankwise_feedback_total", (("outcome", "unavailable"), ("signal", "click")))] == 1
+
+
+@pytest.mark.parametrize(("setup", "words"), [
+    ({"experiment": 'name = "x"\nmode = "ab"\n[[arms]]\nname = "a"\nreranker = "v1"\nshare = 0.6\n'
+                    '[[arms]]\nname = "b"\nreranker = "v2"\nshare = 0.6\n'}, "sum"),
+    ({"experiment": 'name = "x"\n[[arms]]\nname = "a"\nreranker = "v1"\nshare = 0.5\n'
+                    '[[arms]]\nname = "b"\nreranker = "v9"\nshare = 0.5\n'}, "v9"),
+    ({"experiment": "name = \n"}, "experiment.toml"),
+    ({"args": ["--canary", "150%"]}, "--canary"),
+    ({"args": ["--retention", "forever"]}, "--retention"),
+    ({"args": ["--log-queries", "all"]}, "query logging"),
+    ({"args": ["--shadow-share", "0"]}, "--shadow-share"),
+])
+def test_bad_loop_settings_stop_the_server_with_one_line(registry: Path, tmp_path: Path, setup: dict[str, Any],
+                                                         words: str) -> None:
+    args = ["serve", "--reranker", "v1", "--registry", str(registry), "--audit", "none", "--feedback-db", "none",
+            "--backend", "torch", "--port", "1", *setup.get("args", [])]
+    if "experiment" in setup:
+        (tmp_path / "experiment.toml").write_text(setup["experiment"])
+        args += ["--experiment", str(tmp_path / "experiment.toml")]
+    result = _rankwise(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], result.stderr

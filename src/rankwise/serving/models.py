@@ -114,9 +114,9 @@ class ModelRouter:
             for arm in experiment.arms:
                 if arm.reranker.strip().lower() not in ("", "none"):
                     specs[f"arm:{arm.name}"] = arm.reranker
+        keys = {role: self._resolve(spec) for role, spec in specs.items()}  # every name checked before any load
         for role, spec in specs.items():
-            model = self._acquire(spec, self._resolve(spec))
-            self._slots[role] = (spec, model)
+            self._slots[role] = (spec, self._acquire(spec, keys[role]))
         self._publish_info()
 
     # ------------------------------------------------------------------ lifecycle
