@@ -276,8 +276,12 @@ def test_report_json_schema_and_comparisons(kb_report) -> None:
     assert data["schema"] == "rankwise.evaluation/1"
     assert set(data) == {"schema", "created_at", "dataset", "config", "systems", "metrics", "baseline", "candidate",
                          "scores", "scores_ci95", "per_query", "comparisons", "latency_ms", "latency_samples_ms",
-                         "queries", "gates"}
+                         "queries", "gates", "cost"}
     assert data["metrics"] == ["nDCG@5", "P@5", "R@20", "nDCG@10"]
+    # cost per query: the first stage alone scores no pairs; with the reranker, one pair per reranked candidate
+    assert data["cost"]["bm25"]["pairs_per_query"] == 0 and data["cost"]["bm25"]["cpu_ms_per_query"] > 0
+    reranked = [s for s in data["systems"] if s.endswith("+reranker")]
+    assert all(data["cost"][s]["pairs_per_query"] > 0 for s in reranked)
     assert set(data["per_query"]["bm25"]["nDCG@10"]) == set(KB_QUERIES)
     comp = {c["system"]: c for c in data["comparisons"]}
     assert set(comp) == {"bm25", "bm25+reranker", "dense+reranker"}

@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
     {"training"},  # the promotion gate evaluates
     {"feedback"},  # the query log, feedback events, click models, export to gold sets
     {"experiments"},  # assignment, interleaving, statistics, reports over the feedback store
+    {"monitoring"},  # scheduled evaluation history, drift signals, behaviour probes
     {"serving"},
     {"integrations"},  # RAG-framework adapters over a local reranker or a server
     {"cli"},

@@ -4,7 +4,7 @@ Layout::
 
     <root>/versions/v1/            immutable Hugging Face model dir + model_card.json + rankwise-files.json
     <root>/versions/v2/ ...
-    <root>/history.jsonl           append-only events: register, promote, rollback, alias
+    <root>/history.jsonl           append-only events: register, promote, rollback, alias, probe
     <root>/.lock                   serialises writers (flock)
 
 Aliases (``production``, ``candidate``) are not stored as mutable pointers: they are derived by
@@ -420,6 +420,27 @@ class Registry:
                           "previous": promotions[-1]["version"]})
             checkpoint("registry:rolled-back")
         return previous
+
+    # ------------------------------------------------------------------ measurements
+    def record_probe(self, name: str, results: dict[str, Any]) -> str:
+        """Append behaviour-probe results for a version (id or alias) as a ``probe`` event; returns its id.
+
+        Versions are immutable, so what is measured after registration is history, not a card edit: each
+        run is one event, the latest is what ``rankwise models show`` displays, and earlier runs stay on
+        record. A ``probe`` event names no alias, so replaying the history never moves one.
+        """
+        target = self.get(name)
+        with self._writing():
+            self._append({"event": "probe", "version": target.version, "results": results})
+        return target.version
+
+    def probe_events(self, name: str) -> list[dict[str, Any]]:
+        """Every ``probe`` event of a version (id or alias), oldest first; empty when it was never probed."""
+        check_name(name)
+        replay = self._replay()
+        version = replay.aliases.get(name) if name in ALIASES else name
+        return [event for event in replay.events if event.get("event") == "probe"
+                and event.get("version") == version and isinstance(event.get("results"), dict)]
 
     def diff(self, a: str, b: str) -> dict[str, tuple[Any, Any]]:
         """Card fields that differ between two versions (hyperparameters, metrics, data, lineage)."""

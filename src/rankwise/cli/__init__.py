@@ -2,7 +2,7 @@
 
 One module per command group (:mod:`~rankwise.cli.search`, :mod:`~rankwise.cli.evaluate`,
 :mod:`~rankwise.cli.train`, :mod:`~rankwise.cli.serve`,
-:mod:`~rankwise.cli.loop`), each with its own Typer app merged here; shared
+:mod:`~rankwise.cli.loop`, :mod:`~rankwise.cli.monitor`), each with its own Typer app merged here; shared
 options, consoles and the start-up prelude live in :mod:`~rankwise.cli.common`. Every
 :class:`~rankwise.errors.RankwiseError` is printed as one ``error:`` line on stderr with a non-zero exit
 code; tracebacks are reserved for bugs.
@@ -17,11 +17,11 @@ from typing import Annotated
 
 import typer
 
-from rankwise.cli import evaluate, loop, search, serve, train
+from rankwise.cli import evaluate, loop, monitor, search, serve, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="High-precision retrieval for RAG: hybrid first stage + cross-encoder reranking.")
-for group in (search.app, evaluate.app, train.app, serve.app, loop.app):
+for group in (search.app, evaluate.app, train.app, serve.app, loop.app, monitor.app):
     app.add_typer(group)
 
 

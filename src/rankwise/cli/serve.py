@@ -95,6 +95,10 @@ def serve(
                                                          "shares, or team-draft interleaving of two arms.")] = None,
     follow_interval: Annotated[str, typer.Option(help="How often registry aliases are re-read, so promote and "
                                                       "rollback take effect without a restart; 0 pins.")] = "2s",
+    drift_reference: Annotated[Path | None, typer.Option(help="Reference window of traffic signals (from "
+                                                              "`rankwise monitor drift --save-reference`): "
+                                                              "exports drift gauges.")] = None,
+    drift_window: Annotated[int, typer.Option(help="Recent searches compared with --drift-reference.")] = 500,
     rate_limit: Annotated[float, typer.Option(help="Default requests/second per key.")] = 20.0,
     burst: Annotated[int, typer.Option(help="Default burst per key.")] = 40,
     allow_download: AllowDownload = False,
@@ -120,6 +124,7 @@ def serve(
         retention_s=parse_duration(retention, "--retention") if retention else None,
         shadow=shadow, shadow_share=parse_share(shadow_share, "--shadow-share"), canary=canary_model,
         canary_share=parse_share(canary, "--canary"), experiment=experiment,
+        drift_reference=drift_reference, drift_window=drift_window,
         follow_interval_s=0.0 if follow_interval.strip() in ("0", "0s") else parse_duration(follow_interval, "--follow-interval"),
         batching=BatchingSettings(enabled=batching, max_wait_ms=batch_wait_ms, max_tokens=batch_tokens,
                                   max_requests=batch_requests),

@@ -1,10 +1,11 @@
-"""``rankwise train`` and ``rankwise models list|show|diff|promote|rollback``: fine-tuning and the registry."""
+"""``rankwise train`` and ``rankwise models list|show|diff|add|probe|promote|rollback``: fine-tuning and the
+registry."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -17,6 +18,7 @@ from rankwise.cli.common import (
     DeviceOpt,
     FirstStageOpt,
     GoldsetOpt,
+    IndexOpt,
     LimitQueries,
     RegistryOpt,
     RerankFusionOpt,
@@ -25,11 +27,17 @@ from rankwise.cli.common import (
     err,
     friendly_errors,
     load_goldset,
+    load_reranker_option,
     out,
     prelude,
     prepare_goldset,
+    warn,
     warn_leakage,
 )
+
+if TYPE_CHECKING:
+    from rankwise.monitoring.probes import ProbeReport, ProbeResult
+    from rankwise.registry import Registry
 
 app = typer.Typer()
 
@@ -201,9 +209,14 @@ def _evaluate_added(reranker: Any, index_dir: Path | None, dataset: Path | None,
 @models_app.command("show")
 @friendly_errors
 def show(version: str, registry: RegistryOpt = None) -> None:
-    """A version's model card (by id or alias)."""
-    entry = _registry(registry).get(version)
-    out.print_json(json.dumps({"path": str(entry.path), **entry.card}))
+    """A version's model card (by id or alias), with its latest behaviour-probe results."""
+    reg = _registry(registry)
+    entry = reg.get(version)
+    view: dict[str, Any] = {"path": str(entry.path), **entry.card}
+    probes = reg.probe_events(entry.version)
+    if probes:
+        view["behaviour_probes"] = {"recorded_at": probes[-1].get("at"), **probes[-1]["results"]}
+    out.print_json(json.dumps(view))
 
 
 @models_app.command("diff")
@@ -221,6 +234,103 @@ def diff(a: str, b: str, registry: RegistryOpt = None) -> None:
 def _short(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, str) else value
     return text if len(text) <= 80 else text[:77] + "…"
+
+
+@models_app.command("probe")
+@friendly_errors
+def probe(
+    model: Annotated[str, typer.Argument(help="Registry name (production, candidate, v3: results are "
+                                              "recorded in the registry history) or a model directory "
+                                              "(printed only).")],
+    index_dir: IndexOpt,
+    dataset: DatasetOpt = None,
+    split: Annotated[str, typer.Option(help="Qrels split of --dataset.")] = "test",
+    goldset: GoldsetOpt = None,
+    pairs: Annotated[int, typer.Option(min=1, help="Probe at most N judged-relevant (query, document) "
+                                                   "pairs.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the sample (the same seed probes the same pairs).")] = 0,
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """Behaviour probes: does the score drop under negation and swapped numbers or entities, resist keyword
+    stuffing, and hold under paraphrase? (CheckList-style tests on pairs from a gold set.)"""
+    prelude()
+    from rankwise.index import Index
+    from rankwise.monitoring.probes import run_probes, sample_pairs
+    from rankwise.registry import names_registry
+
+    index = Index(index_dir)
+    prepared = prepare_goldset(load_goldset(dataset, split, goldset), index, None)
+    warn_leakage(model, registry, prepared.queries, strict=False)  # probing training queries flatters a model
+    probe_pairs = sample_pairs(prepared, index, limit=pairs, seed=seed)
+    reg = _registry(registry)
+    # an alias is resolved once: the version probed is the version the results are recorded for
+    version = reg.get(model).version if names_registry(model) else None
+    reranker = load_reranker_option(version or model, registry=registry, backend=backend, device=device)
+    if reranker is None:
+        from rankwise.errors import ModelError
+
+        raise ModelError("probing needs a reranker; pass a registry name or a model directory, not 'none'")
+    with out.status(f"probing {reranker.name} on {len(probe_pairs)} pairs…"):
+        report = run_probes(reranker, probe_pairs, source=f"{prepared.name}, seed {seed}")
+    if version is not None:
+        reg.record_probe(version, report.to_dict())
+    if as_json:
+        out.print_json(json.dumps(report.to_dict()))
+    else:
+        for line in report.summary_lines():
+            out.print(escape(line), highlight=False, soft_wrap=True)
+    if version is not None:
+        err.print(f"recorded for {version} in {reg.history_file}", highlight=False, soft_wrap=True)
+
+
+def _latest_probes(reg: Registry, version: str) -> ProbeReport | None:
+    """The latest probe report of a version, or ``None`` when it was never probed."""
+    from rankwise.monitoring.probes import ProbeReport
+
+    events = reg.probe_events(version)
+    return ProbeReport.from_dict(events[-1]["results"]) if events else None
+
+
+def _compare_probes(reg: Registry, target: str, name: str) -> None:
+    """Print the candidate's behaviour probes against production's and warn on regressions (never blocks:
+    even unreadable probe results are only a warning)."""
+    from rankwise.errors import ModelError
+    from rankwise.monitoring.probes import compare, mismatch
+
+    try:
+        candidate = _latest_probes(reg, target)
+        production = reg.aliases().get("production")
+        baseline = None if production in (None, target) else _latest_probes(reg, str(production))
+    except ModelError as error:
+        warn([f"behaviour probes not compared: {error}"])
+        return
+    if candidate is None:
+        out.print(f"hint: {target} has no behaviour-probe results; run `rankwise models probe {name} --index "
+                  "DIR --dataset DIR` to check negation and keyword stuffing before promoting",
+                  highlight=False, soft_wrap=True)
+        return
+    if production is None or production == target:
+        return
+    if baseline is None:
+        out.print(f"behaviour probes: production {production} has none recorded, nothing to compare",
+                  highlight=False, soft_wrap=True)
+        return
+    rates = [(r.probe, baseline.result(r.probe), r) for r in candidate.results]
+    changes = ", ".join(f"{probe} {_rate(old)} → {_rate(new)}"
+                        for probe, old, new in rates if old is not None)
+    out.print(f"behaviour probes, {target} vs production {production}: {changes}", highlight=False,
+              soft_wrap=True)
+    note = mismatch(candidate, baseline)
+    warn([note] if note else [])
+    warn([f"behaviour probe regression: {line} (a warning only: probes never block a promotion)"
+          for line in compare(candidate, baseline)])
+
+
+def _rate(result: ProbeResult | None) -> str:
+    return "—" if result is None or result.pass_rate is None else f"{result.pass_rate:.2f}"
 
 
 @models_app.command("promote")
@@ -244,17 +354,23 @@ def promote(
     strict: StrictOpt = False,
     registry: RegistryOpt = None,
 ) -> None:
-    """Promote a version to production if it beats production on a gold set (or --force, recorded)."""
+    """Promote a version to production if it beats production on a gold set (or --force, recorded).
+
+    Behaviour probes (`rankwise models probe`) recorded for both versions are compared and regressions are
+    printed as warnings; they never block a promotion.
+    """
     from rankwise.errors import QueryError
 
     reg = _registry(registry)
     target = reg.get(version).version
+    if not force and (index_dir is None or (dataset is None) == (goldset is None)):
+        raise QueryError("the promotion gate needs --index and exactly one of --dataset/--goldset (or use --force)")
+    _compare_probes(reg, target, version)
     if force:
         reg.promote(target, forced=True)
         out.print(f"[yellow]{target} forced to production (recorded in {reg.history_file})[/]")
         return
-    if index_dir is None or (dataset is None) == (goldset is None):
-        raise QueryError("the promotion gate needs --index and exactly one of --dataset/--goldset (or use --force)")
+    assert index_dir is not None
     gold = load_goldset(dataset, split, goldset)
     from rankwise.index import Index
     from rankwise.training.promotion import check_promotion

@@ -54,6 +54,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -161,6 +162,9 @@ class EvaluationReport:
     latency_samples_ms: dict[str, dict[str, list[float]]]
     queries: dict[str, dict[str, Any]]
     gates: dict[str, Any] | None = None
+    #: model work per query: ``{system: {"cpu_ms_per_query": ..., "pairs_per_query": ...}}`` (process time:
+    #: every thread's CPU, so it is what a query costs on this machine, whatever its thread count)
+    cost: dict[str, dict[str, float]] = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     schema: str = SCHEMA
     #: full rankings (``{system: {query_id: [doc ids]}}``) — not in the JSON; see :meth:`write_runs`
@@ -183,7 +187,7 @@ class EvaluationReport:
             "candidate": self.candidate, "scores": self.scores, "scores_ci95": self.scores_ci95,
             "per_query": self.per_query, "comparisons": [asdict(c) for c in self.comparisons],
             "latency_ms": self.latency_ms, "latency_samples_ms": self.latency_samples_ms,
-            "queries": self.queries, "gates": self.gates,
+            "queries": self.queries, "gates": self.gates, "cost": self.cost,
         }
         return _json_safe(data)
 
@@ -260,7 +264,7 @@ def evaluate(
         raise EvaluationError(f"{len(too_long)} queries are longer than {MAX_QUERY_CHARS} characters, the search "
                               f"limit (e.g. {', '.join(too_long[:3])}); shorten them or leave them out")
 
-    rankings, tops, samples = _run_pipelines(index, goldset, first_stages, reranker, retrieve_k, rerank_k,
+    rankings, tops, samples, costs = _run_pipelines(index, goldset, first_stages, reranker, retrieve_k, rerank_k,
                                              rerank_fusion, top_results, progress)
     values = {s: per_query(metrics, goldset.qrels, run_from_rankings(rankings[s])) for s in systems}
     scores = {s: {m: mean(values[s][m]) for m in metrics} for s in systems}
@@ -296,17 +300,21 @@ def evaluate(
         scores=scores, scores_ci95=cis, per_query=values, comparisons=comparisons,
         latency_ms={s: {stage: {**latency_percentiles(v), "mean": float(np.mean(v)), "n": len(v)}
                         for stage, v in samples[s].items()} for s in systems},
-        latency_samples_ms=samples, queries=queries, rankings=rankings)
+        latency_samples_ms=samples, queries=queries, rankings=rankings,
+        cost={s: {"cpu_ms_per_query": float(np.mean(c["cpu_ms"])), "pairs_per_query": float(np.mean(c["pairs"]))}
+              for s, c in costs.items()})
 
 
 def _run_pipelines(index: Index, goldset: PreparedGoldSet, first_stages: Sequence[str], reranker: Reranker | None,
                    retrieve_k: int, rerank_k: int, rerank_fusion: str, top_results: int, progress: Progress | None,
                    ) -> tuple[dict[str, dict[str, list[str]]], dict[str, dict[str, list[TopResult]]],
-                              dict[str, dict[str, list[float]]]]:
-    """Rankings, top results and per-stage latency samples of every system, one search per query and first stage."""
+                              dict[str, dict[str, list[float]]], dict[str, dict[str, list[float]]]]:
+    """Rankings, top results, per-stage latency samples and per-query costs (CPU ms, pairs scored) of every
+    system, one search per query and first stage."""
     rankings: dict[str, dict[str, list[str]]] = {}
     tops: dict[str, dict[str, list[TopResult]]] = {}
     samples: dict[str, dict[str, list[float]]] = {}
+    costs: dict[str, dict[str, list[float]]] = {}
     items = list(goldset.queries.items())
     for fs in first_stages:
         pipeline = Pipeline(index, reranker, first_stage=fs, retrieve_k=retrieve_k, rerank_k=rerank_k,
@@ -315,9 +323,23 @@ def _run_pipelines(index: Index, goldset: PreparedGoldSet, first_stages: Sequenc
         reranked = fs + RERANKED_SUFFIX
         names = [fs, reranked] if reranker is not None else [fs]
         for name in names:
-            rankings[name], tops[name], samples[name] = {}, {}, {}
+            rankings[name], tops[name], samples[name], costs[name] = {}, {}, {}, {}
         for done, (qid, text) in enumerate(items, start=1):
-            response = pipeline.search(text, k=retrieve_k)
+            # the pipeline's public steps, so the first stage's CPU time is measured apart from the reranker's
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            candidates = pipeline.retrieve(text)
+            timings = {"first_stage": (time.perf_counter() - t0) * 1000}
+            cpu1, t1 = time.process_time(), time.perf_counter()
+            scores = pipeline.rerank(text, candidates)
+            if scores is not None:
+                timings["rerank"] = (time.perf_counter() - t1) * 1000
+            cpu2 = time.process_time()
+            response = pipeline.respond(text, candidates, scores, k=retrieve_k, timings=timings, started=t0)
+            _add(costs[fs], "cpu_ms", (cpu1 - cpu0) * 1000)
+            _add(costs[fs], "pairs", 0.0)
+            if reranker is not None:
+                _add(costs[reranked], "cpu_ms", (cpu2 - cpu0) * 1000)
+                _add(costs[reranked], "pairs", float(0 if scores is None else len(scores.raw)))
             labels = goldset.qrels[qid]
             first = sorted(response.results, key=lambda r: r.first_stage.rank)
             rankings[fs][qid] = [r.doc_id for r in first]
@@ -335,7 +357,7 @@ def _run_pipelines(index: Index, goldset: PreparedGoldSet, first_stages: Sequenc
                     _add(samples[reranked], stage, ms)
             if progress is not None:
                 progress(names[-1], done, len(items))
-    return rankings, tops, samples
+    return rankings, tops, samples, costs
 
 
 def _warm_up(pipeline: Pipeline, query: str) -> None:

@@ -59,6 +59,7 @@ def print_report(report: EvaluationReport, console: Console) -> None:
     for metric in report.metrics:
         table.add_column(metric, justify="right")
     table.add_column("p95 ms", justify="right")
+    table.add_column("CPU ms/q", justify="right")
     for system in report.systems:
         cells = []
         for metric in report.metrics:
@@ -67,7 +68,8 @@ def print_report(report: EvaluationReport, console: Console) -> None:
                                             f"{'†' if significant else ''}[/]"
             cells.append(f"{report.scores[system][metric]:.4f}{extra}")
         style = "bold" if system == report.candidate else None
-        table.add_row(system, *cells, _fmt(report.latency_ms[system]["total"]["p95"], ".1f"), style=style)
+        table.add_row(system, *cells, _fmt(report.latency_ms[system]["total"]["p95"], ".1f"), _cpu(report, system),
+                      style=style)
     console.print(table)
     if report.comparisons:
         metric = report.primary_metric
@@ -107,8 +109,18 @@ def _metric_rows(report: EvaluationReport, esc: Callable[[str], str] = str) -> l
             lo, hi = report.scores_ci95[system][metric]
             cells.append(f"{report.scores[system][metric]:.4f} [{lo:.3f}, {hi:.3f}]"
                          + ("" if gain is None else f" ({gain:+.1%}{'†' if significant else ''})"))
-        rows.append([*cells, _fmt(report.latency_ms[system]["total"]["p95"], ".1f")])
+        rows.append([*cells, _fmt(report.latency_ms[system]["total"]["p95"], ".1f"), _cpu(report, system)])
     return rows
+
+
+def _cpu(report: EvaluationReport, system: str) -> str:
+    """CPU milliseconds per query (process time), and the pairs the reranker scored per query."""
+    cost = report.cost.get(system)
+    if cost is None:
+        return "—"
+    pairs = f" · {cost['pairs_per_query']:.0f} pairs" if cost["pairs_per_query"] else ""
+    return f"{cost['cpu_ms_per_query']:.0f}{pairs}"
+
 
 
 def _comparison_rows(report: EvaluationReport, esc: Callable[[str], str] = str) -> list[list[str]]:
@@ -141,7 +153,7 @@ def to_markdown(report: EvaluationReport) -> str:
     parts += [f"> warning: {w}" for w in report.dataset["warnings"]]
     parts += ["", (f"## Metrics (mean [95% bootstrap CI] (gain vs {report.baseline}); † p<{SIGNIFICANCE_LEVEL} "
                    "randomization test after Holm)"), "",
-              _md_table(["system", *report.metrics, "p95 ms"], _metric_rows(report)), ""]
+              _md_table(["system", *report.metrics, "p95 ms", "CPU ms/q"], _metric_rows(report)), ""]
     if report.comparisons:
         parts += [f"## Paired comparisons with {report.baseline}", "",
                   _md_table(_COMPARISON_HEADER, _comparison_rows(report)), ""]
@@ -290,7 +302,7 @@ def to_html(report: EvaluationReport, *, examples: int = 10) -> str:
                      + "".join(f"<li>{esc(line)}</li>" for line in gates[1:]) + "</ul>")
     parts.append(f"<h2>Metrics</h2><p class=dim>mean [95% bootstrap CI] (gain vs {esc(report.baseline)}); "
                  f"† p&lt;{SIGNIFICANCE_LEVEL}, randomization test after Holm</p>")
-    parts.append(_html_table(["system", *report.metrics, "p95 ms"], _metric_rows(report, esc)))
+    parts.append(_html_table(["system", *report.metrics, "p95 ms", "CPU ms/q"], _metric_rows(report, esc)))
     if report.comparisons:
         parts.append(f"<h2>Paired comparisons with {esc(report.baseline)}</h2>")
         parts.append(_html_table(_COMPARISON_HEADER, _comparison_rows(report, esc)))

@@ -52,6 +52,9 @@ class LoggedRequest:
     arm: str | None = None  # the A/B arm, or "interleaved" for a team-draft list
     latency_ms: float | None = None
     degraded: bool = False
+    #: label-free numbers about the query and its answer (query length, out-of-vocabulary rate, first-stage
+    #: top-1 score, reranker top-1 score and margin, rank changes) that drift monitoring compares over time
+    signals: dict[str, float] = field(default_factory=dict)
 
     def result_for(self, doc_id: str | None = None, rank: int | None = None) -> LoggedResult | None:
         """The returned result a feedback event points at (by document id or by rank), or None."""

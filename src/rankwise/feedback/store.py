@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS requests (
     arm TEXT,
     latency_ms REAL,
     degraded INTEGER NOT NULL,
-    results TEXT NOT NULL
+    results TEXT NOT NULL,
+    signals TEXT NOT NULL DEFAULT '{{}}'
 );
 CREATE INDEX IF NOT EXISTS requests_time ON requests(time);
 CREATE INDEX IF NOT EXISTS requests_experiment ON requests(experiment, time);
@@ -518,6 +519,7 @@ def _request_row(req: LoggedRequest) -> tuple[Any, ...]:
     data["degraded"] = int(req.degraded)
     data["results"] = json.dumps([{k: v for k, v in r.items() if v is not None} for r in data["results"]],
                                  ensure_ascii=False, separators=(",", ":"))
+    data["signals"] = json.dumps(req.signals, separators=(",", ":"))
     return tuple(data[c] for c in _REQUEST_COLUMNS)
 
 
@@ -525,6 +527,7 @@ def _request(row: tuple[Any, ...]) -> LoggedRequest:
     data = dict(zip(_REQUEST_COLUMNS, row, strict=True))
     data["degraded"] = bool(data["degraded"])
     data["results"] = tuple(LoggedResult(**r) for r in json.loads(data["results"]))
+    data["signals"] = {str(k): float(v) for k, v in json.loads(data["signals"]).items()}
     return LoggedRequest(**data)
 
 

@@ -125,5 +125,7 @@ class OpenVinoRunner:
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
-        result = request.infer({n: feeds[n] for n in self.input_names})
+        # share_inputs: OpenVINO reads the arrays in place instead of copying them into its own tensors from
+        # Python; that copy (tensor.data[:] = ...) was seen to deadlock with two streams under CPU contention
+        result = request.infer({n: np.ascontiguousarray(feeds[n]) for n in self.input_names}, share_inputs=True)
         return np.array(result[0], dtype=np.float32)  # a copy: the request reuses its output buffer

@@ -183,16 +183,20 @@ def create_app(state: ServingState) -> FastAPI:
             first = await _score_texts(model.service, query, texts, deadline, body.max_tokens_per_doc)
             order = first.order[:top_n]
             teams: list[str] | None = None
+            costs = [first.cost]
             by_arm = {route.arms[0]: first, route.arms[1]: first} if route.arms else {}
             if route.other is not None and route.arms is not None and not first.degraded:
                 second = await _score_texts(route.other.service, query, texts, deadline, body.max_tokens_per_doc)
                 by_arm[route.arms[1]] = second
+                costs.append(second.cost)
                 if not second.degraded:
                     picked = team_draft([str(i) for i in first.order], [str(i) for i in second.order], top_n,
                                         random.Random(request.state.request_id))
                     order = [int(d) for d, _ in picked]
                     teams = [route.arms[0] if t == "a" else route.arms[1] for _, t in picked]
             state.metrics.served_by.labels(model.key, route.arm or "-").inc()
+        cost = _total_cost(*costs)
+        state.metrics.request_cpu.labels("rerank", model.key).observe(cost["cpu_ms"] / 1000.0)
         timings = first.timings
         timings["total"] = (time.perf_counter() - request.state.started) * 1000
         results: list[dict[str, Any]] = []
@@ -211,13 +215,13 @@ def create_app(state: ServingState) -> FastAPI:
         experiment = _experiment_info(route, teams)
         _log_served(state, request, "/v1/rerank", query, None, model.name, model.sha256, route,
                     [LoggedResult(str(r["index"]), rank + 1, r["relevance_score"], teams[rank] if teams else None)
-                     for rank, r in enumerate(results)], first.degraded)
+                     for rank, r in enumerate(results)], first.degraded, {})
         if state.shadow is not None and not first.degraded:
             state.shadow.offer(ShadowJob(request.state.request_id, query, [str(i) for i in first.order],
                                          [texts[i] for i in first.order], model.name, time.perf_counter()))
         meta = {"api_version": {"version": api_version}, "billed_units": {"search_units": 1}, "model": model.name,
                 "model_sha256": model.sha256, "degraded": first.degraded, "warnings": warnings,
-                "cache_hits": first.cache_hits, "num_split": first.num_split, "experiment": experiment,
+                "cache_hits": first.cache_hits, "num_split": first.num_split, "experiment": experiment, "cost": cost,
                 "timings_ms": {k: round(v, 3) for k, v in timings.items()}}
         return JSONResponse({"id": request.state.request_id, "request_id": request.state.request_id,
                              "results": results, "meta": meta},
@@ -264,30 +268,34 @@ def create_app(state: ServingState) -> FastAPI:
                                            deadline=deadline, loop=loop, **options)
 
             outcome = await run_in_threadpool(run, model, route.settings)
-            response, teams = outcome.response, None
+            response, teams, costs = outcome.response, None, [outcome.cost]
             if route.arms is not None and not outcome.degraded:
                 other = await run_in_threadpool(run, route.other, route.other_settings)
+                costs.append(other.cost)
                 if not other.degraded:
                     response, teams = _interleave(outcome.response, other.response, route.arms, body.k,
                                                   random.Random(request.state.request_id))
+            cost = _total_cost(*costs)
             if model is not None:
                 state.metrics.served_by.labels(model.key, route.arm or "-").inc()
+                state.metrics.request_cpu.labels("search", model.key).observe(cost["cpu_ms"] / 1000.0)
         payload = response.to_dict()
         warnings = ["the latency budget ran out before reranking finished: results are in first-stage order"
                     ] if outcome.degraded else []
         _finish(state, request, "search", outcome.degraded, response.timings_ms, outcome.cache_hits,
                 [{"doc_id": r.doc_id, "passage_id": r.passage_id, "score": r.score} for r in response.results])
+        signals = state.drift.observe(query, response) if state.drift is not None and not outcome.degraded else {}
         _log_served(state, request, "/v1/search", query, body.user_id, model.name if model else None,
                     model.sha256 if model else None, route,
                     [LoggedResult(r.doc_id, r.rank, r.score, teams[i] if teams else None)
-                     for i, r in enumerate(response.results)], outcome.degraded)
+                     for i, r in enumerate(response.results)], outcome.degraded, signals)
         if state.shadow is not None and model is not None and outcome.reranked:
             ids, texts = zip(*outcome.reranked, strict=True)
             state.shadow.offer(ShadowJob(request.state.request_id, query, list(ids), list(texts), model.name,
                                          time.perf_counter()))
         return JSONResponse({"id": request.state.request_id, "request_id": request.state.request_id,
                              "degraded": outcome.degraded, "warnings": warnings,
-                             "experiment": _experiment_info(route, teams), **payload},
+                             "experiment": _experiment_info(route, teams), "cost": cost, **payload},
                             headers={"X-Rankwise-Degraded": "true"} if outcome.degraded else None)
 
     @app.post("/v1/feedback", status_code=201, response_model=FeedbackReceipt,
@@ -372,6 +380,8 @@ def create_app(state: ServingState) -> FastAPI:
         if not state.config.open_metrics and not _is_admin(state, request):
             raise ApiError(401, "metrics need an admin key on this server: send 'Authorization: Bearer rk_...' "
                            "(or start it with --open-metrics)", {"WWW-Authenticate": "Bearer"})
+        if state.drift is not None:  # compared at scrape time: always as fresh as the scraper asks
+            await asyncio.to_thread(state.drift.update_gauges)
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
@@ -427,6 +437,16 @@ class _Scored:
     cache_hits: int
     num_split: int
     timings: dict[str, float]
+    cost: dict[str, float]
+
+
+def _total_cost(*costs: dict[str, float]) -> dict[str, float]:
+    """What a response cost in model work: pairs and tokens scored (cache misses) and CPU milliseconds."""
+    total = {"pairs": 0.0, "tokens": 0.0, "cpu_ms": 0.0}
+    for cost in costs:
+        for key in total:
+            total[key] += cost.get(key, 0.0)
+    return {"pairs": int(total["pairs"]), "tokens": int(total["tokens"]), "cpu_ms": round(total["cpu_ms"], 3)}
 
 
 async def _score_texts(service: RerankService, query: str, texts: list[str], deadline: float,
@@ -434,10 +454,10 @@ async def _score_texts(service: RerankService, query: str, texts: list[str], dea
     try:
         scored = await service.score(query, texts, deadline=deadline, max_tokens_per_doc=max_tokens_per_doc)
     except BudgetExceeded:
-        return _Scored(list(range(len(texts))), None, None, True, 0, 0, {})
+        return _Scored(list(range(len(texts))), None, None, True, 0, 0, {}, {})
     order = sorted(range(len(texts)), key=lambda i: (-float(scored.raw[i]), i))
     return _Scored(order, scored.raw, scored.calibrated, False, scored.cache_hits, sum(scored.split),
-                   dict(scored.timings_ms))
+                   dict(scored.timings_ms), scored.cost)
 
 
 def _interleave(a: SearchResponse, b: SearchResponse, arms: tuple[str, str], k: int,
@@ -460,7 +480,7 @@ def _experiment_info(route: Route, teams: list[str] | None) -> dict[str, Any] | 
 
 def _log_served(state: ServingState, request: Request, endpoint: str, query: str, user_id: str | None,
                 model: str | None, sha: str | None, route: Route, results: list[LoggedResult],
-                degraded: bool) -> None:
+                degraded: bool, signals: dict[str, float]) -> None:
     """Add the answered request to the query log (what the user saw), keeping as much of the query as allowed."""
     if state.feedback is None:
         return
@@ -469,7 +489,7 @@ def _log_served(state: ServingState, request: Request, endpoint: str, query: str
         request_id=request.state.request_id, endpoint=endpoint, results=tuple(results), model=model,
         model_sha256=sha, key_id=request.state.key_id, user_id=user_id or request.state.user_id,
         query=query if mode == "text" else None, query_sha256=_query_sha(state, query),
-        experiment=route.experiment, arm=route.arm, degraded=degraded,
+        experiment=route.experiment, arm=route.arm, degraded=degraded, signals=signals,
         latency_ms=(time.perf_counter() - request.state.started) * 1000)
     try:
         state.feedback.log_request(entry)

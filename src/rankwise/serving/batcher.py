@@ -40,8 +40,10 @@ class _Job:
 class MicroBatcher:
     """One worker thread that scores queued jobs in shared forward passes."""
 
-    def __init__(self, scorer: RoundScorer, settings: BatchingSettings, metrics: ServingMetrics) -> None:
+    def __init__(self, scorer: RoundScorer, settings: BatchingSettings, metrics: ServingMetrics,
+                 label: str = "model") -> None:
         self.scorer = scorer
+        self.label = label
         self.settings = settings
         self.metrics = metrics
         self._queue: queue.Queue[_Job | None] = queue.Queue()  # None stops the worker
@@ -121,6 +123,7 @@ class MicroBatcher:
 
     def _score(self, round_: list[tuple[_Job, EncodedRequest]]) -> None:
         started = time.perf_counter()
+        cpu_started = time.process_time()
         try:
             results = self.scorer.score_round([enc for _, enc in round_])
         except Exception as error:
@@ -129,11 +132,17 @@ class MicroBatcher:
                 job.future.set_exception(error)
             return
         done = time.perf_counter()
+        # process time counts every thread's CPU (inference runs on the runtime's own thread pool); while a
+        # round runs, that is almost all inference, so the round's share is a fair per-request cost
+        cpu_ms = (time.process_time() - cpu_started) * 1000.0
+        tokens = [max(enc.tokens, 1) for _, enc in round_]
+        self.metrics.count_cost(self.label, sum(enc.num_texts for _, enc in round_), sum(tokens), cpu_ms)
         self.metrics.batch_requests.observe(len(round_))
         self.metrics.batch_pairs.observe(sum(enc.num_texts for _, enc in round_))
         if results and "round_batches" in results[0].scores.stats:
             self.metrics.forward_passes.inc(results[0].scores.stats["round_batches"])
-        for (job, _), result in zip(round_, results, strict=True):
+        for (job, _), result, share in zip(round_, results, tokens, strict=True):
             result.queue_ms = (started - job.submitted) * 1000.0
             result.inference_ms = (done - started) * 1000.0
+            result.cpu_ms = cpu_ms * share / sum(tokens)
             job.future.set_result(result)

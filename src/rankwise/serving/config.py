@@ -128,6 +128,10 @@ class ServeConfig:
     experiment: Path | None = None
     #: how often registry aliases are re-read (seconds); 0 pins the versions loaded at start
     follow_interval_s: float = 2.0
+    #: a saved reference window of traffic signals (``rankwise monitor drift --save-reference``)
+    drift_reference: Path | None = None
+    #: how many recent searches are compared with the reference
+    drift_window: int = 500
     batching: BatchingSettings = BatchingSettings()
     limits: Limits = Limits()
     rate_limit: RateLimit = RateLimit()
@@ -151,6 +155,10 @@ class ServeConfig:
             raise ServeConfigError(f"--shadow-share must be in (0, 1] (got {self.shadow_share})")
         if not 0 <= self.canary_share < 1:
             raise ServeConfigError(f"--canary must be a share below 100% such as 10% (got {self.canary_share:.0%})")
+        if self.drift_window < 50:
+            raise ServeConfigError("--drift-window must be at least 50 requests (fewer cannot show a drift)")
+        if self.drift_reference is not None and self.index is None:
+            raise ServeConfigError("--drift-reference watches /v1/search traffic: pass --index too")
         if self.follow_interval_s < 0:
             raise ServeConfigError("--follow-interval must be >= 0 seconds (0 pins the loaded versions)")
         if self.reranker is None and (self.shadow or self.canary_share or self.experiment):

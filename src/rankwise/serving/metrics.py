@@ -51,6 +51,19 @@ class ServingMetrics:
                               "full or stale) and failed", ["outcome"], registry=r)
         self.feedback = Counter("rankwise_feedback", "Feedback events by signal and outcome (stored, duplicate, "
                                 "rejected, unavailable)", ["signal", "outcome"], registry=r)
+        self.pairs_scored = Counter("rankwise_pairs_scored", "(query, passage) pairs scored by each model (cache "
+                                    "misses only)", ["model"], registry=r)
+        self.tokens_scored = Counter("rankwise_tokens_scored", "Tokens run through each model", ["model"], registry=r)
+        self.cpu_seconds = Counter("rankwise_cpu_seconds", "CPU (process) time spent in each model's batching rounds",
+                                   ["model"], registry=r)
+        self.request_cpu = Histogram("rankwise_request_cpu_seconds", "CPU time per request, its share of the rounds "
+                                     "that scored it", ["endpoint", "model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.drift_psi = Gauge("rankwise_drift_psi", "Population stability index of a traffic signal: recent "
+                               "window vs the reference window", ["signal"], registry=r)
+        self.drift_ks_pvalue = Gauge("rankwise_drift_ks_pvalue", "Two-sample Kolmogorov-Smirnov p-value of a traffic "
+                                     "signal: recent window vs the reference window", ["signal"], registry=r)
+        self.drift_alarm = Gauge("rankwise_drift_alarm", "1 when a traffic signal drifted (PSI and KS both past their "
+                                 "thresholds), 0 when not, -1 when a window is too small to tell", ["signal"], registry=r)
         self.query_log_errors = Counter("rankwise_query_log_errors", "Answered requests the query log could "
                                         "not record", registry=r)
 
@@ -59,6 +72,11 @@ class ServingMetrics:
         self.cache_lookups.labels("miss").inc(misses)
         self._hits += hits
         self._misses += misses
+
+    def count_cost(self, model: str, pairs: int, tokens: int, cpu_ms: float) -> None:
+        self.pairs_scored.labels(model).inc(pairs)
+        self.tokens_scored.labels(model).inc(tokens)
+        self.cpu_seconds.labels(model).inc(cpu_ms / 1000.0)
 
     def _hit_ratio(self) -> float:
         total = self._hits + self._misses

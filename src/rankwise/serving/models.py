@@ -221,7 +221,7 @@ class ModelRouter:
                                  backend=self.config.backend, device=self.config.device, **named)
         if reranker is None:
             raise ModelError(f"'{spec}' names no reranker; pass a registry name or a model directory")
-        batcher = MicroBatcher(scorer_for(reranker), self.config.batching, self.metrics)
+        batcher = MicroBatcher(scorer_for(reranker), self.config.batching, self.metrics, label=key)
         model = ServedModel(key, reranker, batcher, RerankService(reranker, batcher, self.cache, self.metrics), slots=1)
         with self._lock:
             self._loaded[key] = model

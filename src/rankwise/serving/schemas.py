@@ -99,6 +99,14 @@ class FeedbackReceipt(BaseModel):
     rank: int
 
 
+class Cost(BaseModel):
+    """Model work behind one response (cache hits cost nothing), for routing and capacity planning."""
+
+    pairs: int = Field(..., description="(query, document) pairs the model scored.")
+    tokens: int = Field(..., description="Tokens the model ran over (0 for rerankers without a tokenizer).")
+    cpu_ms: float = Field(..., description="CPU milliseconds: this request's share of its batching rounds.")
+
+
 class ExperimentInfo(BaseModel):
     """Which experiment arm (or canary) answered; for interleaving, the arm behind each result."""
 
@@ -194,6 +202,7 @@ class RerankMeta(BaseModel):
     warnings: list[str] = []
     cache_hits: int = Field(..., description="Documents whose scores came from the score cache.")
     experiment: ExperimentInfo | None = None
+    cost: Cost | None = None
     num_split: int = Field(..., description="Documents longer than the model's window, scored in windows.")
     timings_ms: dict[str, float]
 
@@ -213,6 +222,7 @@ class SearchReply(BaseModel):
     degraded: bool
     warnings: list[str] = []
     experiment: ExperimentInfo | None = None
+    cost: Cost | None = None
     query: str
     results: list[SearchResult]
     provenance: Provenance

@@ -56,6 +56,8 @@ class RequestScores:
     split: list[bool]
     queue_ms: float = 0.0
     inference_ms: float = 0.0
+    #: this request's share of its round's CPU time (process time, split by tokens)
+    cpu_ms: float = 0.0
 
 
 class RoundScorer(Protocol):

@@ -45,6 +45,8 @@ class ScoredTexts:
     split: list[bool]
     cache_hits: int
     timings_ms: dict[str, float]
+    #: what scoring this request cost: pairs and tokens sent to the model (cache misses), CPU milliseconds
+    cost: dict[str, float]
 
 
 class RerankService:
@@ -64,6 +66,7 @@ class RerankService:
         missing = [i for i, e in enumerate(entries) if e is None]
         self.metrics.count_cache(len(texts) - len(missing), len(missing))
         timings = {"cache": (time.perf_counter() - t0) * 1000}
+        cost = {"pairs": float(len(missing)), "tokens": 0.0, "cpu_ms": 0.0}
         if missing:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
@@ -80,10 +83,11 @@ class RerankService:
             await self._cache_set(new)
             timings["queue"] = fresh.queue_ms
             timings["inference"] = fresh.inference_ms
+            cost.update(tokens=float(fresh.scores.stats.get("tokens", 0.0)), cpu_ms=fresh.cpu_ms)
         done: list[Entry] = [e for e in entries if e is not None]
         raw, calibrated = logits_to_scores(np.array([e[0] for e in done], dtype=np.float32))
         timings["rerank"] = (time.perf_counter() - t0) * 1000
-        return ScoredTexts(raw, calibrated, [e[1] for e in done], len(texts) - len(missing), timings)
+        return ScoredTexts(raw, calibrated, [e[1] for e in done], len(texts) - len(missing), timings, cost)
 
     async def _cache_get(self, keys: list[str]) -> list[Entry | None]:
         try:
@@ -113,6 +117,7 @@ class SearchOutcome:
     cache_hits: int | None
     #: the reranked candidates, best first by the reranker alone, one passage per document: ``(doc_id, text)``
     reranked: list[tuple[str, str]] = field(default_factory=list)
+    cost: dict[str, float] = field(default_factory=dict)
 
 
 class SearchService:
@@ -161,4 +166,4 @@ class SearchService:
         best: dict[str, str] = {}
         for i in np.argsort(-scored.raw, kind="stable"):
             best.setdefault(head[i].passage.doc_id, head[i].passage.full_text)
-        return SearchOutcome(response, False, scored.cache_hits, list(best.items()))
+        return SearchOutcome(response, False, scored.cache_hits, list(best.items()), scored.cost)

@@ -20,6 +20,7 @@ from rankwise.serving.metrics import ServingMetrics
 from rankwise.serving.models import ModelRouter
 from rankwise.serving.service import SearchService
 from rankwise.serving.shadow import ShadowRunner
+from rankwise.serving.watch import DriftWatch
 
 
 @dataclass
@@ -36,6 +37,7 @@ class ServingState:
     feedback: FeedbackStore | None = None
     shadow: ShadowRunner | None = None
     experiment: Experiment | None = None
+    drift: DriftWatch | None = None
     ready: bool = False
     not_ready_reason: str = "warming up"
     #: names a request's ``model`` may use for the served reranker, besides each loaded version's own
@@ -81,6 +83,8 @@ def load_state(config: ServeConfig) -> ServingState:
         state.shadow = ShadowRunner(config, metrics, state.feedback, state.router.busy)
     if state.index is not None:
         state.search = SearchService(state.index, config)
+        if state.feedback is not None or config.drift_reference is not None:
+            state.drift = DriftWatch(state.index, metrics, config.drift_reference, config.drift_window)
     if config.audit is not None:
         state.audit = AuditLog(config.audit)
     return state

@@ -1,0 +1,227 @@
+"""``rankwise monitor run | check | pin | list``: scheduled evaluation with drift alarms, for cron.
+
+A monthly crontab entry is typically two lines — record a run, then check it::
+
+    rankwise monitor run --index idx --goldset gold.jsonl --reranker production --first-stage hybrid
+    rankwise monitor check --reference 30d --metric nDCG@5 --max-drop 10% --html /var/www/monitor.html
+
+Exit codes of ``check``: 0 ok or inconclusive, 1 alarm, 2 a user error (one ``error:`` line) — so cron's
+mail, or any wrapper that pages on a non-zero exit, fires on an alarm and on a broken setup alike.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from rankwise.cli.common import (
+    DEFAULT_STORE,
+    AllowDownload,
+    BackendOpt,
+    DatasetOpt,
+    DeviceOpt,
+    FirstStageOpt,
+    GoldsetOpt,
+    IndexOpt,
+    LimitQueries,
+    MaxLength,
+    RegistryOpt,
+    RerankerOpt,
+    RerankFusionOpt,
+    RerankK,
+    RetrieveK,
+    StrictOpt,
+    err,
+    friendly_errors,
+    load_goldset,
+    out,
+    prelude,
+    prepare_goldset,
+    progress_bars,
+    store_path,
+    warn,
+    warn_leakage,
+)
+
+app = typer.Typer()
+monitor_app = typer.Typer(help="Scheduled evaluation on a gold set, with drift alarms.", no_args_is_help=True)
+app.add_typer(monitor_app, name="monitor")
+
+MONITOR_DB = "monitor.sqlite"
+HistoryOpt = Annotated[str, typer.Option(
+    "--history", help="Monitoring history (SQLite): a path or 'default' (the user data directory).")]
+NameOpt = Annotated[str, typer.Option(help="Monitor name: one history holds several configurations apart.")]
+
+
+def _history_path(value: str) -> Path:
+    from rankwise.monitoring.history import MonitorError
+
+    path = store_path(value, MONITOR_DB)
+    if path is None:
+        raise MonitorError("--history none keeps no history, so there is nothing to record or check; pass a "
+                           "path or 'default'")
+    return path
+
+
+@monitor_app.command("run")
+@friendly_errors
+def run(
+    index_dir: IndexOpt,
+    dataset: DatasetOpt = None,
+    split: Annotated[str, typer.Option(help="BEIR qrels split.")] = "test",
+    goldset: GoldsetOpt = None,
+    queries: Annotated[Path | None, typer.Option(help="Query texts for a TREC qrels --goldset.")] = None,
+    reranker: RerankerOpt = "none",
+    registry: RegistryOpt = None,
+    first_stage: FirstStageOpt = "hybrid",
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "cpu",
+    max_length: MaxLength = None,
+    retrieve_k: RetrieveK = 100,
+    rerank_k: RerankK = 100,
+    rerank_fusion: RerankFusionOpt = "none",
+    metrics: Annotated[str, typer.Option(help="ir_measures names, comma-separated (MRR@10 is RR@10).")]
+    = "nDCG@5,nDCG@10,R@20,RR@10",
+    history: HistoryOpt = DEFAULT_STORE,
+    name: NameOpt = "default",
+    slice_by: Annotated[list[str] | None, typer.Option(
+        "--slice-by", help="Also slice by this document metadata key of each query's relevant documents "
+                           "(repeatable), e.g. category.")] = None,
+    limit_queries: LimitQueries = None,
+    strict: StrictOpt = False,
+    allow_download: AllowDownload = False,
+) -> None:
+    """Evaluate the serving configuration on the gold set and append the run to the history."""
+    prelude(allow_download)
+    from rankwise.evaluation.metrics import parse_metrics
+    from rankwise.index import Index
+    from rankwise.monitoring.history import SQLiteMonitorHistory
+    from rankwise.monitoring.run import monitor_run, resolve_reranker
+    from rankwise.monitoring.slices import check_slice_keys, read_query_tags
+    from rankwise.options import FIRST_STAGE_METHODS, RERANK_FUSIONS, choose
+
+    # everything the user typed is checked, and the history opened, before models load and minutes of
+    # evaluation start
+    metric_names = parse_metrics(metrics)
+    choose(first_stage, FIRST_STAGE_METHODS, "first stage")
+    choose(rerank_fusion, RERANK_FUSIONS, "rerank fusion")
+    path = _history_path(history)
+    with SQLiteMonitorHistory(path) as store:
+        gold = load_goldset(dataset, split, goldset, queries)
+        tags = None
+        if goldset is not None and goldset.suffix.lower() == ".jsonl":  # a gold-set JSONL may tag its queries
+            tags = read_query_tags(goldset)
+        index = Index(index_dir)
+        check_slice_keys(index, slice_by or [])
+        prepared = prepare_goldset(gold, index, limit_queries)
+        warn(prepared.warnings)
+        warn_leakage(reranker, registry, prepared.queries, strict)
+        resolved = resolve_reranker(reranker, registry=registry, backend=backend, device=device,
+                                    max_length=max_length)
+        with progress_bars() as bars:
+            tasks: dict[str, Any] = {}
+
+            def progress(system: str, done: int, total: int) -> None:
+                if system not in tasks:
+                    tasks[system] = bars.add_task(system, total=total)
+                bars.update(tasks[system], completed=done)
+
+            record = monitor_run(index, prepared, name=name, first_stage=first_stage, reranker=resolved,
+                                 retrieve_k=retrieve_k, rerank_k=rerank_k, rerank_fusion=rerank_fusion,
+                                 metrics=metric_names, slice_by=slice_by or [], tags=tags, progress=progress)
+        store.append(record)
+    scores = " · ".join(f"{m} {v:.3f}" for m, v in record.metrics.items())
+    out.print(f"recorded run {record.id} of '{record.name}': {scores} ({record.num_queries} queries, "
+              f"{record.system}, p95 {record.latency['p95']:.1f} ms) in {path}", highlight=False,
+              soft_wrap=True)
+
+
+@monitor_app.command("check")
+@friendly_errors
+def check_cmd(
+    history: HistoryOpt = DEFAULT_STORE,
+    name: NameOpt = "default",
+    reference: Annotated[str, typer.Option(
+        help="Compare the latest run with: previous | 30d (the run closest to 30 days earlier) | baseline "
+             "(the pinned run).")] = "previous",
+    metric: Annotated[str, typer.Option(help="Metric the alarm watches (ir_measures name).")] = "nDCG@5",
+    max_drop: Annotated[str, typer.Option(help="Alarm on a relative drop larger than this (and significant): "
+                                               "10% or 0.1.")] = "10%",
+    alpha: Annotated[float, typer.Option(help="Significance level of the paired randomization test.")] = 0.05,
+    min_queries: Annotated[int, typer.Option(help="Fewer paired queries than this is inconclusive, never an "
+                                                  "alarm.")] = 10,
+    slices: Annotated[bool, typer.Option(
+        "--slices/--no-slices", help="Apply the rule inside every recorded slice too (Holm-corrected).")
+    ] = True,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the result as JSON on stdout (the summary line goes to stderr).")] = False,
+    html_path: Annotated[Path | None, typer.Option(
+        "--html", help="Write a self-contained HTML report.")] = None,
+) -> None:
+    """Compare the latest run with its reference; exit 1 on an alarm."""
+    from rankwise.monitoring.check import check
+    from rankwise.monitoring.history import SQLiteMonitorHistory
+    from rankwise.options import parse_share
+
+    share = parse_share(max_drop, "--max-drop")
+    with SQLiteMonitorHistory(_history_path(history), create=False) as store:
+        result = check(store, name=name, reference=reference, metric=metric, max_drop=share, alpha=alpha,
+                       min_queries=min_queries, slices=slices)
+        records = store.records(name) if html_path else []
+    warn(list(result.warnings))
+    if html_path:
+        from rankwise.monitoring.html import to_html
+
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        html_path.write_text(to_html(result, records), encoding="utf-8")
+    color = {"ok": "green", "alarm": "bold red", "inconclusive": "yellow"}[result.status]
+    line = f"[{color}]{escape(result.summary())}[/]"
+    if as_json:
+        err.print(line, highlight=False, soft_wrap=True)
+        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, allow_nan=False, indent=2))
+    else:
+        out.print(line, highlight=False, soft_wrap=True)
+    if html_path:
+        err.print(f"[dim]wrote {escape(str(html_path))}[/]", highlight=False, soft_wrap=True)
+    raise typer.Exit(result.exit_code)
+
+
+@monitor_app.command("pin")
+@friendly_errors
+def pin(
+    record_id: Annotated[str, typer.Argument(
+        help="Run id (or its first characters) to compare later runs with.")],
+    history: HistoryOpt = DEFAULT_STORE,
+) -> None:
+    """Pin a run as its monitor's baseline (`check --reference baseline`); the latest pin wins."""
+    from rankwise.monitoring.history import SQLiteMonitorHistory
+
+    with SQLiteMonitorHistory(_history_path(history), create=False) as store:
+        record = store.pin_baseline(record_id)
+    out.print(f"pinned run {record.id} ({record.time}) as the baseline of '{record.name}'", highlight=False,
+              soft_wrap=True)
+
+
+@monitor_app.command("list")
+@friendly_errors
+def list_cmd(
+    history: HistoryOpt = DEFAULT_STORE,
+    name: Annotated[str | None, typer.Option(help="Only this monitor's runs (default: all of them).")] = None,
+) -> None:
+    """The recorded runs, oldest first, one a line: id (for `pin`), time, setup, metrics."""
+    from rankwise.monitoring.history import SQLiteMonitorHistory
+
+    with SQLiteMonitorHistory(_history_path(history), create=False) as store:
+        records = store.records(name)
+        pinned = {b.id for n in store.names() if (b := store.baseline(n)) is not None}
+    for r in records:
+        scores = " ".join(f"{m} {v:.3f}" for m, v in r.metrics.items())
+        gold = f"{r.goldset_fingerprint[:8]} ({r.num_queries} q)"
+        setup = f"{r.system}  index {r.index_fingerprint[:8]}  gold {gold}"
+        out.print(f"{r.id[:12]}  {r.time[:16].replace('T', ' ')}  {r.name}  {setup}  {scores}  "
+                  f"p95 {r.latency['p95']:.1f} ms" + ("  (baseline)" if r.id in pinned else ""),
+                  highlight=False, soft_wrap=True, markup=False)
