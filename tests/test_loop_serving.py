@@ -118,12 +118,18 @@ def test_feedback_round_trip_is_validated_idempotent_and_exported(loop_server: S
 
 def test_shadow_scores_requests_off_the_critical_path(loop_server: Server, references: dict[str, list[float]]) -> None:
     with loop_server.client() as client:
+        for n in range(2):  # a new query scores every pair; the same request again is all cache hits
+            fresh = client.post("/v1/rerank", json={"query": "who signs off contractor MFA resets",
+                                                    "documents": TEXTS}).json()["meta"]["cost"]
+            assert (fresh["pairs"], fresh["tokens"] > 0, fresh["cpu_ms"] > 0) == ((len(TEXTS), True, True) if n == 0
+                                                                                  else (0, False, False))
         for _ in range(6):
             response = _rerank(client)
             assert response.status_code == 200
             assert _assert_from(response.json(), references) == "v1"  # production answers, never the shadow
         ready = client.get("/readyz").json()
     assert ready["models"]["shadow"].startswith("v2") and not ready.get("problems")
+    assert loop_server.metrics()[("rankwise_pairs_scored_total", (("model", "v1"),))] >= len(TEXTS)
     deadline = time.monotonic() + 60
     while loop_server.metrics().get(("rankwise_shadow_total", (("outcome", "scored"),)), 0) < 6:
         assert time.monotonic() < deadline, "the shadow never scored the offered requests"

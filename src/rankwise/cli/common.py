@@ -59,6 +59,7 @@ def friendly_errors(func: F) -> F:
 
 DEFAULT_STORE = "default"
 FEEDBACK_DB = "feedback.sqlite"
+MONITOR_DB = "monitor.sqlite"
 FeedbackDbOpt = Annotated[str, typer.Option(
     "--feedback-db", help="Query log and feedback store (SQLite): a path, 'default' (the user data "
                           "directory) or 'none' (serve: no query log, no /v1/feedback).")]
@@ -73,6 +74,17 @@ def store_path(value: str, default_name: str) -> Path | None:
 
         return platformdirs.user_data_path("rankwise") / default_name
     return Path(value)
+
+
+def open_feedback_store(value: str):
+    """The feedback store a server wrote (``--feedback-db``), which must exist: reading never creates one."""
+    from rankwise.feedback.store import FeedbackStoreError, SQLiteFeedbackStore
+
+    path = store_path(value, FEEDBACK_DB)
+    if path is None or not path.is_file():
+        raise FeedbackStoreError(f"no feedback store at '{path or value}'; pass the --feedback-db the server "
+                                 "was started with")
+    return SQLiteFeedbackStore(path)
 
 
 def prelude(allow_download: bool = False) -> None:

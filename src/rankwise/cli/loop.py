@@ -13,12 +13,11 @@ import typer
 
 from rankwise.cli.common import (
     DEFAULT_STORE,
-    FEEDBACK_DB,
     FeedbackDbOpt,
     err,
     friendly_errors,
+    open_feedback_store,
     out,
-    store_path,
 )
 
 app = typer.Typer()
@@ -30,18 +29,9 @@ app.add_typer(shadow_app, name="shadow")
 app.add_typer(experiment_app, name="experiment")
 
 SinceOpt = Annotated[str | None, typer.Option(help="Only traffic newer than this: 30m, 2h, 7d or an ISO time.")]
+#: the same flag on every command that reads the query log
 KOpt = Annotated[int, typer.Option("--k", help="Rank cut-off of the metrics (CTR@k, nDCG@k).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-
-
-def _open_store(value: str):
-    from rankwise.feedback.store import FeedbackStoreError, SQLiteFeedbackStore
-
-    path = store_path(value, FEEDBACK_DB)
-    if path is None or not path.is_file():
-        raise FeedbackStoreError(f"no feedback store at '{path or value}'; pass the --feedback-db the server "
-                                 "was started with")
-    return SQLiteFeedbackStore(path)
 
 
 @feedback_app.command("export")
@@ -58,7 +48,7 @@ def feedback_export(
     """Write a gold set from feedback: thumbs as labels, clicks corrected for position bias."""
     from rankwise.feedback import ClickModel, export_goldset
 
-    store = _open_store(feedback_db)
+    store = open_feedback_store(feedback_db)
     try:
         summary = export_goldset(store, since=since, out=out_file, click_model=ClickModel(eta=eta),
                                  misranked_out=misranked)
@@ -77,7 +67,7 @@ def shadow_report_cmd(feedback_db: FeedbackDbOpt = DEFAULT_STORE, since: SinceOp
 
     from rankwise.experiments.report import shadow_report
 
-    store = _open_store(feedback_db)
+    store = open_feedback_store(feedback_db)
     try:
         summaries = shadow_report(store, since=since, k=k)
     finally:
@@ -113,7 +103,7 @@ def experiment_report_cmd(
     from rankwise.experiments.report import experiment_report
 
     definition = load_experiment(experiment)
-    store = _open_store(feedback_db)
+    store = open_feedback_store(feedback_db)
     try:
         report = experiment_report(store, definition, since=since, k=k)
     finally:

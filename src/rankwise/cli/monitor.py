@@ -1,4 +1,5 @@
-"""``rankwise monitor run | check | pin | list``: scheduled evaluation with drift alarms, for cron.
+"""``rankwise monitor run | check | pin | list | drift``: scheduled evaluation with drift alarms, for cron,
+and label-free drift of the traffic between evaluations.
 
 A monthly crontab entry is typically two lines — record a run, then check it::
 
@@ -20,10 +21,12 @@ from rich.markup import escape
 
 from rankwise.cli.common import (
     DEFAULT_STORE,
+    MONITOR_DB,
     AllowDownload,
     BackendOpt,
     DatasetOpt,
     DeviceOpt,
+    FeedbackDbOpt,
     FirstStageOpt,
     GoldsetOpt,
     IndexOpt,
@@ -38,6 +41,7 @@ from rankwise.cli.common import (
     err,
     friendly_errors,
     load_goldset,
+    open_feedback_store,
     out,
     prelude,
     prepare_goldset,
@@ -51,7 +55,6 @@ app = typer.Typer()
 monitor_app = typer.Typer(help="Scheduled evaluation on a gold set, with drift alarms.", no_args_is_help=True)
 app.add_typer(monitor_app, name="monitor")
 
-MONITOR_DB = "monitor.sqlite"
 HistoryOpt = Annotated[str, typer.Option(
     "--history", help="Monitoring history (SQLite): a path or 'default' (the user data directory).")]
 NameOpt = Annotated[str, typer.Option(help="Monitor name: one history holds several configurations apart.")]
@@ -225,3 +228,65 @@ def list_cmd(
         out.print(f"{r.id[:12]}  {r.time[:16].replace('T', ' ')}  {r.name}  {setup}  {scores}  "
                   f"p95 {r.latency['p95']:.1f} ms" + ("  (baseline)" if r.id in pinned else ""),
                   highlight=False, soft_wrap=True, markup=False)
+
+
+@monitor_app.command("drift")
+@friendly_errors
+def drift(
+    feedback_db: FeedbackDbOpt = DEFAULT_STORE,
+    since: Annotated[str | None, typer.Option(help="Current window: traffic newer than this (30m, 2h, 7d or an "
+                                                   "ISO time).")] = "1d",
+    until: Annotated[str | None, typer.Option(help="Current window: traffic older than this.")] = None,
+    reference: Annotated[Path | None, typer.Option(help="A saved reference window (from --save-reference).")] = None,
+    reference_since: Annotated[str | None, typer.Option(help="Reference window from the query log: start.")] = None,
+    reference_until: Annotated[str | None, typer.Option(help="Reference window from the query log: end.")] = None,
+    save_reference: Annotated[Path | None, typer.Option(help="Save the current window as a reference (for "
+                                                             "`serve --drift-reference` and later checks).")] = None,
+    psi: Annotated[float, typer.Option(help="PSI at or above which a signal may drift.")] = 0.2,
+    ks_alpha: Annotated[float, typer.Option(help="KS p-value below which a signal may drift.")] = 0.01,
+    min_samples: Annotated[int, typer.Option(help="Fewer values in a window: 'not enough data'.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Label-free drift of the traffic: query length, OOV rate, top scores, margin and rank changes of a
+    window of the query log against a reference window (PSI and KS). Exit 0 no drift, 1 drift, 2 error."""
+    from rich.table import Table
+
+    from rankwise.monitoring.drift import DriftError, DriftReference, DriftThresholds, signals_from_store
+
+    thresholds = DriftThresholds(psi=psi, ks_alpha=ks_alpha, min_samples=min_samples)
+    store = open_feedback_store(feedback_db)
+    try:
+        if save_reference is not None:
+            saved = DriftReference.from_store(store, since, until)
+            saved.save(save_reference)
+            out.print(f"saved a reference window of {saved.requests} searches ({saved.since or 'start'} → "
+                      f"{saved.until or 'now'}) to {save_reference}", highlight=False, soft_wrap=True)
+            return
+        if (reference is None) == (reference_since is None and reference_until is None):
+            raise DriftError("give the reference window either as --reference FILE or as --reference-since / "
+                             "--reference-until over the query log")
+        base = (DriftReference.load(reference) if reference is not None
+                else DriftReference.from_store(store, reference_since, reference_until))
+        current = signals_from_store(store, since, until)
+    finally:
+        store.close()
+    report = base.compare(current, thresholds)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+    else:
+        table = Table(title=f"traffic drift: current window ({since or 'start'} → {until or 'now'}) vs reference "
+                            f"({base.since or 'start'} → {base.until or 'now'})")
+        for column in ("signal", "reference n", "current n", "median ref → now", "PSI", "KS p", "status"):
+            table.add_column(column, justify="left" if column in ("signal", "status") else "right")
+        for s in report.signals:
+            medians = ("—" if s.reference_median is None or s.current_median is None
+                       else f"{s.reference_median:.3g} → {s.current_median:.3g}")
+            style = {"drift": "bold red", "ok": "green"}.get(s.status, "yellow")
+            table.add_row(s.name, str(s.n_reference), str(s.n_current), medians,
+                          "—" if s.psi is None else f"{s.psi:.3f}",
+                          "—" if s.ks_pvalue is None else f"{s.ks_pvalue:.2g}", f"[{style}]{s.status}[/]")
+        out.print(table)
+    err.print(("[bold red]DRIFT[/] " if report.alarm else "[green]ok[/] ") + escape(report.summary()),
+              highlight=False, soft_wrap=True)
+    if report.alarm:
+        raise typer.Exit(1)

@@ -11,6 +11,7 @@ import typer
 from rankwise.cli.common import (
     DEFAULT_STORE,
     FEEDBACK_DB,
+    MONITOR_DB,
     AllowDownload,
     AllowUnknownFilters,
     BackendOpt,
@@ -99,6 +100,12 @@ def serve(
                                                               "`rankwise monitor drift --save-reference`): "
                                                               "exports drift gauges.")] = None,
     drift_window: Annotated[int, typer.Option(help="Recent searches compared with --drift-reference.")] = 500,
+    monitor_every: Annotated[str | None, typer.Option(help="Evaluate the served configuration on "
+                                                           "--monitor-goldset this often (e.g. 24h), off the "
+                                                           "request path; results and alarm in /metrics.")] = None,
+    monitor_goldset: Annotated[Path | None, typer.Option(help="Gold set JSONL for --monitor-every.")] = None,
+    monitor_history: Annotated[str, typer.Option(help="Monitoring history for --monitor-every: a path or "
+                                                      "'default' (what `rankwise monitor check` reads).")] = DEFAULT_STORE,
     rate_limit: Annotated[float, typer.Option(help="Default requests/second per key.")] = 20.0,
     burst: Annotated[int, typer.Option(help="Default burst per key.")] = 40,
     allow_download: AllowDownload = False,
@@ -125,6 +132,8 @@ def serve(
         shadow=shadow, shadow_share=parse_share(shadow_share, "--shadow-share"), canary=canary_model,
         canary_share=parse_share(canary, "--canary"), experiment=experiment,
         drift_reference=drift_reference, drift_window=drift_window,
+        monitor_every_s=parse_duration(monitor_every, "--monitor-every") if monitor_every else None,
+        monitor_goldset=monitor_goldset, monitor_history=store_path(monitor_history, MONITOR_DB),
         follow_interval_s=0.0 if follow_interval.strip() in ("0", "0s") else parse_duration(follow_interval, "--follow-interval"),
         batching=BatchingSettings(enabled=batching, max_wait_ms=batch_wait_ms, max_tokens=batch_tokens,
                                   max_requests=batch_requests),

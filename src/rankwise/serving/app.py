@@ -146,6 +146,8 @@ def create_app(state: ServingState) -> FastAPI:
             state.router.start()
         if state.shadow is not None:
             state.shadow.start()
+        if state.monitor is not None:
+            state.monitor.start()
         retention = asyncio.create_task(_purge_expired(state))
         warm = asyncio.create_task(_warm_up(state))
         try:

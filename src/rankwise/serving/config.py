@@ -132,6 +132,10 @@ class ServeConfig:
     drift_reference: Path | None = None
     #: how many recent searches are compared with the reference
     drift_window: int = 500
+    #: evaluate the serving configuration on this gold set every ``monitor_every_s`` seconds
+    monitor_every_s: float | None = None
+    monitor_goldset: Path | None = None
+    monitor_history: Path | None = None
     batching: BatchingSettings = BatchingSettings()
     limits: Limits = Limits()
     rate_limit: RateLimit = RateLimit()
@@ -159,6 +163,12 @@ class ServeConfig:
             raise ServeConfigError("--drift-window must be at least 50 requests (fewer cannot show a drift)")
         if self.drift_reference is not None and self.index is None:
             raise ServeConfigError("--drift-reference watches /v1/search traffic: pass --index too")
+        if (self.monitor_every_s is None) != (self.monitor_goldset is None):
+            raise ServeConfigError("--monitor-every and --monitor-goldset go together: how often, and on what")
+        if self.monitor_every_s is not None and (self.index is None or self.monitor_history is None):
+            raise ServeConfigError("scheduled evaluation needs --index (what is evaluated) and a --monitor-history")
+        if self.monitor_every_s is not None and self.monitor_every_s < 60:
+            raise ServeConfigError("--monitor-every must be at least 1m (an evaluation takes a while)")
         if self.follow_interval_s < 0:
             raise ServeConfigError("--follow-interval must be >= 0 seconds (0 pins the loaded versions)")
         if self.reranker is None and (self.shadow or self.canary_share or self.experiment):

@@ -64,6 +64,14 @@ class ServingMetrics:
                                      "signal: recent window vs the reference window", ["signal"], registry=r)
         self.drift_alarm = Gauge("rankwise_drift_alarm", "1 when a traffic signal drifted (PSI and KS both past their "
                                  "thresholds), 0 when not, -1 when a window is too small to tell", ["signal"], registry=r)
+        self.monitor_metric = Gauge("rankwise_monitor_metric", "The latest scheduled gold-set evaluation, per metric",
+                                    ["metric"], registry=r)
+        self.monitor_alarm = Gauge("rankwise_monitor_alarm", "Scheduled evaluation vs the previous run: 1 alarm, "
+                                   "0 ok, -1 inconclusive (too few queries or no previous run)", registry=r)
+        self.monitor_last_run = Gauge("rankwise_monitor_last_run_timestamp_seconds", "When the latest scheduled "
+                                      "evaluation finished (Unix time)", registry=r)
+        self.monitor_runs = Counter("rankwise_monitor_runs", "Scheduled evaluations by outcome", ["outcome"],
+                                    registry=r)
         self.query_log_errors = Counter("rankwise_query_log_errors", "Answered requests the query log could "
                                         "not record", registry=r)
 

@@ -20,7 +20,7 @@ from rankwise.serving.metrics import ServingMetrics
 from rankwise.serving.models import ModelRouter
 from rankwise.serving.service import SearchService
 from rankwise.serving.shadow import ShadowRunner
-from rankwise.serving.watch import DriftWatch
+from rankwise.serving.watch import DriftWatch, ScheduledMonitor
 
 
 @dataclass
@@ -38,6 +38,7 @@ class ServingState:
     shadow: ShadowRunner | None = None
     experiment: Experiment | None = None
     drift: DriftWatch | None = None
+    monitor: ScheduledMonitor | None = None
     ready: bool = False
     not_ready_reason: str = "warming up"
     #: names a request's ``model`` may use for the served reranker, besides each loaded version's own
@@ -45,6 +46,8 @@ class ServingState:
 
     def close(self) -> None:
         """Stop the worker threads (the cache is async and closed by the app's lifespan)."""
+        if self.monitor is not None:
+            self.monitor.close()
         if self.shadow is not None:
             self.shadow.close()
         if self.router is not None:
@@ -85,6 +88,8 @@ def load_state(config: ServeConfig) -> ServingState:
         state.search = SearchService(state.index, config)
         if state.feedback is not None or config.drift_reference is not None:
             state.drift = DriftWatch(state.index, metrics, config.drift_reference, config.drift_window)
+        if config.monitor_every_s is not None:
+            state.monitor = ScheduledMonitor(config, state.index, metrics)
     if config.audit is not None:
         state.audit = AuditLog(config.audit)
     return state

@@ -1,4 +1,5 @@
-"""What the server watches about itself between evaluations: label-free drift of its traffic.
+"""What the server watches about itself: label-free drift of its traffic, and (``--monitor-every``) the
+same gold-set evaluation ``rankwise monitor run`` does, on a schedule, with its alarm state as metrics.
 
 Every answered search yields a few label-free signals (query length, out-of-vocabulary rate against the
 index, first-stage top-1 score, reranker top-1 score and margin, rank changes; see
@@ -8,15 +9,25 @@ compare any two windows of the query log later) and, when the server has a saved
 ``/metrics`` is scraped (a few milliseconds on a worker thread) and exported as gauges: ``rankwise_drift_psi{signal}``,
 ``rankwise_drift_ks_pvalue{signal}`` and ``rankwise_drift_alarm{signal}`` (1 drift, 0 ok, −1 not enough
 data — never a 0 that looks like "no drift" when there is no evidence either way).
+
+The scheduled evaluation runs on its own thread with its own copy of the reranker (the batcher's copy is
+only ever touched by the batcher's thread), resolves ``--reranker`` through the registry at each run (so
+it measures the version production serves then), appends the record to the monitoring history and checks
+it against the previous run with the same rule as ``rankwise monitor check``. It competes with traffic for
+CPU while it runs: on a small machine, start the server so that the interval falls in quiet hours, or
+schedule ``rankwise monitor run`` outside (cron, a systemd timer) instead.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 
 from rankwise.index import Index
 from rankwise.monitoring.drift import DriftReference, QueryVocabulary, RollingWindow, query_signals
+from rankwise.serving.config import ServeConfig
 from rankwise.serving.metrics import ServingMetrics
 from rankwise.types import SearchResponse
 
@@ -53,3 +64,63 @@ class DriftWatch:
                 self.metrics.drift_ks_pvalue.labels(signal.name).set(signal.ks_pvalue)
         if report.alarm:
             log.warning("traffic drift: %s", report.summary())
+
+
+_STATUS = {"alarm": 1.0, "ok": 0.0, "inconclusive": -1.0}
+MONITOR_NAME = "serve"
+
+
+class ScheduledMonitor:
+    """Every ``monitor_every_s``: evaluate the serving configuration on the gold set, record, check, export."""
+
+    def __init__(self, config: ServeConfig, index: Index, metrics: ServingMetrics) -> None:
+        from rankwise.evaluation.goldset import GoldSet
+        from rankwise.monitoring.history import SQLiteMonitorHistory
+
+        assert config.monitor_goldset is not None and config.monitor_history is not None
+        self.config = config
+        self.index = index
+        self.metrics = metrics
+        self.gold = GoldSet.load(config.monitor_goldset).prepare(known_documents=set(index.passage_doc_ids))
+        SQLiteMonitorHistory(config.monitor_history).close()  # a bad path stops the server now, not in a day
+        metrics.monitor_alarm.set(_STATUS["inconclusive"])  # until a run says otherwise
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rankwise-monitor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)  # a run in progress is abandoned: it appends nothing until it completes
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.config.monitor_every_s):
+            self.run_once()
+
+    def run_once(self) -> None:
+        """One evaluation → record → check, with its outcome in the metrics (failures included)."""
+        from rankwise.monitoring.check import check
+        from rankwise.monitoring.history import SQLiteMonitorHistory
+        from rankwise.monitoring.run import monitor_run, resolve_reranker
+
+        config = self.config
+        try:
+            reranker = resolve_reranker(config.reranker or "none", registry=config.registry, backend=config.backend,
+                                        device=config.device, max_length=config.max_length)
+            record = monitor_run(self.index, self.gold, name=MONITOR_NAME, first_stage=config.first_stage,
+                                 reranker=reranker, retrieve_k=config.retrieve_k, rerank_k=config.rerank_k,
+                                 rerank_fusion=config.rerank_fusion)
+            with SQLiteMonitorHistory(config.monitor_history) as history:
+                history.append(record)
+                result = check(history, name=MONITOR_NAME)
+        except Exception:  # counted and logged; the next interval tries again
+            log.exception("scheduled evaluation failed")
+            self.metrics.monitor_runs.labels("failed").inc()
+            return
+        for metric, value in record.metrics.items():
+            self.metrics.monitor_metric.labels(metric).set(value)
+        self.metrics.monitor_alarm.set(_STATUS[result.status])
+        self.metrics.monitor_last_run.set(time.time())
+        self.metrics.monitor_runs.labels(result.status).inc()
+        (log.warning if result.status == "alarm" else log.info)("scheduled evaluation: %s", result.summary())
