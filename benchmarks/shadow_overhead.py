@@ -1,7 +1,7 @@
 """What a shadow reranker costs production: ``/v1/rerank`` latency with and without ``--shadow``, one run.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/shadow_overhead.py [--docs 20] [--requests 60] [--phases 4]
-        [--load 0.5] [--backend auto] [--data DIR] [--out shadow_overhead.json]
+        [--load 0.5] [--backend auto] [--shadow-chunk 2] [--data DIR] [--out shadow_overhead.json]
 
 Two servers with the same production reranker (MiniLM-L6 shape, a fresh 1-logit head) run on 127.0.0.1;
 one also has ``--shadow`` with a second model of the same size and ``--shadow-share 100%``. They are
@@ -81,10 +81,12 @@ def main() -> None:
     parser.add_argument("--phases", type=int, default=4, help="phases per arm (alternating)")
     parser.add_argument("--load", type=float, default=0.5, help="arrival rate as a share of measured capacity")
     parser.add_argument("--backend", default="auto", help="server --backend")
+    parser.add_argument("--shadow-chunk", type=int, default=2, help="server --shadow-chunk")
     parser.add_argument("--data", default=str(DEFAULT_SCIFACT), help="BEIR SciFact directory (optional)")
     parser.add_argument("--out", default="shadow_overhead.json", help="result file name in benchmarks/results/")
     args = parser.parse_args()
-    print_cpu()
+    cpu = cpu_description()
+    print_cpu(cpu)
     queries, passages, source = load_inputs(Path(args.data), args.docs)
     rng = random.Random(0)
 
@@ -99,6 +101,7 @@ def main() -> None:
                   "--timeout-ms", "300000", "--feedback-db", str(tmp / "fb.sqlite")]
         plain = start(common, tmp / "plain.log")
         shadowed = start([*common, "--shadow", str(shadow), "--shadow-share", "100%",
+                          "--shadow-chunk", str(args.shadow_chunk),
                           "--feedback-db", str(tmp / "fb-shadow.sqlite")], tmp / "shadow.log")
         try:
             with httpx.Client(timeout=600) as client:  # capacity: sequential service time on the plain server
@@ -126,9 +129,9 @@ def main() -> None:
             plain.stop()
             shadowed.stop()
     counts = {k: int(after.get(k, 0) - before.get(k, 0)) for k in after}
-    result: dict[str, Any] = {"cpu": cpu_description(), "inputs": source, "docs": args.docs, "load": args.load,
+    result: dict[str, Any] = {"cpu": cpu, "inputs": source, "docs": args.docs, "load": args.load,
                               "arrival_rate_per_s": round(rate, 3), "service_ms_p50": round(median_s * 1000, 1),
-                              "shadow": counts, "arms": {}}
+                              "shadow_chunk": args.shadow_chunk, "shadow": counts, "arms": {}}
     print(f"\n{'arm':<10} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
     for name, latencies in arms.items():
         pct = latency_percentiles(latencies)

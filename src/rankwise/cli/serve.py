@@ -89,6 +89,8 @@ def serve(
     shadow: Annotated[str | None, typer.Option(help="A second reranker (registry name or path) that scores "
                                                     "sampled requests off the critical path.")] = None,
     shadow_share: Annotated[str, typer.Option(help="Share of requests offered to the shadow, e.g. 25%.")] = "100%",
+    shadow_chunk: Annotated[int, typer.Option(help="Documents the shadow scores between checks for production "
+                                                   "work (bounds the delay it can add).")] = 2,
     canary: Annotated[str, typer.Option(help="Share of callers (sticky per user or key) served by "
                                              "--canary-model instead of production, e.g. 10%.")] = "0%",
     canary_model: Annotated[str, typer.Option(help="What the canary share is served with.")] = "candidate",
@@ -129,7 +131,8 @@ def serve(
         allow_unknown_filters=allow_unknown_filters, log_queries=log_queries,  # type: ignore[arg-type]
         feedback=store_path(feedback_db, FEEDBACK_DB),
         retention_s=parse_duration(retention, "--retention") if retention else None,
-        shadow=shadow, shadow_share=parse_share(shadow_share, "--shadow-share"), canary=canary_model,
+        shadow=shadow, shadow_share=parse_share(shadow_share, "--shadow-share"), shadow_chunk=shadow_chunk,
+        canary=canary_model,
         canary_share=parse_share(canary, "--canary"), experiment=experiment,
         drift_reference=drift_reference, drift_window=drift_window,
         monitor_every_s=parse_duration(monitor_every, "--monitor-every") if monitor_every else None,

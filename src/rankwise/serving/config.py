@@ -121,6 +121,9 @@ class ServeConfig:
     #: a second reranker that scores sampled requests off the critical path (registry name or path)
     shadow: str | None = None
     shadow_share: float = 1.0
+    #: documents the shadow scores between checks for production work: a production request that arrives
+    #: mid-chunk waits for at most one chunk, so this bounds what the shadow can add to production latency
+    shadow_chunk: int = 2
     #: serve this share of callers (sticky by user/key) with ``canary`` instead of production
     canary: str = "candidate"
     canary_share: float = 0.0
@@ -155,6 +158,8 @@ class ServeConfig:
         choose(self.log_queries, QUERY_LOGGING, "query logging")
         if self.retention_s is not None and self.retention_s <= 0:
             raise ServeConfigError("--retention must be a positive duration such as 30d")
+        if self.shadow_chunk < 1:
+            raise ServeConfigError("--shadow-chunk must be at least 1 document")
         if not 0 < self.shadow_share <= 1:
             raise ServeConfigError(f"--shadow-share must be in (0, 1] (got {self.shadow_share})")
         if not 0 <= self.canary_share < 1:

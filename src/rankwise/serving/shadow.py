@@ -52,15 +52,14 @@ class ShadowRunner:
     """Loads the shadow model and scores offered requests when ``production_busy()`` is false."""
 
     def __init__(self, config: ServeConfig, metrics: ServingMetrics, store: FeedbackStore | None,
-                 production_busy: Callable[[], bool], *, queue_size: int = 8, chunk: int = 8,
-                 max_age_s: float = 30.0) -> None:
+                 production_busy: Callable[[], bool], *, queue_size: int = 8, max_age_s: float = 30.0) -> None:
         assert config.shadow is not None
         self.spec = config.shadow
         self.share = config.shadow_share
         self.metrics = metrics
         self.store = store
         self.production_busy = production_busy
-        self.chunk = chunk
+        self.chunk = config.shadow_chunk
         self.max_age_s = max_age_s
         self.problem: str | None = None
         self.reranker: Reranker | None = None
