@@ -319,7 +319,7 @@ def test_a_missing_or_corrupt_history_is_one_error_line(tmp_path: Path) -> None:
     corrupt.write_bytes(b"this is not a database at all, just bytes " * 200)
     damaged = monitor("check", "--history", str(corrupt))
     for result, text in ((missing, "no monitoring history at"),
-                         (damaged, "is not a readable rankwise monitoring")):
+                         (damaged, "is not a rankwise monitoring")):
         assert result.returncode == 2 and result.stdout == ""
         assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
         assert text in result.stderr and "Traceback" not in result.stderr

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar, get_args
 
-from rankwise.errors import QueryError
+from rankwise.errors import QueryError, RankwiseError
 
 FirstStageMethod = Literal["bm25", "dense", "hybrid"]
 Fusion = Literal["rrf", "convex"]
@@ -64,3 +65,24 @@ def parse_share(value: str, flag: str) -> float:
     if not 0 <= share <= 1:
         raise QueryError(f"{flag} '{value}' is not a share; write a percentage like 10% or a fraction like 0.1")
     return share
+
+
+def since_timestamp(value: str, now: datetime | None = None, *, error: type[RankwiseError] = QueryError) -> str:
+    """``30m``/``2h``/``7d``/``2w`` (that long ago) or an ISO 8601 time → ISO UTC text with milliseconds.
+
+    Every log rankwise keeps (audit, query log, monitoring) stores times as such text, which sorts as
+    time, so a ``--since`` given either way is compared with it directly. A time without an offset is UTC.
+    """
+    text = value.strip()
+    match = _DURATION.match(text)
+    if match:
+        moment = (now or datetime.now(UTC)) - timedelta(seconds=float(match.group(1)) * _SECONDS[match.group(2)])
+    else:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise error(f"'{value}' is neither a duration like 30m, 2h, 7d nor an ISO time like "
+                        "2025-01-31T12:00") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")

@@ -32,19 +32,20 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import re
 import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Collection, Iterator
 from dataclasses import asdict, fields, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
+from rankwise import options
 from rankwise.errors import RankwiseError
 from rankwise.feedback.events import FeedbackEvent, LoggedRequest, LoggedResult, ShadowRecord
+from rankwise.sqlite_files import DatabaseKind, failure, open_database
 
 log = logging.getLogger("rankwise.feedback")
 
@@ -145,6 +146,12 @@ class FeedbackConflict(FeedbackStoreError):
     """An ``event_id`` already names a different event (a client reused an id instead of retrying)."""
 
 
+_KIND = DatabaseKind("feedback database", APPLICATION_ID, SCHEMA_VERSION, _SCHEMA, FeedbackStoreError,
+                     wrong_file_fix="pass a new or existing feedback database path",
+                     locked_fix="stop the other writer or retry",
+                     full_fix="free space or purge old rows with a shorter retention")
+
+
 class FeedbackStore(Protocol):
     """What the server, the shadow runner and the feedback CLI need from a query log + feedback store.
 
@@ -185,29 +192,9 @@ class FeedbackStore(Protocol):
     def close(self) -> None: ...
 
 
-_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
 def since_timestamp(value: str, now: datetime | None = None) -> str:
-    """``30m``/``2h``/``7d``/``2w`` (that long ago) or an ISO 8601 time → the UTC text rows are compared with.
-
-    Stored times are :func:`~rankwise.feedback.events.utc_now` strings (UTC, milliseconds), which sort as
-    text, so the result is written the same way. An ISO time without an offset is taken as UTC.
-    """
-    text = value.strip()
-    match = _RELATIVE.match(text)
-    if match:
-        moment = (now or datetime.now(UTC)) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-    else:
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise FeedbackStoreError(f"'{value}' is neither a duration like 30m, 2h, 7d nor an ISO time like "
-                                     "2025-01-31T12:00") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+    """A ``--since``/``--until`` value as the UTC text rows are compared with (see :func:`rankwise.options.since_timestamp`)."""
+    return options.since_timestamp(value, now, error=FeedbackStoreError)
 
 
 class _Stop:
@@ -224,8 +211,9 @@ class SQLiteFeedbackStore:
         self.path = Path(path)
         self.timeout = timeout
         self._closed = False
-        self._conn = self._open()  # synchronous reads, add_event and purge, serialised by _lock
-        self._writer = self._connect()  # the writer thread's own connection
+        # synchronous reads, add_event and purge, serialised by _lock; the writer thread has its own connection
+        self._conn = open_database(self.path, _KIND, timeout=self.timeout, check_same_thread=False)
+        self._writer = open_database(self.path, _KIND, timeout=self.timeout, check_same_thread=False)
         self._lock = threading.Lock()
         self._recent: OrderedDict[str, LoggedRequest] = OrderedDict()
         self._recent_size = recent
@@ -244,69 +232,8 @@ class SQLiteFeedbackStore:
     def __repr__(self) -> str:
         return f"SQLiteFeedbackStore('{self.path}')"
 
-    # ------------------------------------------------------------------ opening
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False)
-        except (OSError, sqlite3.Error) as err:
-            raise self._error(err, "opening it") from None
-
-    def _open(self) -> sqlite3.Connection:
-        conn = self._connect()
-        try:
-            problem = self._prepare(conn)
-        except sqlite3.Error as err:
-            conn.close()
-            raise self._error(err, "opening it") from None
-        if problem is not None:
-            conn.close()
-            raise FeedbackStoreError(problem)
-        return conn
-
-    def _prepare(self, conn: sqlite3.Connection) -> str | None:
-        """Create the schema in a new file, or check an existing one; what is wrong with the file, or None."""
-        app_id, version = self._header(conn)
-        if app_id == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None:
-            conn.execute("PRAGMA journal_mode=WAL")  # switched only on a file that is (now) ours
-            conn.executescript(_SCHEMA)
-            return None
-        if app_id != APPLICATION_ID:
-            return (f"'{self.path}' is an SQLite database but not a rankwise feedback database; pass a new "
-                    "or existing feedback database path")
-        if version > SCHEMA_VERSION:
-            return (f"the feedback database '{self.path}' was written by a newer rankwise (schema {version}, "
-                    f"this one reads {SCHEMA_VERSION}); upgrade rankwise")
-        conn.execute("PRAGMA journal_mode=WAL")
-        return None
-
-    @staticmethod
-    def _header(conn: sqlite3.Connection) -> tuple[int, int]:
-        (app_id,) = conn.execute("PRAGMA application_id").fetchone()
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        return int(app_id), int(version)
-
-    def _error(self, err: OSError | sqlite3.Error, doing: str) -> FeedbackStoreError:
-        """One actionable line for a failure of the file or of SQLite (naming the cause, not a traceback)."""
-        if isinstance(err, OSError):
-            return FeedbackStoreError(f"cannot create the feedback database '{self.path}' "
-                                      f"({err.strerror or err}); pass a path in a writable directory")
-        # the module raises ProgrammingError and friends itself; these two come from SQLite, with its code
-        from_sqlite = type(err) in (sqlite3.OperationalError, sqlite3.DatabaseError)
-        code = err.sqlite_errorcode & 0xFF if from_sqlite else None
-        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            return FeedbackStoreError(f"the feedback database '{self.path}' stayed locked by another process "
-                                      f"for {self.timeout:g}s while {doing}; stop the other writer or retry")
-        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
-            return FeedbackStoreError(f"'{self.path}' is not a rankwise feedback database ({err}); pass a "
-                                      "new or existing feedback database path")
-        if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM):
-            return FeedbackStoreError(f"cannot write the feedback database '{self.path}' ({err}); pass a "
-                                      "path in a writable directory")
-        if code == sqlite3.SQLITE_FULL:
-            return FeedbackStoreError(f"the disk holding the feedback database '{self.path}' is full; free "
-                                      "space or purge old rows with a shorter retention")
-        return FeedbackStoreError(f"the feedback database '{self.path}' failed while {doing} ({err})")
+    def _error(self, err: OSError | sqlite3.Error, doing: str) -> RankwiseError:
+        return failure(err, self.path, _KIND, self.timeout, doing)
 
     # ------------------------------------------------------------------ the request path (non-blocking)
     def log_request(self, req: LoggedRequest) -> None:

@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from rankwise.errors import RankwiseError
+from rankwise.sqlite_files import DatabaseKind, failure, open_database
 
 #: ``PRAGMA application_id`` of a rankwise monitoring history ("rkmo")
 APPLICATION_ID = 0x726B6D6F
@@ -75,6 +76,12 @@ COMMIT;
 
 class MonitorError(RankwiseError):
     """A monitoring history or check cannot be used as asked; the message names the problem and the fix."""
+
+
+_KIND = DatabaseKind("monitoring history", APPLICATION_ID, SCHEMA_VERSION, _SCHEMA, MonitorError,
+                     wrong_file_fix="restore it from a backup or pass another --history",
+                     locked_fix="let the other run finish or retry", full_fix="free space and run again",
+                     empty_fix="no run recorded yet; record one with `rankwise monitor run`")
 
 
 def utc_now() -> str:
@@ -218,7 +225,7 @@ class SQLiteMonitorHistory:
         if not create and not self.path.is_file():
             raise MonitorError(f"no monitoring history at '{self.path}'; record a run first with `rankwise "
                                f"monitor run ... --history {self.path}`, or pass the right --history")
-        self._conn = self._open(create)
+        self._conn = open_database(self.path, _KIND, timeout=self.timeout, create=create)
 
     def __enter__(self) -> Self:
         return self
@@ -233,64 +240,8 @@ class SQLiteMonitorHistory:
     def close(self) -> None:
         self._conn.close()
 
-    # ------------------------------------------------------------------ opening
-    def _open(self, create: bool) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self.timeout)
-        except (OSError, sqlite3.Error) as err:
-            raise self._error(err, "opening it") from None
-        try:
-            problem = self._prepare(conn, create)
-        except sqlite3.Error as err:
-            conn.close()
-            raise self._error(err, "opening it") from None
-        if problem is not None:
-            conn.close()
-            raise MonitorError(problem)
-        return conn
-
-    def _prepare(self, conn: sqlite3.Connection, create: bool) -> str | None:
-        """Create the schema in a new file, or check an existing one; what is wrong with the file, or None."""
-        (app_id,) = conn.execute("PRAGMA application_id").fetchone()
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if app_id == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None:
-            if not create:
-                return (f"the monitoring history '{self.path}' is empty (no run recorded yet); record one "
-                        "with `rankwise monitor run`")
-            conn.execute("PRAGMA journal_mode=WAL")  # switched only on a file that is (now) ours
-            conn.executescript(_SCHEMA)
-            return None
-        if app_id != APPLICATION_ID:
-            return (f"'{self.path}' is an SQLite database but not a rankwise monitoring history; pass a new "
-                    "or existing --history file")
-        if version > SCHEMA_VERSION:
-            return (f"the monitoring history '{self.path}' was written by a newer rankwise (schema "
-                    f"{version}, this one reads {SCHEMA_VERSION}); upgrade rankwise")
-        conn.execute("PRAGMA journal_mode=WAL")
-        return None
-
-    def _error(self, err: OSError | sqlite3.Error, doing: str) -> MonitorError:
-        """One actionable line for a failure of the file or of SQLite (naming the cause, not a traceback)."""
-        if isinstance(err, OSError):
-            return MonitorError(f"cannot open the monitoring history '{self.path}' ({err.strerror or err}); "
-                                "pass a path in a writable directory")
-        # the module raises ProgrammingError and friends itself; these come from SQLite, with its code
-        from_sqlite = type(err) in (sqlite3.OperationalError, sqlite3.DatabaseError, sqlite3.IntegrityError)
-        code = err.sqlite_errorcode & 0xFF if from_sqlite else None
-        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            return MonitorError(f"the monitoring history '{self.path}' stayed locked by another process for "
-                                f"{self.timeout:g}s while {doing}; let the other run finish or retry")
-        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
-            return MonitorError(f"'{self.path}' is not a readable rankwise monitoring history ({err}); "
-                                "restore it from a backup or pass another --history")
-        if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM):
-            return MonitorError(f"cannot write the monitoring history '{self.path}' ({err}); pass a path "
-                                "in a writable directory")
-        if code == sqlite3.SQLITE_FULL:
-            return MonitorError(f"the disk holding the monitoring history '{self.path}' is full; free space "
-                                "and run again")
-        return MonitorError(f"the monitoring history '{self.path}' failed while {doing} ({err})")
+    def _error(self, err: OSError | sqlite3.Error, doing: str) -> RankwiseError:
+        return failure(err, self.path, _KIND, self.timeout, doing)
 
     def _execute(self, sql: str, params: tuple[Any, ...], doing: str) -> list[tuple[Any, ...]]:
         try:

@@ -23,16 +23,16 @@ import json
 import logging
 import os
 import queue
-import re
 import secrets
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rankwise.errors import RankwiseError
+from rankwise.options import since_timestamp
 
 log = logging.getLogger("rankwise.serving")
 
@@ -242,25 +242,9 @@ def verify_chain(path: Path) -> ChainReport:
     return ChainReport(rows, unchained, head)
 
 
-_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
 def parse_since(value: str, now: datetime | None = None) -> str:
-    """``30m``/``2h``/``7d`` (ago) or an ISO 8601 time → the ISO UTC timestamp the log is compared with."""
-    value = value.strip()
-    match = _RELATIVE.match(value)
-    if match:
-        moment = (now or datetime.now(UTC)) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-    else:
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError as err:
-            raise AuditError(f"--since '{value}' is neither a duration like 30m, 2h, 7d nor an ISO time "
-                             "like 2025-01-31T12:00") from err
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+    """A ``--since`` value as the UTC text the log's ``time`` column is compared with."""
+    return since_timestamp(value, now, error=AuditError)
 
 
 def read_audit(path: Path, *, since: str | None = None, key_id: str | None = None,

@@ -1,0 +1,90 @@
+"""Opening rankwise's own SQLite files (the feedback store, the monitoring history) the same careful way.
+
+Each kind of file marks itself with SQLite's ``application_id`` header field, so a path that points at
+some other database — the audit log, another program's file — is refused before anything is written to
+it, and with ``user_version`` as its schema version, so an older rankwise refuses a newer file instead of
+misreading it. A failure is one actionable line that names the file and the fix, mapped from SQLite's own
+error code (locked, not a database, read-only, disk full) rather than its message text.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from rankwise.errors import RankwiseError
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseKind:
+    """What a kind of rankwise database is called in messages, how it is recognised, and its schema."""
+
+    name: str  # "feedback database", "monitoring history"
+    application_id: int
+    schema_version: int
+    schema: str  # run once on a new, empty file (it sets application_id and user_version itself)
+    error: type[RankwiseError]
+    wrong_file_fix: str  # what to do when the file is not this kind of database
+    locked_fix: str
+    full_fix: str
+    empty_fix: str = ""  # what to do when the file must already hold data but is new
+
+
+def open_database(path: Path, kind: DatabaseKind, *, timeout: float, create: bool = True,
+                  check_same_thread: bool = True) -> sqlite3.Connection:
+    """A WAL-mode connection to ``path``, creating the schema in a new file when ``create``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=timeout, check_same_thread=check_same_thread)
+    except (OSError, sqlite3.Error) as err:
+        raise failure(err, path, kind, timeout, "opening it") from None
+    try:
+        problem = _prepare(conn, path, kind, create)
+    except sqlite3.Error as err:
+        conn.close()
+        raise failure(err, path, kind, timeout, "opening it") from None
+    if problem is not None:
+        conn.close()
+        raise kind.error(problem)
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection, path: Path, kind: DatabaseKind, create: bool) -> str | None:
+    """Create the schema in a new file, or check an existing one; what is wrong with the file, or None."""
+    (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if app_id == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None:
+        if not create:
+            return f"the {kind.name} '{path}' is empty; {kind.empty_fix}"
+        conn.execute("PRAGMA journal_mode=WAL")  # switched only on a file that is (now) ours
+        conn.executescript(kind.schema)
+        return None
+    if app_id != kind.application_id:
+        return f"'{path}' is an SQLite database but not a rankwise {kind.name}; {kind.wrong_file_fix}"
+    if version > kind.schema_version:
+        return (f"the {kind.name} '{path}' was written by a newer rankwise (schema {version}, this one reads "
+                f"{kind.schema_version}); upgrade rankwise")
+    conn.execute("PRAGMA journal_mode=WAL")
+    return None
+
+
+def failure(err: OSError | sqlite3.Error, path: Path, kind: DatabaseKind, timeout: float,
+            doing: str) -> RankwiseError:
+    """One actionable line for a failure of the file or of SQLite (naming the cause, not a traceback)."""
+    if isinstance(err, OSError):
+        return kind.error(f"cannot create the {kind.name} '{path}' ({err.strerror or err}); pass a path in a "
+                          "writable directory")
+    # the module raises ProgrammingError and friends itself; these come from SQLite, with its code
+    from_sqlite = type(err) in (sqlite3.OperationalError, sqlite3.DatabaseError, sqlite3.IntegrityError)
+    code = err.sqlite_errorcode & 0xFF if from_sqlite else None
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return kind.error(f"the {kind.name} '{path}' stayed locked by another process for {timeout:g}s while "
+                          f"{doing}; {kind.locked_fix}")
+    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        return kind.error(f"'{path}' is not a rankwise {kind.name} ({err}); {kind.wrong_file_fix}")
+    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM):
+        return kind.error(f"cannot write the {kind.name} '{path}' ({err}); pass a path in a writable directory")
+    if code == sqlite3.SQLITE_FULL:
+        return kind.error(f"the disk holding the {kind.name} '{path}' is full; {kind.full_fix}")
+    return kind.error(f"the {kind.name} '{path}' failed while {doing} ({err})")
