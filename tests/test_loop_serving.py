@@ -24,6 +24,7 @@ from conftest import KB
 from rankwise.index import Index
 from rankwise.registry import Registry
 from rankwise.rerank.cross_encoder import CrossEncoderReranker
+from rankwise.serving.auth import KeyStore
 
 QUERY = "how do contractors reset MFA"
 TEXTS = [f"{d.title}\n{d.text}" for d in KB][:12]
@@ -319,3 +320,25 @@ def test_bad_loop_settings_stop_the_server_with_one_line(registry: Path, tmp_pat
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], result.stderr
+
+
+def test_feedback_keys_and_retention(kb_index: Index, tmp_path: Path) -> None:
+    """A front end's key may report feedback but not query; feedback on a request past --retention is a 404."""
+    keys = tmp_path / "keys.json"
+    store = KeyStore(keys)
+    _, searcher = store.add(["search"], name="app")
+    _, reporter = store.add(["feedback"], name="front end")
+    srv = Server(["--index", str(kb_index.path), "--keys", str(keys), "--feedback-db", str(tmp_path / "f.sqlite"),
+                  "--audit", "none", "--retention", "3s"], tmp_path / "server.log")
+    try:
+        with srv.client(searcher) as app, srv.client(reporter) as front_end:
+            answer = app.post("/v1/search", json={"query": QUERY, "k": 3}).json()
+            event = {"request_id": answer["request_id"], "event_id": "k1", "signal": "click", "rank": 1}
+            assert app.post("/v1/feedback", json=event).status_code == 403  # a search key cannot report
+            assert front_end.post("/v1/search", json={"query": QUERY}).status_code == 403  # nor query
+            assert front_end.post("/v1/feedback", json=event).status_code == 201
+            time.sleep(3.5)
+            late = front_end.post("/v1/feedback", json={**event, "event_id": "k2"})
+            assert late.status_code == 404 and "--retention" in late.json()["message"]
+    finally:
+        srv.stop()
