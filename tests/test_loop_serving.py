@@ -228,6 +228,26 @@ def test_interleaving_credits_clicks_to_the_arm_that_contributed(registry: Path,
     assert json.loads(report.stdout)["recommendation"]["decision"] == "switch"
 
 
+def test_a_canary_share_is_sticky_per_user(registry: Path, tmp_path: Path, references: dict[str, list[float]]) -> None:
+    srv = Server(["--reranker", "production", "--registry", str(registry), "--backend", "torch", "--canary", "50%",
+                  "--audit", "none", "--feedback-db", "none"], tmp_path / "server.log")
+    seen: dict[str, set[str]] = {}
+    try:
+        with srv.client() as client:
+            for user in range(12):
+                for _ in range(2):
+                    body = client.post("/v1/rerank", headers={"X-Rankwise-User": f"u{user}"},
+                                       json={"query": QUERY, "documents": TEXTS, "raw_scores": True}).json()
+                    version = _assert_from(body, references)
+                    arm = (body["meta"]["experiment"] or {}).get("arm")
+                    assert (version, arm) in {("v1", None), ("v2", "canary")}  # candidate v2 serves the canary
+                    seen.setdefault(f"u{user}", set()).add(version)
+    finally:
+        srv.stop()
+    assert all(len(v) == 1 for v in seen.values()), "a user moved between production and the canary"
+    assert {next(iter(v)) for v in seen.values()} == {"v1", "v2"}
+
+
 # ---------------------------------------------------------------------------------------------- promotion
 def test_promotion_and_rollback_are_followed_under_load_without_failed_requests(
         registry: Path, tmp_path: Path, references: dict[str, list[float]]) -> None:
