@@ -48,6 +48,17 @@ def shadow_counts(url: str) -> dict[str, float]:
             if s.name == "rankwise_shadow_total"}
 
 
+def settled(url: str, timeout_s: float = 120.0) -> dict[str, float]:
+    """The shadow counters once every offered request is scored, dropped or failed (the shadow has drained)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts = shadow_counts(url)
+        done = sum(v for k, v in counts.items() if k != "offered")
+        if done >= counts.get("offered", 0) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.5)
+
+
 def open_loop(url: str, payloads: list[dict[str, Any]], rate: float, seed: int) -> list[float]:
     """Send ``payloads`` at Poisson arrival times (``rate`` per second); latency of each, in ms."""
     rng = random.Random(seed)
@@ -116,7 +127,7 @@ def main() -> None:
             median_s = sorted(service)[len(service) // 2]
             rate = args.load / median_s
             print(f"service time p50 {median_s * 1000:.0f} ms → arrivals at {rate:.2f}/s ({args.load:.0%} of capacity)")
-            before = shadow_counts(shadowed.url)
+            before = settled(shadowed.url)  # the warm-up requests' shadow work is not counted
             arms: dict[str, list[float]] = {"no shadow": [], "shadow": []}
             for phase in range(args.phases):
                 batch = payloads(args.requests, phase * args.requests)  # the same requests for both arms
@@ -124,7 +135,7 @@ def main() -> None:
                     arms[name] += open_loop(server.url, batch, rate, seed=phase)
                     time.sleep(1.0)  # let the shadow drain before the other arm's phase
                 print(f"phase {phase + 1}/{args.phases} done")
-            after = shadow_counts(shadowed.url)
+            after = settled(shadowed.url)
         finally:
             plain.stop()
             shadowed.stop()

@@ -121,10 +121,18 @@ def experiment_report_cmd(
                       f"{arm.latency_p99_ms:.0f}" if arm.latency_p99_ms else "—")
     out.print(table)
     for c in report.comparisons:
-        out.print(f"{c.treatment} vs {c.control}: CTR@{k} {c.ctr.summary() if c.ctr else '—'}", highlight=False,
-                  soft_wrap=True)
+        # the tests report control − treatment; people read "how much better is the treatment"
+        if c.ctr is not None:
+            t = c.ctr
+            out.print(f"{c.treatment} vs {c.control}: CTR@{k} {t.rate_b:.1%} vs {t.rate_a:.1%}, "
+                      f"{-t.difference * 100:+.1f} pp (95% CI {-t.interval.high * 100:+.1f} to "
+                      f"{-t.interval.low * 100:+.1f} pp, {t.interval.method}), p = {t.p_value:.2g}",
+                      highlight=False, soft_wrap=True)
         if c.latency is not None:
-            out.print(f"  latency: {c.latency.summary()}", highlight=False, soft_wrap=True)
+            lat = c.latency
+            out.print(f"  mean latency {lat.mean_b:.0f} vs {lat.mean_a:.0f} ms, {-lat.difference:+.0f} ms (95% CI "
+                      f"{-lat.interval.high:+.0f} to {-lat.interval.low:+.0f}), p = {lat.p_value:.2g}",
+                      highlight=False, soft_wrap=True)
         out.print(f"  [bold]recommendation:[/] {c.recommendation.summary()}", highlight=False, soft_wrap=True)
     if report.interleaving is not None:
         out.print(f"interleaving: {report.interleaving.summary()}", highlight=False, soft_wrap=True)
