@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the 'default' stores (audit log, query log, monitoring history) live in the user data directory; servers
+# and commands the tests start must never write into the real one (nor share files with a previous run)
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="rankwise-test-data-")
 
 from rankwise.models import bundled_minilm_dir
 from rankwise.types import Document
@@ -154,3 +158,10 @@ def assert_same_ranking(reference: np.ndarray, other: np.ndarray, *, atol: float
     assert spearmanr(reference, other).statistic >= min_spearman
     assert len(top_k(reference, top) & top_k(other, top)) >= min_top_overlap
     np.testing.assert_allclose(other, reference, atol=atol)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the test run's private user data directory (see XDG_DATA_HOME above)."""
+    import shutil
+
+    shutil.rmtree(os.environ["XDG_DATA_HOME"], ignore_errors=True)

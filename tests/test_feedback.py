@@ -443,3 +443,22 @@ def test_export_without_enough_feedback_says_so(store: SQLiteFeedbackStore, tmp_
     with pytest.raises(FeedbackExportError) as err:
         export_goldset(store, since=None, out=tmp_path / "gold.jsonl")
     assert "3 impressions" in one_line(err) and "2 (query, document) pairs" in str(err.value)
+
+
+def test_a_store_written_by_an_older_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with SQLiteFeedbackStore(path) as store:
+        store.log_request(LoggedRequest("r1", "/v1/search", (LoggedResult("d1", 1, 0.9),), query="reset mfa"))
+        store.flush()
+    with sqlite3.connect(path) as db:  # what schema 1 looked like: no signals column
+        db.execute("ALTER TABLE requests DROP COLUMN signals")
+        db.execute("PRAGMA user_version = 1")
+    with SQLiteFeedbackStore(path) as store:
+        kept = store.get_request("r1")
+        assert kept is not None and kept.query == "reset mfa" and kept.signals == {}
+        store.log_request(LoggedRequest("r2", "/v1/search", (), signals={"query_words": 2.0}))
+        store.flush()
+    with SQLiteFeedbackStore(path) as store:
+        assert store.get_request("r2").signals == {"query_words": 2.0}
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2

@@ -3,14 +3,16 @@
 Each kind of file marks itself with SQLite's ``application_id`` header field, so a path that points at
 some other database — the audit log, another program's file — is refused before anything is written to
 it, and with ``user_version`` as its schema version, so an older rankwise refuses a newer file instead of
-misreading it. A failure is one actionable line that names the file and the fix, mapped from SQLite's own
+misreading it, and a newer rankwise upgrades an older file in place (columns added, no row touched). A
+failure is one actionable line that names the file and the fix, mapped from SQLite's own
 error code (locked, not a database, read-only, disk full) rather than its message text.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankwise.errors import RankwiseError
@@ -29,6 +31,8 @@ class DatabaseKind:
     locked_fix: str
     full_fix: str
     empty_fix: str = ""  # what to do when the file must already hold data but is new
+    #: ``{n: sql}`` brings a file at schema version ``n`` to ``n + 1`` (run in order, each in a transaction)
+    migrations: Mapping[int, str] = field(default_factory=dict)
 
 
 def open_database(path: Path, kind: DatabaseKind, *, timeout: float, create: bool = True,
@@ -66,6 +70,14 @@ def _prepare(conn: sqlite3.Connection, path: Path, kind: DatabaseKind, create: b
         return (f"the {kind.name} '{path}' was written by a newer rankwise (schema {version}, this one reads "
                 f"{kind.schema_version}); upgrade rankwise")
     conn.execute("PRAGMA journal_mode=WAL")
+    while version < kind.schema_version:  # an older file: add what this version needs, keep every row
+        if version not in kind.migrations:
+            return (f"the {kind.name} '{path}' has schema {version}, which this rankwise cannot upgrade; "
+                    f"{kind.wrong_file_fix}")
+        with conn:
+            conn.executescript(f"BEGIN IMMEDIATE; {kind.migrations[version]}; PRAGMA user_version = {version + 1}; "
+                               "COMMIT;")
+        version += 1
     return None
 
 

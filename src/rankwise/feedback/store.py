@@ -53,7 +53,7 @@ AddOutcome = Literal["stored", "duplicate"]
 
 #: ``PRAGMA application_id`` of a rankwise feedback database ("rkfb")
 APPLICATION_ID = 0x726B6662
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: requests.signals (label-free drift signals)
 #: how many recent requests :meth:`SQLiteFeedbackStore.get_request` finds without the database
 RECENT_REQUESTS = 10_000
 #: most rows the writer thread commits in one transaction
@@ -149,7 +149,8 @@ class FeedbackConflict(FeedbackStoreError):
 _KIND = DatabaseKind("feedback database", APPLICATION_ID, SCHEMA_VERSION, _SCHEMA, FeedbackStoreError,
                      wrong_file_fix="pass a new or existing feedback database path",
                      locked_fix="stop the other writer or retry",
-                     full_fix="free space or purge old rows with a shorter retention")
+                     full_fix="free space or purge old rows with a shorter retention",
+                     migrations={1: "ALTER TABLE requests ADD COLUMN signals TEXT NOT NULL DEFAULT '{}'"})
 
 
 class FeedbackStore(Protocol):
