@@ -184,3 +184,16 @@ def test_train_cli_trains_registers_and_records_the_title_queries(tmp_path: Path
     assert read_calibration(entry.path / CALIBRATION_FILE), "the registered copy keeps its calibration windows"
     reloaded = CrossEncoderReranker(entry.path, backend="torch")
     assert reloaded.score("refund annual plan", ["Annual plans can be refunded.", "Rotate Redis."]).raw.shape == (2,)
+
+
+def test_a_time_budget_stops_training_early_and_keeps_a_validated_model(tmp_path: Path, kb_index: Index) -> None:
+    base = build_tiny_cross_encoder(tmp_path / "base")
+    groups = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 2}, seed=0)
+    config = TrainingConfig(base_model=str(base), max_steps=10_000, eval_steps=1_000, batch_size=4, max_length=32,
+                            time_budget_s=1.0)
+    result = train_cross_encoder(groups, groups[:2], config, tmp_path / "run", show_progress=False)
+    assert 1 <= result.steps < 10_000 and result.train_seconds < 60
+    # stopping validated the last step (eval_steps alone would never have), so a best model exists
+    assert result.validation_history and result.validation_history[-1]["step"] == result.steps
+    with pytest.raises(QueryError, match="time budget"):
+        TrainingConfig(time_budget_s=0)

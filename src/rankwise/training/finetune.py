@@ -60,6 +60,9 @@ class TrainingConfig:
     #: has native bf16 (a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX): 1.6× faster steps measured
     #: on the 2-core AVX512-BF16 CPU here; off elsewhere, where bf16 is emulated and slower than fp32.
     bf16: bool | None = None
+    #: stop at the first step that ends past this many seconds of training (the best validated checkpoint
+    #: is kept), so a run fits a wall-clock budget on a slow CPU as well as a fast one; None: steps decide
+    time_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -68,6 +71,8 @@ class TrainingConfig:
             raise QueryError("batch size and learning rate must be positive and max_length at least 16")
         if not 0 <= self.warmup_ratio < 1:
             raise QueryError(f"warmup_ratio is a share of the steps, in [0, 1) (got {self.warmup_ratio})")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise QueryError(f"time budget must be positive seconds (got {self.time_budget_s})")
         if self.layers is not None and self.layers < 1:
             raise QueryError(f"layers must be at least 1 (got {self.layers})")
 
@@ -178,10 +183,12 @@ def train_cross_encoder(
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=not show_progress,
         bf16=native_bf16() if config.bf16 is None else config.bf16,
     )
+    callbacks: list[Any] = [EarlyStoppingCallback(early_stopping_patience=config.patience)] if evaluator else []
+    if config.time_budget_s is not None:
+        callbacks.append(_time_budget(config.time_budget_s))
     trainer = CrossEncoderTrainer(
         model=model, args=args, train_dataset=Dataset.from_dict(_train_rows(train, config.loss)),
-        loss=_loss(model, config, train), evaluator=evaluator,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience)] if evaluator else [],
+        loss=_loss(model, config, train), evaluator=evaluator, callbacks=callbacks,
     )
     last = get_last_checkpoint(str(checkpoints))
     started = time.perf_counter()
@@ -204,6 +211,23 @@ def train_cross_encoder(
     (output / "training.json").write_text(json.dumps(
         {**result.summary(), "validation_history": validation_history, "losses": result.losses}, indent=2))
     return result
+
+
+def _time_budget(seconds: float) -> Any:
+    """A callback that ends training at the first step past ``seconds``, validating and saving there first."""
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if time.perf_counter() - self.started > seconds:
+                control.should_training_stop = True
+                control.should_evaluate = control.should_save = True  # so the last steps can be the best
+            return control
+
+    return TimeBudget()
 
 
 def native_bf16() -> bool:
