@@ -60,8 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     cpu = cpu_description()
     print_cpu(cpu)
-    cache = BENCH_CACHE / "demo_kb"
-    index = Index(cache) if (cache / "manifest.json").is_file() else Index.build(DEMO_KB, cache)
+    index = Index.build(DEMO_KB, BENCH_CACHE / "demo_kb")  # incremental: an unchanged KB is not re-embedded
     judged = JudgedQueries(load_queries(DEMO_KB), load_qrels(DEMO_KB, "train"))
     train_part, val_part = judged.split(0.2, seed=13)
     mix = parse_negative_mix(args.negatives)

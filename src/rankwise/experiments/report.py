@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rankwise.evaluation.significance import bootstrap_ci
 from rankwise.experiments.agreement import ndcg_at_k
 from rankwise.experiments.config import Experiment, ExperimentError
 from rankwise.experiments.interleave import credit
@@ -39,18 +40,17 @@ from rankwise.experiments.stats import (
     sign_test,
     two_proportion,
 )
+from rankwise.feedback.clicks import ClickModel
 from rankwise.feedback.events import FeedbackEvent, LoggedRequest
 from rankwise.feedback.store import FeedbackStore
 
-#: dwell of at least this many seconds counts as a satisfied click (the common "long click" threshold)
-LONG_DWELL_S = 30.0
+#: what counts as a click (click, copy, a long dwell): the same rule the gold-set export labels by
+_CLICKS = ClickModel()
 
 
 def positive(event: FeedbackEvent) -> bool:
-    """Whether an event says the user found the document useful."""
-    if event.signal in ("click", "copy", "thumbs_up"):
-        return True
-    return event.signal == "dwell" and (event.value or 0.0) >= LONG_DWELL_S
+    """Whether an event says the user found the document useful: a click by the click model, or a thumbs up."""
+    return event.signal == "thumbs_up" or _CLICKS.is_click(event)
 
 
 def gain(events: Iterable[FeedbackEvent]) -> float:
@@ -202,13 +202,12 @@ class ShadowSummary:
     recommendation: Recommendation
 
 
-def _mean(values: Sequence[float], seed: int = 0) -> Mean:
+def _mean(values: Sequence[float]) -> Mean:
     data = np.asarray(values, dtype=np.float64)
     if data.size < 2 or np.ptp(data) == 0:
         return Mean(float(data.mean()), int(data.size), None, None)
-    rng = np.random.default_rng(seed)
-    means = rng.choice(data, size=(2000, data.size), replace=True).mean(axis=1)
-    return Mean(float(data.mean()), int(data.size), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
+    low, high = bootstrap_ci(data, n_resamples=2000)
+    return Mean(float(data.mean()), int(data.size), low, high)
 
 
 def shadow_report(store: FeedbackStore, *, since: str | None = None, k: int = 5,

@@ -18,14 +18,13 @@ old one serving and is counted (``rankwise_model_swaps_total{outcome="failed"}``
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from rankwise.errors import ModelError
-from rankwise.experiments import Arm, Experiment, assign
+from rankwise.experiments import Arm, Experiment, assign, bucket
 from rankwise.registry import Registry, names_registry
 from rankwise.rerank.base import Reranker, backend_label
 from rankwise.rerank.loading import load_reranker
@@ -78,12 +77,6 @@ class Route:
     #: per-arm pipeline settings (first stage, rerank_k, rerank fusion); absent = the server's defaults
     settings: dict[str, object] = field(default_factory=dict)
     other_settings: dict[str, object] = field(default_factory=dict)
-
-
-def unit_fraction(salt: str, unit: str) -> float:
-    """A stable number in [0, 1) for a user/key/request: the same caller always lands in the same share."""
-    digest = hashlib.sha256(f"{salt}:{unit}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 class ModelRouter:
@@ -192,7 +185,7 @@ class ModelRouter:
                              (a.name, b.name), _settings(a), _settings(b))
             arm = assign(experiment, unit)
             return Route(self._arm_model(arm.name), arm.name, experiment.name, settings=_settings(arm))
-        if "canary" in self._slots and unit_fraction("canary", unit) < self.config.canary_share:
+        if "canary" in self._slots and bucket("canary", unit) < self.config.canary_share:
             return Route(self._slots["canary"][1], "canary")
         production = self._slots.get("production")
         return Route(production[1] if production else None, None)
