@@ -136,7 +136,7 @@ def print_response(response: SearchResponse) -> None:
         if r.first_stage.method == "hybrid":  # the evidence behind the fused value, each on its own scale
             fs += "".join(f"\n{name} " + ("—" if sig.rank is None else f"#{sig.rank} {sig.score:.3g}")
                           for name, sig in r.first_stage.signals.items())
-        rr = "—" if r.reranker is None else f"#{r.reranker.rank} {r.reranker.score:.3f} (logit {r.reranker.raw_score:+.2f})"
+        rr = "—" if r.reranker is None else f"#{r.reranker.rank} {r.reranker.score:.3f} (raw {r.reranker.raw_score:+.2f})"
         move = "" if r.reranker is None else (f"[green]↑{r.rank_change}[/]" if r.rank_change > 0 else
                                                f"[red]↓{-r.rank_change}[/]" if r.rank_change < 0 else "=")
         table.add_row(str(r.rank), r.doc_id, f"[bold]{r.title}[/]\n{r.snippet}" if r.title else r.snippet, fs, rr, move)

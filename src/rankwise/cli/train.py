@@ -56,7 +56,8 @@ def train(
     split: Annotated[str, typer.Option(help="Qrels split of --dataset to train on.")] = "train",
     goldset: GoldsetOpt = None,
     base_model: Annotated[str, typer.Option(help="Backbone: local dir or hub id.")] = "minilm",
-    loss: Annotated[str, typer.Option(help="bce | lambda | listnet | softmax")] = "bce",
+    architecture: Annotated[str, typer.Option(help="cross-encoder | bi-encoder (a domain-tuned copy of the embedding model; trains with softmax).")] = "cross-encoder",
+    loss: Annotated[str | None, typer.Option(help="bce | lambda | listnet | softmax (default: bce for a cross-encoder, softmax for a bi-encoder)")] = None,
     negatives: Annotated[str, typer.Option(help="Negatives per query by source.")] = "bm25:3,dense:2,random:2",
     depth: Annotated[int, typer.Option(help="Mine first-stage negatives from this many candidates.")] = 30,
     skip_top: Annotated[int, typer.Option(help="Skip the first N candidates (likely unjudged positives).")] = 0,
@@ -79,15 +80,17 @@ def train(
     registry: RegistryOpt = None,
     register: Annotated[bool, typer.Option(help="Register the result as the new 'candidate'.")] = True,
 ) -> None:
-    """Fine-tune a cross-encoder on judged queries with mined hard negatives (resumes from checkpoints)."""
+    """Fine-tune a reranker on judged queries with mined hard negatives (resumes from checkpoints)."""
     prelude()
     from rankwise.index import Index
     from rankwise.training.data import JudgedQueries, group_stats
-    from rankwise.training.finetune import TrainingConfig, train_cross_encoder
+    from rankwise.training.finetune import TrainingConfig
     from rankwise.training.leakage import query_digests
     from rankwise.training.negatives import mine_groups, parse_negative_mix, title_groups
+    from rankwise.training.train import train_reranker
 
-    config = TrainingConfig(base_model=base_model, loss=loss, epochs=epochs, max_steps=max_steps,  # type: ignore[arg-type]
+    loss = loss or ("softmax" if architecture == "bi-encoder" else "bce")
+    config = TrainingConfig(base_model=base_model, architecture=architecture, loss=loss, epochs=epochs, max_steps=max_steps,  # type: ignore[arg-type]
                             batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
                             seed=seed, eval_steps=eval_steps, patience=patience, layers=layers, bf16=bf16)
     mix = parse_negative_mix(negatives)
@@ -104,7 +107,7 @@ def train(
         val_groups = mine_groups(index, val_part.queries, val_part.qrels, mix=val_mix, depth=depth, seed=seed)
     out.print(f"training groups {dict(group_stats(train_groups))}, title pseudo-queries {len(pseudo)}, "
               f"validation groups {dict(group_stats(val_groups))}")
-    result = train_cross_encoder(train_groups + pseudo, val_groups, config, output)
+    result = train_reranker(train_groups + pseudo, val_groups, config, output)
     summary = result.summary()
     out.print_json(json.dumps(summary))
     if register:

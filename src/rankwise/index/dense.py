@@ -55,10 +55,12 @@ class Embedder:
         batch_size: texts per forward pass (torch); the cap on rows per batch for exported backends.
         batch_tokens: exported backends' token budget per forward pass (length-sorted batches, bounded memory).
         threads: intra-op threads of the exported backends (default: all cores).
+        max_seq_length: tokens embedded per text (default: the model's own limit).
     """
 
     def __init__(self, model: str = "minilm", *, backend: BackendChoice = "auto", batch_size: int = 64,
-                 batch_tokens: int = 16384, device: str = "cpu", threads: int | None = None) -> None:
+                 batch_tokens: int = 16384, device: str = "cpu", threads: int | None = None,
+                 max_seq_length: int | None = None) -> None:
         from sentence_transformers import SentenceTransformer
 
         self.backend_decision = resolve_backend(backend, "embedder", device=device)
@@ -68,6 +70,8 @@ class Embedder:
             self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
         except Exception as err:  # report any load failure as one line
             raise ModelError(f"cannot load embedding model '{model}' from {path}: {err}") from err
+        if max_seq_length is not None:
+            self.model.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens
         dim = self.model.get_embedding_dimension()

@@ -28,7 +28,7 @@ from rankwise.monitoring.history import DEFAULT_NAME, MonitorError, MonitorRecor
 from rankwise.monitoring.slices import slice_means, slice_members
 from rankwise.options import FIRST_STAGE_METHODS, RERANK_FUSIONS, choose
 from rankwise.registry import Registry, names_registry
-from rankwise.rerank.base import Reranker, WindowedReranker
+from rankwise.rerank.base import BackendReporting, Reranker
 from rankwise.rerank.loading import load_reranker
 
 #: what a RAG context of a few passages needs (nDCG@5), the BEIR standard (nDCG@10), whether the answer is
@@ -155,4 +155,4 @@ def _backend(ranker: Reranker | None) -> str:
     declare one, ``none`` without a reranker."""
     if ranker is None:
         return "none"
-    return ranker.backend_decision.backend if isinstance(ranker, WindowedReranker) else "custom"
+    return ranker.backend_decision.backend if isinstance(ranker, BackendReporting) else "custom"

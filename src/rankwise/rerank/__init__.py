@@ -1,6 +1,7 @@
-"""Second stage: the Reranker contracts and the cross-encoder implementation."""
+"""Second stage: the Reranker contracts and their implementations (cross-encoder, domain-tuned bi-encoder)."""
 
 from rankwise.rerank.base import EncodedPairs, Reranker, RerankScores, WindowedReranker
+from rankwise.rerank.bi_encoder import BiEncoderReranker
 from rankwise.rerank.cross_encoder import CrossEncoderReranker
 
-__all__ = ["CrossEncoderReranker", "EncodedPairs", "RerankScores", "Reranker", "WindowedReranker"]
+__all__ = ["BiEncoderReranker", "CrossEncoderReranker", "EncodedPairs", "RerankScores", "Reranker", "WindowedReranker"]

@@ -78,7 +78,14 @@ class EncodedPairs:
 
 
 @runtime_checkable
-class WindowedReranker(Reranker, Protocol):
+class BackendReporting(Protocol):
+    """A reranker that says which inference backend produces its scores and why (recorded in provenance)."""
+
+    backend_decision: BackendDecision
+
+
+@runtime_checkable
+class WindowedReranker(Reranker, BackendReporting, Protocol):
     """A reranker whose scoring splits into encode → forward (per batch) → aggregate.
 
     ``score`` is exactly these three steps; exposing them lets a caller run the expensive middle step on
@@ -90,8 +97,6 @@ class WindowedReranker(Reranker, Protocol):
     batch_tokens: int
     #: runs several batches at once on a multi-stream runner, else ``None``
     mapper: Mapper | None
-    #: the inference backend the windows run on and why it was chosen (recorded in provenance)
-    backend_decision: BackendDecision
 
     def encode_pairs(self, query: str, texts: Sequence[str], max_text_tokens: int | None = None) -> EncodedPairs:
         """Tokenize into windows; ``max_text_tokens`` first cuts each text after that many tokens."""
@@ -111,4 +116,4 @@ def backend_label(reranker: Reranker | None) -> str:
     reranker that does not declare one, ``none`` without a reranker."""
     if reranker is None:
         return "none"
-    return str(reranker.backend_decision) if isinstance(reranker, WindowedReranker) else "custom"
+    return str(reranker.backend_decision) if isinstance(reranker, BackendReporting) else "custom"

@@ -18,14 +18,13 @@ from rankwise.rerank.base import Reranker
 
 
 def load_reranker(spec: str | None, *, registry: Registry | None = None, **options: Any) -> Reranker | None:
-    """``None``/``"none"`` → no reranker; otherwise a :class:`CrossEncoderReranker` (offline-safe).
+    """``None``/``"none"`` → no reranker; otherwise the kind of reranker the model declares (offline-safe):
+    a :class:`CrossEncoderReranker`, or a :class:`BiEncoderReranker` for a fine-tuned bi-encoder.
 
     A registry name is resolved and verified file by file by :meth:`Registry.get` before anything loads.
     """
     if spec is None or spec.strip().lower() in ("", "none"):
         return None
-    from rankwise.rerank.cross_encoder import CrossEncoderReranker
-
     spec = spec.strip()
     if names_registry(spec):
         try:
@@ -35,5 +34,22 @@ def load_reranker(spec: str | None, *, registry: Registry | None = None, **optio
                 raise ModelError(f"{err} (to load the local directory '{spec}' instead, pass ./{spec})") from err
             raise
         options.setdefault("name", f"{entry.version} ({spec})" if spec != entry.version else entry.version)
-        return CrossEncoderReranker(entry.path, **options)
-    return CrossEncoderReranker(spec, **options)
+        return _load(entry.path, options)
+    return _load(spec, options)
+
+
+#: what a bi-encoder reranker accepts; the cross-encoder's window options do not apply to it
+_BI_ENCODER_OPTIONS = frozenset({"backend", "max_length", "device", "threads", "name", "cache_size"})
+
+
+def _load(model: str | Path, options: dict[str, Any]) -> Reranker:
+    from rankwise.rerank.bi_encoder import BiEncoderReranker, reranker_kind
+    from rankwise.rerank.cross_encoder import CrossEncoderReranker
+
+    local = Path(model)
+    if local.is_dir() and reranker_kind(local) == "bi-encoder":
+        extra = sorted(k for k, v in options.items() if k not in _BI_ENCODER_OPTIONS and v is not None)
+        if extra:
+            raise ModelError(f"{', '.join(extra)}: cross-encoder options; '{model}' is a bi-encoder reranker")
+        return BiEncoderReranker(model, **options)
+    return CrossEncoderReranker(model, **options)

@@ -20,10 +20,15 @@ from typing import Any, Literal
 from rankwise.errors import QueryError
 from rankwise.inference.calibration import CALIBRATION_FILE, CalibrationQuery, spread, write_calibration
 from rankwise.models import resolve_model
+from rankwise.rerank.bi_encoder import write_reranker_kind
 from rankwise.training.negatives import TrainingGroup
 
 Loss = Literal["bce", "lambda", "listnet", "softmax"]
 LOSSES: tuple[str, ...] = ("bce", "lambda", "listnet", "softmax")
+#: what is trained: a cross-encoder (query and passage read together) or a copy of the embedding model
+#: (:mod:`rankwise.training.bi_encoder`); both serve as rerankers
+Architecture = Literal["cross-encoder", "bi-encoder"]
+ARCHITECTURES: tuple[str, ...] = ("cross-encoder", "bi-encoder")
 VALIDATION_NAME = "val"
 BEST_METRIC = f"eval_{VALIDATION_NAME}_ndcg@10"
 #: ListNet compares softmax(scores) with softmax(labels); a positive labelled 50 against negatives at 0
@@ -40,6 +45,7 @@ class TrainingConfig:
     """
 
     base_model: str = "minilm"
+    architecture: Architecture = "cross-encoder"
     loss: Loss = "bce"
     epochs: float = 1.0
     max_steps: int = -1
@@ -67,6 +73,11 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise QueryError(f"unknown loss '{self.loss}'; choose {', '.join(LOSSES)}")
+        if self.architecture not in ARCHITECTURES:
+            raise QueryError(f"unknown architecture '{self.architecture}'; choose {', '.join(ARCHITECTURES)}")
+        if self.architecture == "bi-encoder" and (self.loss != "softmax" or self.layers is not None):
+            raise QueryError("a bi-encoder trains with the softmax loss (in-batch and mined negatives) and all "
+                             "its layers; leave --loss and --layers at their defaults")
         if self.batch_size <= 0 or self.learning_rate <= 0 or self.max_length < 16:
             raise QueryError("batch size and learning rate must be positive and max_length at least 16")
         if not 0 <= self.warmup_ratio < 1:
@@ -153,7 +164,7 @@ def train_cross_encoder(
     from sentence_transformers import CrossEncoder
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
-    from transformers import EarlyStoppingCallback, set_seed
+    from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     if config.threads:
@@ -172,20 +183,9 @@ def train_cross_encoder(
         evaluator = CrossEncoderRerankingEvaluator(
             samples=[{"query": g.query, "positive": list(g.positives), "negative": list(g.negatives)} for g in validation],
             at_k=10, name=VALIDATION_NAME, batch_size=32, write_csv=False)
-    args = CrossEncoderTrainingArguments(
-        output_dir=str(checkpoints), num_train_epochs=config.epochs, max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, seed=config.seed, data_seed=config.seed,
-        eval_strategy="steps" if evaluator else "no", eval_steps=config.eval_steps,
-        save_strategy="steps", save_steps=config.eval_steps, save_total_limit=2,
-        load_best_model_at_end=evaluator is not None, metric_for_best_model=BEST_METRIC if evaluator else None,
-        greater_is_better=True, logging_steps=max(1, min(25, config.eval_steps)), report_to="none",
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=not show_progress,
-        bf16=native_bf16() if config.bf16 is None else config.bf16,
-    )
-    callbacks: list[Any] = [EarlyStoppingCallback(early_stopping_patience=config.patience)] if evaluator else []
-    if config.time_budget_s is not None:
-        callbacks.append(_time_budget(config.time_budget_s))
+    args = training_arguments(config, checkpoints, validate=evaluator is not None, show_progress=show_progress,
+                              arguments=CrossEncoderTrainingArguments)
+    callbacks = callbacks_for(config, validate=evaluator is not None)
     trainer = CrossEncoderTrainer(
         model=model, args=args, train_dataset=Dataset.from_dict(_train_rows(train, config.loss)),
         loss=_loss(model, config, train), evaluator=evaluator, callbacks=callbacks,
@@ -200,11 +200,45 @@ def train_cross_encoder(
     # held-out queries with their real candidates are closest to what it will be asked to score
     write_calibration(final / CALIBRATION_FILE, spread([
         CalibrationQuery.pick(g.query, g.positives, g.negatives) for g in validation or train]))
+    write_reranker_kind(final, "cross-encoder")
+    return finish(trainer, config, output, final, seconds, last)
+
+
+def training_arguments(config: TrainingConfig, checkpoints: Path, *, validate: bool, show_progress: bool,
+                       arguments: Any) -> Any:
+    """The trainer arguments both architectures share (``arguments``: the trainer's arguments class)."""
+    import torch
+
+    return arguments(
+        output_dir=str(checkpoints), num_train_epochs=config.epochs, max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, seed=config.seed, data_seed=config.seed,
+        eval_strategy="steps" if validate else "no", eval_steps=config.eval_steps,
+        save_strategy="steps", save_steps=config.eval_steps, save_total_limit=2,
+        load_best_model_at_end=validate, metric_for_best_model=BEST_METRIC if validate else None,
+        greater_is_better=True, logging_steps=max(1, min(25, config.eval_steps)), report_to="none",
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=not show_progress,
+        bf16=native_bf16() if config.bf16 is None else config.bf16,
+    )
+
+
+def callbacks_for(config: TrainingConfig, *, validate: bool) -> list[Any]:
+    from transformers import EarlyStoppingCallback
+
+    callbacks: list[Any] = [EarlyStoppingCallback(early_stopping_patience=config.patience)] if validate else []
+    if config.time_budget_s is not None:
+        callbacks.append(_time_budget(config.time_budget_s))
+    return callbacks
+
+
+def finish(trainer: Any, config: TrainingConfig, output: Path, final: Path, seconds: float,
+           resumed_from: str | None) -> TrainingResult:
+    """The result of a finished run, also written to ``output/training.json``."""
     history = trainer.state.log_history
     validation_history = [{"step": h["step"], "ndcg@10": h[BEST_METRIC]} for h in history if BEST_METRIC in h]
     result = TrainingResult(
-        model_dir=final, config=config, steps=trainer.state.global_step, train_seconds=seconds, resumed_from=last,
-        losses=[h["loss"] for h in history if "loss" in h],
+        model_dir=final, config=config, steps=trainer.state.global_step, train_seconds=seconds,
+        resumed_from=resumed_from, losses=[h["loss"] for h in history if "loss" in h],
         best_validation_ndcg10=max((v["ndcg@10"] for v in validation_history), default=None),
         validation_history=validation_history,
     )

@@ -1,0 +1,113 @@
+"""Fine-tune a copy of the embedding model as a reranker (:class:`~rankwise.rerank.bi_encoder.BiEncoderReranker`).
+
+Why: it starts at the first stage's own ranking, so a short CPU run only has to learn the domain's
+residual — which near-identical sibling a period, version, plan or error code points to — while a
+cross-encoder from a bare backbone must first learn relevance itself (see ``benchmarks/README.md``).
+
+Loss: softmax cross-entropy of the positive against the group's mined negatives *and* every other
+document of the batch (sentence-transformers' ``MultipleNegativesRankingLoss``, the standard recipe for
+embedding fine-tuning with hard negatives). Checkpointing, exact resume, validation nDCG@10 with
+early stopping and the wall-clock budget are the cross-encoder trainer's (:mod:`rankwise.training.finetune`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rankwise.errors import QueryError
+from rankwise.models import resolve_model
+from rankwise.rerank.bi_encoder import write_reranker_kind
+from rankwise.training.finetune import (
+    VALIDATION_NAME,
+    TrainingConfig,
+    TrainingResult,
+    callbacks_for,
+    finish,
+    training_arguments,
+)
+from rankwise.training.negatives import TrainingGroup
+
+
+def train_bi_encoder(
+    train: Sequence[TrainingGroup],
+    validation: Sequence[TrainingGroup],
+    config: TrainingConfig,
+    output_dir: str | Path,
+    *,
+    show_progress: bool = True,
+) -> TrainingResult:
+    """Train from ``config.base_model`` (an embedding model), checkpointing and resuming like the
+    cross-encoder trainer; the best model by validation nDCG@10 is saved to ``output_dir/final``."""
+    rows = _train_rows(train)
+    if not rows["anchor"]:
+        raise QueryError("no training groups: no judged query has a positive document in the index")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.evaluation import RerankingEvaluator
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+    from transformers import set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
+    set_seed(config.seed)
+    output = Path(output_dir)
+    checkpoints = output / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    model = SentenceTransformer(str(resolve_model(config.base_model)), device="cpu", local_files_only=True)
+    # training reads the first max_length tokens (a CPU-cost choice); the saved model embeds as much as
+    # the base model did, so the whole passage counts at search time
+    serving_length = model.max_seq_length
+    model.max_seq_length = config.max_length
+    evaluator = None
+    if validation:
+        evaluator = RerankingEvaluator(
+            samples=[{"query": g.query, "positive": list(g.positives), "negative": list(g.negatives)}
+                     for g in validation], at_k=10, name=VALIDATION_NAME, batch_size=32, write_csv=False)
+    args = training_arguments(config, checkpoints, validate=evaluator is not None, show_progress=show_progress,
+                              arguments=SentenceTransformerTrainingArguments)
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=Dataset.from_dict(rows), loss=MultipleNegativesRankingLoss(model),
+        evaluator=evaluator, callbacks=callbacks_for(config, validate=evaluator is not None))
+    last = get_last_checkpoint(str(checkpoints))
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    seconds = time.perf_counter() - started
+    final = output / "final"
+    model.max_seq_length = serving_length
+    model.save(str(final))
+    write_reranker_kind(final, "bi-encoder")
+    return finish(trainer, config, output, final, seconds, last)
+
+
+def _train_rows(groups: Sequence[TrainingGroup]) -> dict[str, list[Any]]:
+    """One row per (query, positive) with a fixed number of negative columns, as the loss needs.
+
+    The column count is the most common group size; a group with fewer negatives repeats its last one
+    (a duplicate negative only weighs that document twice) and a group with none is skipped.
+    """
+    sizes = [len(g.negatives) for g in groups if g.negatives]
+    width = max(set(sizes), key=sizes.count) if sizes else 0
+    rows: dict[str, list[Any]] = {"anchor": [], "positive": []} | {f"negative_{i}": [] for i in range(width)}
+    for g in groups:
+        if not g.negatives:
+            continue
+        negatives = (list(g.negatives) + [g.negatives[-1]] * width)[:width]
+        for positive in g.positives:
+            rows["anchor"].append(g.query)
+            rows["positive"].append(positive)
+            for i, negative in enumerate(negatives):
+                rows[f"negative_{i}"].append(negative)
+    return rows
