@@ -1,4 +1,4 @@
-"""``make demo``: what reranking buys, offline, on a knowledge base full of near-misses, in about five minutes.
+"""``make demo``: what reranking buys, offline, on a knowledge base full of near-misses, in a few minutes.
 
 1. index the demo knowledge base (385 help-centre pages in families of near-identical siblings that
    differ in one attribute: period, version, error code, plan, region, stance, current vs archived);
@@ -6,7 +6,7 @@
    titles as pseudo-queries, within a wall-clock budget so it fits on any 2-core CPU, and register it. The
    reranker is a domain-tuned copy of the embedding model (:mod:`rankwise.rerank.bi_encoder`): it starts at
    the first stage's ranking and learns which sibling an attribute points to, where a cross-encoder from a
-   bare backbone does not learn enough in minutes (``benchmarks/README.md``, "Demo reranker");
+   bare backbone does not learn enough in minutes (``benchmarks/README.md``, "The near-miss knowledge base");
 3. evaluate embedding-only vs hybrid vs hybrid + reranker on the 52 frozen test queries, with
    significance tests and JSON / Markdown / HTML reports — and on a second, independently written query
    set that no choice was ever based on;
@@ -32,17 +32,24 @@ from rich.rule import Rule
 from rich.table import Table
 
 from rankwise.corpus import DEMO_KB
+from rankwise.inference.backends import BACKEND_CHOICES, cpu_kind
 from rankwise.options import RERANK_FUSIONS
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="rankwise end-to-end demo (offline)")
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
-    parser.add_argument("--steps", type=int, default=50, help="most training steps (4 groups of 8 passages each)")
-    parser.add_argument("--train-seconds", type=float, default=110.0,
+    parser.add_argument("--steps", type=int, default=50,
+                        help="most training steps (4 queries, each against its 7 mined negatives and the batch's "
+                             "other pages)")
+    parser.add_argument("--train-seconds", type=float, default=180.0,
                         help="training stops at the first step past this (the whole demo then fits ~5 minutes "
                              "on a 2-core CPU of either kind)")
     parser.add_argument("--rerank-k", type=int, default=20, help="hybrid recall@20 is 0.98 here")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                        help="reranker inference backend (auto: the fastest for this CPU)")
+    parser.add_argument("--embedding-backend", choices=BACKEND_CHOICES, default="auto",
+                        help="bi-encoder backend of the index (auto: the fastest for this CPU)")
     parser.add_argument("--rerank-fusion", choices=RERANK_FUSIONS, default="none",
                         help="none: the tuned model already starts from the embeddings' ranking")
     args = parser.parse_args(argv)
@@ -65,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     from rankwise.evaluation.compare import evaluate
     from rankwise.evaluation.goldset import GoldSet
     from rankwise.evaluation.report import print_report, to_html, to_markdown
-    from rankwise.inference.backends import cpu_kind
+    from rankwise.index.dense import Embedder
     from rankwise.registry import Registry
     from rankwise.rerank.base import backend_label
     from rankwise.rerank.loading import load_reranker
@@ -79,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     console.print(f"CPU: {cpu_kind()} · {os.cpu_count()} cores")
     console.print(Rule("1 · index the demo knowledge base"))
     t = time.perf_counter()
-    index = Index.build(DEMO_KB, out / "index")
+    index = Index.build(DEMO_KB, out / "index", embedder=Embedder(backend=args.embedding_backend))
     m = index.manifest
     console.print(f"{m.num_documents} documents → {m.num_passages} passages; embedded {m.stats['embedded']}, "
                   f"reused {m.stats['reused']} ({m.stats['build_seconds']} s)")
@@ -120,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     console.print(Rule("3 · evaluate on the frozen test queries"))
     known = set(index.passage_doc_ids)
     gold = GoldSet.from_beir(DEMO_KB, "test").prepare(known_documents=known)
-    reranker = load_reranker("candidate", registry=registry)
+    reranker = load_reranker("candidate", registry=registry, backend=args.backend)
     options: dict[str, Any] = {"first_stages": ["dense", "hybrid"], "reranker": reranker, "baseline": "dense",
                                "candidate": "hybrid+reranker", "rerank_k": args.rerank_k,
                                "rerank_fusion": args.rerank_fusion}
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
 
     console.print(Rule("4 · promotion gate"))
     decision = check_promotion(registry, index, gold, candidate=entry.version, first_stage="hybrid",
-                               rerank_k=args.rerank_k, rerank_fusion=args.rerank_fusion)
+                               rerank_k=args.rerank_k, rerank_fusion=args.rerank_fusion, backend=args.backend)
     verdict = "[green]promoted to production[/]" if decision.passed else "[red]kept as candidate[/]"
     console.print(f"nDCG@5 {decision.candidate_value:.3f} vs {decision.against} {decision.baseline_value:.3f} "
                   f"({decision.relative_gain:+.1%}, gate > {decision.min_gain:+.0%}) → {verdict}")
@@ -182,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # every timing above ran with the reranker's passage-vector cache warming up; this is the price the
     # first time pages are candidates
-    cold = load_reranker("candidate", registry=registry, cache_size=0)
+    cold = load_reranker("candidate", registry=registry, backend=args.backend, cache_size=0)
     cold_pipeline = Pipeline(index, cold, first_stage="hybrid", rerank_k=args.rerank_k)
     cold_ms = []
     for text in list(gold.queries.values())[:12]:

@@ -45,9 +45,10 @@ class JudgedQueries:
         random.Random(seed).shuffle(ids)
         n_val = round(len(ids) * validation_fraction)
         val, train = set(ids[:n_val]), set(ids[n_val:])
-        return self._subset(train), self._subset(val)
+        return self.subset(train), self.subset(val)
 
-    def _subset(self, ids: set[str]) -> JudgedQueries:
+    def subset(self, ids: set[str]) -> JudgedQueries:
+        """The judged queries among ``ids``."""
         return JudgedQueries({q: t for q, t in self.queries.items() if q in ids},
                              {q: dict(r) for q, r in self.qrels.items() if q in ids})
 
