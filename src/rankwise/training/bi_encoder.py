@@ -12,8 +12,6 @@ early stopping and the wall-clock budget are the cross-encoder trainer's (:mod:`
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,10 @@ from rankwise.training.finetune import (
     TrainingResult,
     callbacks_for,
     finish,
+    prepare_run,
+    run_resumable,
     training_arguments,
+    validation_samples,
 )
 from rankwise.training.negatives import TrainingGroup
 
@@ -45,27 +46,14 @@ def train_bi_encoder(
     rows = _train_rows(train)
     if not rows["anchor"]:
         raise QueryError("no training groups: no judged query has a positive document in the index")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import logging
-
+    output, checkpoints = prepare_run(config, output_dir)
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.evaluation import RerankingEvaluator
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
-    from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
-    if config.threads:
-        import torch
-
-        torch.set_num_threads(config.threads)
-    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
-    set_seed(config.seed)
-    output = Path(output_dir)
-    checkpoints = output / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
     model = SentenceTransformer(str(resolve_model(config.base_model)), device="cpu", local_files_only=True)
     # training reads the first max_length tokens (a CPU-cost choice); the saved model embeds as much as
     # the base model did, so the whole passage counts at search time
@@ -73,18 +61,14 @@ def train_bi_encoder(
     model.max_seq_length = config.max_length
     evaluator = None
     if validation:
-        evaluator = RerankingEvaluator(
-            samples=[{"query": g.query, "positive": list(g.positives), "negative": list(g.negatives)}
-                     for g in validation], at_k=10, name=VALIDATION_NAME, batch_size=32, write_csv=False)
+        evaluator = RerankingEvaluator(samples=validation_samples(validation), at_k=10, name=VALIDATION_NAME,
+                                       batch_size=32, write_csv=False)
     args = training_arguments(config, checkpoints, validate=evaluator is not None, show_progress=show_progress,
                               arguments=SentenceTransformerTrainingArguments)
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=Dataset.from_dict(rows), loss=MultipleNegativesRankingLoss(model),
         evaluator=evaluator, callbacks=callbacks_for(config, validate=evaluator is not None))
-    last = get_last_checkpoint(str(checkpoints))
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=last)
-    seconds = time.perf_counter() - started
+    seconds, last = run_resumable(trainer, checkpoints)
     final = output / "final"
     model.max_seq_length = serving_length
     model.save(str(final))

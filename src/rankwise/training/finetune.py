@@ -158,31 +158,20 @@ def train_cross_encoder(
     """
     if not train:
         raise QueryError("no training groups: no judged query has a positive document in the index")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
+    output, checkpoints = prepare_run(config, output_dir)
     from datasets import Dataset
     from sentence_transformers import CrossEncoder
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
-    from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
-    set_seed(config.seed)
-    output = Path(output_dir)
-    checkpoints = output / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
     model = CrossEncoder(str(resolve_model(config.base_model)), num_labels=1, max_length=config.max_length,
                          local_files_only=True)
     if config.layers is not None:
         _truncate_layers(model.transformers_model, config.layers)
     evaluator = None
     if validation:
-        evaluator = CrossEncoderRerankingEvaluator(
-            samples=[{"query": g.query, "positive": list(g.positives), "negative": list(g.negatives)} for g in validation],
-            at_k=10, name=VALIDATION_NAME, batch_size=32, write_csv=False)
+        evaluator = CrossEncoderRerankingEvaluator(samples=validation_samples(validation), at_k=10,
+                                                   name=VALIDATION_NAME, batch_size=32, write_csv=False)
     args = training_arguments(config, checkpoints, validate=evaluator is not None, show_progress=show_progress,
                               arguments=CrossEncoderTrainingArguments)
     callbacks = callbacks_for(config, validate=evaluator is not None)
@@ -190,10 +179,7 @@ def train_cross_encoder(
         model=model, args=args, train_dataset=Dataset.from_dict(_train_rows(train, config.loss)),
         loss=_loss(model, config, train), evaluator=evaluator, callbacks=callbacks,
     )
-    last = get_last_checkpoint(str(checkpoints))
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=last)
-    seconds = time.perf_counter() - started
+    seconds, last = run_resumable(trainer, checkpoints)
     final = output / "final"
     model.save_pretrained(str(final))
     # the model carries its own domain's windows for static int8 calibration (see rerank/calibration.py):
@@ -202,6 +188,37 @@ def train_cross_encoder(
         CalibrationQuery.pick(g.query, g.positives, g.negatives) for g in validation or train]))
     write_reranker_kind(final, "cross-encoder")
     return finish(trainer, config, output, final, seconds, last)
+
+
+def prepare_run(config: TrainingConfig, output_dir: str | Path) -> tuple[Path, Path]:
+    """Threads, quiet logs, the seed and the run folders, as both trainers need them: ``(output, checkpoints)``."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+    from transformers import set_seed
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
+    set_seed(config.seed)
+    output = Path(output_dir)
+    checkpoints = output / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    return output, checkpoints
+
+
+def validation_samples(validation: Sequence[TrainingGroup]) -> list[dict[str, Any]]:
+    """Validation groups in the shape both sentence-transformers reranking evaluators read."""
+    return [{"query": g.query, "positive": list(g.positives), "negative": list(g.negatives)} for g in validation]
+
+
+def run_resumable(trainer: Any, checkpoints: Path) -> tuple[float, str | None]:
+    """Train from the last checkpoint in ``checkpoints`` (if any): ``(seconds, checkpoint resumed from)``."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(checkpoints))
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    return time.perf_counter() - started, last
 
 
 def training_arguments(config: TrainingConfig, checkpoints: Path, *, validate: bool, show_progress: bool,
