@@ -89,3 +89,12 @@ def test_cached_passage_vectors_give_the_same_scores_and_stay_bounded(trained: t
         assert len(cached._cache) <= 6 and not uncached._cache
     with pytest.raises(QueryError, match="cache_size"):
         BiEncoderReranker(model_dir, cache_size=-1)
+
+
+def test_a_time_budget_without_validation_stops_and_saves_the_last_step(tmp_path: Path, kb_index: Index) -> None:
+    groups = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 2}, depth=8, seed=0)
+    config = TrainingConfig(architecture="bi-encoder", loss="softmax", max_steps=10_000, eval_steps=1_000,
+                            batch_size=2, max_length=32, time_budget_s=1.0)
+    result = train_reranker(groups, [], config, tmp_path / "run", show_progress=False)
+    assert 1 <= result.steps < 10_000 and not result.validation_history
+    assert reranker_kind(result.model_dir) == "bi-encoder"

@@ -275,7 +275,9 @@ def _time_budget(seconds: float) -> Any:
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
             if time.perf_counter() - self.started > seconds:
                 control.should_training_stop = True
-                control.should_evaluate = control.should_save = True  # so the last steps can be the best
+                # validate (when there is validation) and save, so the last steps can be the best
+                control.should_evaluate = args.eval_strategy != "no"
+                control.should_save = True
             return control
 
     return TimeBudget()
