@@ -20,15 +20,15 @@ from typing import Any, Literal
 from rankwise.errors import QueryError
 from rankwise.inference.calibration import CALIBRATION_FILE, CalibrationQuery, spread, write_calibration
 from rankwise.models import resolve_model
-from rankwise.rerank.bi_encoder import write_reranker_kind
+from rankwise.rerank.bi_encoder import RERANKER_KINDS, RerankerKind, write_reranker_kind
 from rankwise.training.negatives import TrainingGroup
 
 Loss = Literal["bce", "lambda", "listnet", "softmax"]
 LOSSES: tuple[str, ...] = ("bce", "lambda", "listnet", "softmax")
 #: what is trained: a cross-encoder (query and passage read together) or a copy of the embedding model
-#: (:mod:`rankwise.training.bi_encoder`); both serve as rerankers
-Architecture = Literal["cross-encoder", "bi-encoder"]
-ARCHITECTURES: tuple[str, ...] = ("cross-encoder", "bi-encoder")
+#: (:mod:`rankwise.training.bi_encoder`) — the reranker kinds a model directory can declare
+Architecture = RerankerKind
+ARCHITECTURES = RERANKER_KINDS
 VALIDATION_NAME = "val"
 BEST_METRIC = f"eval_{VALIDATION_NAME}_ndcg@10"
 #: ListNet compares softmax(scores) with softmax(labels); a positive labelled 50 against negatives at 0
