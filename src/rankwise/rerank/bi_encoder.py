@@ -27,7 +27,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from rankwise.models import resolve_model, weights_sha256
 from rankwise.rerank.base import RerankScores
 
 RerankerKind = Literal["cross-encoder", "bi-encoder"]
-RERANKER_KINDS: tuple[RerankerKind, ...] = ("cross-encoder", "bi-encoder")
+RERANKER_KINDS: tuple[RerankerKind, ...] = get_args(RerankerKind)
 #: written by ``rankwise train`` into every model directory it saves
 KIND_FILE = "rankwise_reranker.json"
 
@@ -103,15 +103,15 @@ class BiEncoderReranker:
             cached = {k: self._cache[k] for k in keys if k in self._cache}
             for k in cached:
                 self._cache.move_to_end(k)
-        missing = list(dict.fromkeys(i for i, k in enumerate(keys) if k not in cached))
-        vectors = self.embedder.encode([query, *(texts[i] for i in missing)])
-        fresh = {keys[i]: vectors[j] for j, i in enumerate(missing, start=1)}
+        missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in cached}  # a repeated text once
+        vectors = self.embedder.encode([query, *missing.values()])
+        fresh = dict(zip(missing, vectors[1:], strict=True))
         if self.cache_size:
             with self._lock:
                 self._cache.update(fresh)
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
-        passages = np.stack([cached.get(k, fresh.get(k)) for k in keys])
-        raw = (passages @ vectors[0]).astype(np.float32)
+        found = {**fresh, **cached}
+        raw = (np.stack([found[k] for k in keys]) @ vectors[0]).astype(np.float32)
         return RerankScores(raw=raw, calibrated=(1.0 + raw) / 2.0,
-                            stats={"pairs": float(len(texts)), "cached": float(len(texts) - len(missing))})
+                            stats={"pairs": float(len(texts)), "cached": float(sum(k in cached for k in keys))})
