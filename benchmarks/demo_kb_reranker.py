@@ -57,12 +57,6 @@ def unseen_answer_queries(qrels: dict[str, dict[str, int]], family: dict[str, st
     return chosen
 
 
-def subset(gold: PreparedGoldSet, keep: set[str]) -> PreparedGoldSet:
-    ids = [q for q in gold.queries if q in keep]
-    return PreparedGoldSet(gold.name, {q: gold.queries[q] for q in ids}, {q: gold.qrels[q] for q in ids},
-                           {**gold.counts, "evaluated_queries": len(ids)})
-
-
 def scores(index: Index, gold: PreparedGoldSet, reranker: Reranker) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for fusion in ("none", "rrf"):
@@ -112,7 +106,7 @@ def main() -> None:
         payload: dict[str, Any] = {
             "cpu": cpu, "settings": vars(args), "steps": result.steps, "train_seconds": round(result.train_seconds, 1),
             "training_queries": len(train_part.qrels), "validation_queries": len(val_ids),
-            "validation": scores(index, subset(train_gold, val_ids), reranker)}
+            "validation": scores(index, train_gold.only(val_ids), reranker)}
         if args.final:
             payload["test"] = scores(index, GoldSet.from_beir(DEMO_KB, "test").prepare(known_documents=known),
                                      reranker)

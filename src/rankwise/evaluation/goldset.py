@@ -102,7 +102,12 @@ class PreparedGoldSet:
         """The first ``n`` queries (file order) — for quick, bounded runs."""
         if n <= 0:
             raise EvaluationError(f"--limit-queries must be positive (got {n})")
-        keep = list(self.queries)[:n]
+        return self.only(list(self.queries)[:n])
+
+    def only(self, ids: Collection[str]) -> PreparedGoldSet:
+        """The queries among ``ids``, in file order."""
+        wanted = set(ids)
+        keep = [q for q in self.queries if q in wanted]
         return PreparedGoldSet(self.name, {q: self.queries[q] for q in keep}, {q: self.qrels[q] for q in keep},
                                {**self.counts, "evaluated_queries": len(keep)}, list(self.warnings))
 
