@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -75,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     from rankwise.evaluation.goldset import GoldSet
     from rankwise.evaluation.report import print_report, to_html, to_markdown
     from rankwise.index.dense import Embedder
+    from rankwise.pipeline import latency_percentiles
     from rankwise.registry import Registry
     from rankwise.rerank.base import backend_label
     from rankwise.rerank.loading import load_reranker
@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     console.print(Rule(f"done in {time.perf_counter() - started:.0f} s on {cpu_kind()}"))
     console.print(" · ".join(f"{name} {seconds:.0f} s" for name, seconds in steps.items()), highlight=False)
     console.print(f"rerank {args.rerank_k} candidates ({backend_label(reranker)}): p50 {rerank.get('p50', 0):.0f} ms "
-                  f"over the test queries, {statistics.median(cold_ms):.0f} ms with no passage cached", highlight=False)
+                  f"over the test queries, {latency_percentiles(cold_ms)['p50']:.0f} ms with no passage cached",
+                  highlight=False)
     for name, path in artifacts.items():
         console.print(f"  {name:<22} {path}")
 
