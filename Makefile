@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 # torch is pinned and installed first so the CPU build from the local wheel is used (no CUDA download).
 TORCH := torch==2.13.0
 
-.PHONY: venv demo test lint bench clean
+# AVX2-only numerics and defaults on any x86 CPU: torch's kernels, oneDNN and MKL capped to AVX2, and every
+# per-CPU choice rankwise makes (auto backend, int8 recipe, bf16) made as on an AVX2-only machine
+AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 RANKWISE_CPU_KIND=avx2
+
+.PHONY: venv demo demo-avx2 test test-avx2 lint bench clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -18,8 +22,17 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python -m rankwise.demo
 
+# TESTS narrows either test target to some files, e.g. make test-avx2 TESTS=tests/test_training.py
+TESTS ?=
+
 test: venv
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(TESTS)
+
+test-avx2: venv
+	$(AVX2) HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(TESTS)
+
+demo-avx2: venv
+	$(AVX2) HF_HUB_OFFLINE=1 $(BIN)/python -m rankwise.demo
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

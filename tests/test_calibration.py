@@ -68,6 +68,7 @@ def test_calibration_only_applies_to_static_int8(tiny_cross_encoder: Path, tmp_p
         CrossEncoderReranker(tiny_cross_encoder, backend="onnx-int8", calibration=tmp_path / "c.jsonl")
 
 
+@pytest.mark.openvino
 def test_int8_model_is_requantised_for_new_calibration_windows(tmp_path: Path) -> None:
     from conftest import build_tiny_cross_encoder
 

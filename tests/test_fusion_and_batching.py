@@ -106,3 +106,30 @@ def test_auto_backend_is_chosen_per_cpu_kind_and_explicit_choices_win() -> None:
         resolve_backend("torch-bf16", "embedder")
     with pytest.raises(QueryError, match="unknown inference backend 'gpu'"):
         resolve_backend("gpu")
+
+
+def test_the_cpu_can_be_treated_as_a_lesser_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RANKWISE_CPU_KIND=avx2 makes every per-CPU choice an AVX2-only machine's, so tests run its defaults."""
+    from rankwise.errors import QueryError
+    from rankwise.inference import backends
+    from rankwise.inference.onnx import recipe
+
+    monkeypatch.setattr(backends, "detected_cpu_flags", lambda: frozenset({"avx2", "fma", "avx512f", "avx512_vnni",
+                                                                            "avx512_bf16"}))
+    monkeypatch.delenv("RANKWISE_CPU_KIND", raising=False)  # make test-avx2 sets it
+    assert backends.cpu_kind() == "avx512-vnni" and backends.resolve_backend("auto").backend == "openvino-int8"
+    assert recipe("cross-encoder", "int8")["quantization"]["reduce_range"] is False
+    monkeypatch.setenv("RANKWISE_CPU_KIND", "avx2")
+    assert backends.cpu_kind() == "avx2" and not backends.has_vnni()
+    assert backends.resolve_backend("auto").backend == "onnx-int8"
+    assert recipe("cross-encoder", "int8")["quantization"]["reduce_range"] is True  # 7-bit weights without VNNI
+    assert "avx512_bf16" not in backends.cpu_flags()  # no bf16 autocast in training either
+    monkeypatch.setenv("RANKWISE_CPU_KIND", "other")
+    assert backends.cpu_kind() == "other"
+    monkeypatch.setenv("RANKWISE_CPU_KIND", "avx3")
+    with pytest.raises(QueryError, match="unknown RANKWISE_CPU_KIND 'avx3'"):
+        backends.cpu_kind()
+    monkeypatch.setattr(backends, "detected_cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setenv("RANKWISE_CPU_KIND", "avx512-vnni")
+    with pytest.raises(QueryError, match="only be treated as a lesser kind"):
+        backends.cpu_kind()

@@ -21,6 +21,7 @@ from conftest import (
     assert_same_ranking,
     build_tiny_cross_encoder,
     corrupt_middle,
+    openvino_capped,
     top_k,
 )
 from rankwise.errors import ModelError, QueryError
@@ -137,6 +138,18 @@ def test_unwritable_model_dir_falls_back_to_the_user_cache(tmp_path: Path, monke
     np.testing.assert_allclose(scores, CrossEncoderReranker(path, backend="torch").score(QUERY, TEXTS).raw, rtol=1e-4, atol=1e-6)
 
 
+
+def test_a_model_inside_an_installed_package_is_exported_to_the_user_cache(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installation is not the user's to write into (and may be read-only): exports never land there."""
+    path = build_tiny_cross_encoder(tmp_path / "lib" / "site-packages" / "some_model", seed=4)
+    monkeypatch.setenv("RANKWISE_CACHE_DIR", str(tmp_path / "mine"))
+    scores = CrossEncoderReranker(path, backend="onnx").score(QUERY, TEXTS).raw
+    assert not (path / ".rankwise").exists()
+    assert list((tmp_path / "mine" / "onnx").glob("*/cross-encoder/model-opt.onnx"))
+    np.testing.assert_allclose(scores, CrossEncoderReranker(path, backend="torch").score(QUERY, TEXTS).raw, rtol=1e-4, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def minilm_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled MiniLM linked into a temp dir, so the test's exports do not land in site-packages."""
@@ -156,8 +169,9 @@ def test_onnx_and_openvino_embeddings_match_sentence_transformers(minilm_copy: P
                  "Zürich café", "x"]
     reference = Embedder(str(minilm_copy), backend="torch").encode(sentences)
     # bf16 OpenVINO keeps ~3 significant digits; static int8 is calibrated on bundled texts, not these
-    for backend, worst, mean in (("onnx", 0.9999, 0.9999), ("onnx-int8", 0.98, 0.99), ("openvino", 0.999, 0.999),
-                                 ("openvino-int8", 0.97, 0.985)):
+    cases = [("onnx", 0.9999, 0.9999), ("onnx-int8", 0.98, 0.99), ("openvino", 0.999, 0.999),
+             ("openvino-int8", 0.97, 0.985)]
+    for backend, worst, mean in cases[:2] if openvino_capped() else cases:
         embedder = Embedder(str(minilm_copy), backend=backend, batch_tokens=300)  # type: ignore[arg-type]
         vectors = embedder.encode(sentences)
         assert vectors.shape == reference.shape and embedder.info.backend == backend

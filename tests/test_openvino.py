@@ -24,6 +24,8 @@ from rankwise.inference.backends import default_threads
 from rankwise.inference.openvino import OpenVinoRunner
 from rankwise.rerank import CrossEncoderReranker
 
+pytestmark = pytest.mark.openvino
+
 
 def _irs(model_dir: Path) -> list[Path]:
     return sorted((model_dir / ".rankwise" / "onnx").glob("*/cross-encoder/openvino-int8-*/model.xml"))

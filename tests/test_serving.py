@@ -70,7 +70,7 @@ class Server(ServeProcess):
 
 def _rankwise(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "rankwise", *args], capture_output=True, text=True, env=ENV,
-                          timeout=120, check=False)
+                          timeout=600, check=False)
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -206,6 +206,7 @@ def test_concurrent_clients_share_forward_passes(server: Server, keys: dict[str,
     assert ("rankwise_queue_depth", ()) in after
 
 
+@pytest.mark.openvino
 def test_openvino_int8_server_shares_forward_passes_and_matches_its_own_scores(spread_cross_encoder: Path,
                                                                               tmp_path: Path) -> None:
     """The fastest CPU backend behind the micro-batcher: rounds pool requests, scores equal ``score``'s."""

@@ -4,7 +4,10 @@ Exported files are cached at ``<model_dir>/.rankwise/onnx/<key>/<task>/<name>``,
 holding the source key, the recipe that built it, its sha256 and the versions of the tools that built it.
 ``key`` digests the model's weight files *and* its JSON configs (a pooling mode or classifier setting is
 baked into the graph), so a changed model is re-exported, never silently reused. When the model directory
-cannot be written (site-packages, a read-only mount) the cache lives in the user cache dir (platformdirs).
+cannot be written (a read-only mount), and always for a model that ships inside an installed Python package
+(the bundled bi-encoder in site-packages: an installation is not the user's to write into, and may be
+read-only in a system install or a container image), the cache lives in the user cache dir (platformdirs),
+or in ``$RANKWISE_CACHE_DIR`` when that is set.
 
 A cached artifact that fails verification (size or sha256 differs from its sidecar: a torn write, a bad
 disk, a hand edit) is never used. It is rebuilt with a logged warning rather than raised as an error: the
@@ -19,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import sysconfig
 import tempfile
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -61,10 +65,28 @@ def cached_artifact(model_dir: Path, task: Task, name: str, wanted: dict[str, An
         return _publish(work, target / name, key, wanted, tools)
 
 
-def _cache_roots(model_dir: Path) -> list[Path]:
+CACHE_DIR_ENV = "RANKWISE_CACHE_DIR"
+
+
+def user_cache_root() -> Path:
+    """Where exports go when they cannot sit beside the model: ``$RANKWISE_CACHE_DIR``, else the user cache dir."""
     from platformdirs import user_cache_dir
 
-    return [model_dir / ".rankwise" / "onnx", Path(user_cache_dir("rankwise")) / "onnx"]
+    return Path(os.environ.get(CACHE_DIR_ENV) or user_cache_dir("rankwise")) / "onnx"
+
+
+def _installed(model_dir: Path) -> bool:
+    """Whether ``model_dir`` is part of an installed Python package (site-packages or the like)."""
+    resolved = model_dir.resolve()
+    roots = {Path(sysconfig.get_paths()[name]).resolve() for name in ("purelib", "platlib")}
+    return any(resolved.is_relative_to(root) for root in roots) or \
+        any(part in {"site-packages", "dist-packages"} for part in resolved.parts)
+
+
+def _cache_roots(model_dir: Path) -> list[Path]:
+    if _installed(model_dir):
+        return [user_cache_root()]
+    return [model_dir / ".rankwise" / "onnx", user_cache_root()]
 
 
 def _writable_dir(model_dir: Path, key: str, task: Task) -> Path:
@@ -77,8 +99,8 @@ def _writable_dir(model_dir: Path, key: str, task: Task) -> Path:
                 return directory
         except OSError:
             continue
-    raise ModelError(f"cannot write an ONNX export next to '{model_dir}' or in the user cache dir; "
-                     "make one of them writable or use --backend torch")
+    raise ModelError(f"cannot write an ONNX export for '{model_dir}' in {' or '.join(map(str, _cache_roots(model_dir)))}; "
+                     f"make one writable, set {CACHE_DIR_ENV} to a writable directory, or use --backend torch")
 
 
 def _sha256_path(path: Path) -> str:

@@ -36,7 +36,12 @@ BACKEND_CHOICES: tuple[BackendChoice, ...] = get_args(BackendChoice)
 EMBEDDER_BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 Task = Literal["cross-encoder", "embedder"]
 CpuKind = Literal["avx512-vnni", "avx2", "other"]
+CPU_KINDS: tuple[CpuKind, ...] = get_args(CpuKind)
+#: environment variable that makes rankwise treat this CPU as a lesser kind (``make test-avx2``)
+CPU_KIND_ENV = "RANKWISE_CPU_KIND"
 _VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+#: flags hidden when the CPU is treated as ``avx2`` (then also ``avx2`` itself for ``other``)
+_ABOVE_AVX2 = ("avx512", "avx_vnni", "amx_", "avx10")
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +90,7 @@ def default_threads() -> int:
 
 
 @lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
+def detected_cpu_flags() -> frozenset[str]:
     """The CPU feature flags from ``/proc/cpuinfo`` (empty where that file does not exist)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -96,6 +101,28 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU flags rankwise decides by: the detected ones, less those ``RANKWISE_CPU_KIND`` hides.
+
+    ``RANKWISE_CPU_KIND=avx2`` on an AVX-512 VNNI machine makes every per-CPU choice (``auto``'s backend,
+    the int8 recipe, bf16 autocast) the one an AVX2-only machine makes, so its defaults run in tests there
+    (``make test-avx2`` also caps torch, oneDNN and MKL). A CPU can be treated as a lesser kind only.
+    """
+    flags = detected_cpu_flags()
+    wanted = os.environ.get(CPU_KIND_ENV, "").strip()
+    if not wanted:
+        return flags
+    kind = choose(wanted, CPU_KINDS, CPU_KIND_ENV)
+    if CPU_KINDS.index(kind) < CPU_KINDS.index(_kind_of(flags)):
+        raise QueryError(f"{CPU_KIND_ENV}={kind}, but this CPU is {_kind_of(flags)}: a CPU can only be treated "
+                         "as a lesser kind")
+    if kind == "avx2":
+        return frozenset(f for f in flags if not f.startswith(_ABOVE_AVX2))
+    if kind == "other":
+        return frozenset(f for f in flags if not f.startswith(_ABOVE_AVX2) and f != "avx2")
+    return flags
+
+
 def has_vnni(flags: frozenset[str] | None = None) -> bool:
     """Whether int8 dot products run on VNNI: without it ORT's u8×s8 kernels can saturate (see the recipe)."""
     return bool((cpu_flags() if flags is None else flags) & _VNNI_FLAGS)
@@ -103,7 +130,10 @@ def has_vnni(flags: frozenset[str] | None = None) -> bool:
 
 def cpu_kind(flags: frozenset[str] | None = None) -> CpuKind:
     """The CPU class that decides the fastest backend: VNNI int8 dot products, AVX2 only, or neither."""
-    flags = cpu_flags() if flags is None else flags
+    return _kind_of(cpu_flags() if flags is None else flags)
+
+
+def _kind_of(flags: frozenset[str]) -> CpuKind:
     if has_vnni(flags):
         return "avx512-vnni"
     return "avx2" if "avx2" in flags else "other"

@@ -84,7 +84,7 @@ def onnx_model(model_dir: Path, task: Task, backend: Backend, export: Exporter) 
         elif product == "fp32":
             _optimize(model_dir, onnx_model(model_dir, task, "openvino", export), work)
         else:
-            log.warning("exporting %s to ONNX (one-off; cached next to the model)", model_dir)
+            log.warning("exporting %s to ONNX (one-off; cached in %s)", model_dir, work.parent.parent)
             try:
                 export(work)
             except Exception as err:  # tracing fails in many deep ways; the user needs one line and a way out

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +36,9 @@ import numpy as np
 
 from rankwise.errors import ModelError
 from rankwise.inference.artifacts import cached_artifact
-from rankwise.inference.backends import Mapper, Task, default_threads
+from rankwise.inference.backends import Mapper, Task, default_threads, detected_cpu_flags
+
+log = logging.getLogger(__name__)
 
 OPENVINO_RECIPE_VERSION = 1
 IR_NAME = "openvino-int8"
@@ -69,8 +74,11 @@ def openvino_int8_model(model_dir: Path, task: Task, plain_onnx: Path, calibrati
         import openvino as ov
 
         model = ov.Core().read_model(str(plain_onnx))
-        # NNCF draws progress bars on stdout, which belongs to the caller (e.g. `rankwise search --json`)
-        with contextlib.redirect_stdout(sys.stderr):
+        log.warning("quantising %s to OpenVINO int8 (one-off; %d calibration batches)", plain_onnx.parent, len(feeds))
+        # NNCF draws progress bars on stdout, which belongs to the caller (e.g. `rankwise search --json`):
+        # they go to stderr when rankwise logs at INFO (--verbose), nowhere otherwise
+        verbose = log.isEnabledFor(logging.INFO)
+        with contextlib.redirect_stdout(sys.stderr if verbose else io.StringIO()):
             quantized = nncf.quantize(model, nncf.Dataset(list(feeds)), model_type=nncf.ModelType.TRANSFORMER,
                                       subset_size=len(feeds))
         work.mkdir()
@@ -79,6 +87,22 @@ def openvino_int8_model(model_dir: Path, task: Task, plain_onnx: Path, calibrati
     # one IR per calibration set: the windows depend on max_length and the long-document rule, so a
     # service alternating those settings would otherwise requantise (~20 s) on every switch
     return cached_artifact(model_dir, task, f"{IR_NAME}-{digest}", wanted, build, tools=("openvino", "nncf")) / "model.xml"
+
+
+def onednn_cap_blocks_openvino() -> str | None:
+    """Why OpenVINO cannot compile models in this process, or None.
+
+    OpenVINO's CPU plugin reads ``ONEDNN_MAX_CPU_ISA`` into its bundled oneDNN but picks its own kernels
+    from the real CPU: capped below AVX-512 on an AVX-512 CPU, it finds no implementation for Softmax and
+    compiles nothing. That is the AVX2 emulation of ``make test-avx2``; a real AVX2 CPU runs OpenVINO.
+    """
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if not cap or cap.startswith(("AVX512", "AVX10", "AMX", "ALL", "DEFAULT")):
+        return None
+    if not any(flag.startswith("avx512") for flag in detected_cpu_flags()):
+        return None
+    return (f"OpenVINO compiles no model with ONEDNN_MAX_CPU_ISA={cap} on an AVX-512 CPU; unset it, or use "
+            "--backend onnx-int8 (the AVX2 default)")
 
 
 class OpenVinoRunner:
@@ -100,6 +124,8 @@ class OpenVinoRunner:
 
         if not file.is_file():
             raise ModelError(f"OpenVINO model '{file}' does not exist")
+        if blocked := onednn_cap_blocks_openvino():
+            raise ModelError(blocked)
         threads = threads or default_threads()
         streams = max(1, min(streams or 2, threads))
         core = ov.Core()
