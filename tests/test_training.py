@@ -110,23 +110,35 @@ def test_training_end_to_end_learns_the_training_positives(tmp_path: Path, kb_in
     # 100 steps — this test is about the training loop, so it learns the four queries without one
     learnable = {q: r for q, r in QRELS.items() if min(r.values()) > 0}
     groups = mine_groups(kb_index, QUERIES, learnable, mix={"bm25": 2, "random": 3}, seed=0)
-    # a randomly initialised tiny model needs a high learning rate to learn 5 queries in 100 steps
+    # a randomly initialised tiny model needs a high learning rate to learn 4 queries in 100 steps, but not one
+    # at the edge of stability: at 1e-2 lambda diverged under AVX2 numerics and converged under AVX-512's;
+    # at 3e-3 every loss ranks every positive first on both CPU kinds
     config = TrainingConfig(base_model=str(base), loss=loss, max_steps=100, batch_size=8 if loss == "bce" else 2,
-                            learning_rate=1e-2, max_length=64, eval_steps=50, warmup_ratio=0.0, seed=0)
+                            learning_rate=3e-3, max_length=64, eval_steps=50, warmup_ratio=0.0, seed=0)
+    before = _positive_reciprocal_ranks(CrossEncoderReranker(base, max_length=64, backend="torch"), groups)
     result = train_cross_encoder(groups, groups[:2], config, tmp_path / "run", show_progress=False)
     assert result.steps == 100 and result.model_dir.is_dir()
-    assert result.losses[-1] < 0.7 * result.losses[0], result.losses
+    # what training means, not one trajectory: the loss's trajectory differs with the CPU's numerics (with
+    # lambda on AVX2 it rises again after its low), so the logged losses after the first are compared on average
+    assert len(result.losses) >= 3 and np.mean(result.losses[1:]) < 0.8 * result.losses[0], result.losses
     assert result.best_validation_ndcg10 is not None and 0 < result.best_validation_ndcg10 <= 1
-    reranker = CrossEncoderReranker(result.model_dir, max_length=64, backend="torch")
-    hits = 0
-    for g in groups:
-        scores = reranker.score(g.query, list(g.positives) + list(g.negatives)).raw
-        hits += int(np.argmax(scores) < len(g.positives))
-    assert hits >= 3, f"the trained model ranks the positive first for only {hits}/4 training queries"
+    after = _positive_reciprocal_ranks(CrossEncoderReranker(result.model_dir, max_length=64, backend="torch"), groups)
+    assert sum(rr == 1 for rr in after) >= 3, f"the trained model ranks the positive first for only {after} of 4"
+    assert np.mean(after) >= np.mean(before) + 0.25, f"training barely moved the positives: {before} → {after}"
     from sentence_transformers import CrossEncoder
 
     plain = CrossEncoder(str(result.model_dir))  # loadable by plain sentence-transformers
     assert plain.predict([("a", "b")]).shape == (1,)
+
+
+def _positive_reciprocal_ranks(reranker: CrossEncoderReranker, groups) -> list[float]:
+    """Per training group, 1 / the rank of its best-scored positive among its positives and negatives."""
+    ranks = []
+    for g in groups:
+        scores = reranker.score(g.query, list(g.positives) + list(g.negatives)).raw
+        best_positive = max(scores[: len(g.positives)])
+        ranks.append(1.0 / (1 + int(np.sum(scores[len(g.positives):] > best_positive))))
+    return ranks
 
 
 def test_training_resumes_from_its_last_checkpoint(tmp_path: Path, kb_index: Index) -> None:
