@@ -3,7 +3,8 @@
 1. index the demo knowledge base (385 help-centre pages in families of near-identical siblings that
    differ in one attribute: period, version, error code, plan, region, stance, current vs archived);
 2. fine-tune a reranker on the train queries (mined negatives are mostly those siblings) plus the page
-   titles as pseudo-queries, within a wall-clock budget so it fits on any 2-core CPU, and register it. The
+   titles as pseudo-queries, for a fixed number of steps (so the model does not depend on how fast or busy
+   the CPU is), and register it. The
    reranker is a domain-tuned copy of the embedding model (:mod:`rankwise.rerank.bi_encoder`): it starts at
    the first stage's ranking and learns which sibling an attribute points to, where a cross-encoder from a
    bare backbone does not learn enough in minutes (``benchmarks/README.md``, "The near-miss knowledge base");
@@ -38,12 +39,13 @@ from rankwise.options import RERANK_FUSIONS
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="rankwise end-to-end demo (offline)")
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
-    parser.add_argument("--steps", type=int, default=50,
-                        help="most training steps (4 queries, each against its 7 mined negatives and the batch's "
-                             "other pages)")
-    parser.add_argument("--train-seconds", type=float, default=180.0,
-                        help="training stops at the first step past this (the whole demo then fits ~5 minutes "
-                             "on a 2-core CPU of either kind)")
+    parser.add_argument("--steps", type=int, default=40,
+                        help="training steps (each: 4 queries, each against its 7 mined negatives and the batch's "
+                             "other pages); 40 keep make demo under 5 minutes on a 2-core AVX2-only CPU")
+    parser.add_argument("--train-seconds", type=float, default=None,
+                        help="stop training at the first step past this many seconds (off by default: a fixed "
+                             "number of steps makes the model, and so the demo's conclusion, the same on a "
+                             "slow or busy CPU as on a fast one)")
     parser.add_argument("--seed", type=int, default=13,
                         help="seeds the validation split, the negatives drawn and the training order")
     parser.add_argument("--rerank-k", type=int, default=20, help="hybrid recall@20 is 0.98 here")
@@ -53,11 +55,20 @@ def main(argv: list[str] | None = None) -> None:
                         help="bi-encoder backend of the index (auto: the fastest for this CPU)")
     parser.add_argument("--rerank-fusion", choices=RERANK_FUSIONS, default="none",
                         help="none: the tuned model already starts from the embeddings' ranking")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the libraries' own logs (rankwise's and transformers' at INFO)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from rankwise.cli.common import prelude
 
     prelude()
+    if args.verbose:
+        import logging
+
+        from transformers.utils import logging as hf_logging
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        hf_logging.set_verbosity_info()
     console = Console()
     started = time.perf_counter()
     steps: dict[str, float] = {}
@@ -106,14 +117,16 @@ def main(argv: list[str] | None = None) -> None:
     # has (benchmarks/demo_kb_reranker.py; the test queries were frozen before any reranker work and never
     # drove a choice): 128-token inputs, 50 steps at lr 1e-4 (64 tokens learned much less; 100 steps at
     # lr 5e-5 the same in twice the time). With the step count fixed, the final model trains on every
-    # judged train query instead of setting a fifth aside for early stopping.
+    # judged train query instead of setting a fifth aside for early stopping. The demo runs 40 of those
+    # steps: 50 would take an AVX2-only 2-core CPU past 5 minutes, and a wall-clock budget instead would
+    # make the model depend on the CPU's speed (benchmarks/README.md, "make demo").
     config = TrainingConfig(architecture="bi-encoder", loss="softmax", epochs=100, max_steps=args.steps,
                             batch_size=4, learning_rate=1e-4, warmup_ratio=0.05, max_length=128,
                             eval_steps=args.steps, seed=args.seed, time_budget_s=args.train_seconds)
     result = train_reranker(train_groups + pseudo, [], config, out / "runs" / "reranker", show_progress=True)
-    console.print(f"trained {result.steps} steps on {len(judged.qrels)} queries + {len(pseudo)} titles in "
-                  f"{result.train_seconds:.0f} s ({result.train_seconds / max(result.steps, 1):.2f} s/step); "
-                  f"loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}")
+    console.print(f"trained {result.steps} of {args.steps} steps on {len(judged.qrels)} queries + {len(pseudo)} "
+                  f"titles in {result.train_seconds:.0f} s ({_step_times(result.step_seconds)}); "
+                  f"{_loss_trend(result.losses)}", highlight=False)
     registry = Registry(out / "registry")
     entry = registry.register(result.model_dir, {
         "base_model": config.base_model, "training_data": {"dataset": "demo_kb/train", "fingerprint": judged.fingerprint,
@@ -211,6 +224,21 @@ def main(argv: list[str] | None = None) -> None:
                   highlight=False)
     for name, path in artifacts.items():
         console.print(f"  {name:<22} {path}")
+
+
+def _step_times(seconds: list[float]) -> str:
+    """Each step's cost in brief: what a step takes on this CPU, for estimating other step counts."""
+    if not seconds:
+        return "no step timed: resumed from a finished run"
+    ordered = sorted(seconds)
+    return (f"{ordered[len(ordered) // 2]:.2f} s/step median, {ordered[0]:.2f}–{ordered[-1]:.2f} s, "
+            f"{len(seconds)} steps timed")
+
+
+def _loss_trend(losses: list[float]) -> str:
+    if not losses:
+        return "no loss logged"
+    return f"loss {losses[0]:.3f} → {losses[-1]:.3f}" if len(losses) > 1 else f"loss {losses[0]:.3f}"
 
 
 def _judgement(label: int | None) -> str:

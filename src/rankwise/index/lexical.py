@@ -7,6 +7,7 @@ tests) and scores a query over a sparse matrix in well under a millisecond per t
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +17,10 @@ import numpy as np
 import Stemmer
 
 from rankwise.index.integrity import corrupt
+
+# bm25s sets its own logger to DEBUG, so once anything configures root logging its build chatter reaches
+# the console; rankwise keeps its warnings only
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True, slots=True)

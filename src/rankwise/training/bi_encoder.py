@@ -21,6 +21,7 @@ from rankwise.models import resolve_model
 from rankwise.rerank.bi_encoder import write_reranker_kind
 from rankwise.training.finetune import (
     VALIDATION_NAME,
+    StepClock,
     TrainingConfig,
     TrainingResult,
     callbacks_for,
@@ -63,17 +64,22 @@ def train_bi_encoder(
     if validation:
         evaluator = RerankingEvaluator(samples=validation_samples(validation), at_k=10, name=VALIDATION_NAME,
                                        batch_size=32, write_csv=False)
-    args = training_arguments(config, checkpoints, validate=evaluator is not None, show_progress=show_progress,
+    args = training_arguments(config, checkpoints, validate=evaluator is not None,
                               arguments=SentenceTransformerTrainingArguments)
+    # the model card's widget example, set here so the trainer does not sample one behind a progress bar
+    first = next(g for g in train if g.positives and g.negatives)
+    model.model_card_data.widget = [{"source_sentence": first.query,
+                                     "sentences": [first.positives[0], *first.negatives[:2]]}]
+    clock = StepClock()
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=Dataset.from_dict(rows), loss=MultipleNegativesRankingLoss(model),
-        evaluator=evaluator, callbacks=callbacks_for(config, validate=evaluator is not None))
-    seconds, last = run_resumable(trainer, checkpoints)
+        evaluator=evaluator, callbacks=callbacks_for(config, clock, validate=evaluator is not None))
+    seconds, last = run_resumable(trainer, checkpoints, show_progress=show_progress)
     final = output / "final"
     model.max_seq_length = serving_length
     model.save(str(final))
     write_reranker_kind(final, "bi-encoder")
-    return finish(trainer, config, output, final, seconds, last)
+    return finish(trainer, config, output, final, seconds, last, clock)
 
 
 def _train_rows(groups: Sequence[TrainingGroup]) -> dict[str, list[Any]]:

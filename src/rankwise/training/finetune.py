@@ -98,10 +98,13 @@ class TrainingResult:
     losses: list[float] = field(default_factory=list)
     best_validation_ndcg10: float | None = None
     validation_history: list[dict[str, float]] = field(default_factory=list)
+    #: wall-clock seconds of each optimiser step this run took (a resumed run: its own steps only)
+    step_seconds: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
             "model_dir": str(self.model_dir), "steps": self.steps, "train_seconds": round(self.train_seconds, 1),
+            "step_seconds": [round(t, 3) for t in self.step_seconds],
             "resumed_from": self.resumed_from, "loss_first": self.losses[0] if self.losses else None,
             "loss_last": self.losses[-1] if self.losses else None,
             "best_validation_ndcg@10": self.best_validation_ndcg10, "config": asdict(self.config),
@@ -172,14 +175,15 @@ def train_cross_encoder(
     if validation:
         evaluator = CrossEncoderRerankingEvaluator(samples=validation_samples(validation), at_k=10,
                                                    name=VALIDATION_NAME, batch_size=32, write_csv=False)
-    args = training_arguments(config, checkpoints, validate=evaluator is not None, show_progress=show_progress,
+    args = training_arguments(config, checkpoints, validate=evaluator is not None,
                               arguments=CrossEncoderTrainingArguments)
-    callbacks = callbacks_for(config, validate=evaluator is not None)
+    clock = StepClock()
+    callbacks = callbacks_for(config, clock, validate=evaluator is not None)
     trainer = CrossEncoderTrainer(
         model=model, args=args, train_dataset=Dataset.from_dict(_train_rows(train, config.loss)),
         loss=_loss(model, config, train), evaluator=evaluator, callbacks=callbacks,
     )
-    seconds, last = run_resumable(trainer, checkpoints)
+    seconds, last = run_resumable(trainer, checkpoints, show_progress=show_progress)
     final = output / "final"
     model.save_pretrained(str(final))
     # the model carries its own domain's windows for static int8 calibration (see rerank/calibration.py):
@@ -187,7 +191,7 @@ def train_cross_encoder(
     write_calibration(final / CALIBRATION_FILE, spread([
         CalibrationQuery.pick(g.query, g.positives, g.negatives) for g in validation or train]))
     write_reranker_kind(final, "cross-encoder")
-    return finish(trainer, config, output, final, seconds, last)
+    return finish(trainer, config, output, final, seconds, last, clock)
 
 
 def prepare_run(config: TrainingConfig, output_dir: str | Path) -> tuple[Path, Path]:
@@ -211,18 +215,26 @@ def validation_samples(validation: Sequence[TrainingGroup]) -> list[dict[str, An
     return [{"query": g.query, "positive": list(g.positives), "negative": list(g.negatives)} for g in validation]
 
 
-def run_resumable(trainer: Any, checkpoints: Path) -> tuple[float, str | None]:
-    """Train from the last checkpoint in ``checkpoints`` (if any): ``(seconds, checkpoint resumed from)``."""
+def run_resumable(trainer: Any, checkpoints: Path, *, show_progress: bool) -> tuple[float, str | None]:
+    """Train from the last checkpoint in ``checkpoints`` (if any): ``(seconds, checkpoint resumed from)``.
+
+    The trainer's own tqdm bar and its printed log dictionaries are replaced by one rich progress line on
+    stderr (steps, steps/s, ETA, last loss), or by nothing when ``show_progress`` is off.
+    """
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.trainer_utils import get_last_checkpoint
 
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if show_progress:
+        trainer.add_callback(_rich_progress())
     last = get_last_checkpoint(str(checkpoints))
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
     return time.perf_counter() - started, last
 
 
-def training_arguments(config: TrainingConfig, checkpoints: Path, *, validate: bool, show_progress: bool,
-                       arguments: Any) -> Any:
+def training_arguments(config: TrainingConfig, checkpoints: Path, *, validate: bool, arguments: Any) -> Any:
     """The trainer arguments both architectures share (``arguments``: the trainer's arguments class)."""
     import torch
 
@@ -234,22 +246,47 @@ def training_arguments(config: TrainingConfig, checkpoints: Path, *, validate: b
         save_strategy="steps", save_steps=config.eval_steps, save_total_limit=2,
         load_best_model_at_end=validate, metric_for_best_model=BEST_METRIC if validate else None,
         greater_is_better=True, logging_steps=max(1, min(25, config.eval_steps)), report_to="none",
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=not show_progress,
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=True,
         bf16=native_bf16() if config.bf16 is None else config.bf16,
     )
 
 
-def callbacks_for(config: TrainingConfig, *, validate: bool) -> list[Any]:
+class StepClock:
+    """Wall-clock seconds of each optimiser step, so a run reports what a step costs on this CPU."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._started: float | None = None
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class Clock(TrainerCallback):  # type: ignore[misc]
+            def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                clock._started = time.perf_counter()
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if clock._started is not None:
+                    clock.seconds.append(time.perf_counter() - clock._started)
+
+        return Clock()
+
+
+def callbacks_for(config: TrainingConfig, clock: StepClock, *, validate: bool) -> list[Any]:
     from transformers import EarlyStoppingCallback
 
-    callbacks: list[Any] = [EarlyStoppingCallback(early_stopping_patience=config.patience)] if validate else []
+    callbacks: list[Any] = [clock.callback()]
+    if validate:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.patience))
     if config.time_budget_s is not None:
         callbacks.append(_time_budget(config.time_budget_s))
     return callbacks
 
 
 def finish(trainer: Any, config: TrainingConfig, output: Path, final: Path, seconds: float,
-           resumed_from: str | None) -> TrainingResult:
+           resumed_from: str | None, clock: StepClock) -> TrainingResult:
     """The result of a finished run, also written to ``output/training.json``."""
     history = trainer.state.log_history
     validation_history = [{"step": h["step"], "ndcg@10": h[BEST_METRIC]} for h in history if BEST_METRIC in h]
@@ -257,11 +294,50 @@ def finish(trainer: Any, config: TrainingConfig, output: Path, final: Path, seco
         model_dir=final, config=config, steps=trainer.state.global_step, train_seconds=seconds,
         resumed_from=resumed_from, losses=[h["loss"] for h in history if "loss" in h],
         best_validation_ndcg10=max((v["ndcg@10"] for v in validation_history), default=None),
-        validation_history=validation_history,
+        validation_history=validation_history, step_seconds=clock.seconds,
     )
     (output / "training.json").write_text(json.dumps(
         {**result.summary(), "validation_history": validation_history, "losses": result.losses}, indent=2))
     return result
+
+
+def _rich_progress() -> Any:
+    """A trainer callback drawing one rich progress line: steps done, steps/s, ETA and the last logged loss."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from transformers import TrainerCallback
+
+    class RichProgress(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.progress = Progress(
+                TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[loss]}"),
+                console=Console(stderr=True), transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("training", total=state.max_steps, completed=state.global_step,
+                                               rate="", loss="")
+            self.first, self.started = state.global_step, time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            rate = (state.global_step - self.first) / max(time.perf_counter() - self.started, 1e-9)
+            self.progress.update(self.task, completed=state.global_step, rate=f"{rate:.2f} steps/s")
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                self.progress.update(self.task, loss=f"loss {float(logs['loss']):.3f}")
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.progress.stop()
+
+    return RichProgress()
 
 
 def _time_budget(seconds: float) -> Any:
@@ -275,7 +351,9 @@ def _time_budget(seconds: float) -> Any:
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
             if time.perf_counter() - self.started > seconds:
                 control.should_training_stop = True
-                # validate (when there is validation) and save, so the last steps can be the best
+                # log the loss so far (a budget can end a run before the first logging step), validate (when
+                # there is validation) and save, so the last steps can be the best
+                control.should_log = True
                 control.should_evaluate = args.eval_strategy != "no"
                 control.should_save = True
             return control
