@@ -14,7 +14,7 @@ import pytest
 from rankwise import CrossEncoderReranker, Index, Pipeline
 from rankwise.errors import QueryError
 from rankwise.evaluation import EvaluationError, GoldSet, Judgement, LabelScale, evaluate
-from rankwise.evaluation.gates import MetricGate, evaluate_gates
+from rankwise.evaluation.gates import GateEvidence, MetricGate, evaluate_gates
 from rankwise.evaluation.labeling import build_sheet, merge_sheets, read_sheet, write_sheet
 from rankwise.evaluation.metrics import parse_metrics, per_query, required_depth
 from rankwise.evaluation.queries import read_queries, stable_query_id
@@ -305,20 +305,55 @@ def test_report_json_schema_and_comparisons(kb_report) -> None:
 def test_gates(kb_report) -> None:
     report, _ = kb_report
     m = report.comparison(report.candidate).metrics["nDCG@5"]
-    ok = evaluate_gates(report, [MetricGate.parse("nDCG@5:-1")], max_latency_ms=1e9)
+    few = GateEvidence(min_queries=1, max_p=1)  # six queries: the rules alone, without the evidence rules
+    ok = evaluate_gates(report, [MetricGate.parse("nDCG@5:-1")], max_latency_ms=1e9, evidence=few)
     assert ok.passed and ok.exit_code == 0
-    bad = evaluate_gates(report, [MetricGate.parse("nDCG@5:+2"), MetricGate.parse("nDCG@5:-1")], max_latency_ms=1e-6)
+    bad = evaluate_gates(report, [MetricGate.parse("nDCG@5:+2"), MetricGate.parse("nDCG@5:-1")], max_latency_ms=1e-6,
+                         evidence=few)
     assert not bad.passed and bad.exit_code == 1
     assert [o.passed for o in bad.outcomes] == [False, True, False]
     assert bad.outcomes[0].message.startswith("FAIL nDCG@5:+2: dense+reranker nDCG@5")
     assert "end-to-end p95" in bad.outcomes[2].message
     if m.relative_gain is not None:
-        exact = evaluate_gates(report, [MetricGate(spec="x", metric="nDCG@5", threshold=m.relative_gain, relative=True)])
+        exact = evaluate_gates(report, [MetricGate(spec="x", metric="nDCG@5", threshold=m.relative_gain, relative=True)],
+                               evidence=few)
         assert exact.passed
     with pytest.raises(EvaluationError, match="not evaluated"):
-        evaluate_gates(report, [MetricGate.parse("RR@10:+1%")])
+        evaluate_gates(report, [MetricGate.parse("RR@10:+1%")], evidence=few)
+    with pytest.raises(EvaluationError, match="at least 30 judged queries and this gold set has 6"):
+        evaluate_gates(report, [MetricGate.parse("nDCG@5:-1")])  # the default evidence: 30 queries
     with pytest.raises(EvaluationError, match="not valid"):
         MetricGate.parse("nDCG@5 > 15%")
+
+
+def test_a_gain_must_also_be_significant_after_holm_across_the_gated_metrics(kb_report) -> None:
+    """The same +20% gain passes at p = 0.01 and fails at p = 0.4; two claims are corrected together."""
+    from dataclasses import replace
+
+    report, _ = kb_report
+    comparison = report.comparison(report.candidate)
+
+    def with_p(**p: float):
+        metrics = {name: replace(comparison.metrics[name], baseline_mean=0.5, system_mean=0.6, delta=0.1,
+                                 relative_gain=0.2, p_randomization=value) for name, value in p.items()}
+        return replace(report, comparisons=[replace(comparison, metrics={**comparison.metrics, **metrics})])
+
+    evidence = GateEvidence(min_queries=6)
+    gate = [MetricGate.parse("nDCG@5:+15%")]
+    assert evaluate_gates(with_p(**{"nDCG@5": 0.01}), gate, evidence=evidence).passed
+    noise = evaluate_gates(with_p(**{"nDCG@5": 0.4}), gate, evidence=evidence)
+    assert not noise.passed and noise.outcomes[0].p_value == pytest.approx(0.4)
+    assert "+20.0% (≥ required +15.0%)" in noise.outcomes[0].message
+    assert "not significant at 0.05" in noise.outcomes[0].message
+    two = [MetricGate.parse("nDCG@5:+15%"), MetricGate.parse("nDCG@10:+15%")]
+    holm_ok = evaluate_gates(with_p(**{"nDCG@5": 0.02, "nDCG@10": 0.03}), two, evidence=evidence)
+    assert holm_ok.passed and [o.p_value for o in holm_ok.outcomes] == pytest.approx([0.04, 0.04])
+    holm_fail = evaluate_gates(with_p(**{"nDCG@5": 0.03, "nDCG@10": 0.04}), two, evidence=evidence)
+    assert not holm_fail.passed, "each p < 0.05 alone, but not after Holm's correction for two claims"
+    # a guard (a drop allowed) claims nothing and needs no significance
+    assert evaluate_gates(with_p(**{"nDCG@5": 0.9}), [MetricGate.parse("nDCG@5:-0.05")], evidence=evidence).passed
+    with pytest.raises(EvaluationError, match="--max-p must be in"):
+        GateEvidence(max_p=0)
 
 
 def test_evaluate_rejects_bad_options(kb_index: Index) -> None:

@@ -32,6 +32,7 @@ def passing_eval(tmp_path_factory: pytest.TempPathFactory, kb_index: Index, gold
     out = tmp_path_factory.mktemp("eval")
     result = run("eval", "--index", str(kb_index.path), "--goldset", str(goldset_file), "--first-stage", "bm25,dense",
                  "--reranker", str(tiny_cross_encoder), "--gate", "nDCG@10:-1", "--max-latency-ms", "600000",
+                 "--min-queries", "1",
                  "--json", str(out / "report.json"), "--markdown", str(out / "report.md"),
                  "--html", str(out / "report.html"), "--run-dir", str(out / "runs"))
     return result, out
@@ -59,7 +60,7 @@ def test_eval_writes_every_output_and_passes_its_gates(passing_eval: tuple[subpr
 def test_failed_gates_exit_1_with_one_line_per_rule(kb_index: Index, goldset_file: Path) -> None:
     result = run("eval", "--index", str(kb_index.path), "--goldset", str(goldset_file), "--first-stage",
                  "bm25,hybrid", "--baseline", "bm25", "--gate", "nDCG@5:+15%", "--gate", "R@20:-1",
-                 "--max-latency-ms", "0.001", "--limit-queries", "4")
+                 "--max-latency-ms", "0.001", "--limit-queries", "4", "--min-queries", "4")
     assert result.returncode == 1, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert sum(line.startswith("FAIL nDCG@5:+15%: hybrid nDCG@5") for line in lines) == 1
@@ -78,6 +79,11 @@ def test_failed_gates_exit_1_with_one_line_per_rule(kb_index: Index, goldset_fil
      ["--gate", "nDCG@5>15%"], "gate 'nDCG@5>15%' is not valid"),
     (['{"query_id": "q-pg", "query": "rotate postgres", "document_id": "pg-rotate", "label": 1}'],
      ["--metrics", "nDCG@5,ndcg_cut_x"], "unknown metric 'ndcg_cut_x'"),
+    # a gain on one query is noise, however large: refused before anything is evaluated
+    (['{"query_id": "q-pg", "query": "rotate postgres", "document_id": "pg-rotate", "label": 1}'],
+     ["--gate", "nDCG@5:+15%"], "a gate needs at least 30 judged queries and this gold set has 1"),
+    (['{"query_id": "q-pg", "query": "rotate postgres", "document_id": "pg-rotate", "label": 1}'],
+     ["--gate", "nDCG@5:+15%", "--max-p", "0"], "--max-p must be in (0, 1]"),
 ])
 def test_bad_input_is_one_error_line(tmp_path: Path, kb_index: Index, lines: list[str], extra: list[str],
                                      message: str) -> None:

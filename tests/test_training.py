@@ -198,6 +198,41 @@ def test_train_cli_trains_registers_and_records_the_title_queries(tmp_path: Path
     assert reloaded.score("refund annual plan", ["Annual plans can be refunded.", "Rotate Redis."]).raw.shape == (2,)
 
 
+def test_train_continues_a_registered_model_with_its_kind_and_records_the_parent(tmp_path: Path,
+                                                                                kb_index: Index) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from rankwise.registry import Registry
+
+    registry = Registry(tmp_path / "registry")
+    parent = registry.register(build_tiny_cross_encoder(tmp_path / "parent", seed=3), {"note": "production"})
+    registry.promote(parent.version, forced=True)
+    dataset = write_beir_dataset(tmp_path / "ds", "train")
+    cmd = [sys.executable, "-m", "rankwise", "train", "--index", str(kb_index.path), "--dataset", str(dataset),
+           "--base-model", "production", "--max-steps", "2", "--batch-size", "4", "--lr", "1e-9",
+           "--max-length", "32", "--eval-steps", "2", "--validation-fraction", "0.2",
+           "--output", str(tmp_path / "run"), "--registry", str(registry.root)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    child = registry.get("candidate")
+    assert child.card["continued_from"] == parent.version and child.card["parent"] == parent.version
+    # it started from the parent's weights (hidden size 32), not the default MiniLM backbone's (384): at
+    # lr 1e-9 two steps leave them where they were
+    before, after = (load_file(str(d / "model.safetensors")) for d in (parent.path, child.path))
+    head = next(k for k in after if k.endswith("classifier.weight"))
+    assert after[head].shape == (1, 32)
+    np.testing.assert_allclose(after[head].numpy(), before[head].numpy(), atol=1e-5)
+    wrong = subprocess.run([*cmd, "--architecture", "bi-encoder"], capture_output=True, text=True, check=False,
+                           timeout=600, env=env)
+    assert wrong.returncode == 2 and "is v1, a cross-encoder: continuing it trains a cross-encoder" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+
+
 def test_a_time_budget_stops_training_early_and_keeps_a_validated_model(tmp_path: Path, kb_index: Index) -> None:
     base = build_tiny_cross_encoder(tmp_path / "base")
     groups = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 2}, seed=0)

@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> None:
                                rerank_k=args.rerank_k, rerank_fusion=args.rerank_fusion, backend=args.backend)
     verdict = "[green]promoted to production[/]" if decision.passed else "[red]kept as candidate[/]"
     console.print(f"nDCG@5 {decision.candidate_value:.3f} vs {decision.against} {decision.baseline_value:.3f} "
-                  f"({decision.relative_gain:+.1%}, gate > {decision.min_gain:+.0%}) → {verdict}")
+                  f"({decision.relative_gain:+.1%}, gate > {decision.min_gain:+.0%}; randomization p = "
+                  f"{decision.p_value:.2g} over {decision.queries} queries, gate < {decision.max_p:g}) → {verdict}",
+                  highlight=False)
     for reason in decision.reasons:
         console.print(f"  {reason}")
     if decision.passed:

@@ -202,6 +202,9 @@ RerankFusionOpt = Annotated[str, typer.Option(help="none: reranker order; rrf: f
 MaxLength = Annotated[int | None, typer.Option(help="Reranker tokens per (query, passage) window "
                                                     "(default: the model's trained length).")]
 LimitQueries = Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N queries of the gold set.")]
+MinQueriesOpt = Annotated[int, typer.Option(help="Fewest judged queries a gate may decide on (fewer is refused).")]
+MaxPOpt = Annotated[float, typer.Option(help="A gated gain must be significant: paired randomization p below this, "
+                                             "Holm-corrected across gated metrics (1 turns the test off).")]
 DatasetOpt = Annotated[Path | None, typer.Option(help="BEIR dataset directory (queries.jsonl + qrels/<split>.tsv).")]
 GoldsetOpt = Annotated[Path | None, typer.Option(help="Gold set JSONL (from `rankwise label-import`), or TREC qrels "
                                                       "with --queries; instead of --dataset.")]

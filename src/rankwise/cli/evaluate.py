@@ -21,6 +21,8 @@ from rankwise.cli.common import (
     IndexOpt,
     LimitQueries,
     MaxLength,
+    MaxPOpt,
+    MinQueriesOpt,
     RegistryOpt,
     RerankerOpt,
     RerankFusionOpt,
@@ -38,6 +40,7 @@ from rankwise.cli.common import (
     warn_leakage,
 )
 from rankwise.evaluation.errors import EvaluationError
+from rankwise.evaluation.gates import DEFAULT_MAX_P, DEFAULT_MIN_QUERIES
 
 app = typer.Typer()
 
@@ -75,13 +78,15 @@ def eval_(
                                                         "'nDCG@10:+0.02' (repeatable).")] = None,
     max_latency_ms: Annotated[float | None, typer.Option(help="Fail if the candidate's end-to-end p95 "
                                                               "latency exceeds this.")] = None,
+    min_queries: MinQueriesOpt = DEFAULT_MIN_QUERIES,
+    max_p: MaxPOpt = DEFAULT_MAX_P,
     seed: Annotated[int, typer.Option(help="Seed of the randomization test and bootstrap.")] = 0,
     allow_download: AllowDownload = False,
 ) -> None:
     """Compare first stages (and each + a reranker) on a gold set: metrics, significance, latency, gates."""
     prelude(allow_download)
     from rankwise.evaluation.compare import evaluate, parse_first_stages
-    from rankwise.evaluation.gates import check_latency_limit, evaluate_gates, parse_gates
+    from rankwise.evaluation.gates import GateEvidence, check_latency_limit, evaluate_gates, parse_gates
     from rankwise.evaluation.goldset import LabelScale
     from rankwise.evaluation.metrics import parse_metrics
     from rankwise.evaluation.report import print_report, to_html, to_markdown
@@ -90,12 +95,15 @@ def eval_(
     # Everything the user typed is checked before minutes of retrieval start.
     gates = parse_gates(gate or [])
     check_latency_limit(max_latency_ms)
+    evidence = GateEvidence(min_queries, max_p)
     metric_names = parse_metrics([metrics, *(g.metric for g in gates)])
     stages = parse_first_stages(first_stages)
     label_scale = LabelScale.parse(scale) if scale else None
     gold = load_goldset(dataset, split, goldset, queries)
     index = Index(index_dir)
     prepared = prepare_goldset(gold, index, limit_queries, label_scale)
+    if gates:
+        evidence.check_queries(len(prepared.queries))
     warn(prepared.warnings)
     warn_leakage(reranker, registry, prepared.queries, strict)
     ranker = load_reranker_option(reranker, registry=registry, backend=backend, device=device, max_length=max_length)
@@ -110,7 +118,7 @@ def eval_(
         report = evaluate(index, prepared, first_stages=stages, reranker=ranker, metrics=metric_names,
                           baseline=baseline, candidate=candidate, retrieve_k=retrieve_k, rerank_k=rerank_k,
                           rerank_fusion=rerank_fusion, seed=seed, progress=progress)
-    result = evaluate_gates(report, gates, max_latency_ms) if gates or max_latency_ms is not None else None
+    result = evaluate_gates(report, gates, max_latency_ms, evidence) if gates or max_latency_ms is not None else None
     if result is not None:
         report.gates = result.to_dict()
     print_report(report, out)

@@ -20,6 +20,8 @@ from rankwise.cli.common import (
     GoldsetOpt,
     IndexOpt,
     LimitQueries,
+    MaxPOpt,
+    MinQueriesOpt,
     RegistryOpt,
     RerankFusionOpt,
     RerankK,
@@ -34,6 +36,7 @@ from rankwise.cli.common import (
     warn,
     warn_leakage,
 )
+from rankwise.evaluation.gates import DEFAULT_MAX_P, DEFAULT_MIN_QUERIES
 
 if TYPE_CHECKING:
     from rankwise.monitoring.probes import ProbeReport, ProbeResult
@@ -55,8 +58,8 @@ def train(
     dataset: DatasetOpt = None,
     split: Annotated[str, typer.Option(help="Qrels split of --dataset to train on.")] = "train",
     goldset: GoldsetOpt = None,
-    base_model: Annotated[str, typer.Option(help="Backbone: local dir or hub id.")] = "minilm",
-    architecture: Annotated[str, typer.Option(help="cross-encoder | bi-encoder (a domain-tuned copy of the embedding model; trains with softmax).")] = "cross-encoder",
+    base_model: Annotated[str, typer.Option(help="Backbone (local dir or hub id), or a registry name (production, candidate, vN) to continue that model, of its own kind.")] = "minilm",
+    architecture: Annotated[str | None, typer.Option(help="cross-encoder | bi-encoder (a domain-tuned copy of the embedding model; trains with softmax). Default: cross-encoder, or the continued model's kind.")] = None,
     loss: Annotated[str | None, typer.Option(help="bce | lambda | listnet | softmax (default: bce for a cross-encoder, softmax for a bi-encoder)")] = None,
     negatives: Annotated[str, typer.Option(help="Negatives per query by source.")] = "bm25:3,dense:2,random:2",
     depth: Annotated[int, typer.Option(help="Mine first-stage negatives from this many candidates.")] = 30,
@@ -83,14 +86,19 @@ def train(
     """Fine-tune a reranker on judged queries with mined hard negatives (resumes from checkpoints)."""
     prelude()
     from rankwise.index import Index
+    from rankwise.options import choose
     from rankwise.training.data import JudgedQueries, group_stats
-    from rankwise.training.finetune import TrainingConfig
+    from rankwise.training.finetune import ARCHITECTURES, TrainingConfig
     from rankwise.training.leakage import query_digests
     from rankwise.training.negatives import mine_groups, parse_negative_mix, title_groups
-    from rankwise.training.train import train_reranker
+    from rankwise.training.train import starting_point, train_reranker
 
+    reg = _registry(registry)
+    start = starting_point(base_model, choose(architecture, ARCHITECTURES, "architecture") if architecture else None,
+                           reg)
+    architecture = start.architecture
     loss = loss or ("softmax" if architecture == "bi-encoder" else "bce")
-    config = TrainingConfig(base_model=base_model, architecture=architecture, loss=loss, epochs=epochs, max_steps=max_steps,  # type: ignore[arg-type]
+    config = TrainingConfig(base_model=start.path, architecture=architecture, loss=loss, epochs=epochs, max_steps=max_steps,  # type: ignore[arg-type]
                             batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
                             seed=seed, eval_steps=eval_steps, patience=patience, layers=layers, bf16=bf16)
     mix = parse_negative_mix(negatives)
@@ -111,10 +119,9 @@ def train(
     summary = result.summary()
     out.print_json(json.dumps(summary))
     if register:
-        reg = _registry(registry)
-        parent = reg.aliases().get("production")
+        parent = start.parent or reg.aliases().get("production")
         source = {"dataset": str(dataset), "split": split} if dataset else {"goldset": str(goldset)}
-        card = {"base_model": base_model, "training_data": {**source,
+        card = {"base_model": base_model, "continued_from": start.parent, "training_data": {**source,
                 "fingerprint": judged.fingerprint, "query_digests": query_digests(judged.texts), "index_fingerprint": index.fingerprint, "negatives": mix,
                 "max_positives": max_positives, "title_queries": len(pseudo), **group_stats(train_groups)}, "hyperparameters": summary["config"],
                 "metrics": {"validation": {"nDCG@10": result.best_validation_ndcg10}},
@@ -348,6 +355,8 @@ def promote(
     metric: Annotated[str, typer.Option(help="Metric the gain is measured on.")] = "nDCG@5",
     min_gain: Annotated[float, typer.Option(help="Required relative gain (0.05 = +5%).")] = 0.05,
     max_latency_regression: Annotated[float, typer.Option(help="Allowed p95 latency increase (0.25 = +25%).")] = 0.25,
+    min_queries: MinQueriesOpt = DEFAULT_MIN_QUERIES,
+    max_p: MaxPOpt = DEFAULT_MAX_P,
     rerank_k: RerankK = 100,
     rerank_fusion: RerankFusionOpt = "none",
     backend: BackendOpt = "auto",
@@ -363,7 +372,9 @@ def promote(
     printed as warnings; they never block a promotion.
     """
     from rankwise.errors import QueryError
+    from rankwise.evaluation.gates import GateEvidence
 
+    evidence = GateEvidence(min_queries, max_p)
     reg = _registry(registry)
     target = reg.get(version).version
     if not force and (index_dir is None or (dataset is None) == (goldset is None)):
@@ -385,9 +396,12 @@ def promote(
     with out.status(f"evaluating {target} against production…"):
         decision = check_promotion(reg, index, prepared, candidate=target, first_stage=first_stage, metric=metric,
                                    min_gain=min_gain, max_latency_regression=max_latency_regression,
-                                   rerank_k=rerank_k, rerank_fusion=rerank_fusion, backend=backend, device=device)
+                                   rerank_k=rerank_k, rerank_fusion=rerank_fusion, evidence=evidence,
+                                   backend=backend, device=device)
     out.print(f"{metric}: {target} {decision.candidate_value:.4f} vs {decision.against} {decision.baseline_value:.4f} "
-              f"({decision.relative_gain:+.1%}, required > {min_gain:+.1%}); p95 {decision.candidate_p95_ms:.0f} ms")
+              f"({decision.relative_gain:+.1%}, required > {min_gain:+.1%}; randomization p = {decision.p_value:.3g} "
+              f"over {decision.queries} queries, required < {max_p:g}); p95 {decision.candidate_p95_ms:.0f} ms",
+              highlight=False)
     if not decision.passed:
         for reason in decision.reasons:
             out.print(f"[red]refused:[/] {reason}")

@@ -7,6 +7,12 @@ Rules, each judged on the candidate against the baseline of an :class:`Evaluatio
 * ``max_latency_ms=500`` — the candidate's end-to-end (``total`` stage) **p95** latency per query must be
   at most 500 ms.
 
+A gain alone is not evidence: on two queries any reranker can look +150% better. So every gate also
+demands :class:`GateEvidence` — at least ``min_queries`` judged queries (default 30; fewer is refused
+before anything is evaluated) and, for each rule that asks for an improvement, a paired randomization test
+of candidate against baseline with ``p < max_p`` (default 0.05) after Holm's correction across the gated
+metrics. Rules that allow a drop (``R@20:-0.01``) are guards, not claims, and need no significance.
+
 The default rule from the reranking playbook — adopt a reranker if it gains more than 15% over
 embedding-only retrieval at under 500 ms end to end — is ``--gate "nDCG@5:+15%" --max-latency-ms 500``.
 A failed gate gives exit code :data:`GATE_FAILED_EXIT` (1); malformed rules are user errors (exit 2).
@@ -29,6 +35,8 @@ if TYPE_CHECKING:
 GATE_FAILED_EXIT = 1
 LATENCY_STAGE = "total"
 LATENCY_PERCENTILE = "p95"
+DEFAULT_MIN_QUERIES = 30
+DEFAULT_MAX_P = 0.05
 _RULE = re.compile(r"^\s*(?P<metric>[^:]+?)\s*:\s*(?P<value>[+-]?\d+(?:\.\d+)?)\s*(?P<pct>%?)\s*$")
 
 
@@ -54,12 +62,40 @@ class MetricGate:
 
 
 @dataclass(frozen=True, slots=True)
+class GateEvidence:
+    """What a gate demands besides the gain: enough judged queries, and a significant difference."""
+
+    min_queries: int = DEFAULT_MIN_QUERIES
+    max_p: float = DEFAULT_MAX_P
+
+    def __post_init__(self) -> None:
+        if self.min_queries < 1:
+            raise EvaluationError(f"--min-queries must be at least 1 (got {self.min_queries})")
+        if not 0 < self.max_p <= 1:
+            raise EvaluationError(f"--max-p must be in (0, 1] (got {self.max_p}); 1 turns the significance test off")
+
+    def check_queries(self, queries: int) -> None:
+        """Refuse, in one line, to judge a gain on fewer than ``min_queries`` queries."""
+        if queries < self.min_queries:
+            raise EvaluationError(f"a gate needs at least {self.min_queries} judged queries and this gold set has "
+                                  f"{queries}: a gain on so few is noise; judge more queries or lower --min-queries")
+
+    def significant(self, p: float) -> bool:
+        return self.max_p >= 1 or (not math.isnan(p) and p < self.max_p)
+
+
+DEFAULT_EVIDENCE = GateEvidence()
+
+
+@dataclass(frozen=True, slots=True)
 class GateOutcome:
     rule: str
     passed: bool
     observed: float | None
     required: float
     message: str
+    #: the Holm-adjusted randomization p-value the rule was judged on (None: a guard, or a latency rule)
+    p_value: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,18 +126,27 @@ def check_latency_limit(max_latency_ms: float | None) -> None:
         raise EvaluationError(f"--max-latency-ms must be positive (got {max_latency_ms})")
 
 
-def evaluate_gates(report: EvaluationReport, gates: Sequence[MetricGate],
-                   max_latency_ms: float | None = None) -> GateResult:
+def evaluate_gates(report: EvaluationReport, gates: Sequence[MetricGate], max_latency_ms: float | None = None,
+                   evidence: GateEvidence = DEFAULT_EVIDENCE) -> GateResult:
     """Judge the report's candidate; one outcome (with a one-line message) per rule."""
+    from rankwise.evaluation.significance import holm
+
     check_latency_limit(max_latency_ms)
     if report.candidate is None:
         raise EvaluationError("gates need a candidate system besides the baseline; evaluate more than one system")
     candidate, baseline = report.candidate, report.baseline
     comparison = report.comparison(candidate)
-    outcomes = []
     for gate in gates:
         if gate.metric not in comparison.metrics:
             raise EvaluationError(f"gate metric {gate.metric} was not evaluated; add it to --metrics")
+    queries = len(next(iter(report.per_query[candidate].values()), {}))
+    if gates:
+        evidence.check_queries(queries)
+    claims = [i for i, g in enumerate(gates) if g.threshold > 0]
+    adjusted = dict(zip(claims, holm([comparison.metrics[gates[i].metric].p_randomization for i in claims]),
+                        strict=True))
+    outcomes = []
+    for i, gate in enumerate(gates):
         m = comparison.metrics[gate.metric]
         observed = m.relative_gain if gate.relative else m.delta
         shown = (lambda v: f"{v:+.1%}") if gate.relative else (lambda v: f"{v:+.4f}")
@@ -110,11 +155,19 @@ def evaluate_gates(report: EvaluationReport, gates: Sequence[MetricGate],
                                         f"FAIL {gate.spec}: baseline {baseline} has {gate.metric} = 0, so a relative "
                                         "gain is undefined; use an absolute gate"))
             continue
-        passed = observed >= gate.threshold - 1e-12
-        outcomes.append(GateOutcome(
-            gate.spec, passed, observed, gate.threshold,
-            f"{'PASS' if passed else 'FAIL'} {gate.spec}: {candidate} {gate.metric} {m.system_mean:.4f} vs {baseline} "
-            f"{m.baseline_mean:.4f} = {shown(observed)} ({'≥' if passed else '<'} required {shown(gate.threshold)})"))
+        gained = observed >= gate.threshold - 1e-12
+        p = adjusted.get(i)
+        significant = p is None or evidence.significant(p)
+        message = (f"{candidate} {gate.metric} {m.system_mean:.4f} vs {baseline} {m.baseline_mean:.4f} = "
+                   f"{shown(observed)} ({'≥' if gained else '<'} required {shown(gate.threshold)})")
+        if p is not None:
+            message += (f", randomization p = {p:.3g} (Holm over {len(claims)} gated metric"
+                        f"{'s' if len(claims) > 1 else ''}, {queries} queries)")
+            if gained and not significant:
+                message += f": not significant at {evidence.max_p:g}"
+        passed = gained and significant
+        outcomes.append(GateOutcome(gate.spec, passed, observed, gate.threshold,
+                                    f"{'PASS' if passed else 'FAIL'} {gate.spec}: {message}", p))
     if max_latency_ms is not None:
         observed = report.latency_ms[candidate][LATENCY_STAGE][LATENCY_PERCENTILE]
         passed = not math.isnan(observed) and observed <= max_latency_ms

@@ -104,7 +104,6 @@ class TrainingResult:
     def summary(self) -> dict[str, Any]:
         return {
             "model_dir": str(self.model_dir), "steps": self.steps, "train_seconds": round(self.train_seconds, 1),
-            "step_seconds": [round(t, 3) for t in self.step_seconds],
             "resumed_from": self.resumed_from, "loss_first": self.losses[0] if self.losses else None,
             "loss_last": self.losses[-1] if self.losses else None,
             "best_validation_ndcg@10": self.best_validation_ndcg10, "config": asdict(self.config),
@@ -297,7 +296,8 @@ def finish(trainer: Any, config: TrainingConfig, output: Path, final: Path, seco
         validation_history=validation_history, step_seconds=clock.seconds,
     )
     (output / "training.json").write_text(json.dumps(
-        {**result.summary(), "validation_history": validation_history, "losses": result.losses}, indent=2))
+        {**result.summary(), "validation_history": validation_history, "losses": result.losses,
+         "step_seconds": [round(t, 3) for t in result.step_seconds]}, indent=2))
     return result
 
 

@@ -5,6 +5,8 @@ nDCG@5 by more than a threshold (default +5% relative) on the gold set — and a
 notes ask for: latency may not regress beyond a bound. With no production model yet, the candidate must
 beat the first stage it reranks (a reranker that loses to its own candidate list is never promoted).
 Both systems are evaluated in the same run, on the same candidates, by :func:`rankwise.evaluation.evaluate`.
+Like every gate it demands evidence (:class:`~rankwise.evaluation.gates.GateEvidence`): at least 30
+judged queries, and a gain the paired randomization test finds significant (p < 0.05) over them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rankwise.evaluation.compare import RERANKED_SUFFIX, evaluate
+from rankwise.evaluation.gates import DEFAULT_EVIDENCE, GateEvidence
 from rankwise.evaluation.goldset import PreparedGoldSet
+from rankwise.evaluation.significance import randomization_test
 from rankwise.index import Index
 from rankwise.registry import Registry
 from rankwise.rerank.loading import load_reranker
@@ -33,6 +37,10 @@ class PromotionDecision:
     max_latency_regression: float
     rerank_k: int = 100
     rerank_fusion: str = "none"
+    queries: int = 0
+    #: paired randomization p-value of the candidate against what it would replace, over ``queries``
+    p_value: float = float("nan")
+    max_p: float = 0.05
     passed: bool = False
     reasons: list[str] = field(default_factory=list)
 
@@ -52,6 +60,7 @@ def check_promotion(
     max_latency_regression: float = 0.25,
     rerank_k: int = 100,
     rerank_fusion: str = "none",
+    evidence: GateEvidence = DEFAULT_EVIDENCE,
     **reranker_options: Any,
 ) -> PromotionDecision:
     """Evaluate ``candidate`` against production (or the bare first stage) and apply the gate.
@@ -60,6 +69,7 @@ def check_promotion(
     helps when fused with the first stage is judged as fused, and both sides use the same settings.
     """
     version = registry.get(candidate).version
+    evidence.check_queries(len(goldset.queries))  # before minutes of evaluation
     production = registry.aliases().get("production")
     system = first_stage + RERANKED_SUFFIX
 
@@ -74,13 +84,22 @@ def check_promotion(
     if production and production != version:
         prod = run(production)
         against, base_value, base_p95 = production, prod.scores[system][metric], prod.latency_ms[system]["total"]["p95"]
+        # two runs over the same queries: the pairs are per query
+        ids = sorted(cand.per_query[system][metric])
+        p_value = randomization_test([cand.per_query[system][metric][q] for q in ids],
+                                     [prod.per_query[system][metric][q] for q in ids], n_resamples=1000)
     else:
         against, base_value, base_p95 = f"{first_stage} (no production model)", cand.scores[first_stage][metric], None
+        p_value = cand.comparison(system).metrics[metric].p_randomization
     gain = (cand_value - base_value) / base_value if base_value > 0 else float("inf") if cand_value > 0 else 0.0
     decision = PromotionDecision(version, against, metric, cand_value, base_value, gain, min_gain, cand_p95,
-                                 base_p95, max_latency_regression, rerank_k, rerank_fusion)
+                                 base_p95, max_latency_regression, rerank_k, rerank_fusion,
+                                 queries=len(goldset.queries), p_value=p_value, max_p=evidence.max_p)
     if gain <= min_gain:
         decision.reasons.append(f"{metric} gain {gain:+.1%} vs {against} does not clear the required {min_gain:+.1%}")
+    elif not evidence.significant(p_value):
+        decision.reasons.append(f"{metric} gain {gain:+.1%} vs {against} is not significant: randomization "
+                                f"p = {p_value:.3g} over {decision.queries} queries (required < {evidence.max_p:g})")
     if base_p95 is not None and cand_p95 > base_p95 * (1 + max_latency_regression):
         decision.reasons.append(f"p95 latency {cand_p95:.0f} ms regresses more than {max_latency_regression:.0%} "
                                 f"over {against}'s {base_p95:.0f} ms")

@@ -1,13 +1,47 @@
-"""One entry point for training a reranker of either architecture (the CLI and the demo call this)."""
+"""One entry point for training a reranker of either architecture (the CLI and the demo call this), and
+what it starts from: a backbone, or a registered reranker it continues.
+
+Continuing production instead of restarting from the backbone keeps what production learned; the
+continued model is the same kind as its parent (a cross-encoder's head or a tuned bi-encoder's space
+cannot be turned into the other) and records the parent's version in its card.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from rankwise.errors import QueryError
+from rankwise.registry import Registry, names_registry
+from rankwise.rerank.bi_encoder import reranker_kind
 from rankwise.training.bi_encoder import train_bi_encoder
-from rankwise.training.finetune import TrainingConfig, TrainingResult, train_cross_encoder
+from rankwise.training.finetune import Architecture, TrainingConfig, TrainingResult, train_cross_encoder
 from rankwise.training.negatives import TrainingGroup
+
+
+@dataclass(frozen=True, slots=True)
+class StartingPoint:
+    """The model training starts from: ``path`` to load, the ``architecture`` trained, and ``parent``, the
+    registry version continued (None for a backbone)."""
+
+    path: str
+    architecture: Architecture
+    parent: str | None = None
+
+
+def starting_point(base_model: str, architecture: Architecture | None = None,
+                   registry: Registry | None = None) -> StartingPoint:
+    """``base_model`` as a starting point: a registry name (``production``, ``candidate``, ``v3``) continues
+    that version with its own kind; anything else is a backbone (local dir, bundled name or hub id)."""
+    if not names_registry(base_model):
+        return StartingPoint(base_model, architecture or "cross-encoder")
+    entry = (registry or Registry()).get(base_model)
+    kind = reranker_kind(entry.path)
+    if architecture is not None and architecture != kind:
+        raise QueryError(f"'{base_model}' is {entry.version}, a {kind}: continuing it trains a {kind}; drop "
+                         f"--architecture {architecture}, or start a {architecture} from a backbone")
+    return StartingPoint(str(entry.path), kind, entry.version)
 
 
 def train_reranker(train: Sequence[TrainingGroup], validation: Sequence[TrainingGroup], config: TrainingConfig,
