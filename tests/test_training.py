@@ -193,6 +193,12 @@ def test_train_cli_trains_registers_and_records_the_title_queries(tmp_path: Path
     assert entry.card["training_data"]["title_queries"] == len(kb_documents)
     assert entry.card["training_data"]["max_positives"] == 1
     assert entry.card["training"]["steps"] == 12 and entry.card["hyperparameters"]["loss"] == "softmax"
+    # the end of training says how the model does against the first stage it would rerank, as served
+    verdict = entry.card["metrics"]["validation"]["against_first_stage"]
+    assert verdict["first_stage"] == "hybrid" and verdict["queries"] == 1
+    said = " ".join(done.stdout.split())
+    assert f"{verdict['model_value']:.2f} (hybrid + this model) vs hybrid alone {verdict['first_stage_value']:.2f}" in said
+    assert ("do not promote:" in said) != verdict["beats_first_stage"]
     assert read_calibration(entry.path / CALIBRATION_FILE), "the registered copy keeps its calibration windows"
     reloaded = CrossEncoderReranker(entry.path, backend="torch")
     assert reloaded.score("refund annual plan", ["Annual plans can be refunded.", "Rotate Redis."]).raw.shape == (2,)
@@ -231,6 +237,18 @@ def test_train_continues_a_registered_model_with_its_kind_and_records_the_parent
                            timeout=600, env=env)
     assert wrong.returncode == 2 and "is v1, a cross-encoder: continuing it trains a cross-encoder" in wrong.stderr
     assert "Traceback" not in wrong.stderr
+
+
+def test_the_verdict_says_plainly_when_a_model_loses_to_its_first_stage() -> None:
+    from rankwise.training.verdict import TrainingVerdict
+
+    losing = TrainingVerdict("hybrid", 12, model_value=0.2, first_stage_value=0.79, p_value=0.001)
+    assert not losing.beats_first_stage
+    assert losing.message.startswith("do not promote: validation nDCG@10 0.20 (hybrid + this model) vs hybrid "
+                                     "alone 0.79 over 12 held-out queries")
+    tie = TrainingVerdict("bm25", 3, model_value=0.5, first_stage_value=0.5, p_value=1.0)
+    assert tie.message.startswith("do not promote"), "no gain is no reason to promote"
+    assert TrainingVerdict("hybrid", 12, 0.85, 0.79, 0.04).message.startswith("beats the first stage")
 
 
 def test_a_time_budget_stops_training_early_and_keeps_a_validated_model(tmp_path: Path, kb_index: Index) -> None:

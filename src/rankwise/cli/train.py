@@ -92,6 +92,7 @@ def train(
     from rankwise.training.leakage import query_digests
     from rankwise.training.negatives import mine_groups, parse_negative_mix, title_groups
     from rankwise.training.train import starting_point, train_reranker
+    from rankwise.training.verdict import judge_against_first_stage
 
     reg = _registry(registry)
     start = starting_point(base_model, choose(architecture, ARCHITECTURES, "architecture") if architecture else None,
@@ -118,13 +119,21 @@ def train(
     result = train_reranker(train_groups + pseudo, val_groups, config, output)
     summary = result.summary()
     out.print_json(json.dumps(summary))
+    with out.status("validating against the first stage…"):
+        verdict = judge_against_first_stage(index, val_part, result.model_dir, rerank_k=depth)
+    if verdict is None:
+        out.print("[yellow]no validation queries (--validation-fraction 0): nothing says whether this model beats "
+                  "the first stage; run the gate (rankwise models promote) before using it[/]")
+    else:
+        out.print(f"[{'green' if verdict.beats_first_stage else 'bold red'}]{verdict.message}[/]", highlight=False)
     if register:
         parent = start.parent or reg.aliases().get("production")
         source = {"dataset": str(dataset), "split": split} if dataset else {"goldset": str(goldset)}
         card = {"base_model": base_model, "continued_from": start.parent, "training_data": {**source,
                 "fingerprint": judged.fingerprint, "query_digests": query_digests(judged.texts), "index_fingerprint": index.fingerprint, "negatives": mix,
                 "max_positives": max_positives, "title_queries": len(pseudo), **group_stats(train_groups)}, "hyperparameters": summary["config"],
-                "metrics": {"validation": {"nDCG@10": result.best_validation_ndcg10}},
+                "metrics": {"validation": {"nDCG@10": result.best_validation_ndcg10,
+                                           "against_first_stage": verdict.to_dict() if verdict else None}},
                 "training": {k: summary[k] for k in ("steps", "train_seconds", "loss_first", "loss_last")},
                 "parent": parent}
         entry = reg.register(result.model_dir, card)
