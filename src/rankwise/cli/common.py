@@ -12,9 +12,10 @@ bad value is one ``error:`` line like any other user error rather than a usage b
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -111,6 +112,20 @@ def warn(messages: list[str]) -> None:
 def progress_bars() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=err, transient=True)
+
+
+@contextlib.contextmanager
+def evaluation_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """An ``evaluate(progress=...)`` callback drawing one bar per system evaluated (queries done, ETA)."""
+    with progress_bars() as bars:
+        tasks: dict[str, Any] = {}
+
+        def progress(system: str, done: int, total: int) -> None:
+            if system not in tasks:
+                tasks[system] = bars.add_task(system, total=total)
+            bars.update(tasks[system], completed=done)
+
+        yield progress
 
 
 def load_goldset(dataset: Path | None, split: str, goldset: Path | None, queries: Path | None = None) -> GoldSet:

@@ -4,7 +4,7 @@ Exit codes: 0 success, 1 a gate failed, 2 a user error (one ``error:`` line).
 """
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -29,6 +29,7 @@ from rankwise.cli.common import (
     RerankK,
     RetrieveK,
     StrictOpt,
+    evaluation_progress,
     friendly_errors,
     load_goldset,
     load_reranker_option,
@@ -107,14 +108,7 @@ def eval_(
     warn(prepared.warnings)
     warn_leakage(reranker, registry, prepared.queries, strict)
     ranker = load_reranker_option(reranker, registry=registry, backend=backend, device=device, max_length=max_length)
-    with progress_bars() as bars:
-        tasks: dict[str, Any] = {}
-
-        def progress(system: str, done: int, total: int) -> None:
-            if system not in tasks:
-                tasks[system] = bars.add_task(system, total=total)
-            bars.update(tasks[system], completed=done)
-
+    with evaluation_progress() as progress:
         report = evaluate(index, prepared, first_stages=stages, reranker=ranker, metrics=metric_names,
                           baseline=baseline, candidate=candidate, retrieve_k=retrieve_k, rerank_k=rerank_k,
                           rerank_fusion=rerank_fusion, seed=seed, progress=progress)

@@ -27,6 +27,7 @@ from rankwise.cli.common import (
     RerankK,
     StrictOpt,
     err,
+    evaluation_progress,
     friendly_errors,
     load_goldset,
     load_reranker_option,
@@ -402,11 +403,11 @@ def promote(
     prepared = prepare_goldset(gold, index, limit_queries)
     warn_leakage(target, registry, prepared.queries, strict)  # a gate passed on training queries means nothing
     prelude()
-    with out.status(f"evaluating {target} against production…"):
+    with evaluation_progress() as progress:
         decision = check_promotion(reg, index, prepared, candidate=target, first_stage=first_stage, metric=metric,
                                    min_gain=min_gain, max_latency_regression=max_latency_regression,
                                    rerank_k=rerank_k, rerank_fusion=rerank_fusion, evidence=evidence,
-                                   backend=backend, device=device)
+                                   progress=progress, backend=backend, device=device)
     out.print(f"{metric}: {target} {decision.candidate_value:.4f} vs {decision.against} {decision.baseline_value:.4f} "
               f"({decision.relative_gain:+.1%}, required > {min_gain:+.1%}; randomization p = {decision.p_value:.3g} "
               f"over {decision.queries} queries, required < {max_p:g}); p95 {decision.candidate_p95_ms:.0f} ms",

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rankwise.evaluation.compare import RERANKED_SUFFIX, evaluate
+from rankwise.evaluation.compare import RERANKED_SUFFIX, Progress, evaluate
 from rankwise.evaluation.gates import DEFAULT_EVIDENCE, GateEvidence
 from rankwise.evaluation.goldset import PreparedGoldSet
 from rankwise.evaluation.significance import randomization_test
@@ -61,6 +61,7 @@ def check_promotion(
     rerank_k: int = 100,
     rerank_fusion: str = "none",
     evidence: GateEvidence = DEFAULT_EVIDENCE,
+    progress: Progress | None = None,
     **reranker_options: Any,
 ) -> PromotionDecision:
     """Evaluate ``candidate`` against production (or the bare first stage) and apply the gate.
@@ -75,8 +76,14 @@ def check_promotion(
 
     def run(spec: str):
         reranker = load_reranker(spec, registry=registry, **reranker_options)
+
+        def named(system: str, done: int, total: int) -> None:  # both runs have the same system names
+            if progress is not None:
+                progress(f"{spec}: {system}", done, total)
+
         return evaluate(index, goldset, first_stages=[first_stage], reranker=reranker, metrics=[metric],
-                        baseline=first_stage, rerank_k=rerank_k, rerank_fusion=rerank_fusion, n_resamples=1000)
+                        baseline=first_stage, rerank_k=rerank_k, rerank_fusion=rerank_fusion, n_resamples=1000,
+                        progress=named)
 
     cand = run(version)
     cand_value = cand.scores[system][metric]
