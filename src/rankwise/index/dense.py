@@ -56,14 +56,16 @@ class Embedder:
         batch_tokens: exported backends' token budget per forward pass (length-sorted batches, bounded memory).
         threads: intra-op threads of the exported backends (default: all cores).
         max_seq_length: tokens embedded per text (default: the model's own limit).
+        reranking: the embeddings rerank a short candidate list rather than rank a corpus, which changes
+            what ``auto`` picks on some CPUs (:func:`~rankwise.inference.backends.resolve_backend`).
     """
 
     def __init__(self, model: str = "minilm", *, backend: BackendChoice = "auto", batch_size: int = 64,
                  batch_tokens: int = 16384, device: str = "cpu", threads: int | None = None,
-                 max_seq_length: int | None = None) -> None:
+                 max_seq_length: int | None = None, reranking: bool = False) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self.backend_decision = resolve_backend(backend, "embedder", device=device)
+        self.backend_decision = resolve_backend(backend, "embedder", device=device, reranking=reranking)
         backend = self.backend_decision.backend
         path = resolve_model(model)
         try:

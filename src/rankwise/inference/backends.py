@@ -7,8 +7,11 @@ compiled model (:mod:`rankwise.inference.onnx`, :mod:`rankwise.inference.openvin
 Why ``auto`` picks per CPU: the fastest backend depends on the instruction set, not only on the model.
 OpenVINO's static int8 kernels need AVX-512 VNNI (or AVX-VNNI/AMX) to be fast; on an AVX2-only CPU ONNX
 Runtime's dynamic int8 is clearly faster than OpenVINO int8 (``benchmarks/README.md`` has both machine
-kinds). Both int8 backends keep ranking quality within the noise of the SciFact test set, so ``auto``
-takes the fast one the CPU suits and records the choice and its reason in every answer's provenance.
+kinds). ``auto`` takes the fastest backend whose quality was measured equal to fp32 on SciFact: for the
+cross-encoder both int8 backends; for embeddings OpenVINO's static int8 but not ONNX Runtime's dynamic
+int8, which lowers hybrid retrieval significantly, so AVX2-only CPUs embed a corpus and its queries with
+the fused fp32 ONNX graph (a bi-encoder that reranks a few candidates keeps int8). The choice and its
+reason are recorded in every answer's provenance.
 """
 
 from __future__ import annotations
@@ -155,7 +158,7 @@ def _available(*modules: str) -> bool:
 
 
 def resolve_backend(requested: str, task: Task = "cross-encoder", *, device: str = "cpu",
-                    flags: frozenset[str] | None = None) -> BackendDecision:
+                    flags: frozenset[str] | None = None, reranking: bool = False) -> BackendDecision:
     """The concrete backend for ``requested`` on ``device`` (``auto`` → per CPU, see the module docstring).
 
     The exported backends run on the CPU only: ``auto`` on another device is torch, and asking for an
@@ -172,10 +175,16 @@ def resolve_backend(requested: str, task: Task = "cross-encoder", *, device: str
         return BackendDecision(backend, "requested")
     kind = cpu_kind(flags)
     preferred: list[tuple[Backend, tuple[str, ...]]] = [("onnx-int8", ("onnxruntime",))]
+    if task == "embedder" and not reranking:
+        # ONNX Runtime's dynamic int8 embeddings cost SciFact hybrid nDCG@10 0.013 (p = 0.002): ranking a
+        # whole corpus by cosine turns small vector errors into reordered near-ties. The fused fp32 graph
+        # gives torch's vectors exactly, faster. An embedder that reranks (a tuned bi-encoder over 20
+        # candidates) keeps int8, measured as good in make demo (benchmarks/README.md)
+        preferred = [("onnx", ("onnxruntime",))]
     if kind == "avx512-vnni":
         preferred.insert(0, ("openvino-int8", ("openvino", "nncf")))
     for backend, modules in preferred:
         if _available(*modules):
-            return BackendDecision(backend, f"auto: fastest measured on {kind} CPUs")
+            return BackendDecision(backend, f"auto: fastest of equal quality measured on {kind} CPUs")
         log.warning("backend %s is unavailable (%s not installed); trying the next one", backend, ", ".join(modules))
     return BackendDecision("torch", f"auto: no int8 runtime installed on this {kind} CPU")

@@ -86,7 +86,7 @@ class BiEncoderReranker:
         self.path = resolve_model(model)
         self.weights_sha256 = weights_sha256(self.path)
         self.embedder = Embedder(str(self.path), backend=backend, device=device, threads=threads,
-                                 max_seq_length=max_length)
+                                 max_seq_length=max_length, reranking=True)
         self.backend_decision = self.embedder.backend_decision
         backend_name = self.backend_decision.backend
         self.name = name or (str(model) if backend_name == "torch" else f"{model}[{backend_name}]")
