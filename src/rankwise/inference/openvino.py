@@ -102,7 +102,7 @@ def onednn_cap_blocks_openvino() -> str | None:
     if not any(flag.startswith("avx512") for flag in detected_cpu_flags()):
         return None
     return (f"OpenVINO compiles no model with ONEDNN_MAX_CPU_ISA={cap} on an AVX-512 CPU; unset it, or use "
-            "--backend onnx-int8 (the AVX2 default)")
+            "an ONNX backend (what auto picks on AVX2-only CPUs)")
 
 
 class OpenVinoRunner:
