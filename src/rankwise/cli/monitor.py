@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -39,13 +39,13 @@ from rankwise.cli.common import (
     RetrieveK,
     StrictOpt,
     err,
+    evaluation_progress,
     friendly_errors,
     load_goldset,
     open_feedback_store,
     out,
     prelude,
     prepare_goldset,
-    progress_bars,
     store_path,
     warn,
     warn_leakage,
@@ -125,14 +125,7 @@ def run(
         warn_leakage(reranker, registry, prepared.queries, strict)
         resolved = resolve_reranker(reranker, registry=registry, backend=backend, device=device,
                                     max_length=max_length)
-        with progress_bars() as bars:
-            tasks: dict[str, Any] = {}
-
-            def progress(system: str, done: int, total: int) -> None:
-                if system not in tasks:
-                    tasks[system] = bars.add_task(system, total=total)
-                bars.update(tasks[system], completed=done)
-
+        with evaluation_progress() as progress:
             record = monitor_run(index, prepared, name=name, first_stage=first_stage, reranker=resolved,
                                  retrieve_k=retrieve_k, rerank_k=rerank_k, rerank_fusion=rerank_fusion,
                                  metrics=metric_names, slice_by=slice_by or [], tags=tags, progress=progress)
