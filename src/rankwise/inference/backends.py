@@ -119,11 +119,8 @@ def cpu_flags() -> frozenset[str]:
     if CPU_KINDS.index(kind) < CPU_KINDS.index(_kind_of(flags)):
         raise QueryError(f"{CPU_KIND_ENV}={kind}, but this CPU is {_kind_of(flags)}: a CPU can only be treated "
                          "as a lesser kind")
-    if kind == "avx2":
-        return frozenset(f for f in flags if not f.startswith(_ABOVE_AVX2))
-    if kind == "other":
-        return frozenset(f for f in flags if not f.startswith(_ABOVE_AVX2) and f != "avx2")
-    return flags
+    hidden = {"avx512-vnni": (), "avx2": _ABOVE_AVX2, "other": (*_ABOVE_AVX2, "avx2")}[kind]
+    return frozenset(f for f in flags if not f.startswith(hidden))
 
 
 def has_vnni(flags: frozenset[str] | None = None) -> bool:

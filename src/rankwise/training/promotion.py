@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rankwise.evaluation.compare import RERANKED_SUFFIX, Progress, evaluate
-from rankwise.evaluation.gates import DEFAULT_EVIDENCE, GateEvidence
+from rankwise.evaluation.gates import DEFAULT_EVIDENCE, DEFAULT_MAX_P, GateEvidence
 from rankwise.evaluation.goldset import PreparedGoldSet
 from rankwise.evaluation.significance import randomization_test
 from rankwise.index import Index
@@ -40,7 +40,7 @@ class PromotionDecision:
     queries: int = 0
     #: paired randomization p-value of the candidate against what it would replace, over ``queries``
     p_value: float = float("nan")
-    max_p: float = 0.05
+    max_p: float = DEFAULT_MAX_P
     passed: bool = False
     reasons: list[str] = field(default_factory=list)
 
