@@ -123,8 +123,9 @@ def train(
     with out.status("validating against the first stage…"):
         verdict = judge_against_first_stage(index, val_part, result.model_dir, rerank_k=depth)
     if verdict is None:
-        out.print("[yellow]no validation queries (--validation-fraction 0): nothing says whether this model beats "
-                  "the first stage; run the gate (rankwise models promote) before using it[/]")
+        out.print(f"[yellow]no validation queries ({len(judged.qrels)} judged, --validation-fraction "
+                  f"{validation_fraction:g} held out none): nothing says whether this model beats the first stage; "
+                  "run the gate (rankwise models promote) before using it[/]", highlight=False)
     else:
         out.print(f"[{'green' if verdict.beats_first_stage else 'bold red'}]{verdict.message}[/]", highlight=False)
     if register:
