@@ -12,7 +12,7 @@ from test_training import QRELS, QUERIES
 from rankwise import Index, Pipeline
 from rankwise.errors import ModelError, QueryError
 from rankwise.rerank import BiEncoderReranker, CrossEncoderReranker, WindowedReranker
-from rankwise.rerank.bi_encoder import KIND_FILE, reranker_kind
+from rankwise.rerank.declaration import KIND_FILE, reranker_kind
 from rankwise.rerank.loading import load_reranker
 from rankwise.training.finetune import TrainingConfig
 from rankwise.training.negatives import TrainingGroup, mine_groups

@@ -12,6 +12,7 @@ from conftest import build_tiny_cross_encoder
 from rankwise import CrossEncoderReranker, Index
 from rankwise.errors import QueryError
 from rankwise.inference.calibration import CALIBRATION_FILE, read_calibration
+from rankwise.rerank.declaration import read_declaration
 from rankwise.training.data import JudgedQueries
 from rankwise.training.finetune import TrainingConfig, train_cross_encoder
 from rankwise.training.negatives import mine_groups, parse_negative_mix, title_groups
@@ -197,7 +198,12 @@ def test_train_cli_trains_registers_and_records_the_title_queries(tmp_path: Path
     verdict = entry.card["metrics"]["validation"]["against_first_stage"]
     assert verdict["first_stage"] == "hybrid" and verdict["queries"] == 1
     said = " ".join(done.stdout.split())
-    assert f"{verdict['model_value']:.2f} (hybrid + this model) vs hybrid alone {verdict['first_stage_value']:.2f}" in said
+    assert f"{verdict['model_value']:.2f} (hybrid + this model, " in said
+    assert f"vs hybrid alone {verdict['first_stage_value']:.2f}" in said
+    # the ordering measured best on the validation queries is what the model declares and is served with
+    assert verdict["fusion"] in ("none", "rrf") and verdict["other_value"] is not None
+    assert read_declaration(entry.path).fusion == verdict["fusion"]
+    assert CrossEncoderReranker(entry.path, backend="torch").declared_fusion == verdict["fusion"]
     assert ("do not promote:" in said) != verdict["beats_first_stage"]
     assert read_calibration(entry.path / CALIBRATION_FILE), "the registered copy keeps its calibration windows"
     reloaded = CrossEncoderReranker(entry.path, backend="torch")
@@ -242,10 +248,11 @@ def test_train_continues_a_registered_model_with_its_kind_and_records_the_parent
 def test_the_verdict_says_plainly_when_a_model_loses_to_its_first_stage() -> None:
     from rankwise.training.verdict import TrainingVerdict
 
-    losing = TrainingVerdict("hybrid", 12, model_value=0.2, first_stage_value=0.79, p_value=0.001)
+    losing = TrainingVerdict("hybrid", 12, model_value=0.2, first_stage_value=0.79, p_value=0.001, fusion="rrf",
+                             other_value=0.1)
     assert not losing.beats_first_stage
-    assert losing.message.startswith("do not promote: validation nDCG@10 0.20 (hybrid + this model) vs hybrid "
-                                     "alone 0.79 over 12 held-out queries")
+    assert losing.message.startswith("do not promote: validation nDCG@10 0.20 (hybrid + this model, fused with "
+                                     "hybrid's ranks (rrf); alone 0.10) vs hybrid alone 0.79 over 12 held-out queries")
     tie = TrainingVerdict("bm25", 3, model_value=0.5, first_stage_value=0.5, p_value=1.0)
     assert tie.message.startswith("do not promote"), "no gain is no reason to promote"
     assert TrainingVerdict("hybrid", 12, 0.85, 0.79, 0.04).message.startswith("beats the first stage")

@@ -18,7 +18,7 @@ import numpy as np
 from rankwise.errors import QueryError
 from rankwise.index import Index
 from rankwise.options import RERANK_FUSIONS, FirstStageMethod, Fusion, Granularity, RerankFusion, choose
-from rankwise.rerank.base import Reranker, RerankScores, backend_label
+from rankwise.rerank.base import Reranker, RerankScores, backend_label, declared_fusion
 from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
 from rankwise.retrieval.rrf import reciprocal_rank_fusion
 from rankwise.types import Candidate, FirstStageScore, Provenance, RerankerScore, SearchResponse, SearchResult
@@ -55,7 +55,8 @@ class Pipeline:
         granularity: ``document`` (best passage per document, MaxP) or ``passage``.
         rerank_fusion: ``none`` orders the reranked candidates by the reranker's score alone; ``rrf``
             orders them by reciprocal rank fusion (k=60) of the reranker's rank and the first stage's
-            rank. Why: a reranker fine-tuned on a few hundred queries and the first stage make different
+            rank; unset, what the model's training chose on its held-out queries (``none`` for a model
+            that declares nothing, e.g. any hub reranker). Why: a reranker fine-tuned on a few hundred queries and the first stage make different
             mistakes, and RRF needs no weight to tune, so no held-out data (``benchmarks/README.md``
             measures both). The result's ``score`` is then the fused score; both inputs stay visible.
         allow_unknown_filters: a filter on a metadata key no document has is refused by default (a typo
@@ -73,12 +74,13 @@ class Pipeline:
         fusion: Fusion = "rrf",
         alpha: float = 0.5,
         granularity: Granularity = "document",
-        rerank_fusion: RerankFusion = "none",
+        rerank_fusion: RerankFusion | None = None,
         allow_unknown_filters: bool = False,
     ) -> None:
         if retrieve_k <= 0 or rerank_k < 0:
             raise QueryError("retrieve_k must be positive and rerank_k non-negative")
-        self.rerank_fusion = choose(rerank_fusion, RERANK_FUSIONS, "rerank fusion")
+        self.rerank_fusion: RerankFusion = (declared_fusion(reranker) if rerank_fusion is None
+                                            else choose(rerank_fusion, RERANK_FUSIONS, "rerank fusion"))
         self.index = index
         self.reranker = reranker
         self.retrieve_k = retrieve_k

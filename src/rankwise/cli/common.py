@@ -212,8 +212,9 @@ FirstStageOpt = Annotated[str, typer.Option(help="First stage: bm25 | dense | hy
 FirstStagesOpt = Annotated[str, typer.Option("--first-stage", help="First stages, comma-separated: bm25,dense,hybrid.")]
 RetrieveK = Annotated[int, typer.Option(help="First-stage candidates.")]
 RerankK = Annotated[int, typer.Option(help="Candidates the reranker scores.")]
-RerankFusionOpt = Annotated[str, typer.Option(help="none: reranker order; rrf: fuse reranker and "
-                                                            "first-stage ranks.")]
+RerankFusionOpt = Annotated[str | None, typer.Option(help="none: reranker order; rrf: fuse reranker and "
+                                                   "first-stage ranks (default: what the model's training chose "
+                                                   "on its held-out queries, else none).")]
 MaxLength = Annotated[int | None, typer.Option(help="Reranker tokens per (query, passage) window "
                                                     "(default: the model's trained length).")]
 LimitQueries = Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N queries of the gold set.")]

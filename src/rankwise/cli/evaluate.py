@@ -64,7 +64,7 @@ def eval_(
     scale: Annotated[str | None, typer.Option(help="Allowed labels, e.g. 0-3, 0,1 or binary.")] = None,
     retrieve_k: RetrieveK = 100,
     rerank_k: RerankK = 100,
-    rerank_fusion: RerankFusionOpt = "none",
+    rerank_fusion: RerankFusionOpt = None,
     max_length: MaxLength = None,
     backend: BackendOpt = "auto",
     device: DeviceOpt = "cpu",

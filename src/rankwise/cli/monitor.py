@@ -86,7 +86,7 @@ def run(
     max_length: MaxLength = None,
     retrieve_k: RetrieveK = 100,
     rerank_k: RerankK = 100,
-    rerank_fusion: RerankFusionOpt = "none",
+    rerank_fusion: RerankFusionOpt = None,
     metrics: Annotated[str, typer.Option(help="ir_measures names, comma-separated (MRR@10 is RR@10).")]
     = "nDCG@5,nDCG@10,R@20,RR@10",
     history: HistoryOpt = DEFAULT_STORE,
@@ -111,7 +111,8 @@ def run(
     # evaluation start
     metric_names = parse_metrics(metrics)
     choose(first_stage, FIRST_STAGE_METHODS, "first stage")
-    choose(rerank_fusion, RERANK_FUSIONS, "rerank fusion")
+    if rerank_fusion is not None:
+        choose(rerank_fusion, RERANK_FUSIONS, "rerank fusion")
     path = _history_path(history)
     with SQLiteMonitorHistory(path) as store:
         gold = load_goldset(dataset, split, goldset, queries)

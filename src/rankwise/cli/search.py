@@ -94,7 +94,7 @@ def search(
     k: Annotated[int, typer.Option("--k", "-k", help="Results to show.")] = 10,
     retrieve_k: RetrieveK = 100,
     rerank_k: RerankK = 100,
-    rerank_fusion: RerankFusionOpt = "none",
+    rerank_fusion: RerankFusionOpt = None,
     fusion: Annotated[str, typer.Option(help="Hybrid fusion: rrf | convex.")] = "rrf",
     alpha: Annotated[float, typer.Option(help="Dense weight for convex fusion.")] = 0.5,
     granularity: Annotated[str, typer.Option(help="document (MaxP) | passage.")] = "document",

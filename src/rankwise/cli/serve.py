@@ -50,7 +50,7 @@ def serve(
     first_stage: FirstStageOpt = "hybrid",
     retrieve_k: RetrieveK = 100,
     rerank_k: RerankK = 100,
-    rerank_fusion: RerankFusionOpt = "none",
+    rerank_fusion: RerankFusionOpt = None,
     max_length: MaxLength = None,
     backend: BackendOpt = "auto",
     device: DeviceOpt = "cpu",

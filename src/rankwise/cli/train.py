@@ -4,6 +4,8 @@ registry."""
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -38,6 +40,7 @@ from rankwise.cli.common import (
     warn_leakage,
 )
 from rankwise.evaluation.gates import DEFAULT_MAX_P, DEFAULT_MIN_QUERIES
+from rankwise.training.recipe import DEFAULT_BUDGET_S, DEFAULT_NEGATIVES
 
 if TYPE_CHECKING:
     from rankwise.monitoring.probes import ProbeReport, ProbeResult
@@ -61,21 +64,24 @@ def train(
     goldset: GoldsetOpt = None,
     base_model: Annotated[str, typer.Option(help="Backbone (local dir or hub id), or a registry name (production, candidate, vN) to continue that model, of its own kind.")] = "minilm",
     architecture: Annotated[str | None, typer.Option(help="cross-encoder | bi-encoder (a domain-tuned copy of the embedding model; trains with softmax). Default: cross-encoder, or the continued model's kind.")] = None,
-    loss: Annotated[str | None, typer.Option(help="bce | lambda | listnet | softmax (default: bce for a cross-encoder, softmax for a bi-encoder)")] = None,
-    negatives: Annotated[str, typer.Option(help="Negatives per query by source.")] = "bm25:3,dense:2,random:2",
+    loss: Annotated[str | None, typer.Option(help="bce | lambda | listnet | softmax (default: the recipe's)")] = None,
+    residual: Annotated[bool | None, typer.Option("--residual/--no-residual", help="Cross-encoder: learn a correction added to the index's dense cosine, starting at zero, so an untrained model ranks like the dense first stage (default: the recipe's).")] = None,
+    negatives: Annotated[str, typer.Option(help="Negatives per query by source.")] = DEFAULT_NEGATIVES,
     depth: Annotated[int, typer.Option(help="Mine first-stage negatives from this many candidates.")] = 30,
     skip_top: Annotated[int, typer.Option(help="Skip the first N candidates (likely unjudged positives).")] = 0,
     margin: Annotated[float | None, typer.Option(help="Drop candidates scoring >= margin × best positive.")] = None,
     rounds: Annotated[int, typer.Option(help="Groups per query, each with freshly sampled negatives.")] = 1,
-    max_positives: Annotated[int | None, typer.Option(min=1, help="At most N positives per query, the best-ranked kept; the rest are never negatives.")] = None,
+    max_positives: Annotated[int | None, typer.Option(min=1, help="At most N positives per query, the best-ranked kept; the rest are never negatives (default: the recipe's).")] = None,
     title_queries: Annotated[bool, typer.Option(help="Also train on document titles as pseudo-queries for their bodies (few labels).")] = False,
     validation_fraction: Annotated[float, typer.Option(help="Share of queries held out for early stopping.")] = 0.1,
-    epochs: Annotated[float, typer.Option()] = 1.0,
-    max_steps: Annotated[int, typer.Option(help="Stop after N steps (-1: epochs decide).")] = -1,
-    batch_size: Annotated[int, typer.Option(help="Pairs (bce) or groups (listwise) per step.")] = 16,
-    learning_rate: Annotated[float, typer.Option("--lr")] = 4e-5,
-    max_length: Annotated[int, typer.Option()] = 256,
-    eval_steps: Annotated[int, typer.Option(help="Validate and checkpoint every N steps.")] = 100,
+    replay: Annotated[float, typer.Option(min=0, help="Continuing a registered model: replay its own training queries, this many per new training query (0: none).")] = 0.5,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the data (instead of the recipe's steps).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N steps (default: the recipe's).")] = None,
+    train_seconds: Annotated[float | None, typer.Option(min=1, help=f"Wall-clock training budget; the best validated checkpoint is kept (default {DEFAULT_BUDGET_S:.0f}).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Pairs (bce) or groups (listwise) per step (default: the recipe's).")] = None,
+    learning_rate: Annotated[float | None, typer.Option("--lr", help="Default: the recipe's.")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Tokens per (query, passage) input (default: the recipe's).")] = None,
+    eval_steps: Annotated[int | None, typer.Option(help="Validate and checkpoint every N steps (default: the recipe's).")] = None,
     layers: Annotated[int | None, typer.Option(help="Keep only the first N backbone layers (compact reranker).")] = None,
     patience: Annotated[int, typer.Option(help="Early-stopping patience in validations.")] = 4,
     bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bfloat16 autocast (default: where native).")] = None,
@@ -84,44 +90,77 @@ def train(
     registry: RegistryOpt = None,
     register: Annotated[bool, typer.Option(help="Register the result as the new 'candidate'.")] = True,
 ) -> None:
-    """Fine-tune a reranker on judged queries with mined hard negatives (resumes from checkpoints)."""
+    """Fine-tune a reranker on judged queries with mined hard negatives (resumes from checkpoints).
+
+    Unset options follow a recipe chosen from the data (printed with its reasons); any option set wins.
+    """
     prelude()
+    from rankwise.errors import QueryError
     from rankwise.index import Index
     from rankwise.options import choose
+    from rankwise.rerank.declaration import read_declaration
     from rankwise.training.data import JudgedQueries, group_stats
-    from rankwise.training.finetune import ARCHITECTURES, TrainingConfig
+    from rankwise.training.finetune import ARCHITECTURES
     from rankwise.training.leakage import query_digests
     from rankwise.training.negatives import mine_groups, parse_negative_mix, title_groups
+    from rankwise.training.recipe import choose_recipe
+    from rankwise.training.replay import choose_replay
     from rankwise.training.train import starting_point, train_reranker
-    from rankwise.training.verdict import judge_against_first_stage
+    from rankwise.training.verdict import declare_serving_order, judge_against_first_stage
 
     reg = _registry(registry)
     start = starting_point(base_model, choose(architecture, ARCHITECTURES, "architecture") if architecture else None,
                            reg)
-    architecture = start.architecture
-    loss = loss or ("softmax" if architecture == "bi-encoder" else "bce")
-    config = TrainingConfig(base_model=start.path, architecture=architecture, loss=loss, epochs=epochs, max_steps=max_steps,  # type: ignore[arg-type]
-                            batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
-                            seed=seed, eval_steps=eval_steps, patience=patience, layers=layers, bf16=bf16)
     mix = parse_negative_mix(negatives)
     index = Index(index_dir)
     judged = JudgedQueries.from_goldset(load_goldset(dataset, split, goldset), known_documents=index.passage_doc_ids)
     train_part, val_part = judged.split(validation_fraction, seed)
+    recipe = choose_recipe(len(train_part.qrels), index.manifest.num_documents,
+                           budget_s=train_seconds or DEFAULT_BUDGET_S)
+    if start.parent is not None:
+        recipe = recipe.continuing(start.architecture, start.residual is not None, start.parent)
+    if residual is False and start.residual is not None:
+        raise QueryError(f"'{base_model}' is {start.parent}, a residual reranker: continuing it keeps its residual "
+                         "base; drop --no-residual, or start from a backbone")
+    recipe = recipe.overridden(architecture=start.architecture if architecture else None, residual=residual, loss=loss,
+                               max_steps=-1 if epochs is not None and max_steps is None else max_steps,
+                               batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
+                               eval_steps=eval_steps, max_positives=max_positives)
+    if recipe.residual and start.residual is None and not index.has_dense:
+        raise QueryError(f"a residual reranker adds a correction to the dense cosine, and {index_dir} has no "
+                         "vectors; build it with an embedding model or pass --no-residual")
+    out.print(f"recipe: {escape(recipe.explain())}", highlight=False)
+    dense_model = str(index.manifest.embedding["model"]) if index.manifest.embedding else None
+    config = recipe.config(base_model=start.path, residual_over=dense_model,
+                           residual_base=start.residual, seed=seed, patience=patience, layers=layers, bf16=bf16,
+                           epochs=epochs or 1.0)
     with out.status("mining hard negatives…"):
         train_groups = mine_groups(index, train_part.queries, train_part.qrels, mix=mix, depth=depth,
                                    skip_top=skip_top, false_negative_margin=margin, rounds=rounds,
-                                   max_positives=max_positives, seed=seed)
+                                   max_positives=recipe.max_positives, seed=seed)
         pseudo = title_groups(index, mix=mix, depth=depth, seed=seed) if title_queries else []
         # validation sees realistic candidate lists: the hybrid (or BM25) top-depth, not random documents
         val_mix = {"hybrid" if index.has_dense else "bm25": depth}
         val_groups = mine_groups(index, val_part.queries, val_part.qrels, mix=val_mix, depth=depth, seed=seed)
+        replayed = None
+        if start.parent is not None and replay > 0:
+            replayed = choose_replay(reg.get(start.parent).card, math.ceil(replay * len(train_part.qrels)),
+                                     exclude=set(judged.texts), known_documents=set(index.passage_doc_ids), seed=seed)
+        replay_groups = [] if replayed is None or replayed.queries is None else mine_groups(
+            index, replayed.queries.queries, replayed.queries.qrels, mix=mix, depth=depth, skip_top=skip_top,
+            false_negative_margin=margin, rounds=rounds, max_positives=recipe.max_positives, seed=seed)
     out.print(f"training groups {dict(group_stats(train_groups))}, title pseudo-queries {len(pseudo)}, "
-              f"validation groups {dict(group_stats(val_groups))}")
-    result = train_reranker(train_groups + pseudo, val_groups, config, output)
+              f"validation groups {dict(group_stats(val_groups))}", highlight=False)
+    if replayed is not None:
+        out.print(f"replaying {len(replay_groups)} of {start.parent}'s training queries from {replayed.source}"
+                  if replay_groups else f"[yellow]not replaying {start.parent}'s training queries: "
+                  f"{escape(replayed.reason)}[/]", highlight=False)
+    result = train_reranker(train_groups + replay_groups + pseudo, val_groups, config, output)
     summary = result.summary()
     out.print_json(json.dumps(summary))
     with out.status("validating against the first stage…"):
         verdict = judge_against_first_stage(index, val_part, result.model_dir, rerank_k=depth)
+        declare_serving_order(result.model_dir, verdict)
     if verdict is None:
         out.print(f"[yellow]no validation queries ({len(judged.qrels)} judged, --validation-fraction "
                   f"{validation_fraction:g} held out none): nothing says whether this model beats the first stage; "
@@ -129,11 +168,18 @@ def train(
     else:
         out.print(f"[{'green' if verdict.beats_first_stage else 'bold red'}]{verdict.message}[/]", highlight=False)
     if register:
+        result_declaration = read_declaration(result.model_dir)
+        replayed_texts = replayed.queries.texts if replayed is not None and replayed.queries is not None else []
         parent = start.parent or reg.aliases().get("production")
-        source = {"dataset": str(dataset), "split": split} if dataset else {"goldset": str(goldset)}
+        # absolute, so that a model continued later, from another directory, can replay them
+        source = ({"dataset": str(dataset.resolve()), "split": split} if dataset
+                  else {"goldset": str(goldset.resolve()) if goldset else None})
         card = {"base_model": base_model, "continued_from": start.parent, "training_data": {**source,
-                "fingerprint": judged.fingerprint, "query_digests": query_digests(judged.texts), "index_fingerprint": index.fingerprint, "negatives": mix,
-                "max_positives": max_positives, "title_queries": len(pseudo), **group_stats(train_groups)}, "hyperparameters": summary["config"],
+                "fingerprint": judged.fingerprint, "query_digests": query_digests(judged.texts + replayed_texts), "index_fingerprint": index.fingerprint, "negatives": mix,
+                "max_positives": recipe.max_positives, "title_queries": len(pseudo), **group_stats(train_groups),
+                "replay": replayed.to_dict() if replayed else None}, "recipe": recipe.to_dict(),
+                "residual": asdict(result_declaration.residual) if result_declaration.residual else None,
+                "hyperparameters": summary["config"],
                 "metrics": {"validation": {"nDCG@10": result.best_validation_ndcg10,
                                            "against_first_stage": verdict.to_dict() if verdict else None}},
                 "training": {k: summary[k] for k in ("steps", "train_seconds", "loss_first", "loss_last")},
@@ -369,7 +415,7 @@ def promote(
     min_queries: MinQueriesOpt = DEFAULT_MIN_QUERIES,
     max_p: MaxPOpt = DEFAULT_MAX_P,
     rerank_k: RerankK = 100,
-    rerank_fusion: RerankFusionOpt = "none",
+    rerank_fusion: RerankFusionOpt = None,
     backend: BackendOpt = "auto",
     device: DeviceOpt = "cpu",
     limit_queries: LimitQueries = None,

@@ -78,7 +78,7 @@ from rankwise.evaluation.significance import (
 from rankwise.index import Index
 from rankwise.options import FIRST_STAGE_METHODS, FirstStageMethod, choose_many
 from rankwise.pipeline import MAX_QUERY_CHARS, Pipeline, latency_percentiles
-from rankwise.rerank.base import Reranker
+from rankwise.rerank.base import Reranker, declared_fusion
 from rankwise.types import SearchResult
 
 SCHEMA = "rankwise.evaluation/1"
@@ -227,7 +227,7 @@ def evaluate(
     candidate: str | None = None,
     retrieve_k: int = 100,
     rerank_k: int = 100,
-    rerank_fusion: str = "none",
+    rerank_fusion: str | None = None,
     top_results: int = 5,
     seed: int = DEFAULT_SEED,
     n_resamples: int = DEFAULT_RESAMPLES,
@@ -240,7 +240,8 @@ def evaluate(
     applied per metric over the comparisons with the baseline. The report keeps each system's top
     ``top_results`` results per query (with first-stage and reranker scores) and its full rankings (for
     TREC run files); rankings are ``retrieve_k`` deep. ``rerank_fusion`` is the
-    :class:`~rankwise.pipeline.Pipeline` option (``rrf``: reranked order fused with the first stage's).
+    :class:`~rankwise.pipeline.Pipeline` option (``rrf``: reranked order fused with the first stage's;
+    unset: the model's declared one, as it would be served).
     """
     metrics = parse_metrics(metrics)
     first_stages = parse_first_stages(first_stages)
@@ -285,7 +286,7 @@ def evaluate(
         "reranker": reranker.name if reranker else None,
         "reranker_sha256": reranker.weights_sha256 if reranker else None,
         "first_stages": first_stages, "retrieve_k": retrieve_k, "rerank_k": rerank_k,
-        "rerank_fusion": rerank_fusion,
+        "rerank_fusion": declared_fusion(reranker) if rerank_fusion is None else rerank_fusion,
         "seed": seed, "n_resamples": n_resamples, "confidence": 0.95,
         "holm_family": "per metric: every system compared with the baseline",
         "latency_note": ("a first stage and its '+reranker' variant share one first-stage call per query; "
@@ -306,7 +307,8 @@ def evaluate(
 
 
 def _run_pipelines(index: Index, goldset: PreparedGoldSet, first_stages: Sequence[str], reranker: Reranker | None,
-                   retrieve_k: int, rerank_k: int, rerank_fusion: str, top_results: int, progress: Progress | None,
+                   retrieve_k: int, rerank_k: int, rerank_fusion: str | None, top_results: int,
+                   progress: Progress | None,
                    ) -> tuple[dict[str, dict[str, list[str]]], dict[str, dict[str, list[TopResult]]],
                               dict[str, dict[str, list[float]]], dict[str, dict[str, list[float]]]]:
     """Rankings, top results, per-stage latency samples and per-query costs (CPU ms, pairs scored) of every

@@ -28,7 +28,7 @@ from rankwise.monitoring.history import DEFAULT_NAME, MonitorError, MonitorRecor
 from rankwise.monitoring.slices import slice_means, slice_members
 from rankwise.options import FIRST_STAGE_METHODS, RERANK_FUSIONS, choose
 from rankwise.registry import Registry, names_registry
-from rankwise.rerank.base import BackendReporting, Reranker
+from rankwise.rerank.base import BackendReporting, Reranker, declared_fusion
 from rankwise.rerank.loading import load_reranker
 
 #: what a RAG context of a few passages needs (nDCG@5), the BEIR standard (nDCG@10), whether the answer is
@@ -98,7 +98,7 @@ def monitor_run(
     reranker: ResolvedReranker | None = None,
     retrieve_k: int = 100,
     rerank_k: int = 100,
-    rerank_fusion: str = "none",
+    rerank_fusion: str | None = None,
     metrics: Sequence[str] = DEFAULT_MONITOR_METRICS,
     slice_by: Sequence[str] = (),
     tags: Mapping[str, Sequence[str]] | None = None,
@@ -113,16 +113,17 @@ def monitor_run(
         raise MonitorError("the monitor name is empty; pass --name with a name such as 'default' or "
                            "'prod-hybrid'")
     fs = choose(first_stage, FIRST_STAGE_METHODS, "first stage")
-    choose(rerank_fusion, RERANK_FUSIONS, "rerank fusion")
+    ranker = reranker.reranker if reranker is not None else None
+    fusion = declared_fusion(ranker) if rerank_fusion is None else choose(rerank_fusion, RERANK_FUSIONS,
+                                                                           "rerank fusion")
     metric_names = parse_metrics(metrics)
     # computed first: a bad --slice-by key fails before minutes of evaluation
     members = slice_members(index, goldset, slice_by=slice_by, tags=tags)
-    ranker = reranker.reranker if reranker is not None else None
     system = fs + RERANKED_SUFFIX if ranker is not None else fs
     started_at = utc_now()
     wall = time.perf_counter()
     report = evaluate(index, goldset, first_stages=[fs], reranker=ranker, metrics=metric_names,
-                      baseline=system, retrieve_k=retrieve_k, rerank_k=rerank_k, rerank_fusion=rerank_fusion,
+                      baseline=system, retrieve_k=retrieve_k, rerank_k=rerank_k, rerank_fusion=fusion,
                       n_resamples=_CI_RESAMPLES, progress=progress)
     wall = time.perf_counter() - wall
     per_query = report.per_query[system]
@@ -136,7 +137,7 @@ def monitor_run(
         index_path=str(Path(index.path).resolve()), index_fingerprint=index.fingerprint,
         num_documents=index.manifest.num_documents,
         embedding_model=emb.get("model"), embedding_sha256=emb.get("sha256"),
-        first_stage=fs, retrieve_k=retrieve_k, rerank_k=rerank_k, rerank_fusion=rerank_fusion,
+        first_stage=fs, retrieve_k=retrieve_k, rerank_k=rerank_k, rerank_fusion=fusion,
         backend=_backend(ranker),
         reranker=reranker.spec if reranker else None, reranker_version=reranker.version if reranker else None,
         reranker_sha256=ranker.weights_sha256 if ranker else None,

@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from rankwise.inference.backends import BackendDecision, Mapper
+from rankwise.options import RerankFusion
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,19 @@ class WindowedReranker(Reranker, BackendReporting, Protocol):
     def aggregate_windows(self, logits: np.ndarray, owners: list[int], n: int) -> np.ndarray:
         """One logit per text from its windows' logits."""
         ...
+
+
+@runtime_checkable
+class FusionDeclaring(Protocol):
+    """A reranker whose training chose, on its held-out queries, how its ranks combine with the first stage's
+    (``none``: by the reranker alone; ``rrf``: reciprocal rank fusion with the first stage's ranks)."""
+
+    declared_fusion: RerankFusion
+
+
+def declared_fusion(reranker: Reranker | None) -> RerankFusion:
+    """The ordering a pipeline uses when none is asked for: the model's declared one, else the reranker alone."""
+    return reranker.declared_fusion if isinstance(reranker, FusionDeclaring) else "none"
 
 
 def backend_label(reranker: Reranker | None) -> str:

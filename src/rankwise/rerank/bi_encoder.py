@@ -15,50 +15,27 @@ Passages are embedded independently of the query, so their vectors are kept in a
 keyed by the passage text: a knowledge base's pages come back as candidates for many queries, and a
 cached page costs a dot product instead of a forward pass. Only the query is embedded on every call.
 
-A trained model directory declares its kind in ``rankwise_reranker.json`` (see :func:`reranker_kind`);
-directories without it are cross-encoders, which is what every hub reranker is.
+A trained model directory declares its kind in ``rankwise_reranker.json`` (see
+:mod:`rankwise.rerank.declaration`); directories without it are cross-encoders, as every hub reranker is.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, get_args
 
 import numpy as np
 
-from rankwise.errors import ModelError, QueryError
+from rankwise.errors import QueryError
 from rankwise.index.dense import Embedder
 from rankwise.inference.backends import BackendChoice
 from rankwise.models import resolve_model, weights_sha256
+from rankwise.options import RerankFusion
 from rankwise.rerank.base import RerankScores
-
-RerankerKind = Literal["cross-encoder", "bi-encoder"]
-RERANKER_KINDS: tuple[RerankerKind, ...] = get_args(RerankerKind)
-#: written by ``rankwise train`` into every model directory it saves
-KIND_FILE = "rankwise_reranker.json"
-
-
-def write_reranker_kind(model_dir: str | Path, kind: RerankerKind) -> None:
-    (Path(model_dir) / KIND_FILE).write_text(json.dumps({"kind": kind}) + "\n")
-
-
-def reranker_kind(model_dir: str | Path) -> RerankerKind:
-    """The kind a model directory declares; ``cross-encoder`` when it declares none (hub rerankers)."""
-    file = Path(model_dir) / KIND_FILE
-    if not file.is_file():
-        return "cross-encoder"
-    try:
-        kind = json.loads(file.read_text()).get("kind")
-    except (OSError, ValueError, AttributeError) as err:
-        raise ModelError(f"{file} is not a JSON object with a 'kind' ({err})") from err
-    if kind not in RERANKER_KINDS:
-        raise ModelError(f"{file} declares kind {kind!r}; rankwise knows {', '.join(RERANKER_KINDS)}")
-    return kind  # type: ignore[no-any-return]
+from rankwise.rerank.declaration import read_declaration
 
 
 class BiEncoderReranker:
@@ -85,6 +62,7 @@ class BiEncoderReranker:
         self._lock = threading.Lock()
         self.path = resolve_model(model)
         self.weights_sha256 = weights_sha256(self.path)
+        self.declared_fusion: RerankFusion = read_declaration(self.path).fusion or "none"
         self.embedder = Embedder(str(self.path), backend=backend, device=device, threads=threads,
                                  max_seq_length=max_length, reranking=True)
         self.backend_decision = self.embedder.backend_decision

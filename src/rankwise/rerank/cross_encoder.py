@@ -27,8 +27,9 @@ from rankwise.inference.calibration import calibration_batches, calibration_quer
 from rankwise.inference.onnx import export_module, model_inputs
 from rankwise.inference.runners import exported_runner
 from rankwise.models import resolve_model, weights_sha256
-from rankwise.options import choose
+from rankwise.options import RerankFusion, choose
 from rankwise.rerank.base import EncodedPairs, RerankScores, logits_to_scores
+from rankwise.rerank.declaration import read_declaration
 
 Aggregation = Literal["maxp", "firstp", "mean", "topk-mean", "truncate"]
 AGGREGATIONS: tuple[Aggregation, ...] = get_args(Aggregation)
@@ -90,6 +91,7 @@ class CrossEncoderReranker:
         torch_backend = backend.startswith("torch")
         self.path = resolve_model(model)
         self.weights_sha256 = weights_sha256(self.path)
+        self.declared_fusion: RerankFusion = read_declaration(self.path).fusion or "none"
         if torch_backend:
             self.tokenizer, config, self._run = self._load_torch(model, device, threads)
         else:

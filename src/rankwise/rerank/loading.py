@@ -19,7 +19,8 @@ from rankwise.rerank.base import Reranker
 
 def load_reranker(spec: str | None, *, registry: Registry | None = None, **options: Any) -> Reranker | None:
     """``None``/``"none"`` → no reranker; otherwise the kind of reranker the model declares (offline-safe):
-    a :class:`CrossEncoderReranker`, or a :class:`BiEncoderReranker` for a fine-tuned bi-encoder.
+    a :class:`CrossEncoderReranker`, a :class:`BiEncoderReranker` for a fine-tuned bi-encoder, or a
+    :class:`ResidualReranker` for a cross-encoder trained as a correction to the dense first stage.
 
     A registry name is resolved and verified file by file by :meth:`Registry.get` before anything loads.
     """
@@ -43,11 +44,16 @@ _BI_ENCODER_OPTIONS = frozenset({"backend", "max_length", "device", "threads", "
 
 
 def _load(model: str | Path, options: dict[str, Any]) -> Reranker:
-    from rankwise.rerank.bi_encoder import BiEncoderReranker, reranker_kind
+    from rankwise.rerank.bi_encoder import BiEncoderReranker
     from rankwise.rerank.cross_encoder import CrossEncoderReranker
+    from rankwise.rerank.declaration import read_declaration
+    from rankwise.rerank.residual import ResidualReranker
 
     local = Path(model)
-    if local.is_dir() and reranker_kind(local) == "bi-encoder":
+    declaration = read_declaration(local) if local.is_dir() else None
+    if declaration is not None and declaration.residual is not None:
+        return ResidualReranker(model, **options)
+    if declaration is not None and declaration.kind == "bi-encoder":
         extra = sorted(k for k, v in options.items() if k not in _BI_ENCODER_OPTIONS and v is not None)
         if extra:
             raise ModelError(f"{', '.join(extra)}: cross-encoder options; '{model}' is a bi-encoder reranker")

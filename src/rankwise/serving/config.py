@@ -94,7 +94,8 @@ class ServeConfig:
     first_stage: FirstStageMethod = "hybrid"
     retrieve_k: int = 100
     rerank_k: int = 100
-    rerank_fusion: RerankFusion = "none"
+    #: None: each model's declared ordering (what its training chose), else the reranker alone
+    rerank_fusion: RerankFusion | None = None
     backend: BackendChoice = "auto"
     device: str = "cpu"
     registry: Path | None = None
@@ -147,7 +148,8 @@ class ServeConfig:
         if self.index is None and self.reranker is None:
             raise ServeConfigError("nothing to serve: pass --index DIR (for /v1/search) and/or --reranker (for /v1/rerank)")
         choose(self.first_stage, FIRST_STAGE_METHODS, "first stage")
-        choose(self.rerank_fusion, RERANK_FUSIONS, "rerank fusion")
+        if self.rerank_fusion is not None:
+            choose(self.rerank_fusion, RERANK_FUSIONS, "rerank fusion")
         choose(self.backend, BACKEND_CHOICES, "inference backend")
         if self.timeout_ms <= 0:
             raise ServeConfigError("--timeout-ms must be positive")

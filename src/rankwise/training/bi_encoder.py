@@ -18,7 +18,7 @@ from typing import Any
 
 from rankwise.errors import QueryError
 from rankwise.models import resolve_model
-from rankwise.rerank.bi_encoder import write_reranker_kind
+from rankwise.rerank.declaration import write_reranker_kind
 from rankwise.training.finetune import (
     VALIDATION_NAME,
     StepClock,

@@ -20,7 +20,13 @@ from typing import Any, Literal
 from rankwise.errors import QueryError
 from rankwise.inference.calibration import CALIBRATION_FILE, CalibrationQuery, spread, write_calibration
 from rankwise.models import resolve_model
-from rankwise.rerank.bi_encoder import RERANKER_KINDS, RerankerKind, write_reranker_kind
+from rankwise.rerank.declaration import (
+    RERANKER_KINDS,
+    Declaration,
+    RerankerKind,
+    ResidualBase,
+    write_declaration,
+)
 from rankwise.training.negatives import TrainingGroup
 
 Loss = Literal["bce", "lambda", "listnet", "softmax"]
@@ -69,6 +75,11 @@ class TrainingConfig:
     #: stop at the first step that ends past this many seconds of training (the best validated checkpoint
     #: is kept), so a run fits a wall-clock budget on a slow CPU as well as a fast one; None: steps decide
     time_budget_s: float | None = None
+    #: cross-encoder only: train a correction added to the dense cosine under this embedding model (the
+    #: first stage's), starting at zero (see :mod:`rankwise.rerank.residual`); None trains a plain reranker
+    residual_over: str | None = None
+    #: continuing a residual reranker: the base it was trained over, kept as it is (not refitted)
+    residual_base: ResidualBase | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -86,6 +97,11 @@ class TrainingConfig:
             raise QueryError(f"time budget must be positive seconds (got {self.time_budget_s})")
         if self.layers is not None and self.layers < 1:
             raise QueryError(f"layers must be at least 1 (got {self.layers})")
+        if (self.residual_over or self.residual_base) and self.architecture != "cross-encoder":
+            raise QueryError("a bi-encoder is already a residual of the embedding model it copies; --residual "
+                             "applies to a cross-encoder")
+        if (self.residual_over or self.residual_base) and self.loss not in ("softmax", "bce"):
+            raise QueryError(f"a residual reranker trains with --loss softmax or bce (got {self.loss})")
 
 
 @dataclass(slots=True)
@@ -125,15 +141,18 @@ def _train_rows(groups: Sequence[TrainingGroup], loss: Loss) -> dict[str, list[A
             "labels": [[positive] * len(g.positives) + [0.0] * len(g.negatives) for g in groups]}
 
 
+def _pos_weight(config: TrainingConfig, groups: Sequence[TrainingGroup]) -> float:
+    positives = sum(len(g.positives) for g in groups)
+    negatives = sum(len(g.negatives) for g in groups)
+    return config.pos_weight if config.pos_weight is not None else max(negatives / max(positives, 1), 1.0)
+
+
 def _loss(model: Any, config: TrainingConfig, groups: Sequence[TrainingGroup]) -> Any:
     import torch
     from sentence_transformers.cross_encoder import losses
 
     if config.loss == "bce":
-        positives = sum(len(g.positives) for g in groups)
-        negatives = sum(len(g.negatives) for g in groups)
-        weight = config.pos_weight if config.pos_weight is not None else max(negatives / max(positives, 1), 1.0)
-        return losses.BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(weight))
+        return losses.BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(_pos_weight(config, groups)))
     if config.loss == "listnet":
         return losses.ListNetLoss(model)
     if config.loss == "softmax":
@@ -170,18 +189,21 @@ def train_cross_encoder(
                          local_files_only=True)
     if config.layers is not None:
         _truncate_layers(model.transformers_model, config.layers)
-    evaluator = None
-    if validation:
-        evaluator = CrossEncoderRerankingEvaluator(samples=validation_samples(validation), at_k=10,
-                                                   name=VALIDATION_NAME, batch_size=32, write_csv=False)
+    base = None
+    if config.residual_over or config.residual_base:
+        base, rows, loss, evaluator = _residual_setup(model, config, train, validation)
+    else:
+        rows, loss = _train_rows(train, config.loss), _loss(model, config, train)
+        evaluator = None
+        if validation:
+            evaluator = CrossEncoderRerankingEvaluator(samples=validation_samples(validation), at_k=10,
+                                                       name=VALIDATION_NAME, batch_size=32, write_csv=False)
     args = training_arguments(config, checkpoints, validate=evaluator is not None,
                               arguments=CrossEncoderTrainingArguments)
     clock = StepClock()
     callbacks = callbacks_for(config, clock, validate=evaluator is not None)
-    trainer = CrossEncoderTrainer(
-        model=model, args=args, train_dataset=Dataset.from_dict(_train_rows(train, config.loss)),
-        loss=_loss(model, config, train), evaluator=evaluator, callbacks=callbacks,
-    )
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), loss=loss,
+                                  evaluator=evaluator, callbacks=callbacks)
     seconds, last = run_resumable(trainer, checkpoints, show_progress=show_progress)
     final = output / "final"
     model.save_pretrained(str(final))
@@ -189,8 +211,29 @@ def train_cross_encoder(
     # held-out queries with their real candidates are closest to what it will be asked to score
     write_calibration(final / CALIBRATION_FILE, spread([
         CalibrationQuery.pick(g.query, g.positives, g.negatives) for g in validation or train]))
-    write_reranker_kind(final, "cross-encoder")
+    write_declaration(final, Declaration("cross-encoder", base))
     return finish(trainer, config, output, final, seconds, last, clock)
+
+
+def _residual_setup(model: Any, config: TrainingConfig, train: Sequence[TrainingGroup],
+                    validation: Sequence[TrainingGroup]) -> tuple[ResidualBase, dict[str, list[Any]], Any, Any]:
+    """Base, rows, loss and evaluator of a residual run; a new correction starts at exactly zero, a
+    continued one keeps its parent's base and weights."""
+    from rankwise.rerank.residual import load_residual_base
+    from rankwise.training import residual
+
+    if config.residual_base is not None:
+        load_residual_base(config.residual_base)  # refuses a base whose weights changed since the parent
+    embedder = config.residual_base.embedder if config.residual_base else str(config.residual_over)
+    cosines = residual.pair_cosines(embedder, residual.group_pairs([*train, *validation]))
+    base = config.residual_base or residual.fit_residual_base(embedder, cosines, train)
+    if config.residual_base is None:
+        residual.zero_output_layer(model.transformers_model)
+    rows = residual.residual_rows(train, base, cosines, config.loss, SOFTMAX_POSITIVE_LABEL)
+    loss = residual.residual_loss(model, config.loss, _pos_weight(config, train))
+    evaluator = residual.residual_evaluator(validation_samples(validation), base, cosines,
+                                            VALIDATION_NAME) if validation else None
+    return base, rows, loss, evaluator
 
 
 def prepare_run(config: TrainingConfig, output_dir: str | Path) -> tuple[Path, Path]:

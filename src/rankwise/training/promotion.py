@@ -59,7 +59,7 @@ def check_promotion(
     min_gain: float = 0.05,
     max_latency_regression: float = 0.25,
     rerank_k: int = 100,
-    rerank_fusion: str = "none",
+    rerank_fusion: str | None = None,
     evidence: GateEvidence = DEFAULT_EVIDENCE,
     progress: Progress | None = None,
     **reranker_options: Any,
@@ -67,7 +67,8 @@ def check_promotion(
     """Evaluate ``candidate`` against production (or the bare first stage) and apply the gate.
 
     ``rerank_k`` and ``rerank_fusion`` must be what production will serve with: a reranker that only
-    helps when fused with the first stage is judged as fused, and both sides use the same settings.
+    helps when fused with the first stage is judged as fused, and both sides use the same settings
+    (unset, each model is judged with the ordering its training declared, as it would be served).
     """
     version = registry.get(candidate).version
     evidence.check_queries(len(goldset.queries))  # before minutes of evaluation
@@ -100,7 +101,7 @@ def check_promotion(
         p_value = cand.comparison(system).metrics[metric].p_randomization
     gain = (cand_value - base_value) / base_value if base_value > 0 else float("inf") if cand_value > 0 else 0.0
     decision = PromotionDecision(version, against, metric, cand_value, base_value, gain, min_gain, cand_p95,
-                                 base_p95, max_latency_regression, rerank_k, rerank_fusion,
+                                 base_p95, max_latency_regression, rerank_k, str(cand.config["rerank_fusion"]),
                                  queries=len(goldset.queries), p_value=p_value, max_p=evidence.max_p)
     if gain <= min_gain:
         decision.reasons.append(f"{metric} gain {gain:+.1%} vs {against} does not clear the required {min_gain:+.1%}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rankwise.errors import QueryError
 from rankwise.registry import Registry, names_registry
-from rankwise.rerank.bi_encoder import reranker_kind
+from rankwise.rerank.declaration import ResidualBase, read_declaration
 from rankwise.training.bi_encoder import train_bi_encoder
 from rankwise.training.finetune import Architecture, TrainingConfig, TrainingResult, train_cross_encoder
 from rankwise.training.negatives import TrainingGroup
@@ -22,12 +22,13 @@ from rankwise.training.negatives import TrainingGroup
 
 @dataclass(frozen=True, slots=True)
 class StartingPoint:
-    """The model training starts from: ``path`` to load, the ``architecture`` trained, and ``parent``, the
-    registry version continued (None for a backbone)."""
+    """The model training starts from: ``path`` to load, the ``architecture`` trained, ``parent``, the
+    registry version continued (None for a backbone), and the parent's residual base, kept by its child."""
 
     path: str
     architecture: Architecture
     parent: str | None = None
+    residual: ResidualBase | None = None
 
 
 def starting_point(base_model: str, architecture: Architecture | None = None,
@@ -37,11 +38,12 @@ def starting_point(base_model: str, architecture: Architecture | None = None,
     if not names_registry(base_model):
         return StartingPoint(base_model, architecture or "cross-encoder")
     entry = (registry or Registry()).get(base_model)
-    kind = reranker_kind(entry.path)
+    declared = read_declaration(entry.path)
+    kind = declared.kind
     if architecture is not None and architecture != kind:
         raise QueryError(f"'{base_model}' is {entry.version}, a {kind}: continuing it trains a {kind}; drop "
                          f"--architecture {architecture}, or start a {architecture} from a backbone")
-    return StartingPoint(str(entry.path), kind, entry.version)
+    return StartingPoint(str(entry.path), kind, entry.version, declared.residual)
 
 
 def train_reranker(train: Sequence[TrainingGroup], validation: Sequence[TrainingGroup], config: TrainingConfig,

@@ -5,17 +5,24 @@ built for training, and nothing puts it next to what the model would replace. So
 held-out validation queries are searched exactly as they would be served — the first stage's top
 ``rerank_k``, then the model — and both orderings are scored on the same queries, with the paired
 randomization test. A model that loses says "do not promote" before anyone registers, gates or serves it.
+
+The same queries choose how the model is served by default: by its own scores, or fused with the first
+stage's ranks (RRF). A reranker trained on a few hundred queries often helps most fused — its mistakes
+and the first stage's differ — and sometimes only alone; which one is a measurement, not a guess, and
+the model directory declares it (:func:`declare_serving_order`) so every front end serves it that way.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rankwise.evaluation.compare import RERANKED_SUFFIX, evaluate
 from rankwise.evaluation.goldset import GoldSet, Judgement
 from rankwise.index import Index
+from rankwise.options import RerankFusion
+from rankwise.rerank.declaration import read_declaration, write_declaration
 from rankwise.rerank.loading import load_reranker
 from rankwise.training.data import JudgedQueries
 
@@ -32,6 +39,10 @@ class TrainingVerdict:
     first_stage_value: float
     p_value: float
     metric: str = METRIC
+    #: the ordering measured best on these queries (``rrf`` on a tie: closer to the first stage)
+    fusion: RerankFusion = "none"
+    #: the model's value with the other ordering
+    other_value: float | None = None
 
     @property
     def beats_first_stage(self) -> bool:
@@ -39,7 +50,9 @@ class TrainingVerdict:
 
     @property
     def message(self) -> str:
-        versus = (f"validation {self.metric} {self.model_value:.2f} ({self.first_stage} + this model) vs "
+        how = f"fused with {self.first_stage}'s ranks (rrf)" if self.fusion == "rrf" else "by this model alone"
+        other = "" if self.other_value is None else f"; {'alone' if self.fusion == 'rrf' else 'fused'} {self.other_value:.2f}"
+        versus = (f"validation {self.metric} {self.model_value:.2f} ({self.first_stage} + this model, {how}{other}) vs "
                   f"{self.first_stage} alone {self.first_stage_value:.2f} over {self.queries} held-out queries "
                   f"(randomization p = {self.p_value:.2g})")
         if not self.beats_first_stage:
@@ -61,9 +74,20 @@ def judge_against_first_stage(index: Index, validation: JudgedQueries, model_dir
                   for q, docs in validation.qrels.items() if q in validation.queries for doc, label in docs.items()]
     gold = GoldSet(judgements, name="validation").prepare(known_documents=set(index.passage_doc_ids))
     reranker = load_reranker(str(model_dir), backend=backend)
-    report = evaluate(index, gold, first_stages=[stage], reranker=reranker, metrics=[METRIC], baseline=stage,
-                      rerank_k=rerank_k, n_resamples=1000)
     system = stage + RERANKED_SUFFIX
-    comparison = report.comparison(system).metrics[METRIC]
-    return TrainingVerdict(stage, len(gold.queries), report.scores[system][METRIC], report.scores[stage][METRIC],
-                           comparison.p_randomization)
+    verdicts = []
+    for fusion in ("rrf", "none"):
+        report = evaluate(index, gold, first_stages=[stage], reranker=reranker, metrics=[METRIC], baseline=stage,
+                          rerank_k=rerank_k, rerank_fusion=fusion, n_resamples=1000)
+        verdicts.append(TrainingVerdict(stage, len(gold.queries), report.scores[system][METRIC],
+                                        report.scores[stage][METRIC],
+                                        report.comparison(system).metrics[METRIC].p_randomization, fusion=fusion))
+    fused, alone = verdicts
+    best, other = (alone, fused) if alone.model_value > fused.model_value else (fused, alone)
+    return replace(best, other_value=other.model_value)
+
+
+def declare_serving_order(model_dir: Path, verdict: TrainingVerdict | None) -> None:
+    """Record the ordering the verdict measured best in the model directory (nothing without a verdict)."""
+    if verdict is not None:
+        write_declaration(model_dir, replace(read_declaration(model_dir), fusion=verdict.fusion))

@@ -1,0 +1,92 @@
+"""The default training recipe, chosen from the data at hand and a CPU budget.
+
+Why a table and not one set of defaults: what works with 60 judged queries over 300 pages (a support
+knowledge base) is not what works with 800 over 5,000 abstracts, and a user with minutes of CPU should not
+have to find that out by trial. The rules below come from the runs in ``benchmarks/README.md`` ("Training
+that helps"); every choice is printed with its reason, and any flag the user sets wins over it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from rankwise.training.finetune import Architecture, Loss, TrainingConfig
+
+#: negatives per query by source (the mix ``rankwise train`` mines by default)
+DEFAULT_NEGATIVES = "bm25:3,dense:2,random:2"
+#: wall-clock training budget when none is given: minutes of a 2-core CPU
+DEFAULT_BUDGET_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    architecture: Architecture
+    residual: bool
+    loss: Loss
+    max_steps: int
+    max_length: int
+    learning_rate: float
+    batch_size: int
+    eval_steps: int
+    time_budget_s: float | None
+    #: positives per training group, the best-ranked kept (the rest are never negatives)
+    max_positives: int | None = None
+    reasons: tuple[str, ...] = field(default=())
+
+    def continuing(self, architecture: Architecture, residual: bool, parent: str) -> Recipe:
+        """The recipe for continuing ``parent``: its kind and its residual base, the rest as chosen."""
+        loss: Loss = "softmax" if architecture == "bi-encoder" or residual else "bce"
+        kind = f"{'residual ' if residual else ''}{architecture}"
+        return replace(self, architecture=architecture, residual=residual, loss=loss,
+                       reasons=(f"continues {parent}, a {kind}", *self.reasons[1:]))
+
+    def overridden(self, **values: Any) -> Recipe:
+        """The recipe with every value the user set (not None) replacing the chosen one, said in the reasons.
+
+        A bi-encoder, or a loss a residual cannot train with, turns the residual off unless it was asked for.
+        """
+        given = {k: v for k, v in values.items() if v is not None and getattr(self, k) != v}
+        if not given:
+            return self
+        said = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in given.items())
+        if values.get("residual") is None and (given.get("architecture") == "bi-encoder"
+                                               or given.get("loss", "softmax") not in ("softmax", "bce")):
+            given["residual"] = False
+        # the first reason is why this kind of model: it no longer holds once the kind is the user's choice
+        kept = self.reasons[1:] if {"architecture", "residual"} & set(given) else self.reasons
+        return replace(self, **given, reasons=(*kept, f"set by you: {said}"))
+
+    def config(self, *, base_model: str, residual_over: str | None, seed: int = 42, **extra: Any) -> TrainingConfig:
+        return TrainingConfig(base_model=base_model, architecture=self.architecture, loss=self.loss,
+                              max_steps=self.max_steps, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                              max_length=self.max_length, eval_steps=self.eval_steps, seed=seed,
+                              time_budget_s=self.time_budget_s,
+                              residual_over=residual_over if self.residual else None, **extra)
+
+    def explain(self) -> str:
+        kind = f"{'residual ' if self.residual else ''}{self.architecture}"
+        return (f"{kind}, {self.loss} loss, up to {self.max_steps} steps of {self.batch_size} "
+                f"at lr {self.learning_rate:g}, {self.max_length}-token inputs"
+                + (f", at most {self.time_budget_s:.0f} s" if self.time_budget_s else "")
+                + (f" ({'; '.join(self.reasons)})" if self.reasons else ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "reasons": list(self.reasons)}
+
+
+def choose_recipe(train_queries: int, documents: int, *, budget_s: float | None = DEFAULT_BUDGET_S) -> Recipe:
+    """The recipe for ``train_queries`` judged training queries over ``documents`` pages."""
+    reasons = [("a residual cross-encoder starts at the dense first stage's ranking and learns only what "
+                "the judged queries show")]
+    batch = 8
+    max_positives = 3
+    reasons.append(f"at most {max_positives} positives per query: a group stays ~10 documents, which bounds "
+                   "memory on datasets that judge dozens of documents per query (NFCorpus)")
+    # about two passes over the judged queries, at least enough steps for the correction to form
+    steps = min(max(math.ceil(2 * train_queries / batch), 60), 400)
+    reasons.append(f"{steps} steps: about two passes over {train_queries} training queries")
+    return Recipe(architecture="cross-encoder", residual=True, loss="softmax", max_steps=steps, max_length=128,
+                  learning_rate=1e-4, batch_size=batch, eval_steps=max(10, steps // 8), time_budget_s=budget_s,
+                  max_positives=max_positives, reasons=tuple(reasons))
