@@ -1,0 +1,130 @@
+"""The default training recipe on four domains: does the model ``rankwise train`` makes help, every time?
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/default_recipe.py --domain sample_kb|demo_kb|scifact|nfcorpus
+        [--budget-s 600] [--architecture ...] [--residual/--no-residual] [--steps N] [--lr X] [--max-length N]
+        [--tag NAME]
+
+For one domain: build (or reuse) its index, take the judged queries of its train split, hold out 10% for
+validation exactly as ``rankwise train`` does, mine the same groups, train with the recipe rankwise picks
+for that data (or the overrides given) under a wall-clock budget, then evaluate on the domain's held-out
+split(s) — the first stage (hybrid top 100) against the same list reranked by the model *as served*
+(``auto`` backend, ``load_reranker``, ordered as its training declared: alone or fused with the first
+stage's ranks, whichever did better on the validation queries), nDCG@5/@10 with the paired randomization
+test.
+
+Domains and splits: SciFact train → test; NFCorpus train → dev (no test qrels here); the demo KB train →
+test and its independent held-out set; the sample KB train → test. Training checkpoints live under
+``$RANKWISE_BENCH_CACHE/recipe-runs`` and resume when the same command runs again.
+
+Writes ``benchmarks/results/default_recipe_<domain>[_<tag>].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from common import BENCH_CACHE, REPO, cpu_description, setup_environment, write_json
+from rich.console import Console
+
+DATA = REPO / "src" / "rankwise" / "data"
+BEIR = REPO.parent / "shared" / "data" / "beir"
+#: domain → (corpus/qrels directory, train split, [(label, qrels directory, split)])
+DOMAINS: dict[str, tuple[Path, str, list[tuple[str, Path, str]]]] = {
+    "sample_kb": (DATA / "sample_kb", "train", [("test", DATA / "sample_kb", "test")]),
+    "demo_kb": (DATA / "demo_kb", "train", [("test", DATA / "demo_kb", "test"),
+                                             ("held-out", DATA / "demo_kb" / "heldout", "test")]),
+    "scifact": (BEIR / "scifact", "train", [("test", BEIR / "scifact", "test")]),
+    "nfcorpus": (BEIR / "nfcorpus", "train", [("dev", BEIR / "nfcorpus", "dev")]),
+}
+METRICS = ["nDCG@5", "nDCG@10"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--domain", choices=sorted(DOMAINS), required=True)
+    parser.add_argument("--budget-s", type=float, default=600.0, help="wall-clock training budget")
+    parser.add_argument("--architecture", choices=["cross-encoder", "bi-encoder"])
+    parser.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--max-length", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    setup_environment()
+    console = Console(stderr=True)
+
+    from rankwise.evaluation import GoldSet, evaluate
+    from rankwise.index import Index
+    from rankwise.rerank.base import backend_label, declared_fusion
+    from rankwise.rerank.loading import load_reranker
+    from rankwise.training.data import JudgedQueries, group_stats
+    from rankwise.training.negatives import mine_groups, parse_negative_mix
+    from rankwise.training.recipe import DEFAULT_NEGATIVES, choose_recipe
+    from rankwise.training.train import train_reranker
+    from rankwise.training.verdict import declare_serving_order, judge_against_first_stage
+
+    source, train_split, evaluations = DOMAINS[args.domain]
+    if not source.is_dir():
+        raise SystemExit(f"{source} is missing (../shared/data/beir beside the repository)")
+    index_dir = BENCH_CACHE / "indexes" / args.domain
+    started = time.perf_counter()
+    index = Index(index_dir) if (index_dir / "manifest.json").is_file() else Index.build(source, index_dir)
+    index_seconds = time.perf_counter() - started
+    judged = JudgedQueries.from_goldset(GoldSet.from_beir(source, train_split),
+                                        known_documents=index.passage_doc_ids)
+    train_part, val_part = judged.split(0.1, args.seed)
+    recipe = choose_recipe(len(train_part.qrels), index.manifest.num_documents, budget_s=args.budget_s)
+    recipe = recipe.overridden(architecture=args.architecture, residual=args.residual, max_steps=args.steps,
+                               learning_rate=args.lr, max_length=args.max_length, batch_size=args.batch_size)
+    console.print(f"{args.domain}: {recipe.explain()}")
+    train_groups = mine_groups(index, train_part.queries, train_part.qrels, mix=parse_negative_mix(DEFAULT_NEGATIVES),
+                               depth=30, max_positives=recipe.max_positives, seed=args.seed)
+    val_groups = mine_groups(index, val_part.queries, val_part.qrels, mix={"hybrid": 30}, depth=30, seed=args.seed)
+    embedder = str((index.manifest.embedding or {})["model"])
+    config = recipe.config(base_model="minilm", residual_over=embedder, seed=args.seed)
+    run_dir = BENCH_CACHE / "recipe-runs" / f"{args.domain}{'-' + args.tag if args.tag else ''}"
+    result = train_reranker(train_groups, val_groups, config, run_dir)
+    console.print(f"trained {result.steps} steps in {result.train_seconds:.0f} s, "
+                  f"best validation nDCG@10 {result.best_validation_ndcg10}")
+
+    verdict = judge_against_first_stage(index, val_part, result.model_dir, rerank_k=30)
+    declare_serving_order(result.model_dir, verdict)
+    console.print(verdict.message if verdict else "no validation verdict")
+    reranker = load_reranker(str(result.model_dir))
+    splits = {}
+    for label, qrels_dir, split in evaluations:
+        gold = GoldSet.from_beir(qrels_dir, split).prepare(known_documents=set(index.passage_doc_ids))
+        t0 = time.perf_counter()
+        report = evaluate(index, gold, first_stages=["hybrid"], reranker=reranker, metrics=METRICS,
+                          baseline="hybrid", retrieve_k=100, rerank_k=100, n_resamples=10_000)
+        comparison = report.comparison("hybrid+reranker").metrics
+        splits[label] = {
+            "queries": len(gold.queries), "seconds": round(time.perf_counter() - t0, 1),
+            "first_stage": {m: round(report.scores["hybrid"][m], 4) for m in METRICS},
+            "reranked": {m: round(report.scores["hybrid+reranker"][m], 4) for m in METRICS},
+            "p_randomization": {m: round(comparison[m].p_randomization, 5) for m in METRICS},
+            "p_holm": {m: round(comparison[m].p_randomization_holm, 5) for m in METRICS},
+            "wins_losses": {m: [comparison[m].wins, comparison[m].losses] for m in METRICS},
+        }
+        console.print(f"  {label}: {splits[label]}")
+    payload: dict[str, Any] = {
+        "domain": args.domain, "cpu": cpu_description(), "recipe": recipe.to_dict(), "budget_s": args.budget_s,
+        "index_seconds": round(index_seconds, 1), "train_groups": dict(group_stats(train_groups)),
+        "validation_groups": dict(group_stats(val_groups)),
+        "training": {"steps": result.steps, "seconds": round(result.train_seconds, 1),
+                     "best_validation_ndcg@10": result.best_validation_ndcg10, "resumed_from": result.resumed_from},
+        "backend": backend_label(reranker), "validation_verdict": verdict.to_dict() if verdict else None,
+        "served_fusion": declared_fusion(reranker),
+        "splits": splits,
+    }
+    name = f"default_recipe_{args.domain}{'_' + args.tag if args.tag else ''}.json"
+    write_json(name, payload)
+
+
+if __name__ == "__main__":
+    main()
