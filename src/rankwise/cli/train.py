@@ -102,7 +102,7 @@ def train(
     from rankwise.training.data import JudgedQueries, group_stats
     from rankwise.training.finetune import ARCHITECTURES
     from rankwise.training.leakage import query_digests
-    from rankwise.training.negatives import mine_groups, parse_negative_mix, title_groups
+    from rankwise.training.negatives import TrainingGroup, mine_groups, parse_negative_mix, title_groups
     from rankwise.training.recipe import choose_recipe
     from rankwise.training.replay import choose_replay
     from rankwise.training.train import starting_point, train_reranker
@@ -134,10 +134,15 @@ def train(
     config = recipe.config(base_model=start.path, residual_over=dense_model,
                            residual_base=start.residual, seed=seed, patience=patience, layers=layers, bf16=bf16,
                            epochs=epochs or 1.0)
+
+    def mine_training(part: JudgedQueries) -> list[TrainingGroup]:
+        """Training groups, mined alike for the new judged queries and the parent's replayed ones."""
+        return mine_groups(index, part.queries, part.qrels, mix=mix, depth=depth, skip_top=skip_top,
+                           false_negative_margin=margin, rounds=rounds, max_positives=recipe.max_positives,
+                           seed=seed)
+
     with out.status("mining hard negatives…"):
-        train_groups = mine_groups(index, train_part.queries, train_part.qrels, mix=mix, depth=depth,
-                                   skip_top=skip_top, false_negative_margin=margin, rounds=rounds,
-                                   max_positives=recipe.max_positives, seed=seed)
+        train_groups = mine_training(train_part)
         pseudo = title_groups(index, mix=mix, depth=depth, seed=seed) if title_queries else []
         # validation sees realistic candidate lists: the hybrid (or BM25) top-depth, not random documents
         val_mix = {"hybrid" if index.has_dense else "bm25": depth}
@@ -146,9 +151,7 @@ def train(
         if start.parent is not None and replay > 0:
             replayed = choose_replay(reg.get(start.parent).card, math.ceil(replay * len(train_part.qrels)),
                                      exclude=set(judged.texts), known_documents=set(index.passage_doc_ids), seed=seed)
-        replay_groups = [] if replayed is None or replayed.queries is None else mine_groups(
-            index, replayed.queries.queries, replayed.queries.qrels, mix=mix, depth=depth, skip_top=skip_top,
-            false_negative_margin=margin, rounds=rounds, max_positives=recipe.max_positives, seed=seed)
+        replay_groups = [] if replayed is None or replayed.queries is None else mine_training(replayed.queries)
     out.print(f"training groups {dict(group_stats(train_groups))}, title pseudo-queries {len(pseudo)}, "
               f"validation groups {dict(group_stats(val_groups))}", highlight=False)
     if replayed is not None:

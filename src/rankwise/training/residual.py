@@ -104,12 +104,10 @@ def residual_rows(groups: Sequence[TrainingGroup], base: ResidualBase, cosines: 
 
 
 def residual_loss(model: Any, loss: str, pos_weight: float) -> Any:
-    """The training loss of ``logit + offset``: ``softmax`` (listwise) or ``bce`` (pointwise)."""
+    """The training loss of ``logit + offset``: ``softmax`` (listwise) or ``bce`` (pointwise; the losses
+    :class:`~rankwise.training.finetune.TrainingConfig` accepts for a residual)."""
     import torch
     from sentence_transformers.util import batch_to_device
-
-    if loss not in ("softmax", "bce"):
-        raise QueryError(f"a residual reranker trains with --loss softmax or bce (got {loss})")
 
     class ResidualLoss(torch.nn.Module):
         def __init__(self) -> None:

@@ -14,6 +14,7 @@ the model directory declares it (:func:`declare_serving_order`) so every front e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from rankwise.evaluation.compare import RERANKED_SUFFIX, evaluate
 from rankwise.evaluation.goldset import GoldSet, Judgement
 from rankwise.index import Index
 from rankwise.options import RerankFusion
+from rankwise.rerank.base import Reranker, RerankScores
 from rankwise.rerank.declaration import read_declaration, write_declaration
 from rankwise.rerank.loading import load_reranker
 from rankwise.training.data import JudgedQueries
@@ -73,7 +75,9 @@ def judge_against_first_stage(index: Index, validation: JudgedQueries, model_dir
     judgements = [Judgement(q, validation.queries[q], doc, label)
                   for q, docs in validation.qrels.items() if q in validation.queries for doc, label in docs.items()]
     gold = GoldSet(judgements, name="validation").prepare(known_documents=set(index.passage_doc_ids))
-    reranker = load_reranker(str(model_dir), backend=backend)
+    loaded = load_reranker(str(model_dir), backend=backend)
+    assert loaded is not None  # a model directory always loads as a reranker (or raises)
+    reranker = _ScoredOnce(loaded)
     system = stage + RERANKED_SUFFIX
     verdicts = []
     for fusion in ("rrf", "none"):
@@ -85,6 +89,23 @@ def judge_against_first_stage(index: Index, validation: JudgedQueries, model_dir
     fused, alone = verdicts
     best, other = (alone, fused) if alone.model_value > fused.model_value else (fused, alone)
     return replace(best, other_value=other.model_value)
+
+
+class _ScoredOnce:
+    """A reranker that scores each (query, candidate list) once: both orderings rank the same lists, so the
+    second evaluation reuses the first one's scores instead of running the model again."""
+
+    def __init__(self, reranker: Reranker) -> None:
+        self.reranker = reranker
+        self.name = reranker.name
+        self.weights_sha256 = reranker.weights_sha256
+        self._scores: dict[tuple[str, tuple[str, ...]], RerankScores] = {}
+
+    def score(self, query: str, texts: Sequence[str]) -> RerankScores:
+        key = (query, tuple(texts))
+        if key not in self._scores:
+            self._scores[key] = self.reranker.score(query, texts)
+        return self._scores[key]
 
 
 def declare_serving_order(model_dir: Path, verdict: TrainingVerdict | None) -> None:
