@@ -14,7 +14,8 @@ test.
 
 Domains and splits: SciFact train → test; NFCorpus train → dev (no test qrels here); the demo KB train →
 test and its independent held-out set; the sample KB train → test. Training checkpoints live under
-``$RANKWISE_BENCH_CACHE/recipe-runs`` and resume when the same command runs again.
+``$RANKWISE_BENCH_CACHE/recipe-runs`` and resume when the same command runs again (a finished run goes
+straight to evaluation).
 
 Writes ``benchmarks/results/default_recipe_<domain>[_<tag>].json``.
 """
@@ -22,6 +23,7 @@ Writes ``benchmarks/results/default_recipe_<domain>[_<tag>].json``.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,27 @@ DOMAINS: dict[str, tuple[Path, str, list[tuple[str, Path, str]]]] = {
     "nfcorpus": (BEIR / "nfcorpus", "train", [("dev", BEIR / "nfcorpus", "dev")]),
 }
 METRICS = ["nDCG@5", "nDCG@10"]
+
+
+def finished_run(run_dir: Path, config: Any) -> Any:
+    """The result of a run that already finished in ``run_dir`` with this very config, else None.
+
+    Training resumes from checkpoints on its own; this lets a finished run go straight to evaluation instead
+    of taking one more step past its spent budget. Delete the folder to train again.
+    """
+    from dataclasses import asdict
+
+    from rankwise.training.finetune import TrainingResult
+
+    summary_file = run_dir / "training.json"
+    if not summary_file.is_file():
+        return None
+    summary = json.loads(summary_file.read_text())
+    if summary["config"] != json.loads(json.dumps(asdict(config))) or not Path(summary["model_dir"]).is_dir():
+        return None
+    return TrainingResult(model_dir=Path(summary["model_dir"]), config=config, steps=summary["steps"],
+                          train_seconds=summary["train_seconds"], resumed_from=summary["resumed_from"],
+                          best_validation_ndcg10=summary["best_validation_ndcg@10"])
 
 
 def main() -> None:
@@ -88,7 +111,7 @@ def main() -> None:
     embedder = str((index.manifest.embedding or {})["model"])
     config = recipe.config(base_model="minilm", residual_over=embedder, seed=args.seed)
     run_dir = BENCH_CACHE / "recipe-runs" / f"{args.domain}{'-' + args.tag if args.tag else ''}"
-    result = train_reranker(train_groups, val_groups, config, run_dir)
+    result = finished_run(run_dir, config) or train_reranker(train_groups, val_groups, config, run_dir)
     console.print(f"trained {result.steps} steps in {result.train_seconds:.0f} s, "
                   f"best validation nDCG@10 {result.best_validation_ndcg10}")
 

@@ -158,6 +158,25 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path: Path, kb_index: Ind
     assert all(c.texts[0] == g.positives[0] and set(c.texts[1:]) <= set(g.negatives) for c, g in zip(calibration, groups))
 
 
+def test_a_time_budget_covers_the_whole_run_across_resumes(tmp_path: Path, kb_index: Index) -> None:
+    from rankwise.training.finetune import BUDGET_FILE
+
+    base = build_tiny_cross_encoder(tmp_path / "base")
+    groups = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 2}, seed=0)
+
+    def config(max_steps: int) -> TrainingConfig:
+        return TrainingConfig(base_model=str(base), max_steps=max_steps, eval_steps=5, batch_size=4, max_length=32,
+                              time_budget_s=3600.0)
+
+    train_cross_encoder(groups, [], config(10), tmp_path / "run", show_progress=False)
+    spent = tmp_path / "run" / "checkpoints" / "checkpoint-10" / BUDGET_FILE
+    assert 0 < json.loads(spent.read_text())["elapsed_s"] < 3600
+    # as if the first part had used the whole hour: the resumed run stops at its first step
+    spent.write_text(json.dumps({"elapsed_s": 3600.0}))
+    resumed = train_cross_encoder(groups, [], config(50), tmp_path / "run", show_progress=False)
+    assert resumed.resumed_from is not None and resumed.steps == 11
+
+
 def test_compact_reranker_keeps_only_the_first_layers(tmp_path: Path, kb_index: Index) -> None:
     base = build_tiny_cross_encoder(tmp_path / "base", layers=2)
     groups = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 1}, seed=0)

@@ -383,13 +383,32 @@ def _rich_progress() -> Any:
     return RichProgress()
 
 
+#: seconds of training spent up to a checkpoint, written into it, so a resumed run spends only what is left
+BUDGET_FILE = "rankwise_elapsed.json"
+
+
 def _time_budget(seconds: float) -> Any:
-    """A callback that ends training at the first step past ``seconds``, validating and saving there first."""
+    """A callback that ends training at the first step past ``seconds``, validating and saving there first.
+
+    The budget covers the whole run, not each resume: every checkpoint records the seconds spent so far, and
+    a run resumed from it starts its clock there (a run cut off at minute 7 of 10 trains 3 more minutes).
+    """
     from transformers import TrainerCallback
+    from transformers.trainer_utils import get_last_checkpoint
 
     class TimeBudget(TrainerCallback):  # type: ignore[misc]
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.started = time.perf_counter()
+            spent = 0.0
+            last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+            if last is not None and (Path(last) / BUDGET_FILE).is_file():
+                spent = float(json.loads((Path(last) / BUDGET_FILE).read_text())["elapsed_s"])
+            self.started = time.perf_counter() - spent
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                elapsed = {"elapsed_s": round(time.perf_counter() - self.started, 3)}
+                (folder / BUDGET_FILE).write_text(json.dumps(elapsed))
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
             if time.perf_counter() - self.started > seconds:
