@@ -18,11 +18,12 @@ import pytest
 
 from conftest import KB, assert_same_ranking
 from rankwise.errors import QueryError
+from rankwise.rerank.base import scoring_key
 from rankwise.rerank.cross_encoder import CrossEncoderReranker
 from rankwise.serving.audit import AuditError, AuditLog, AuditRecord, parse_since, read_audit
 from rankwise.serving.auth import KeyFileError, KeyStore, RateLimiter
 from rankwise.serving.batcher import MicroBatcher
-from rankwise.serving.cache import MemoryScoreCache, score_keys, scoring_fingerprint
+from rankwise.serving.cache import MemoryScoreCache, score_keys
 from rankwise.serving.config import BatchingSettings, RateLimit, ServeConfig, ServeConfigError
 from rankwise.serving.metrics import ServingMetrics
 from rankwise.serving.scoring import PairBatchScorer, RequestScorer, scorer_for
@@ -64,7 +65,7 @@ def test_onnx_backend_shares_rounds_and_gets_its_own_cache_keys(tiny_cross_encod
         np.testing.assert_allclose(got.scores.raw, onnx.score(query, texts).raw, rtol=0, atol=1e-6)
     torch_twin = CrossEncoderReranker(tiny_cross_encoder, max_length=48, backend="torch")
     assert onnx.weights_sha256 == torch_twin.weights_sha256  # same weights file ...
-    assert scoring_fingerprint(onnx) != scoring_fingerprint(torch_twin)  # ... but never each other's cached scores
+    assert scoring_key(onnx) != scoring_key(torch_twin)  # ... but never each other's cached scores
 
 
 def test_max_tokens_per_doc_cuts_documents(tiny_cross_encoder: Path) -> None:
@@ -141,28 +142,28 @@ def test_cache_key_covers_model_settings_and_text(tiny_cross_encoder: Path, tmp_
     same = CrossEncoderReranker(tiny_cross_encoder, max_length=64, name="alias", backend="torch")
     shorter = CrossEncoderReranker(tiny_cross_encoder, max_length=32, backend="torch")
     other = CrossEncoderReranker(build_tiny_cross_encoder(tmp_path / "other", seed=3), max_length=64, backend="torch")
-    fp = scoring_fingerprint(a)
-    assert scoring_fingerprint(same) == fp  # a display name does not change scores
-    assert len({fp, scoring_fingerprint(shorter), scoring_fingerprint(other)}) == 3
+    fp = scoring_key(a)
+    assert scoring_key(same) == fp  # a display name does not change scores
+    assert len({fp, scoring_key(shorter), scoring_key(other)}) == 3
     k1, k2 = score_keys(fp, "q", ["t1", "t2"])
     assert k1 != k2 and score_keys(fp, "q", ["t1"]) == [k1]
     assert score_keys(fp, "q2", ["t1"]) != [k1]
     assert score_keys(fp, "q", ["t1"], max_tokens_per_doc=10) != [k1]
-    assert score_keys(scoring_fingerprint(other), "q", ["t1"]) != [k1]
+    assert score_keys(scoring_key(other), "q", ["t1"]) != [k1]
 
 
 def test_memory_cache_is_a_bounded_lru() -> None:
     cache = MemoryScoreCache(2)
 
     async def run() -> list[object]:
-        await cache.set_many({"a": (1.0, False), "b": (2.0, True)})
+        await cache.set_many({"a": (1.0, 0.7, False), "b": (2.0, 0.8, True)})
         await cache.get_many(["a"])  # a is now the most recent
-        await cache.set_many({"c": (3.0, False)})
+        await cache.set_many({"c": (3.0, 0.9, False)})
         return await cache.get_many(["a", "b", "c"])
 
-    assert asyncio.run(run()) == [(1.0, False), None, (3.0, False)]
+    assert asyncio.run(run()) == [(1.0, 0.7, False), None, (3.0, 0.9, False)]
     disabled = MemoryScoreCache(0)
-    asyncio.run(disabled.set_many({"a": (1.0, False)}))
+    asyncio.run(disabled.set_many({"a": (1.0, 0.7, False)}))
     assert asyncio.run(disabled.get_many(["a"])) == [None]
 
 

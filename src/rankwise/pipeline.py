@@ -18,7 +18,7 @@ import numpy as np
 from rankwise.errors import QueryError
 from rankwise.index import Index
 from rankwise.options import RERANK_FUSIONS, FirstStageMethod, Fusion, Granularity, RerankFusion, choose
-from rankwise.rerank.base import Reranker, RerankScores, backend_label, declared_fusion
+from rankwise.rerank.base import Reranker, RerankScores, backend_label, declared_fusion, rank_order
 from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
 from rankwise.retrieval.rrf import reciprocal_rank_fusion
 from rankwise.types import Candidate, FirstStageScore, Provenance, RerankerScore, SearchResponse, SearchResult
@@ -151,7 +151,7 @@ class Pipeline:
         if scores is None or not len(scores.raw):
             return [(c, None, c.score) for c in candidates]
         head = candidates[: len(scores.raw)]
-        by_score = sorted(range(len(head)), key=lambda i: (-float(scores.raw[i]), head[i].rank))
+        by_score = rank_order(scores.raw)  # head is in first-stage order: ties keep it
         reranker_rank = {i: r for r, i in enumerate(by_score, start=1)}
         if self.rerank_fusion == "rrf":  # head is in first-stage order
             fused = reciprocal_rank_fusion([[str(i) for i in by_score], [str(i) for i in range(len(head))]])

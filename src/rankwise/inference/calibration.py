@@ -14,6 +14,7 @@ The file is JSONL, one query per line: ``{"query": "...", "texts": ["judged pass
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -135,6 +136,15 @@ def read_calibration(path: Path) -> list[CalibrationQuery]:
     if not out:
         raise ModelError(f"calibration file '{path}' has no queries")
     return out
+
+
+def calibration_digest(model_dir: Path, explicit: str | Path | None = None) -> str:
+    """Which calibration windows :func:`calibration_queries` would pick, as a digest of that file's bytes
+    (``bundled`` for the bundled knowledge base's): static int8 scores depend on it."""
+    path = Path(explicit) if explicit is not None else model_dir / CALIBRATION_FILE
+    if explicit is None and not path.is_file():
+        return "bundled"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else f"missing:{path}"
 
 
 def calibration_queries(model_dir: Path, explicit: str | Path | None = None) -> tuple[list[CalibrationQuery], Source]:

@@ -15,7 +15,7 @@ from typing import Any, Self
 import httpx
 
 from rankwise.errors import ModelError, RankwiseError
-from rankwise.rerank.base import Reranker
+from rankwise.rerank.base import Reranker, rank_order
 
 EXTRA_HINT = "pip install 'rankwise[integrations]'"
 
@@ -103,7 +103,7 @@ class Scorer:
         n = min(top_n or len(texts), len(texts))
         if self.reranker is not None:
             scores = self.reranker.score(query, list(texts))
-            order = sorted(range(len(texts)), key=lambda i: (-float(scores.raw[i]), i))[:n]
+            order = rank_order(scores.raw)[:n]
             return [ScoredText(i, rank, float(scores.calibrated[i]), float(scores.raw[i]))
                     for rank, i in enumerate(order, start=1)]
         return self._rank_remote(query, texts, n)

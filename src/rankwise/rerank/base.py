@@ -1,15 +1,30 @@
 """The reranker contracts: :class:`Reranker` (what any model must provide) and :class:`WindowedReranker`
 (the extension the serving micro-batcher uses to pool several requests into shared forward passes).
 
-A reranker scores (query, passage) pairs. It returns the model's raw logit *and* a calibrated 0..1
-score: the sigmoid of the logit for single-logit models (softmax of the positive class for two-logit
-models). Calibration is a fixed function of the logit, never a per-request min-max, so a score of 0.8
-means the same thing in every response and can be thresholded or compared across queries.
+A reranker scores (query, passage) pairs. It returns the model's raw score *and* a calibrated 0..1
+score: for a cross-encoder the sigmoid of the logit (softmax of the positive class for two-logit models),
+for a bi-encoder ``(1 + cosine) / 2``. Calibration is a fixed function of the raw score that the reranker
+owns, never a per-request min-max, so a score of 0.8 means the same thing in every response and can be
+thresholded or compared across queries.
+
+The contract that keeps the library and the server in agreement (:class:`ScoringDeclaring`):
+
+- ``calibrate(raw)`` is the reranker's own function from raw to calibrated; whoever assembles raw scores
+  outside ``score`` (the server's micro-batcher pooling windows of several requests) calibrates with it;
+- ``scoring_key()`` lists everything that can change a score — kind, weights, backend, lengths, windowing,
+  aggregation — so a score cache keyed on it can never answer with another configuration's scores;
+- one ordering rule, :func:`rank_order` (raw descending, ties by input position), for the library, the
+  server and the adapters.
+
+A score-only reranker (just ``score``) still works everywhere: :func:`scoring_key` then keys on its class
+and weights hash, and the cache stores exactly the calibrated scores it returned.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -55,6 +70,44 @@ class Reranker(Protocol):
     def score(self, query: str, texts: Sequence[str]) -> RerankScores:
         """Score ``texts`` against ``query``; output order matches input order."""
         ...
+
+
+#: a reranker's declared scoring settings: JSON scalars (or nested mappings of them), see ``scoring_key``
+ScoringKey = Mapping[str, object]
+
+
+@runtime_checkable
+class ScoringDeclaring(Protocol):
+    """A reranker that declares how its scores are made: its calibration and the settings they depend on."""
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """The calibrated 0..1 scores for raw scores (a fixed function: the same raw, the same answer)."""
+        ...
+
+    def scoring_key(self) -> ScoringKey:
+        """Everything that can change a score for a pair: kind, weights sha256, backend, lengths, windows."""
+        ...
+
+
+def scoring_key(reranker: Reranker) -> str:
+    """A digest of what determines ``reranker``'s score for a pair (the score cache's namespace).
+
+    A :class:`ScoringDeclaring` reranker's own declaration; any other is keyed by its class and weights
+    hash only, so two such rerankers with the same weights but different settings must have different names
+    in their ``weights_sha256`` to be cached apart.
+    """
+    declared: dict[str, object] = {"class": f"{type(reranker).__module__}.{type(reranker).__qualname__}",
+                                   "weights_sha256": reranker.weights_sha256}
+    if isinstance(reranker, ScoringDeclaring):
+        declared["settings"] = dict(reranker.scoring_key())
+    payload = json.dumps(declared, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def rank_order(raw: Sequence[float] | np.ndarray) -> list[int]:
+    """Input positions best first: raw score descending, ties by input position (one rule everywhere)."""
+    values = np.asarray(raw, dtype=np.float64)
+    return [int(i) for i in np.lexsort((np.arange(values.size), -values))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +162,10 @@ class WindowedReranker(Reranker, BackendReporting, Protocol):
 
     def aggregate_windows(self, logits: np.ndarray, owners: list[int], n: int) -> np.ndarray:
         """One logit per text from its windows' logits."""
+        ...
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """Calibrated scores for the aggregated raw scores (what ``score`` returns beside them)."""
         ...
 
 

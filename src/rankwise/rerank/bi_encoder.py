@@ -32,9 +32,10 @@ import numpy as np
 from rankwise.errors import QueryError
 from rankwise.index.dense import Embedder
 from rankwise.inference.backends import BackendChoice
+from rankwise.inference.calibration import calibration_digest
 from rankwise.models import resolve_model, weights_sha256
 from rankwise.options import RerankFusion
-from rankwise.rerank.base import RerankScores
+from rankwise.rerank.base import RerankScores, ScoringKey
 from rankwise.rerank.declaration import read_declaration
 
 
@@ -72,6 +73,18 @@ class BiEncoderReranker:
     def __repr__(self) -> str:
         return f"BiEncoderReranker({self.name!r})"
 
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """``(1 + cosine) / 2``: a cosine of 0.7 is 0.85 everywhere."""
+        return ((1.0 + np.asarray(raw, dtype=np.float32)) / 2.0).astype(np.float32)
+
+    def scoring_key(self) -> ScoringKey:
+        info = self.embedder.info
+        key: dict[str, object] = {"kind": "bi-encoder", "weights_sha256": self.weights_sha256,
+                                  "backend": info.backend, "max_length": info.max_seq_length}
+        if info.backend == "openvino-int8":  # static int8 scales come from the calibration windows
+            key["int8_calibration"] = calibration_digest(self.path)
+        return key
+
     def score(self, query: str, texts: Sequence[str]) -> RerankScores:
         if not texts:
             empty = np.empty(0, dtype=np.float32)
@@ -91,5 +104,5 @@ class BiEncoderReranker:
                     self._cache.popitem(last=False)
         found = {**fresh, **cached}
         raw = (np.stack([found[k] for k in keys]) @ vectors[0]).astype(np.float32)
-        return RerankScores(raw=raw, calibrated=(1.0 + raw) / 2.0,
+        return RerankScores(raw=raw, calibrated=self.calibrate(raw),
                             stats={"pairs": float(len(texts)), "cached": float(sum(k in cached for k in keys))})

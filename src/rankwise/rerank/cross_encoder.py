@@ -23,12 +23,12 @@ import numpy as np
 from rankwise.errors import ModelError, QueryError
 from rankwise.inference.backends import BackendChoice, FunctionRunner, Mapper, Runner, resolve_backend
 from rankwise.inference.batching import pad_batch, padding_ratio, run_batched
-from rankwise.inference.calibration import calibration_batches, calibration_queries
+from rankwise.inference.calibration import calibration_batches, calibration_digest, calibration_queries
 from rankwise.inference.onnx import export_module, model_inputs
 from rankwise.inference.runners import exported_runner
 from rankwise.models import resolve_model, weights_sha256
 from rankwise.options import RerankFusion, choose
-from rankwise.rerank.base import EncodedPairs, RerankScores, logits_to_scores
+from rankwise.rerank.base import EncodedPairs, RerankScores, ScoringKey, logits_to_scores, sigmoid
 from rankwise.rerank.declaration import read_declaration
 
 Aggregation = Literal["maxp", "firstp", "mean", "topk-mean", "truncate"]
@@ -173,6 +173,18 @@ class CrossEncoderReranker:
         return f"CrossEncoderReranker({self.name!r}, backend={self.backend!r}, max_length={self.max_length})"
 
     # ------------------------------------------------------------------ scoring
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """The sigmoid of the logit (log-odds of the positive class for two-logit models)."""
+        return sigmoid(np.asarray(raw, dtype=np.float32))
+
+    def scoring_key(self) -> ScoringKey:
+        key: dict[str, object] = {"kind": "cross-encoder", "weights_sha256": self.weights_sha256,
+                                  "backend": self.backend, "max_length": self.max_length,
+                                  "long_documents": self.long_documents, "stride": self.stride}
+        if self.backend == "openvino-int8":  # static int8 scales come from the calibration windows
+            key["int8_calibration"] = calibration_digest(self.path, self.calibration)
+        return key
+
     def score(self, query: str, texts: Sequence[str]) -> RerankScores:
         if not texts:
             return RerankScores(raw=np.empty(0, np.float32), calibrated=np.empty(0, np.float32))

@@ -15,6 +15,7 @@ embedding model (whose passage-vector cache makes the base nearly free for pages
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 from rankwise.errors import ModelError
 from rankwise.inference.backends import BackendChoice
 from rankwise.models import resolve_model, weights_sha256
-from rankwise.rerank.base import RerankScores, sigmoid
+from rankwise.rerank.base import RerankScores, ScoringKey, sigmoid
 from rankwise.rerank.bi_encoder import BiEncoderReranker
 from rankwise.rerank.cross_encoder import CrossEncoderReranker
 from rankwise.rerank.declaration import ResidualBase, read_declaration
@@ -65,15 +66,16 @@ class ResidualReranker:
         self.weights_sha256 = self.correction.weights_sha256
         self.backend_decision = self.correction.backend_decision
         self.declared_fusion = self.correction.declared_fusion
-        # scalar settings that change scores (the server's score cache keys on them)
-        self.backend = self.correction.backend
-        self.max_length = self.correction.max_length
-        self.long_documents = self.correction.long_documents
-        self.stride = self.correction.stride
-        self.base_key = f"{base.signal}:{base.embedder_sha256}:{base.weight}:{base.center}"
 
     def __repr__(self) -> str:
         return f"ResidualReranker({self.name!r}, base={self.base.embedder!r}, weight={self.base.weight:.3g})"
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        return sigmoid(np.asarray(raw, dtype=np.float32))
+
+    def scoring_key(self) -> ScoringKey:
+        return {"kind": "residual", "correction": dict(self.correction.scoring_key()),
+                "base": {**asdict(self.base), "scorer": dict(self.base_scorer.scoring_key())}}
 
     def score(self, query: str, texts: Sequence[str]) -> RerankScores:
         correction = self.correction.score(query, texts)
@@ -82,4 +84,4 @@ class ResidualReranker:
         cosine = self.base_scorer.score(query, texts)
         raw = (correction.raw + self.base.weight * (cosine.raw - self.base.center)).astype(np.float32)
         stats = {**correction.stats, "base_cached": cosine.stats.get("cached", 0.0)}
-        return RerankScores(raw=raw, calibrated=sigmoid(raw), truncated=correction.truncated, stats=stats)
+        return RerankScores(raw=raw, calibrated=self.calibrate(raw), truncated=correction.truncated, stats=stats)

@@ -14,7 +14,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -34,10 +34,12 @@ from rankwise.experiments import team_draft
 from rankwise.feedback.events import FeedbackEvent, LoggedRequest, LoggedResult
 from rankwise.feedback.store import FeedbackConflict
 from rankwise.pipeline import validate_query
+from rankwise.rerank.base import rank_order
 from rankwise.serving.audit import AuditRecord
 from rankwise.serving.auth import ApiKey, key_rate_limit
 from rankwise.serving.guard import RequestGuard, bearer_token
 from rankwise.serving.models import Route, ServedModel
+from rankwise.serving.routes import BY_PATH, ROUTES, Role, audited, metrics_label
 from rankwise.serving.schemas import (
     PATTERN_MESSAGES,
     ErrorBody,
@@ -73,6 +75,7 @@ class ApiError(Exception):
 _ERRORS = {400: "Malformed request body", 401: "Missing or invalid API key",
            403: "The key's roles do not allow this endpoint",
            404: "Not available on this server (no index, no reranker, or another model)",
+           409: "event_id reused for a different event",
            413: "Request body larger than the server's limit", 422: "Invalid request (the message names the field)",
            429: "Rate limit exceeded (see Retry-After)",
            503: "Overloaded (see Retry-After), or the key store is unreadable"}
@@ -83,7 +86,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorBody, "description": _ERRORS[c]} for c in codes}
 
 
-def require(role: str, state: ServingState) -> Callable[..., Awaitable[ApiKey | None]]:
+def require(role: Role, state: ServingState) -> Callable[..., Awaitable[ApiKey | None]]:
     """Dependency: authenticate, check the role, take a rate-limit token.
 
     Without --keys (loopback only, see ServeConfig) there is nothing to check, and the OpenAPI document
@@ -105,7 +108,7 @@ def require(role: str, state: ServingState) -> Callable[..., Awaitable[ApiKey | 
 def _authorize(state: ServingState, request: Request, role: str,
                credentials: HTTPAuthorizationCredentials | None) -> ApiKey:
     """Role and rate limit of the key :class:`~rankwise.serving.guard.RequestGuard` already authenticated."""
-    key: ApiKey | None = getattr(request.state, "api_key", None)  # set by the guard on every /v1/ route
+    key: ApiKey | None = getattr(request.state, "api_key", None)  # set by the guard on every API route
     if key is None:
         raise ApiError(401, "missing API key: send 'Authorization: Bearer rk_...'", {"WWW-Authenticate": "Bearer"})
     if not key.allows(role):
@@ -229,24 +232,15 @@ def create_app(state: ServingState) -> FastAPI:
                              "results": results, "meta": meta},
                             headers={"X-Rankwise-Degraded": "true"} if first.degraded else None)
 
-    @app.post("/v1/rerank", response_model=RerankResponse, responses=_errors(400, 401, 403, 404, 413, 422, 429, 503),
-              dependencies=[Depends(require("rerank", state))],
-              summary="Rerank documents for a query (Cohere v1 / infinity compatible)")
     async def rerank_v1(body: RerankRequest, request: Request) -> JSONResponse:  # type: ignore[valid-type]
         """Scores every document against the query with the served cross-encoder and returns them best first.
         `relevance_score` is the calibrated score (sigmoid of the logit), comparable across requests."""
         return await rerank(body, request, "1")
 
-    @app.post("/v2/rerank", response_model=RerankResponse, responses=_errors(400, 401, 403, 404, 413, 422, 429, 503),
-              dependencies=[Depends(require("rerank", state))],
-              summary="Rerank documents for a query (Cohere v2: `model` required)")
     async def rerank_v2(body: RerankV2Request, request: Request) -> JSONResponse:  # type: ignore[valid-type]
         """Cohere's v2 rerank (what `cohere.ClientV2.rerank` calls): the same scoring as `/v1/rerank`."""
         return await rerank(body, request, "2")
 
-    @app.post("/v1/search", response_model=SearchReply, responses=_errors(400, 401, 403, 404, 413, 422, 429, 503),
-              dependencies=[Depends(require("search", state))],
-              summary="Search the index: first stage, then rerank (same result objects as `rankwise search --json`)")
     async def search(body: SearchRequest, request: Request) -> JSONResponse:  # type: ignore[valid-type]
         """First stage (bm25 | dense | hybrid) over the index, then the reranker over the top candidates;
         each result carries both scores, its rank movement and provenance."""
@@ -300,12 +294,6 @@ def create_app(state: ServingState) -> FastAPI:
                              "experiment": _experiment_info(route, teams), "cost": cost, **payload},
                             headers={"X-Rankwise-Degraded": "true"} if outcome.degraded else None)
 
-    @app.post("/v1/feedback", status_code=201, response_model=FeedbackReceipt,
-              responses={200: {"model": FeedbackReceipt, "description": "Already stored (same event_id)"},
-                         409: {"model": ErrorBody, "description": "event_id reused for a different event"},
-                         **_errors(400, 401, 403, 404, 413, 422, 429, 503)},
-              dependencies=[Depends(require("feedback", state))],
-              summary="Report a user's reaction (click, thumbs, dwell, copy) to one result of an answered request")
     async def feedback(body: FeedbackRequest, request: Request) -> JSONResponse:
         """Checked against the logged request (unknown or expired request, or a document that was not
         returned → 404/422), stored once per `event_id`, and turned into training data by
@@ -354,12 +342,9 @@ def create_app(state: ServingState) -> FastAPI:
                                   doc_id=result.doc_id, rank=result.rank)
         return JSONResponse(receipt.model_dump(), status_code=201 if outcome == "stored" else 200)
 
-    @app.get("/healthz", response_model=Health, summary="Liveness: the process is up")
     async def healthz() -> Health:
         return Health()
 
-    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "Not ready"}},
-             summary="Readiness: models loaded and warmed (model details for admin keys only, when keys are on)")
     async def readyz(request: Request) -> JSONResponse:
         detail = _is_admin(state, request)
         production = state.router.production if state.router else None
@@ -376,8 +361,6 @@ def create_app(state: ServingState) -> FastAPI:
                          models=models or None if detail else None, problems=problems or None if detail else None)
         return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
 
-    @app.get("/metrics", response_class=PlainTextResponse, responses=_errors(401),
-             summary="Prometheus metrics (an admin key when keys are on, unless started with --open-metrics)")
     async def metrics(request: Request) -> Response:
         if not state.config.open_metrics and not _is_admin(state, request):
             raise ApiError(401, "metrics need an admin key on this server: send 'Authorization: Bearer rk_...' "
@@ -386,7 +369,42 @@ def create_app(state: ServingState) -> FastAPI:
             await asyncio.to_thread(state.drift.update_gauges)
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    _register(app, state, {
+        "/v1/rerank": Endpoint(rerank_v1, RerankResponse), "/v2/rerank": Endpoint(rerank_v2, RerankResponse),
+        "/v1/search": Endpoint(search, SearchReply),
+        "/v1/feedback": Endpoint(feedback, FeedbackReceipt, {200: {"model": FeedbackReceipt,
+                                                                   "description": "Already stored (same event_id)"}}),
+        "/healthz": Endpoint(healthz, Health),
+        "/readyz": Endpoint(readyz, Readiness, {503: {"model": Readiness, "description": "Not ready"}}),
+        "/metrics": Endpoint(metrics, None, response_class=PlainTextResponse),
+    })
     return app
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A route's handler and response shapes; everything else about the route comes from the route table."""
+
+    handler: Callable[..., Awaitable[Any]]
+    response_model: Any
+    #: responses documented differently from the table's error bodies
+    responses: dict[int | str, dict[str, Any]] = field(default_factory=dict)
+    response_class: type[Response] = JSONResponse
+
+
+def _register(app: FastAPI, state: ServingState, endpoints: dict[str, Endpoint]) -> None:
+    """Add each route of :data:`~rankwise.serving.routes.ROUTES` with its handler, role and documented
+    errors; a handler the table does not declare, or a declared route without a handler, stops the server."""
+    if set(endpoints) != set(BY_PATH):
+        raise RuntimeError(f"route table and handlers disagree: {sorted(set(endpoints) ^ set(BY_PATH))}")
+    for route in ROUTES:
+        endpoint = endpoints[route.path]
+        app.add_api_route(
+            route.path, endpoint.handler, methods=[route.method], summary=route.summary,
+            status_code=route.status_code, response_model=endpoint.response_model,
+            response_class=endpoint.response_class,
+            responses={**_errors(*route.errors), **endpoint.responses},
+            dependencies=[Depends(require(route.role, state))] if route.role is not None else None)
 
 
 def _is_admin(state: ServingState, request: Request) -> bool:
@@ -457,8 +475,7 @@ async def _score_texts(service: RerankService, query: str, texts: list[str], dea
         scored = await service.score(query, texts, deadline=deadline, max_tokens_per_doc=max_tokens_per_doc)
     except BudgetExceeded:
         return _Scored(list(range(len(texts))), None, None, True, 0, 0, {}, {})
-    order = sorted(range(len(texts)), key=lambda i: (-float(scored.raw[i]), i))
-    return _Scored(order, scored.raw, scored.calibrated, False, scored.cache_hits, sum(scored.split),
+    return _Scored(rank_order(scored.raw), scored.raw, scored.calibrated, False, scored.cache_hits, sum(scored.split),
                    dict(scored.timings_ms), scored.cost)
 
 
@@ -560,9 +577,9 @@ def _install_handlers(app: FastAPI, state: ServingState) -> None:
             request.state.audit["error"] = "internal error"
             response = _error_response(500, f"internal error; quote request id {request.state.request_id}")
         response.headers["X-Request-Id"] = request.state.request_id
-        route = request.url.path if request.url.path in _ROUTES else "other"
+        route = metrics_label(request.url.path)
         state.metrics.requests.labels(route, str(response.status_code)).inc()
-        if route.startswith("/v1/") and state.audit is not None:
+        if audited(route) and state.audit is not None:
             state.audit.record(AuditRecord(
                 request_id=request.state.request_id, endpoint=route, status=response.status_code,
                 latency_ms=(time.perf_counter() - request.state.started) * 1000, key_id=request.state.key_id,
@@ -603,9 +620,6 @@ def _install_handlers(app: FastAPI, state: ServingState) -> None:
 def _message(error: dict[str, Any]) -> str:
     pattern = (error.get("ctx") or {}).get("pattern")
     return PATTERN_MESSAGES.get(pattern, error.get("msg", "")) if pattern else str(error.get("msg", ""))
-
-
-_ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/v1/search", "/v1/feedback", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"})
 
 
 def _error_response(status: int, message: str, *, detail: list[dict[str, Any]] | None = None,

@@ -1,11 +1,11 @@
 """Score cache: skip the model for (query, passage) pairs it has already scored.
 
-The key is ``sha256(scoring fingerprint, query, sha256(passage))``. The *scoring fingerprint* covers the
-reranker's weights sha256 and every setting that changes a score (max_length, long-document handling,
-stride, backend, ... and the request's ``max_tokens_per_doc``), so a new model or new preprocessing can
-never be answered with old scores: it simply looks up different keys. Values are the raw logit and
-whether the passage was split into windows; the calibrated score is recomputed with the same fixed
-sigmoid as :mod:`rankwise.rerank.base`, so a cached answer equals a freshly computed one.
+The key is ``sha256(scoring key, query, sha256(passage))``. The *scoring key* is what the reranker
+declares can change a score (:func:`rankwise.rerank.base.scoring_key`: kind, weights sha256, backend,
+lengths, windowing, aggregation) plus the request's ``max_tokens_per_doc``, so a new model or new
+preprocessing can never be answered with old scores: it simply looks up different keys. Values are what
+the reranker returned for the pair — raw score, calibrated score, and whether the passage was split into
+windows — so a cached answer is the fresh one, whatever calibration the reranker uses.
 
 Backends: an in-process LRU (default) or Redis (shared by server replicas, survives restarts). A Redis
 failure while serving is logged, counted and treated as a miss: the cache may make requests faster,
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -24,33 +23,18 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from rankwise.rerank.base import Reranker
 from rankwise.serving.config import ServeConfigError
 
 log = logging.getLogger("rankwise.serving")
 
-#: a cached score: (raw logit, passage was split into windows)
-Entry = tuple[float, bool]
-_SCALARS = (str, int, float, bool)
-_KEY_PREFIX = "rankwise:score:"
-
-
-def scoring_fingerprint(reranker: Reranker) -> str:
-    """Everything about the reranker that determines its score for a pair.
-
-    The weights sha256 plus every public scalar attribute of the reranker except its display ``name`` —
-    generic on purpose, so a setting added later (e.g. an ONNX ``backend``) is covered without this
-    module having to know about it.
-    """
-    settings = {k: v for k, v in getattr(reranker, "__dict__", {}).items()
-                if not k.startswith("_") and k != "name" and isinstance(v, _SCALARS)}
-    settings["weights_sha256"] = reranker.weights_sha256
-    payload = json.dumps({"class": type(reranker).__name__, "settings": settings}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
+#: a cached score: (raw score, calibrated score, passage was split into windows)
+Entry = tuple[float, float, bool]
+#: the entry layout's version is part of every Redis key, so a server never reads another layout's values
+_KEY_PREFIX = "rankwise:score:v2:"
 
 
 def score_keys(fingerprint: str, query: str, texts: Sequence[str], *, max_tokens_per_doc: int | None = None) -> list[str]:
-    """One key per text: (reranker fingerprint, request preprocessing, query, sha256 of the text)."""
+    """One key per text: (reranker's scoring key, request preprocessing, query, sha256 of the text)."""
     base = hashlib.sha256(f"{fingerprint}\x00{max_tokens_per_doc}\x00{query}\x00".encode())
     keys = []
     for text in texts:
@@ -193,8 +177,8 @@ class RedisScoreCache:
 
     async def _write(self, entries: dict[str, Entry]) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
-            for key, (raw, split) in entries.items():
-                pipe.set(_KEY_PREFIX + key, f"{raw!r} {int(split)}", ex=self.ttl_s)
+            for key, (raw, calibrated, split) in entries.items():
+                pipe.set(_KEY_PREFIX + key, f"{raw!r} {calibrated!r} {int(split)}", ex=self.ttl_s)
             await pipe.execute()
 
     async def close(self) -> None:
@@ -202,8 +186,8 @@ class RedisScoreCache:
 
 
 def _decode(value: bytes) -> Entry:
-    raw, split = value.split()
-    return float(raw), split == b"1"
+    raw, calibrated, split = value.split()
+    return float(raw), float(calibrated), split == b"1"
 
 
 def open_score_cache(spec: str, *, size: int, ttl_s: int) -> ScoreCache:

@@ -15,7 +15,8 @@ A declared ``Content-Length`` over the limit is refused here too; otherwise the 
 ``RequestBodyLimitMiddleware``, inside this one) counts the bytes as they stream in — chunked bodies
 included — and stops reading at the limit with a 413.
 
-Rejections are ordinary responses, so the app's envelope middleware around this one still counts them in
+Which routes it guards comes from the route table (:mod:`rankwise.serving.routes`): the API routes, not
+health, readiness, metrics or docs. Rejections are ordinary responses, so the app's envelope middleware around this one still counts them in
 the metrics and writes their audit rows (with the key id when a valid key was sent).
 """
 
@@ -28,12 +29,11 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rankwise.serving.auth import KeyFileError
+from rankwise.serving.routes import API_PATHS
 from rankwise.serving.state import ServingState
 
 log = logging.getLogger("rankwise.serving")
 
-#: the routes that do model work; health, readiness, metrics and docs are never shed or size-limited
-API_ROUTES = frozenset({"/v1/rerank", "/v2/rerank", "/v1/search", "/v1/feedback"})
 
 
 class RequestGuard:
@@ -43,7 +43,7 @@ class RequestGuard:
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in API_ROUTES:
+        if scope["type"] != "http" or scope["path"] not in API_PATHS:
             await self.app(scope, receive, send)
             return
         state = self.state

@@ -27,7 +27,7 @@ from typing import Protocol
 
 from rankwise.errors import QueryError
 from rankwise.inference.batching import padding_ratio, run_batched
-from rankwise.rerank.base import EncodedPairs, Reranker, RerankScores, WindowedReranker, logits_to_scores
+from rankwise.rerank.base import EncodedPairs, Reranker, RerankScores, WindowedReranker
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +95,8 @@ class PairBatchScorer:
         for enc in encoded:
             own = logits[start: start + len(enc.windows)]
             start += len(enc.windows)
-            raw, calibrated = logits_to_scores(r.aggregate_windows(own, enc.owners, enc.num_texts))
+            raw = r.aggregate_windows(own, enc.owners, enc.num_texts)
+            calibrated = r.calibrate(raw)
             stats = {"pairs": float(enc.num_texts), "windows": float(len(enc.windows)), "tokens": float(enc.tokens),
                      **round_stats}
             out.append(RequestScores(RerankScores(raw=raw, calibrated=calibrated, truncated=sum(enc.split), stats=stats),

@@ -23,10 +23,10 @@ import numpy as np
 from rankwise.index import Index
 from rankwise.options import FirstStageMethod, RerankFusion
 from rankwise.pipeline import Pipeline
-from rankwise.rerank.base import Reranker, RerankScores, logits_to_scores
+from rankwise.rerank.base import Reranker, RerankScores, rank_order, scoring_key
 from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
 from rankwise.serving.batcher import MicroBatcher
-from rankwise.serving.cache import CacheUnavailable, Entry, ScoreCache, score_keys, scoring_fingerprint
+from rankwise.serving.cache import CacheUnavailable, Entry, ScoreCache, score_keys
 from rankwise.serving.config import ServeConfig
 from rankwise.serving.metrics import ServingMetrics
 from rankwise.types import SearchResponse
@@ -55,7 +55,7 @@ class RerankService:
         self.batcher = batcher
         self.cache = cache
         self.metrics = metrics
-        self.fingerprint = scoring_fingerprint(reranker)
+        self.fingerprint = scoring_key(reranker)
 
     async def score(self, query: str, texts: Sequence[str], *, deadline: float,
                     max_tokens_per_doc: int | None = None) -> ScoredTexts:
@@ -77,7 +77,8 @@ class RerankService:
             except TimeoutError:
                 future.cancel()  # not started yet → the worker skips it
                 raise BudgetExceeded from None
-            new = {keys[i]: (float(fresh.scores.raw[j]), fresh.split[j]) for j, i in enumerate(missing)}
+            new = {keys[i]: (float(fresh.scores.raw[j]), float(fresh.scores.calibrated[j]), fresh.split[j])
+                   for j, i in enumerate(missing)}
             for i in missing:
                 entries[i] = new[keys[i]]
             await self._cache_set(new)
@@ -85,9 +86,10 @@ class RerankService:
             timings["inference"] = fresh.inference_ms
             cost.update(tokens=float(fresh.scores.stats.get("tokens", 0.0)), cpu_ms=fresh.cpu_ms)
         done: list[Entry] = [e for e in entries if e is not None]
-        raw, calibrated = logits_to_scores(np.array([e[0] for e in done], dtype=np.float32))
+        raw = np.array([e[0] for e in done], dtype=np.float32)
+        calibrated = np.array([e[1] for e in done], dtype=np.float32)
         timings["rerank"] = (time.perf_counter() - t0) * 1000
-        return ScoredTexts(raw, calibrated, [e[1] for e in done], len(texts) - len(missing), timings, cost)
+        return ScoredTexts(raw, calibrated, [e[2] for e in done], len(texts) - len(missing), timings, cost)
 
     async def _cache_get(self, keys: list[str]) -> list[Entry | None]:
         try:
@@ -164,6 +166,6 @@ class SearchService:
         scores = RerankScores(raw=scored.raw, calibrated=scored.calibrated, truncated=sum(scored.split))
         response = pipeline.respond(query, candidates, scores, k=k, timings=timings | scored.timings_ms, started=t0)
         best: dict[str, str] = {}
-        for i in np.argsort(-scored.raw, kind="stable"):
+        for i in rank_order(scored.raw):
             best.setdefault(head[i].passage.doc_id, head[i].passage.full_text)
         return SearchOutcome(response, False, scored.cache_hits, list(best.items()), scored.cost)

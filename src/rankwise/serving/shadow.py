@@ -23,13 +23,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from rankwise.experiments import agreement
 from rankwise.feedback.events import ShadowRecord
 from rankwise.feedback.store import FeedbackStore
 from rankwise.registry import Registry
-from rankwise.rerank.base import Reranker
+from rankwise.rerank.base import Reranker, rank_order
 from rankwise.rerank.loading import load_reranker
 from rankwise.serving.config import ServeConfig
 from rankwise.serving.metrics import ServingMetrics
@@ -135,7 +133,7 @@ class ShadowRunner:
                 self.metrics.shadow.labels("dropped_stale").inc()
                 return
             raw.extend(float(x) for x in self.reranker.score(job.query, job.texts[start:start + self.chunk]).raw)
-        order = np.argsort(-np.asarray(raw), kind="stable")
+        order = rank_order(raw)
         ranking = [job.doc_ids[i] for i in order]
         found = agreement(list(job.doc_ids), ranking)
         record = ShadowRecord(request_id=job.request_id, production_model=job.production_model,

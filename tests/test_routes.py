@@ -1,0 +1,68 @@
+"""The route table decides, for every endpoint, what the server does around it: checked on the real app."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import KB_TEXTS, QUERY
+from rankwise.index import Index
+from rankwise.serving.routes import API_PATHS, ROUTES
+
+
+def test_every_api_route_is_audited_guarded_and_documented(tiny_cross_encoder: Path, kb_index: Index,
+                                                           tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from rankwise.serving.app import create_app
+    from rankwise.serving.audit import read_audit
+    from rankwise.serving.config import Limits, ServeConfig
+    from rankwise.serving.state import load_state
+
+    audit = tmp_path / "audit.sqlite"
+    config = ServeConfig(index=kb_index.path, reranker=str(tiny_cross_encoder), backend="torch", audit=audit,
+                         limits=Limits(max_body_bytes=4096))
+    with TestClient(create_app(load_state(config))) as client:
+        bodies = {"/v1/rerank": {"query": QUERY, "documents": KB_TEXTS[:3]},
+                  "/v2/rerank": {"query": QUERY, "documents": KB_TEXTS[:3], "model": str(tiny_cross_encoder)},
+                  "/v1/search": {"query": QUERY, "k": 2},
+                  "/v1/feedback": {"request_id": "r", "doc_id": "d", "signal": "click", "event_id": "e"}}
+        assert set(bodies) == API_PATHS
+        statuses = {path: client.post(path, json=body).status_code for path, body in bodies.items()}
+        assert statuses == {"/v1/rerank": 200, "/v2/rerank": 200, "/v1/search": 200, "/v1/feedback": 404}
+        # the guard's body limit applies to every API route, and is audited like any answer
+        too_large = {path: client.post(path, content=b"x" * 5000, headers={"content-type": "application/json"})
+                     for path in API_PATHS}
+        assert {p: r.status_code for p, r in too_large.items()} == dict.fromkeys(API_PATHS, 413)
+        assert client.get("/healthz").status_code == 200
+        documented = client.get("/openapi.json").json()["paths"]
+    assert set(documented) == {route.path for route in ROUTES}
+    for route in ROUTES:
+        assert set(documented[route.path]) == {route.method.lower()}
+        assert {str(c) for c in route.errors} <= set(documented[route.path][route.method.lower()]["responses"])
+    deadline = time.monotonic() + 10
+    while True:  # the audit writer is a background thread
+        rows = read_audit(audit, limit=100)
+        if len(rows) >= 8 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    by_endpoint: dict[str, list[int]] = {}
+    for row in rows:
+        by_endpoint.setdefault(row["endpoint"], []).append(row["status"])
+    assert {path: sorted(codes) for path, codes in by_endpoint.items()} == {
+        "/v1/rerank": [200, 413], "/v2/rerank": [200, 413], "/v1/search": [200, 413], "/v1/feedback": [404, 413]}
+
+
+def test_a_route_without_a_table_entry_stops_the_server(tiny_cross_encoder: Path) -> None:
+    from rankwise.serving import app as app_module
+    from rankwise.serving.config import ServeConfig
+    from rankwise.serving.state import load_state
+
+    state = load_state(ServeConfig(reranker=str(tiny_cross_encoder), backend="torch"))
+    try:
+        with pytest.raises(RuntimeError, match="route table and handlers disagree"):
+            app_module._register(app_module.FastAPI(), state, {})
+    finally:
+        state.close()
