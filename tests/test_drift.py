@@ -310,6 +310,7 @@ CORRUPT = {
     "newer-version": json.dumps({**_VALID, "version": 9}),
     "missing-window": json.dumps({k: v for k, v in _VALID.items() if k != "window"}),
     "bad-window": json.dumps({**_VALID, "window": {"since": 5, "until": None}}),
+    "nested-too-deeply": "[" * 100_000 + "]" * 100_000,
 }
 
 

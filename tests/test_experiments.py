@@ -96,6 +96,8 @@ def _bad(arms: list[dict[str, object]] | None = None, **top: object) -> str:
 BAD_FILES = [
     ("exp.toml", "name = 'e'\n[[arms]\nname = 'x'", "malformed TOML"),
     ("exp.json", '{"name": "e", "arms": [', "malformed JSON at line 1"),
+    ("exp.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("exp.toml", "a = " + "[" * 100_000 + "]" * 100_000, "nested too deeply"),
     ("exp.json", _bad(colour="red"), "unknown key 'colour'; expected name, mode, unit, arms"),
     ("exp.json", _bad(_arms(0.5, 0.5, weight=1)), "arms[0]: unknown key 'weight'"),
     ("exp.json", _bad(_arms(0.6, 0.3)), "arms: shares sum to 0.9, not 1"),

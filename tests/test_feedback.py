@@ -462,3 +462,30 @@ def test_a_store_written_by_an_older_schema_is_upgraded_in_place(tmp_path: Path)
         assert store.get_request("r2").signals == {"query_words": 2.0}
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_export_applies_the_retention_a_stopped_server_did_not_and_purge_says_what_it_removed(tmp_path: Path) -> None:
+    import sys
+
+    db = tmp_path / "feedback.db"
+    with SQLiteFeedbackStore(db) as opened:
+        old, new = served("old", ["a", "b"], query="old query", time=OLD), served("new", ["a", "b"], query="new query")
+        for req in (old, new):
+            opened.log_request(req)
+        opened.flush()
+        opened.add_event(event("old-up", old, "a", "thumbs_up", user_id="u1"))
+        opened.add_event(event("new-up", new, "a", "thumbs_up", user_id="u1"))
+
+    def rankwise(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "rankwise", *args], capture_output=True, text=True, timeout=120,
+                              check=False)
+
+    refused = rankwise("feedback", "purge", "--feedback-db", str(db))
+    assert refused.returncode != 0 and "give --retention" in refused.stderr and "Traceback" not in refused.stderr
+    out = tmp_path / "gold.jsonl"
+    exported = rankwise("feedback", "export", "--feedback-db", str(db), "--out", str(out), "--retention", "30d")
+    assert exported.returncode == 0, exported.stderr
+    assert "removed 2 " in exported.stderr  # the old request and its event
+    assert [json.loads(line)["query"] for line in out.read_text().splitlines()] == ["new query"]
+    again = rankwise("feedback", "purge", "--feedback-db", str(db), "--retention", "30d")
+    assert again.returncode == 0 and "removed 0 " in again.stderr

@@ -343,11 +343,12 @@ def test_bad_loop_settings_stop_the_server_with_one_line(registry: Path, tmp_pat
 
 
 def test_feedback_keys_and_retention(kb_index: Index, tmp_path: Path) -> None:
-    """A front end's key may report feedback but not query; feedback on a request past --retention is a 404."""
+    """A front end's key may report feedback on its backend's requests (one tenant) but not query; feedback on
+    a request past --retention is a 404."""
     keys = tmp_path / "keys.json"
     store = KeyStore(keys)
-    _, searcher = store.add(["search"], name="app")
-    _, reporter = store.add(["feedback"], name="front end")
+    _, searcher = store.add(["search"], name="app", tenant="shop")
+    _, reporter = store.add(["feedback"], name="front end", tenant="shop")
     srv = Server(["--index", str(kb_index.path), "--keys", str(keys), "--feedback-db", str(tmp_path / "f.sqlite"),
                   "--audit", "none", "--retention", "3s"], tmp_path / "server.log")
     try:
@@ -362,3 +363,127 @@ def test_feedback_keys_and_retention(kb_index: Index, tmp_path: Path) -> None:
             assert late.status_code == 404 and "--retention" in late.json()["message"]
     finally:
         srv.stop()
+
+
+def _unscorable_model(path: Path) -> Path:
+    """Loads, but cannot score: a 100-token vocabulary behind the full tokenizer (ids run past the embeddings)."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from rankwise.models import bundled_minilm_dir
+
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, num_labels=1)
+    BertForSequenceClassification(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(str(bundled_minilm_dir())).save_pretrained(path)
+    return path
+
+
+def test_a_model_that_cannot_score_is_refused_and_a_failing_canary_falls_back_to_production(
+        tmp_path: Path, references: dict[str, list[float]], registry: Path) -> None:
+    broken = _unscorable_model(tmp_path / "broken")
+    added = _rankwise("models", "add", str(broken), "--registry", str(tmp_path / "other-registry"))
+    assert added.returncode != 0 and "cannot score a probe batch" in added.stderr
+    assert "Traceback" not in added.stderr and len(added.stderr.strip().splitlines()) == 1
+    reg = Registry(tmp_path / "registry")
+    reg.register(Registry(registry).get("v1").path, {"note": "production"})
+    reg.promote("v1", forced=True)
+    reg.register(broken, {"note": "registered around the check"})  # v2, the candidate
+    forced = _rankwise("models", "promote", "v2", "--force", "--registry", str(reg.root), "--backend", "torch")
+    assert forced.returncode != 0 and "cannot score a probe batch" in forced.stderr
+    assert reg.aliases()["production"] == "v1"
+    srv = Server(["--reranker", "production", "--registry", str(reg.root), "--backend", "torch", "--canary", "50%",
+                  "--audit", "none", "--feedback-db", "none", "--open-metrics"], tmp_path / "server.log")
+    try:
+        with srv.client() as client:
+            ready = client.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert "cannot serve" in ready.json()["problems"]["canary"]
+            for user in range(12):
+                response = client.post("/v1/rerank", headers={"X-Rankwise-User": f"u{user}"},
+                                       json={"query": QUERY, "documents": TEXTS, "raw_scores": True})
+                assert response.status_code == 200, response.text
+                assert _assert_from(response.json(), references) == "v1"
+        metrics = srv.metrics()
+        assert metrics[("rankwise_model_swaps_total", (("outcome", "fallback"), ("role", "canary")))] == 1
+    finally:
+        srv.stop()
+    assert (tmp_path / "server.log").read_text().count("cannot serve") == 1  # one line, not a traceback per poll
+
+
+def test_feedback_blocked_on_a_locked_store_never_takes_the_slots_of_search(kb_index: Index, registry: Path,
+                                                                            tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    db = tmp_path / "feedback.sqlite"
+    srv = Server(["--index", str(kb_index.path), "--reranker", "production", "--registry", str(registry),
+                  "--backend", "torch", "--feedback-db", str(db), "--audit", "none", "--max-in-flight", "4",
+                  "--max-feedback-in-flight", "2"], tmp_path / "server.log")
+    try:
+        with srv.client() as client:
+            answer = client.post("/v1/search", json={"query": QUERY, "k": 3}).json()
+            doc = answer["results"][0]["doc_id"]
+            time.sleep(0.5)  # the query log's writer stores the request
+            lock = sqlite3.connect(db, timeout=5)
+            lock.execute("BEGIN EXCLUSIVE")  # another process holds the store for 4 s
+
+            def feedback(i: int) -> int:
+                with srv.client() as own:
+                    return own.post("/v1/feedback", json={"request_id": answer["request_id"], "event_id": f"e{i}",
+                                                          "signal": "click", "doc_id": doc}).status_code
+
+            def search(_: int) -> int:
+                with srv.client() as own:
+                    return own.post("/v1/search", json={"query": QUERY, "k": 3}).status_code
+
+            with ThreadPoolExecutor(16) as pool:
+                pending = [pool.submit(feedback, i) for i in range(8)]
+                time.sleep(0.5)  # the feedback requests are in, two of them waiting on the lock
+                searches = [search(i) for i in range(6)]  # one at a time: never more than the slots
+                time.sleep(max(0.0, 4.0 - 1.0))
+                lock.rollback()
+                statuses = Counter(f.result() for f in pending)
+    finally:
+        srv.stop()
+    assert searches == [200] * 6  # before separate pools, feedback held every slot and search got 503
+    assert statuses[503] >= 5 and set(statuses) <= {201, 200, 503}, statuses
+
+
+def test_feedback_belongs_to_the_key_and_user_that_asked_and_errors_reveal_nothing(
+        kb_index: Index, registry: Path, tmp_path: Path) -> None:
+    keys = KeyStore(tmp_path / "keys.json")
+    tokens = {name: keys.add(["search", "feedback"], name=name, rate_per_s=1000.0, burst=1000, tenant=tenant)[1]
+              for name, tenant in (("alice-app", "shop"), ("mallory", "other"))}
+    srv = Server(["--index", str(kb_index.path), "--reranker", "production", "--registry", str(registry),
+                  "--backend", "torch", "--feedback-db", str(tmp_path / "f.sqlite"), "--audit", "none",
+                  "--log-queries", "text", "--keys", str(keys.path)], tmp_path / "server.log")
+    try:
+        with srv.client(tokens["alice-app"]) as alice, srv.client(tokens["mallory"]) as mallory:
+            answer = alice.post("/v1/search", json={"query": QUERY, "k": 3, "user_id": "alice"}).json()
+            doc = answer["results"][0]["doc_id"]
+            event = {"request_id": answer["request_id"], "event_id": "alice-1", "signal": "thumbs_up",
+                     "doc_id": doc, "user_id": "alice"}
+            time.sleep(0.5)  # the query log's writer stores the request
+            assert alice.post("/v1/feedback", json=event).status_code == 201
+            for attempt in ({**event, "event_id": "m-1", "signal": "thumbs_down", "user_id": None},
+                            {**event, "event_id": "m-2", "signal": "thumbs_down", "user_id": "alice"}):
+                refused = mallory.post("/v1/feedback", json=attempt)
+                assert refused.status_code == 404 and doc not in refused.text, refused.text
+            as_other_user = alice.post("/v1/feedback", json={**event, "event_id": "a-2", "user_id": "bob"})
+            assert as_other_user.status_code == 404
+            reused = mallory.post("/v1/search", json={"query": "refund", "k": 1}).json()
+            time.sleep(0.5)
+            conflict = mallory.post("/v1/feedback", json={"request_id": reused["request_id"], "event_id": "alice-1",
+                                                          "signal": "click", "rank": 1})
+            assert conflict.status_code == 409
+            assert answer["request_id"] not in conflict.text and doc not in conflict.text, conflict.text
+            anonymous = alice.post("/v1/feedback", json={**event, "event_id": "a-3", "user_id": None,
+                                                         "signal": "thumbs_down"})
+            assert anonymous.status_code == 201
+    finally:
+        srv.stop()
+    out = tmp_path / "gold.jsonl"
+    exported = _rankwise("feedback", "export", "--feedback-db", str(tmp_path / "f.sqlite"), "--out", str(out))
+    # alice's own thumbs-up is not overruled by the anonymous thumbs-down (credited to her, it was her latest
+    # vote and the export labelled the document 0): one vote each is a tie, and a tie without clicks is no label
+    assert exported.returncode != 0 and "none of the" in exported.stderr, exported.stderr
+    assert not out.exists()

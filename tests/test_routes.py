@@ -66,3 +66,26 @@ def test_a_route_without_a_table_entry_stops_the_server(tiny_cross_encoder: Path
             app_module._register(app_module.FastAPI(), state, {})
     finally:
         state.close()
+
+
+def test_a_lone_surrogate_anywhere_in_a_body_is_a_422_naming_the_field(tiny_cross_encoder: Path,
+                                                                       kb_index: Index) -> None:
+    from fastapi.testclient import TestClient
+
+    from rankwise.serving.app import create_app
+    from rankwise.serving.config import ServeConfig
+    from rankwise.serving.state import load_state
+
+    config = ServeConfig(index=kb_index.path, reranker=str(tiny_cross_encoder), backend="torch")
+    cases = [("/v1/rerank", '{"query": "q", "documents": ["a"], "model": "\\ud800"}', "model"),
+             ("/v2/rerank", '{"query": "q", "documents": ["a"], "model": "\\ud800"}', "model"),
+             ("/v1/rerank", '{"query": "q", "documents": ["a", {"text": "\\udfff"}]}', "documents.1.text"),
+             ("/v1/search", '{"query": "q", "filters": {"category": "\\ud800"}}', "filters.category"),
+             ("/v1/search", '{"query": "q", "filters": {"category": ["ok", "\\ud800"]}}', "filters.category.1"),
+             ("/v1/feedback", '{"request_id": "r", "doc_id": "\\ud800", "signal": "click", "event_id": "e"}',
+              "doc_id")]
+    with TestClient(create_app(load_state(config)), raise_server_exceptions=False) as client:
+        for path, body, field in cases:
+            response = client.post(path, content=body, headers={"content-type": "application/json"})
+            assert response.status_code == 422, (path, response.text)
+            assert f"{field}: not valid Unicode text" in response.json()["message"], response.text

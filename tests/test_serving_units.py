@@ -121,6 +121,53 @@ def test_batcher_shares_rounds_and_isolates_bad_requests(tiny_cross_encoder: Pat
     assert metrics.registry.get_sample_value("rankwise_batch_requests_sum") == 3
 
 
+def test_work_past_its_deadline_is_dropped_queued_or_between_forward_passes(tiny_cross_encoder: Path) -> None:
+    from rankwise.serving.batcher import Expired
+
+    reranker = CrossEncoderReranker(tiny_cross_encoder, max_length=48, backend="torch", batch_tokens=256)
+    metrics = ServingMetrics()
+    batcher = MicroBatcher(PairBatchScorer(reranker), BatchingSettings(max_wait_ms=0), metrics)
+    slow = reranker.forward_windows
+
+    def forward_slowly(ids: list[list[int]], types: list[list[int]]) -> np.ndarray:
+        time.sleep(0.05)  # a forward pass of a big model on a busy CPU
+        return slow(ids, types)
+
+    reranker.forward_windows = forward_slowly  # type: ignore[method-assign]
+    batcher.start()
+    try:
+        huge = [LONG] * 60  # ~180 windows: ~12 batches of 256 tokens, ~0.6 s of forward passes
+        started = time.perf_counter()
+        expiring = batcher.submit("q", huge, deadline=started + 0.15)
+        behind = batcher.submit("q", [KB[0].text], deadline=started + 30)  # queued behind it
+        with pytest.raises(Expired, match="scoring"):
+            expiring.result(30)
+        assert behind.result(30).scores.raw.shape == (1,)
+        assert time.perf_counter() - started < 0.5  # the rest of the huge request's passes were skipped
+        past = batcher.submit("q", huge, deadline=time.perf_counter() - 1)
+        with pytest.raises(Expired, match="queued"):
+            past.result(30)
+    finally:
+        batcher.close()
+    assert metrics.registry.get_sample_value("rankwise_expired_total", {"stage": "scoring"}) == 1
+    assert metrics.registry.get_sample_value("rankwise_expired_total", {"stage": "queued"}) == 1
+
+
+def test_a_request_past_the_token_budget_is_refused_before_any_forward_pass(tiny_cross_encoder: Path) -> None:
+    reranker = CrossEncoderReranker(tiny_cross_encoder, max_length=48, backend="torch")
+    metrics = ServingMetrics()
+    batcher = MicroBatcher(PairBatchScorer(reranker), BatchingSettings(max_wait_ms=0), metrics,
+                           max_request_tokens=1000)
+    batcher.start()
+    try:
+        with pytest.raises(QueryError, match="at most 1000 per request"):
+            batcher.submit("q", [LONG] * 20).result(30)
+        assert batcher.submit("q", [LONG]).result(30).scores.raw.shape == (1,)
+    finally:
+        batcher.close()
+    assert metrics.registry.get_sample_value("rankwise_forward_passes_total") == 1
+
+
 def test_batching_off_scores_one_request_per_round(tiny_cross_encoder: Path) -> None:
     reranker = CrossEncoderReranker(tiny_cross_encoder, max_length=48, backend="torch")
     metrics = ServingMetrics()

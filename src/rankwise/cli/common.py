@@ -61,6 +61,9 @@ def friendly_errors(func: F) -> F:
 DEFAULT_STORE = "default"
 FEEDBACK_DB = "feedback.sqlite"
 MONITOR_DB = "monitor.sqlite"
+#: the same flag on serve, feedback export and feedback purge
+RetentionOpt = Annotated[str | None, typer.Option(help="Delete query-log rows (and their feedback) older than "
+                                                       "this, e.g. 30d.")]
 FeedbackDbOpt = Annotated[str, typer.Option(
     "--feedback-db", help="Query log and feedback store (SQLite): a path, 'default' (the user data "
                           "directory) or 'none' (serve: no query log, no /v1/feedback).")]

@@ -7,18 +7,22 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from rankwise.cli.common import (
     DEFAULT_STORE,
     FeedbackDbOpt,
+    RetentionOpt,
     err,
     friendly_errors,
     open_feedback_store,
     out,
 )
+
+if TYPE_CHECKING:
+    from rankwise.feedback.store import FeedbackStore
 
 app = typer.Typer()
 feedback_app = typer.Typer(help="Turn users' feedback into gold sets and training data.", no_args_is_help=True)
@@ -44,18 +48,47 @@ def feedback_export(
                                                         "users chose that the reranker placed low, and the reverse.")] = None,
     eta: Annotated[float, typer.Option(help="Position-bias strength of the click model: rank r is examined "
                                             "with probability (1/r)^eta.")] = 1.0,
+    retention: RetentionOpt = None,
 ) -> None:
-    """Write a gold set from feedback: thumbs as labels, clicks corrected for position bias."""
+    """Write a gold set from feedback: thumbs as labels, clicks corrected for position bias.
+
+    With ``--retention`` (the server's), rows past it are deleted first: a server that stopped before its
+    hourly purge must not have its expired rows exported.
+    """
     from rankwise.feedback import ClickModel, export_goldset
 
     store = open_feedback_store(feedback_db)
     try:
+        if retention is not None:
+            _purge(store, retention)
         summary = export_goldset(store, since=since, out=out_file, click_model=ClickModel(eta=eta),
                                  misranked_out=misranked)
     finally:
         store.close()
     for line in summary.lines():
         out.print(line, highlight=False, soft_wrap=True)
+
+
+@feedback_app.command("purge")
+@friendly_errors
+def feedback_purge(retention: RetentionOpt = None, feedback_db: FeedbackDbOpt = DEFAULT_STORE) -> None:
+    """Delete query-log rows older than --retention, with their feedback and shadow rows (append-only
+    otherwise: the database refuses any other delete)."""
+    from rankwise.errors import QueryError
+
+    if retention is None:
+        raise QueryError("give --retention, e.g. --retention 30d: rows older than that are deleted")
+    store = open_feedback_store(feedback_db)
+    try:
+        _purge(store, retention)
+    finally:
+        store.close()
+
+
+def _purge(store: FeedbackStore, retention: str) -> None:
+    removed = store.purge(retention)
+    err.print(f"retention {retention}: removed {removed} query-log, feedback and shadow rows older than that",
+              highlight=False, soft_wrap=True)
 
 
 @shadow_app.command("report")

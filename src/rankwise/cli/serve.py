@@ -23,6 +23,7 @@ from rankwise.cli.common import (
     RerankerOpt,
     RerankFusionOpt,
     RerankK,
+    RetentionOpt,
     RetrieveK,
     err,
     friendly_errors,
@@ -72,6 +73,10 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body (counted as it streams in).")] = 16 * 1024 * 1024,
     max_in_flight: Annotated[int, typer.Option(help="API requests inside the server at once; more get 503 + "
                                                     "Retry-After at once.")] = 16,
+    max_feedback_in_flight: Annotated[int, typer.Option(help="Feedback requests inside the server at once, "
+                                                             "apart from search and rerank's.")] = 4,
+    max_request_tokens: Annotated[int, typer.Option(help="Tokens one request may send through the model once "
+                                                         "windowed; more is refused before any forward pass.")] = 524_288,
     open_metrics: Annotated[bool, typer.Option("--open-metrics", help="Serve /metrics without an admin key "
                                                                       "even when --keys is on.")] = False,
     served_model_name: Annotated[list[str], typer.Option(
@@ -84,8 +89,7 @@ def serve(
     log_queries: Annotated[str, typer.Option(help="What the query log keeps of each query: none | hash (keyed, "
                                                   "joinable) | text (needed to turn feedback into gold sets).")] = "hash",
     feedback_db: FeedbackDbOpt = DEFAULT_STORE,
-    retention: Annotated[str | None, typer.Option(help="Delete query-log rows (and their feedback) older than "
-                                                       "this, e.g. 30d.")] = None,
+    retention: RetentionOpt = None,
     shadow: Annotated[str | None, typer.Option(help="A second reranker (registry name or path) that scores "
                                                     "sampled requests off the critical path.")] = None,
     shadow_share: Annotated[str, typer.Option(help="Share of requests offered to the shadow, e.g. 25%.")] = "100%",
@@ -141,7 +145,8 @@ def serve(
         batching=BatchingSettings(enabled=batching, max_wait_ms=batch_wait_ms, max_tokens=batch_tokens,
                                   max_requests=batch_requests),
         limits=Limits(max_documents=max_documents, max_document_chars=max_document_chars,
-                      max_query_chars=max_query_chars, max_body_bytes=max_body_bytes, max_in_flight=max_in_flight),
+                      max_query_chars=max_query_chars, max_body_bytes=max_body_bytes, max_in_flight=max_in_flight,
+                      max_feedback_in_flight=max_feedback_in_flight, max_request_tokens=max_request_tokens),
         rate_limit=RateLimit(per_second=rate_limit, burst=burst),
     )
     state = load_state(config)
@@ -167,11 +172,14 @@ def keys_add(
     name: Annotated[str, typer.Option(help="Who or what the key is for.")] = "",
     rate: Annotated[float | None, typer.Option(help="Requests/second for this key (default: server's).")] = None,
     burst: Annotated[int | None, typer.Option(help="Burst for this key (default: server's).")] = None,
+    tenant: Annotated[str | None, typer.Option(help="The application the key belongs to: keys of one tenant "
+                                                    "may send feedback on each other's requests (a front end's "
+                                                    "feedback key on its backend's searches).")] = None,
 ) -> None:
     """Create a key and print its secret once (only a hash is stored)."""
     from rankwise.serving.auth import KeyStore
 
-    key, token = KeyStore(keys_file).add(role, name=name, rate_per_s=rate, burst=burst)
+    key, token = KeyStore(keys_file).add(role, name=name, rate_per_s=rate, burst=burst, tenant=tenant)
     err.print(f"created key {key.id} with role(s) {', '.join(key.roles)}; the secret is shown only now:",
               highlight=False)
     typer.echo(token)
@@ -184,7 +192,9 @@ def keys_list(keys_file: KeysFile) -> None:
 
     for key in KeyStore(keys_file).list():
         limit = f"{key.rate_per_s or 'default'}/s burst {key.burst or 'default'}"
-        out.print(f"{key.id}  {','.join(key.roles):<18} {limit:<28} {key.created}  {key.name}", highlight=False)
+        tenant = f"  tenant {key.tenant}" if key.tenant else ""
+        out.print(f"{key.id}  {','.join(key.roles):<18} {limit:<28} {key.created}  {key.name}{tenant}",
+                  highlight=False)
 
 @keys_app.command("revoke")
 @friendly_errors

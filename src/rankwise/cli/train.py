@@ -241,8 +241,11 @@ def add(
 
     if alias not in ("candidate", "none"):
         raise QueryError(f"--alias must be candidate or none (got '{alias}'); promote with `rankwise models promote`")
+    from rankwise.rerank.sanity import probe_reranker
+
     path = resolve_model(model)
     reranker = CrossEncoderReranker(path, backend="torch")  # refuses what cannot serve as a reranker, in one line
+    probe_reranker(reranker)  # ... and what loads but cannot score
     card: dict[str, Any] = {"source": model, "name": name or model, "base_model": model,
                             "source_weights_sha256": weights_sha256(path), "max_length": reranker.max_length,
                             "added_with": "rankwise models add", "parent": None}
@@ -439,6 +442,7 @@ def promote(
     target = reg.get(version).version
     if not force and (index_dir is None or (dataset is None) == (goldset is None)):
         raise QueryError("the promotion gate needs --index and exactly one of --dataset/--goldset (or use --force)")
+    _check_scores(reg, target, backend, device)
     _compare_probes(reg, target, version)
     if force:
         reg.promote(target, forced=True)
@@ -468,6 +472,17 @@ def promote(
         raise typer.Exit(1)
     reg.promote(target, gate=decision.to_dict())
     out.print(f"[green]{target} promoted to production[/]")
+
+
+def _check_scores(reg: Registry, version: str, backend: str, device: str) -> None:
+    """Refuse, in one line, to promote a version that cannot score a probe batch (forced or not)."""
+    from rankwise.rerank.loading import load_reranker
+    from rankwise.rerank.sanity import probe_reranker
+
+    with out.status(f"checking that {version} scores…"):
+        reranker = load_reranker(version, registry=reg, backend=backend, device=device)
+        assert reranker is not None  # a registry version always loads as a reranker (or raises)
+        probe_reranker(reranker)
 
 
 @models_app.command("rollback")

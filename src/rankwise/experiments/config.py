@@ -145,6 +145,8 @@ def load_experiment(path: str | Path) -> Experiment:
     except json.JSONDecodeError as err:
         raise ExperimentError(f"{file}: malformed JSON at line {err.lineno}, column {err.colno}: "
                               f"{err.msg}") from None
+    except RecursionError:  # the parsers recurse per level of nesting
+        raise ExperimentError(f"{file}: nested too deeply to be an experiment file") from None
     return Experiment.from_dict(data, source=str(file))
 
 

@@ -278,9 +278,9 @@ class SQLiteFeedbackStore:
             return "stored"
         stored = FeedbackEvent(**dict(zip(_EVENT_COLUMNS, found, strict=True)))
         if replace(stored, time=event.time) != event:
-            raise FeedbackConflict(f"event_id '{event.event_id}' was already used for a different event "
-                                   f"({stored.signal} on '{stored.doc_id}' of request {stored.request_id}); "
-                                   "send a new event_id for a new event")
+            # nothing of the stored event is said: it may be another caller's
+            raise FeedbackConflict(f"event_id '{event.event_id}' was already used for a different event; send a "
+                                   "new event_id for a new event")
         return "duplicate"
 
     def purge(self, older_than: str) -> int:

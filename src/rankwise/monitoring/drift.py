@@ -389,6 +389,8 @@ class DriftReference:
                              "first") from None
         except OSError as err:
             raise DriftError(f"cannot read the drift reference '{path}' ({err.strerror or err})") from None
+        except RecursionError:  # the JSON parser recurses per level of nesting
+            raise DriftError(f"the drift reference '{path}' is nested too deeply to be one") from None
         except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
             raise _corrupt(path, f"not JSON: {err}") from None
         try:

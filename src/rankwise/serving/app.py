@@ -312,10 +312,11 @@ def create_app(state: ServingState) -> FastAPI:
             log.error("feedback store unavailable: %s", error)
             raise ApiError(503, "the feedback store is unavailable; retry later (the event was not stored)",
                            {"Retry-After": "5"}) from None
-        if logged is None or _expired(state, logged.time):
+        if logged is None or _expired(state, logged.time) or not _asked_by(state, logged, request, body.user_id):
+            # another caller's request is answered exactly like an unknown one: nothing of it is revealed
             state.metrics.feedback.labels(signal, "rejected").inc()
-            raise ApiError(404, f"no answered request '{body.request_id}' in the query log (unknown, or older "
-                           "than the server's --retention)")
+            raise ApiError(404, f"no answered request '{body.request_id}' in the query log for this caller "
+                           "(unknown, another key's or user's, or older than the server's --retention)")
         result = logged.result_for(body.doc_id, body.rank)
         if result is None or (body.doc_id is not None and body.rank is not None and result.rank != body.rank):
             state.metrics.feedback.labels(signal, "rejected").inc()
@@ -324,7 +325,7 @@ def create_app(state: ServingState) -> FastAPI:
                            f"{body.request_id}" + (f" (it is at rank {result.rank})" if result else ""))
         event = FeedbackEvent(event_id=body.event_id, request_id=body.request_id, signal=signal,
                               doc_id=result.doc_id, rank=result.rank, value=body.value,
-                              user_id=body.user_id or logged.user_id, key_id=request.state.key_id)
+                              user_id=body.user_id, key_id=request.state.key_id)
         try:
             outcome = await run_in_threadpool(store.add_event, event)
         except FeedbackConflict as error:
@@ -515,6 +516,18 @@ def _log_served(state: ServingState, request: Request, endpoint: str, query: str
     except Exception:  # the answer is ready: a query-log failure must not fail it
         state.metrics.query_log_errors.inc()
         log.exception("could not log request %s", request.state.request_id)
+
+
+def _asked_by(state: ServingState, logged: LoggedRequest, request: Request, user_id: str | None) -> bool:
+    """Feedback belongs to whoever made the request: with keys, the same key or one of the same tenant (see
+    ``rankwise keys add --tenant``); when both name a user, the same user. An event without a user stays
+    anonymous, never credited to the request's user."""
+    if logged.key_id is not None and logged.key_id != request.state.key_id:
+        reporter: ApiKey | None = getattr(request.state, "api_key", None)
+        asker = state.keys.get(logged.key_id) if state.keys is not None else None
+        if reporter is None or not reporter.shares_requests_with(asker):
+            return False
+    return user_id is None or logged.user_id is None or user_id == logged.user_id
 
 
 def _expired(state: ServingState, logged_at: str) -> bool:

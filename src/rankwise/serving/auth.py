@@ -45,9 +45,16 @@ class ApiKey:
     created: str
     rate_per_s: float | None = None
     burst: int | None = None
+    #: the application the key belongs to: keys of one tenant (a backend's search key, its front end's
+    #: feedback key) may send feedback on each other's requests; a key without one, only on its own
+    tenant: str | None = None
 
     def allows(self, role: str) -> bool:
         return role in self.roles or "admin" in self.roles
+
+    def shares_requests_with(self, other: ApiKey | None) -> bool:
+        """Whether feedback from this key may concern a request ``other`` made."""
+        return other is not None and (other.id == self.id or (self.tenant is not None and other.tenant == self.tenant))
 
 
 def _hash(secret: str) -> str:
@@ -65,7 +72,7 @@ class KeyStore:
 
     # ------------------------------------------------------------------ admin (CLI)
     def add(self, roles: list[str], *, name: str = "", rate_per_s: float | None = None,
-            burst: int | None = None) -> tuple[ApiKey, str]:
+            burst: int | None = None, tenant: str | None = None) -> tuple[ApiKey, str]:
         """Create a key; returns it and the full token (show it once, it is not stored)."""
         unknown = sorted(set(roles) - set(ROLES))
         if not roles or unknown:
@@ -77,7 +84,8 @@ class KeyStore:
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         key = ApiKey(id=key_id, name=name, roles=tuple(dict.fromkeys(roles)), sha256=_hash(secret),
-                     created=datetime.now(UTC).isoformat(timespec="seconds"), rate_per_s=rate_per_s, burst=burst)
+                     created=datetime.now(UTC).isoformat(timespec="seconds"), rate_per_s=rate_per_s, burst=burst,
+                     tenant=tenant or None)
         keys[key_id] = key
         self._write(keys)
         return key, f"rk_{key_id}_{secret}"
@@ -103,6 +111,10 @@ class KeyStore:
         if key is None or not hmac.compare_digest(key.sha256, _hash(match.group(2))):
             return None
         return key
+
+    def get(self, key_id: str) -> ApiKey | None:
+        """The current key with this id (None once revoked)."""
+        return self._current().get(key_id)
 
     def check(self) -> int:
         """Load the file now (server start), so a broken keys file stops the server with one line."""

@@ -7,8 +7,12 @@ threads), so no locks are needed around them.
 
 A round starts with the oldest job, then takes more queued jobs until ``max_wait_ms`` has passed since the
 round began or the round holds ``max_tokens`` tokens / ``max_requests`` jobs; whatever queued up while the
-previous round was computing joins immediately. Jobs whose caller gave up (latency budget spent) are
-cancelled and skipped if they have not started.
+previous round was computing joins immediately.
+
+A job carries its caller's deadline. Work past it is dropped wherever it is: a queued job is never
+tokenized, and a running round stops running the windows of a job whose deadline passed (between forward
+passes), so one huge request that ran out of budget cannot keep the model busy for everyone behind it.
+Its future then fails with :class:`Expired` (the caller has already answered degraded).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from rankwise.errors import QueryError
 from rankwise.serving.config import BatchingSettings
 from rankwise.serving.metrics import ServingMetrics
 from rankwise.serving.scoring import EncodedRequest, RequestScores, RoundScorer
@@ -28,21 +33,31 @@ from rankwise.serving.scoring import EncodedRequest, RequestScores, RoundScorer
 log = logging.getLogger("rankwise.serving")
 
 
+class Expired(Exception):
+    """The job's deadline passed before its scores were complete; its remaining work was dropped."""
+
+
 @dataclass(slots=True)
 class _Job:
     query: str
     texts: Sequence[str]
     max_tokens_per_doc: int | None
+    #: ``time.perf_counter()`` after which nobody waits for the result; None: no deadline
+    deadline: float | None = None
     future: Future[RequestScores] = field(default_factory=Future)
     submitted: float = field(default_factory=time.perf_counter)
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
 
 
 class MicroBatcher:
     """One worker thread that scores queued jobs in shared forward passes."""
 
     def __init__(self, scorer: RoundScorer, settings: BatchingSettings, metrics: ServingMetrics,
-                 label: str = "model") -> None:
+                 label: str = "model", *, max_request_tokens: int | None = None) -> None:
         self.scorer = scorer
+        self.max_request_tokens = max_request_tokens
         self.label = label
         self.settings = settings
         self.metrics = metrics
@@ -73,8 +88,10 @@ class MicroBatcher:
             self._queue.put(None)
             self._thread.join(timeout)
 
-    def submit(self, query: str, texts: Sequence[str], max_tokens_per_doc: int | None = None) -> Future[RequestScores]:
-        job = _Job(query, list(texts), max_tokens_per_doc)
+    def submit(self, query: str, texts: Sequence[str], max_tokens_per_doc: int | None = None, *,
+               deadline: float | None = None) -> Future[RequestScores]:
+        """Queue a job; ``deadline`` (``time.perf_counter()``) is when its caller stops waiting."""
+        job = _Job(query, list(texts), max_tokens_per_doc, deadline)
         self._queue.put(job)
         return job.future
 
@@ -115,8 +132,16 @@ class MicroBatcher:
         """Tokenize a job; ``None`` if its caller already gave up or its input was refused."""
         if not job.future.set_running_or_notify_cancel():
             return None
+        if job.expired():
+            self._drop(job, "queued")
+            return None
         try:
-            return self.scorer.encode(job.query, job.texts, job.max_tokens_per_doc)
+            encoded = self.scorer.encode(job.query, job.texts, job.max_tokens_per_doc)
+            if self.max_request_tokens is not None and encoded.tokens > self.max_request_tokens:
+                raise QueryError(f"the documents are {encoded.tokens} tokens once windowed for the model; this server "
+                                 f"scores at most {self.max_request_tokens} per request (--max-request-tokens): send "
+                                 "fewer or shorter documents, or set max_tokens_per_doc")
+            return encoded
         except Exception as error:  # noqa: BLE001 - the error belongs to that request, not to the round
             job.future.set_exception(error)
             return None
@@ -125,7 +150,7 @@ class MicroBatcher:
         started = time.perf_counter()
         cpu_started = time.process_time()
         try:
-            results = self.scorer.score_round([enc for _, enc in round_])
+            results = self.scorer.score_round([enc for _, enc in round_], lambda i: not round_[i][0].expired())
         except Exception as error:
             log.exception("scoring a round of %d requests failed", len(round_))
             for job, _ in round_:
@@ -139,10 +164,18 @@ class MicroBatcher:
         self.metrics.count_cost(self.label, sum(enc.num_texts for _, enc in round_), sum(tokens), cpu_ms)
         self.metrics.batch_requests.observe(len(round_))
         self.metrics.batch_pairs.observe(sum(enc.num_texts for _, enc in round_))
-        if results and "round_batches" in results[0].scores.stats:
-            self.metrics.forward_passes.inc(results[0].scores.stats["round_batches"])
+        scored = [r for r in results if r is not None]
+        if scored and "round_batches" in scored[0].scores.stats:
+            self.metrics.forward_passes.inc(scored[0].scores.stats["round_batches"])
         for (job, _), result, share in zip(round_, results, tokens, strict=True):
+            if result is None:
+                self._drop(job, "scoring")
+                continue
             result.queue_ms = (started - job.submitted) * 1000.0
             result.inference_ms = (done - started) * 1000.0
             result.cpu_ms = cpu_ms * share / sum(tokens)
             job.future.set_result(result)
+
+    def _drop(self, job: _Job, stage: str) -> None:
+        self.metrics.expired.labels(stage).inc()
+        job.future.set_exception(Expired(f"deadline passed while {stage}; its remaining work was dropped"))

@@ -32,9 +32,16 @@ class Limits:
     #: 16 kept the client-side p99 under twice a 200 ms budget at 64 connections on 2 cores, where 32 did not
     #: quite (benchmarks/serve_overload.sh); raise it with the cores
     max_in_flight: int = 16
+    #: feedback requests inside the server at once, apart from the model routes' slots: a feedback store that
+    #: is slow or locked then answers 503 + Retry-After to feedback while search and rerank go on
+    max_feedback_in_flight: int = 4
+    #: tokens one request may send through the model once windowed (1000 documents of 512 tokens): characters
+    #: alone do not bound the work, and a request past it is refused (422) before any forward pass
+    max_request_tokens: int = 524_288
 
     def __post_init__(self) -> None:
-        for name in ("max_documents", "max_document_chars", "max_query_chars", "max_body_bytes", "max_in_flight"):
+        for name in ("max_documents", "max_document_chars", "max_query_chars", "max_body_bytes", "max_in_flight",
+                     "max_feedback_in_flight", "max_request_tokens"):
             if getattr(self, name) <= 0:
                 raise ServeConfigError(f"--{name.replace('_', '-')} must be positive")
         if self.max_query_chars > MAX_QUERY_CHARS:

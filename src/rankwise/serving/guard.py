@@ -5,8 +5,9 @@ whole body, so an unauthenticated client could make the server buffer hundreds o
 body has no ``Content-Length`` to check) before being told 401, and an overloaded server would spend
 its event loop parsing requests it cannot answer in time. Here, in order, before one body byte is read:
 
-1. admission: at most ``max_in_flight`` API requests are inside the server; one more gets a fast 503 with
-   ``Retry-After`` (shedding load keeps the latency of admitted requests within their budget, where an
+1. admission: at most ``max_in_flight`` search and rerank requests, and apart from them at most
+   ``max_feedback_in_flight`` feedback requests, are inside the server; one more gets a fast 503 with
+   ``Retry-After`` (separate pools: feedback blocked on a locked store can never take search's slots) (shedding load keeps the latency of admitted requests within their budget, where an
    unbounded queue lets every client's latency grow without limit);
 2. authentication (when the server has keys): a missing or wrong key is a 401, a key store the server
    cannot read a 503 (without its path); roles and rate limits stay with each route, which knows its role.
@@ -29,7 +30,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rankwise.serving.auth import KeyFileError
-from rankwise.serving.routes import API_PATHS
+from rankwise.serving.routes import API_POOLS, Pool
 from rankwise.serving.state import ServingState
 
 log = logging.getLogger("rankwise.serving")
@@ -40,19 +41,22 @@ class RequestGuard:
     def __init__(self, app: ASGIApp, state: ServingState) -> None:
         self.app = app
         self.state = state
-        self.in_flight = 0
+        self.in_flight: dict[Pool, int] = {"model": 0, "feedback": 0}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in API_PATHS:
+        pool = API_POOLS.get(scope["path"]) if scope["type"] == "http" else None
+        if pool is None:
             await self.app(scope, receive, send)
             return
         state = self.state
         limits = state.config.limits
         request_state = scope.setdefault("state", {})
-        if self.in_flight >= limits.max_in_flight:
-            state.metrics.rejected.labels("overloaded").inc()
-            await _reply(scope, receive, send, 503, f"the server is at its limit of {limits.max_in_flight} requests in flight; "
-                         "retry shortly", {"Retry-After": "1"})
+        limit = limits.max_in_flight if pool == "model" else limits.max_feedback_in_flight
+        if self.in_flight[pool] >= limit:
+            state.metrics.rejected.labels("overloaded" if pool == "model" else f"overloaded_{pool}").inc()
+            what = "search and rerank" if pool == "model" else pool
+            await _reply(scope, receive, send, 503, f"the server is at its limit of {limit} {what} requests in "
+                         "flight; retry shortly", {"Retry-After": "1"})
             request_state.setdefault("audit", {})["error"] = "overloaded"
             return
         if state.keys is not None:
@@ -80,11 +84,11 @@ class RequestGuard:
             request_state.setdefault("audit", {})["error"] = message
             await _reply(scope, receive, send, 413, message, {"Connection": "close"})
             return
-        self.in_flight += 1
+        self.in_flight[pool] += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            self.in_flight[pool] -= 1
 
 
 def bearer_token(authorization: str | None) -> str | None:

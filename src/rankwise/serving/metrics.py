@@ -39,6 +39,9 @@ class ServingMetrics:
         self.cache_hit_ratio.set_function(self._hit_ratio)
         self.degraded = Counter("rankwise_degraded", "Responses returned in first-stage order because the latency "
                                 "budget ran out", ["endpoint"], registry=r)
+        self.expired = Counter("rankwise_expired", "Scoring jobs dropped because their deadline passed, by where "
+                               "they were (queued: never run; scoring: the rest of their forward passes skipped)",
+                               ["stage"], registry=r)
         self.rejected = Counter("rankwise_rejected", "Requests refused before any work",
                                 ["reason"], registry=r)
         self.model = Info("rankwise_model", "Versions being served", registry=r)

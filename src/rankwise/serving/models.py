@@ -11,8 +11,13 @@ last lease is returned.
 Aliases (``production``, ``candidate``) are followed by polling the registry's append-only history —
 cheap (one small file read) and correct across processes, where a file-watch API would miss writes made
 over NFS and a push would need the CLI to know every server. A new version is loaded and warmed on the
-follower thread, off the request path, and only then swapped in; a version that fails to load leaves the
-old one serving and is counted (``rankwise_model_swaps_total{outcome="failed"}``).
+follower thread, off the request path, and only then swapped in; a version that fails to load or to score
+the probe batch (:mod:`rankwise.rerank.sanity`) leaves the old one serving, is counted
+(``rankwise_model_swaps_total{outcome="failed"}``), logged once and not retried until the alias moves.
+
+A canary or experiment arm that cannot load or score at start is not served: its requests go to production
+(counted as ``rankwise_model_swaps_total{outcome="fallback"}``) and ``/readyz`` names the problem. Only
+production itself failing stops the server.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from rankwise.experiments import Arm, Experiment, assign, bucket
 from rankwise.registry import Registry, names_registry
 from rankwise.rerank.base import Reranker, backend_label
 from rankwise.rerank.loading import load_reranker
+from rankwise.rerank.sanity import PROBE_QUERY, PROBE_TEXTS, check_scores
 from rankwise.serving.batcher import MicroBatcher
 from rankwise.serving.cache import ScoreCache
 from rankwise.serving.config import ServeConfig
@@ -36,9 +42,6 @@ from rankwise.serving.scoring import scorer_for
 from rankwise.serving.service import RerankService
 
 log = logging.getLogger("rankwise.serving")
-
-WARM_UP = ("warm up", ["the model is warmed up before traffic"])
-
 
 @dataclass(eq=False)
 class ServedModel:
@@ -61,7 +64,15 @@ class ServedModel:
         return self.reranker.weights_sha256
 
     def warm(self) -> None:
-        self.batcher.submit(*WARM_UP).result()
+        """Score the probe batch through the batcher (loading lazy parts) and check the scores."""
+        try:
+            result = self.batcher.submit(PROBE_QUERY, PROBE_TEXTS).result()
+        except ModelError:
+            raise
+        except Exception as error:
+            raise ModelError(f"{self.name} cannot score a probe batch ({type(error).__name__}: "
+                             f"{str(error)[:200]})") from error
+        check_scores(self.name, result.scores, len(PROBE_TEXTS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +108,7 @@ class ModelRouter:
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
         self.problems: dict[str, str] = {}  # role → why its newest version is not served (readiness detail)
+        self._failed: dict[str, str] = {}  # role → the version that failed, not retried until the alias moves
         self._names: set[str] = set()
         specs: dict[str, str] = {}
         if config.reranker is not None:
@@ -109,7 +121,12 @@ class ModelRouter:
                     specs[f"arm:{arm.name}"] = arm.reranker
         keys = {role: self._resolve(spec) for role, spec in specs.items()}  # every name checked before any load
         for role, spec in specs.items():
-            self._slots[role] = (spec, self._acquire(spec, keys[role]))
+            try:
+                self._slots[role] = (spec, self._acquire(spec, keys[role]))
+            except Exception as error:
+                if role == "production" or "production" not in self._slots:
+                    raise
+                self._fall_back(role, spec, keys[role], error)
         self._publish_info()
 
     # ------------------------------------------------------------------ lifecycle
@@ -122,8 +139,35 @@ class ModelRouter:
             self._follower.start()
 
     def warm(self) -> None:
-        for model in list(self._loaded.values()):
-            model.warm()
+        """Warm every model; a canary or arm that cannot score falls back to production (production raises)."""
+        production = self.production
+        if production is not None:
+            production.warm()
+        for role, (spec, model) in list(self._slots.items()):
+            if model is production:
+                continue
+            try:
+                model.warm()
+            except Exception as error:
+                if production is None:
+                    raise
+                with self._lock:
+                    model.slots -= 1
+                    self._maybe_close(model)
+                self._fall_back(role, spec, model.key, error)
+        self._publish_info()
+
+    def _fall_back(self, role: str, spec: str, key: str, error: Exception) -> None:
+        """Route ``role``'s requests to production, say why, and do not retry ``key`` until its alias moves."""
+        with self._lock:
+            production = self._slots["production"][1]
+            production.slots += 1
+            self._slots[role] = (spec, production)
+        reason = f"{type(error).__name__}: {str(error)[:300]}"
+        self.problems[role] = f"{spec} → {key} cannot serve ({reason}); its requests go to production"
+        self._failed[role] = key
+        self.metrics.model_swaps.labels(role, "fallback").inc()
+        log.error("%s: %s cannot serve (%s); its requests go to production %s", role, key, reason, production.key)
 
     def close(self) -> None:
         self._stop.set()
@@ -214,7 +258,8 @@ class ModelRouter:
                                  backend=self.config.backend, device=self.config.device, **named)
         if reranker is None:
             raise ModelError(f"'{spec}' names no reranker; pass a registry name or a model directory")
-        batcher = MicroBatcher(scorer_for(reranker), self.config.batching, self.metrics, label=key)
+        batcher = MicroBatcher(scorer_for(reranker), self.config.batching, self.metrics, label=key,
+                               max_request_tokens=self.config.limits.max_request_tokens)
         model = ServedModel(key, reranker, batcher, RerankService(reranker, batcher, self.cache, self.metrics), slots=1)
         with self._lock:
             self._loaded[key] = model
@@ -231,20 +276,28 @@ class ModelRouter:
                 except Exception as error:  # noqa: BLE001 - the registry may be mid-write or damaged
                     self.problems[role] = f"cannot resolve '{spec}': {error}"
                     continue
-                if key == current.key:
+                if key == current.key or key == self._failed.get(role):
                     continue
                 self._swap(role, spec, key, current)
 
     def _swap(self, role: str, spec: str, key: str, current: ServedModel) -> None:
         """Load and warm ``key`` off the request path, then point ``role`` at it; the old model drains."""
+        model: ServedModel | None = None
         try:
             model = self._acquire(spec, key)
             if not model.batcher.is_running:
                 model.batcher.start()
             model.warm()
-        except Exception as error:  # a bad version must never stop the serving one
-            log.exception("could not load %s for %s; still serving %s", key, role, current.name)
-            self.problems[role] = f"{spec} → {key} failed to load ({type(error).__name__}: {error}); serving {current.key}"
+        except Exception as error:  # noqa: BLE001 - a bad version must never stop the serving one
+            if model is not None:  # loaded but cannot score: released (closed unless another role uses it)
+                with self._lock:
+                    model.slots -= 1
+                    self._maybe_close(model)
+            reason = f"{type(error).__name__}: {str(error)[:300]}"
+            # one line, once: the version is not retried until the alias points elsewhere
+            log.error("%s: %s cannot serve (%s); still serving %s", role, key, reason, current.name)
+            self.problems[role] = f"{spec} → {key} cannot serve ({reason}); serving {current.key}"
+            self._failed[role] = key
             self.metrics.model_swaps.labels(role, "failed").inc()
             return
         with self._lock:
@@ -252,6 +305,7 @@ class ModelRouter:
             current.slots -= 1
             self._maybe_close(current)
         self.problems.pop(role, None)
+        self._failed.pop(role, None)
         self.metrics.model_swaps.labels(role, "swapped").inc()
         log.warning("%s now serves %s (was %s)", role, model.name, current.name)
         self._publish_info()

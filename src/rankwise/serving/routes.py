@@ -15,6 +15,8 @@ from typing import Literal
 
 Role = Literal["search", "rerank", "feedback", "admin"]
 Method = Literal["GET", "POST"]
+#: admission pools: each has its own in-flight cap, so a slow store can never take the model routes' slots
+Pool = Literal["model", "feedback"]
 
 #: what any API route can answer besides 200, for the OpenAPI document (and schemathesis)
 API_ERRORS: tuple[int, ...] = (400, 401, 403, 404, 413, 422, 429, 503)
@@ -27,11 +29,16 @@ class ApiRoute:
     summary: str
     #: the key role it needs when the server has keys (``admin`` keys may do everything); None: no key
     role: Role | None = None
-    #: model or store work: admitted by the guard (in-flight cap, body limit, authentication) and audited
-    api: bool = False
+    #: the admission pool of an API route (model or store work: in-flight cap, body limit, authentication,
+    #: audit); None for health, readiness and metrics, which are never shed
+    pool: Pool | None = None
     #: statuses besides 200 it documents
     errors: tuple[int, ...] = ()
     status_code: int = 200
+
+    @property
+    def api(self) -> bool:
+        return self.pool is not None
 
     @property
     def audited(self) -> bool:
@@ -41,13 +48,13 @@ class ApiRoute:
 
 ROUTES: tuple[ApiRoute, ...] = (
     ApiRoute("/v1/rerank", "POST", "Rerank documents for a query (Cohere v1 / infinity compatible)",
-             role="rerank", api=True, errors=API_ERRORS),
+             role="rerank", pool="model", errors=API_ERRORS),
     ApiRoute("/v2/rerank", "POST", "Rerank documents for a query (Cohere v2: `model` required)",
-             role="rerank", api=True, errors=API_ERRORS),
+             role="rerank", pool="model", errors=API_ERRORS),
     ApiRoute("/v1/search", "POST", "Search the index: first stage, then rerank (same result objects as "
-             "`rankwise search --json`)", role="search", api=True, errors=API_ERRORS),
+             "`rankwise search --json`)", role="search", pool="model", errors=API_ERRORS),
     ApiRoute("/v1/feedback", "POST", "Report a user's reaction (click, thumbs, dwell, copy) to one result of an "
-             "answered request", role="feedback", api=True, errors=(*API_ERRORS, 409), status_code=201),
+             "answered request", role="feedback", pool="feedback", errors=(*API_ERRORS, 409), status_code=201),
     ApiRoute("/healthz", "GET", "Liveness: the process is up"),
     ApiRoute("/readyz", "GET", "Readiness: models loaded and warmed (model details for admin keys only, when "
              "keys are on)", errors=(503,)),
@@ -56,8 +63,9 @@ ROUTES: tuple[ApiRoute, ...] = (
 )
 
 BY_PATH: dict[str, ApiRoute] = {route.path: route for route in ROUTES}
-#: paths the admission guard handles (everything else passes straight through)
-API_PATHS: frozenset[str] = frozenset(route.path for route in ROUTES if route.api)
+#: paths the admission guard handles (everything else passes straight through), with their pool
+API_POOLS: dict[str, Pool] = {route.path: route.pool for route in ROUTES if route.pool is not None}
+API_PATHS: frozenset[str] = frozenset(API_POOLS)
 #: the documentation pages FastAPI adds itself: labelled by path in the metrics, never audited
 DOC_PATHS: frozenset[str] = frozenset({"/docs", "/openapi.json"})
 

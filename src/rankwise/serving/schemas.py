@@ -17,6 +17,7 @@ from pydantic import (
     StrictStr,
     StringConstraints,
     Tag,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -69,7 +70,36 @@ FilterValue = Annotated[Annotated[Scalar, Tag("value")] | Annotated[list[Scalar]
 
 
 class _Strict(BaseModel):
+    """A request body: unknown fields refused, and every string must be text that can be stored and echoed.
+
+    JSON allows a lone surrogate (``"\\ud800"``) that no UTF-8 file, database or response can hold; refused
+    here with the field's path, instead of failing later where it is written (a 500).
+    """
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_text(cls, data: Any) -> Any:
+        _refuse_surrogates(data, ())
+        return data
+
+
+def _refuse_surrogates(value: Any, path: tuple[str | int, ...]) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            where = ".".join(str(p) for p in path) or "body"
+            raise PydanticCustomError("unicode_text", f"{where}: not valid Unicode text (a lone surrogate such as "
+                                      "\\ud800); send UTF-8 text") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_surrogates(key, path)
+            _refuse_surrogates(item, (*path, str(key)))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _refuse_surrogates(item, (*path, i))
 
 
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=256)]

@@ -21,9 +21,11 @@ single worker thread: the tokenizer and model are never touched from two threads
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+import numpy as np
 
 from rankwise.errors import QueryError
 from rankwise.inference.batching import padding_ratio, run_batched
@@ -60,14 +62,27 @@ class RequestScores:
     cpu_ms: float = 0.0
 
 
+#: whether request ``i`` of a round is still wanted (its caller has not given up); checked between batches
+Wanted = Callable[[int], bool]
+
+
+def _always(_: int) -> bool:
+    return True
+
+
 class RoundScorer(Protocol):
-    """What the micro-batcher drives: encode each request, then score a round of them."""
+    """What the micro-batcher drives: encode each request, then score a round of them.
+
+    ``score_round`` returns ``None`` for a request that stopped being ``wanted`` before its scores were
+    complete: its remaining forward passes are skipped, so an abandoned request stops costing the others.
+    """
 
     reranker: Reranker
 
     def encode(self, query: str, texts: Sequence[str], max_tokens_per_doc: int | None = None) -> EncodedRequest: ...
 
-    def score_round(self, requests: Sequence[EncodedRequest]) -> list[RequestScores]: ...
+    def score_round(self, requests: Sequence[EncodedRequest],
+                    wanted: Wanted = _always) -> list[RequestScores | None]: ...
 
 
 class PairBatchScorer:
@@ -80,21 +95,40 @@ class PairBatchScorer:
         """Tokenize one request (raises :class:`~rankwise.errors.QueryError` for a query that is too long)."""
         return EncodedRequest(query, texts, self.reranker.encode_pairs(query, texts, max_tokens_per_doc))
 
-    def score_round(self, requests: Sequence[EncodedRequest]) -> list[RequestScores]:
+    def score_round(self, requests: Sequence[EncodedRequest],
+                    wanted: Wanted = _always) -> list[RequestScores | None]:
         r = self.reranker
         encoded = [req.pairs for req in requests if req.pairs is not None]
         windows = [w for enc in encoded for w in enc.windows]
         types = [t for enc in encoded for t in enc.token_types]
+        owner = np.repeat(np.arange(len(encoded)), [len(enc.windows) for enc in encoded])
         lengths = [len(w) for w in windows]
-        logits, batches = run_batched(windows, lambda b: r.forward_windows([windows[i] for i in b], [types[i] for i in b]),
-                                      r.batch_tokens, mapper=r.mapper)
+
+        skipped = np.zeros(len(windows), dtype=bool)
+        passes = [0]
+
+        def forward(batch: list[int]) -> np.ndarray:
+            # windows of requests whose callers gave up are not run (their requests get no scores)
+            keep = np.array([wanted(int(owner[i])) for i in batch], dtype=bool)
+            skipped[np.asarray(batch)[~keep]] = True
+            out = np.zeros(len(batch), dtype=np.float32)
+            if keep.any():
+                passes[0] += 1
+                out[keep] = r.forward_windows([windows[i] for i, k in zip(batch, keep) if k],
+                                              [types[i] for i, k in zip(batch, keep) if k])
+            return out
+
+        logits, batches = run_batched(windows, forward, r.batch_tokens, mapper=r.mapper)
         round_stats = {"round_requests": float(len(requests)), "round_windows": float(len(windows)),
-                       "round_batches": float(len(batches)), "round_padding": padding_ratio(lengths, batches)}
-        out: list[RequestScores] = []
+                       "round_batches": float(passes[0]), "round_padding": padding_ratio(lengths, batches)}
+        out: list[RequestScores | None] = []
         start = 0
-        for enc in encoded:
+        for n, enc in enumerate(encoded):
             own = logits[start: start + len(enc.windows)]
             start += len(enc.windows)
+            if skipped[start - len(enc.windows): start].any() or not wanted(n):
+                out.append(None)
+                continue
             raw = r.aggregate_windows(own, enc.owners, enc.num_texts)
             calibrated = r.calibrate(raw)
             stats = {"pairs": float(enc.num_texts), "windows": float(len(enc.windows)), "tokens": float(enc.tokens),
@@ -116,9 +150,13 @@ class RequestScorer:
                              "max_tokens_per_doc is not supported; leave it out")
         return EncodedRequest(query, texts, None)
 
-    def score_round(self, requests: Sequence[EncodedRequest]) -> list[RequestScores]:
-        out = []
-        for req in requests:
+    def score_round(self, requests: Sequence[EncodedRequest],
+                    wanted: Wanted = _always) -> list[RequestScores | None]:
+        out: list[RequestScores | None] = []
+        for n, req in enumerate(requests):
+            if not wanted(n):
+                out.append(None)
+                continue
             scores = self.reranker.score(req.query, req.texts)
             # which texts were split is only known as a count; none are flagged rather than guessed
             out.append(RequestScores(scores, [False] * req.num_texts))

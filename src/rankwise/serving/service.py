@@ -71,7 +71,7 @@ class RerankService:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 raise BudgetExceeded
-            future = self.batcher.submit(query, [texts[i] for i in missing], max_tokens_per_doc)
+            future = self.batcher.submit(query, [texts[i] for i in missing], max_tokens_per_doc, deadline=deadline)
             try:
                 fresh = await asyncio.wait_for(asyncio.wrap_future(future), remaining)
             except TimeoutError:
