@@ -101,7 +101,8 @@ def main() -> None:
     judged = JudgedQueries.from_goldset(GoldSet.from_beir(source, train_split),
                                         known_documents=index.passage_doc_ids)
     train_part, val_part = judged.split(0.1, args.seed)
-    recipe = choose_recipe(len(train_part.qrels), index.manifest.num_documents, budget_s=args.budget_s)
+    recipe = choose_recipe(len(train_part.qrels), index.manifest.num_documents, budget_s=args.budget_s,
+                           has_dense=index.has_dense)
     recipe = recipe.overridden(architecture=args.architecture, residual=args.residual, max_steps=args.steps,
                                learning_rate=args.lr, max_length=args.max_length, batch_size=args.batch_size)
     console.print(f"{args.domain}: {recipe.explain()}")

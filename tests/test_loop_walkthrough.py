@@ -102,7 +102,7 @@ def test_the_production_loop_end_to_end(tmp_path: Path) -> None:
 
     # 4: train on the exported gold set (registered as candidate), then the offline gate decides
     trained = _rankwise("train", "--index", str(index), "--goldset", str(gold), "--base-model", str(base),
-                        "--max-steps", "6", "--batch-size", "8", "--eval-steps", "3", "--max-length", "128",
+                        "--architecture", "cross-encoder", "--no-residual", "--max-steps", "6", "--batch-size", "8", "--eval-steps", "3", "--max-length", "128",
                         "--registry", str(registry), "--output", str(tmp_path / "run"))
     assert trained.returncode == 0, trained.stderr
     assert reg.aliases()["candidate"] == "v2"

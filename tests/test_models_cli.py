@@ -94,7 +94,7 @@ def test_train_from_a_goldset_made_by_label_import(tmp_path: Path, kb_index) -> 
 
     base = build_tiny_cross_encoder(tmp_path / "base", seed=1)
     trained = run("train", "--index", str(kb_index.path), "--goldset", str(gold), "--base-model", str(base),
-                  "--loss", "softmax", "--negatives", "bm25:2,random:2", "--validation-fraction", "0.2",
+                  "--architecture", "cross-encoder", "--no-residual", "--loss", "softmax", "--negatives", "bm25:2,random:2", "--validation-fraction", "0.2",
                   "--max-steps", "4", "--batch-size", "2", "--max-length", "64", "--eval-steps", "2",
                   "--output", str(tmp_path / "run"), "--registry", str(tmp_path / "registry"))
     assert trained.returncode == 0, trained.stderr[-2000:]

@@ -146,7 +146,7 @@ def test_continuing_production_keeps_its_kind_and_what_it_learned_where_a_restar
     assert child.card["continued_from"] == parent.version and child.card["residual"] is not None
     assert child.card["training_data"]["replay"]["queries"] == 2
     assert read_declaration(child.path).residual == read_declaration(parent.path).residual, "kept its base"
-    train(str(backbone), "restarted", "--no-register")
+    train(str(backbone), "restarted", "--architecture", "cross-encoder", "--no-register")
     restarted = tmp_path / "restarted" / "final"
 
     groups = mine_groups(kb_index, QUERIES, SWAPPED, mix={"bm25": 2, "random": 3}, seed=1)
@@ -162,13 +162,19 @@ def test_the_recipe_follows_the_data_and_every_option_the_user_sets_wins() -> No
     from rankwise.training.recipe import choose_recipe
 
     few, many = choose_recipe(40, 300), choose_recipe(2000, 5000)
-    assert few.architecture == "cross-encoder" and few.residual and few.loss == "softmax"
+    assert few.architecture == "bi-encoder" and not few.residual and few.loss == "softmax"
+    no_vectors = choose_recipe(40, 300, has_dense=False)
+    assert (no_vectors.architecture, no_vectors.residual) == ("cross-encoder", False)
+    assert "no vectors" in no_vectors.explain()
+    assert (few.overridden(architecture="cross-encoder").residual, few.overridden(residual=True).architecture) == (
+        True, "cross-encoder")  # a cross-encoder asked for starts at the first stage too
+    assert few.overridden(architecture="cross-encoder", residual=False).residual is False
     assert few.max_steps < many.max_steps <= 400 and few.time_budget_s == many.time_budget_s == 600
     assert "40 training queries" in few.explain()
-    mine = few.overridden(architecture="bi-encoder", learning_rate=1e-5, batch_size=None)
-    assert (mine.architecture, mine.residual, mine.learning_rate, mine.batch_size) == ("bi-encoder", False, 1e-5, 8)
-    assert "set by you: architecture bi-encoder, learning-rate 1e-05" in mine.explain()
-    assert "residual cross-encoder starts" not in mine.explain()
+    mine = few.overridden(architecture="cross-encoder", learning_rate=1e-5, batch_size=None)
+    assert (mine.architecture, mine.residual, mine.learning_rate, mine.batch_size) == ("cross-encoder", True, 1e-5, 8)
+    assert "set by you: architecture cross-encoder, learning-rate 1e-05" in mine.explain()
+    assert "a bi-encoder, a domain-tuned copy" not in mine.explain()  # the reason for the kind no longer holds
     assert few.overridden(loss="lambda").residual is False
     continued = few.continuing("cross-encoder", True, "v3")
     assert continued.residual and continued.explain().count("continues v3, a residual cross-encoder") == 1

@@ -201,7 +201,8 @@ def test_train_cli_trains_registers_and_records_the_title_queries(tmp_path: Path
     dataset = write_beir_dataset(tmp_path / "ds", "train")
     base = build_tiny_cross_encoder(tmp_path / "base", seed=1)
     cmd = [sys.executable, "-m", "rankwise", "train", "--index", str(kb_index.path), "--dataset", str(dataset),
-           "--base-model", str(base), "--loss", "softmax", "--negatives", "bm25:2,random:2", "--title-queries", "--max-positives", "1",
+           "--base-model", str(base), "--architecture", "cross-encoder", "--no-residual", "--loss", "softmax",
+           "--negatives", "bm25:2,random:2", "--title-queries", "--max-positives", "1",
            "--validation-fraction", "0.2", "--max-steps", "12", "--batch-size", "2", "--lr", "1e-2",
            "--max-length", "64", "--eval-steps", "6", "--output", str(tmp_path / "run"),
            "--registry", str(tmp_path / "registry")]

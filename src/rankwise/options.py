@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar, get_args
 
@@ -17,6 +18,23 @@ from rankwise.errors import QueryError, RankwiseError
 FirstStageMethod = Literal["bm25", "dense", "hybrid"]
 Fusion = Literal["rrf", "convex"]
 RerankFusion = Literal["none", "rrf"]
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    """What a pipeline retrieves and how it orders the result: the knobs a request, an experiment arm and
+    the server each may set. ``None`` means "not set here": :meth:`over` fills it from the layer below
+    (request over arm over server), and a ``rerank_fusion`` still unset is the reranker's declared one."""
+
+    first_stage: FirstStageMethod | None = None
+    retrieve_k: int | None = None
+    rerank_k: int | None = None
+    rerank_fusion: RerankFusion | None = None
+
+    def over(self, below: PipelineSettings) -> PipelineSettings:
+        """These settings where set, ``below``'s elsewhere."""
+        return PipelineSettings(*(mine if mine is not None else theirs
+                                  for mine, theirs in zip(astuple(self), astuple(below), strict=True)))
 Granularity = Literal["document", "passage"]
 
 FIRST_STAGE_METHODS: tuple[FirstStageMethod, ...] = get_args(FirstStageMethod)

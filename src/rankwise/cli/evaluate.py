@@ -116,16 +116,16 @@ def eval_(
     if result is not None:
         report.gates = result.to_dict()
     print_report(report, out)
+    from rankwise.storage import atomic_write_text
+
     written = []
     if json_path:
         written.append(report.save_json(json_path))
     if markdown:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(to_markdown(report), encoding="utf-8")
+        atomic_write_text(markdown, to_markdown(report))
         written.append(markdown)
     if html_path:
-        html_path.parent.mkdir(parents=True, exist_ok=True)
-        html_path.write_text(to_html(report), encoding="utf-8")
+        atomic_write_text(html_path, to_html(report))
         written.append(html_path)
     if run_dir:
         written.extend(report.write_runs(run_dir))

@@ -172,9 +172,9 @@ def check_cmd(
     warn(list(result.warnings))
     if html_path:
         from rankwise.monitoring.html import to_html
+        from rankwise.storage import atomic_write_text
 
-        html_path.parent.mkdir(parents=True, exist_ok=True)
-        html_path.write_text(to_html(result, records), encoding="utf-8")
+        atomic_write_text(html_path, to_html(result, records))
     color = {"ok": "green", "alarm": "bold red", "inconclusive": "yellow"}[result.status]
     line = f"[{color}]{escape(result.summary())}[/]"
     if as_json:

@@ -62,8 +62,8 @@ def train(
     dataset: DatasetOpt = None,
     split: Annotated[str, typer.Option(help="Qrels split of --dataset to train on.")] = "train",
     goldset: GoldsetOpt = None,
-    base_model: Annotated[str, typer.Option(help="Backbone (local dir or hub id), or a registry name (production, candidate, vN) to continue that model, of its own kind.")] = "minilm",
-    architecture: Annotated[str | None, typer.Option(help="cross-encoder | bi-encoder (a domain-tuned copy of the embedding model; trains with softmax). Default: cross-encoder, or the continued model's kind.")] = None,
+    base_model: Annotated[str | None, typer.Option(help="Where training starts: a model (local dir or hub id), or a registry name (production, candidate, vN) to continue that model, of its own kind. Default: the index's embedding model for a bi-encoder, the bundled MiniLM for a cross-encoder.")] = None,
+    architecture: Annotated[str | None, typer.Option(help="bi-encoder (a domain-tuned copy of the embedding model) | cross-encoder (a residual over the dense cosine unless --no-residual). Default: the recipe's (a bi-encoder where the index has vectors), or the continued model's kind.")] = None,
     loss: Annotated[str | None, typer.Option(help="bce | lambda | listnet | softmax (default: the recipe's)")] = None,
     residual: Annotated[bool | None, typer.Option("--residual/--no-residual", help="Cross-encoder: learn a correction added to the index's dense cosine, starting at zero, so an untrained model ranks like the dense first stage (default: the recipe's).")] = None,
     negatives: Annotated[str, typer.Option(help="Negatives per query by source.")] = DEFAULT_NEGATIVES,
@@ -109,14 +109,14 @@ def train(
     from rankwise.training.verdict import declare_serving_order, judge_against_first_stage
 
     reg = _registry(registry)
-    start = starting_point(base_model, choose(architecture, ARCHITECTURES, "architecture") if architecture else None,
-                           reg)
+    start = starting_point(base_model or "minilm",
+                           choose(architecture, ARCHITECTURES, "architecture") if architecture else None, reg)
     mix = parse_negative_mix(negatives)
     index = Index(index_dir)
     judged = JudgedQueries.from_goldset(load_goldset(dataset, split, goldset), known_documents=index.passage_doc_ids)
     train_part, val_part = judged.split(validation_fraction, seed)
     recipe = choose_recipe(len(train_part.qrels), index.manifest.num_documents,
-                           budget_s=train_seconds or DEFAULT_BUDGET_S)
+                           budget_s=train_seconds or DEFAULT_BUDGET_S, has_dense=index.has_dense)
     if start.parent is not None:
         recipe = recipe.continuing(start.architecture, start.residual is not None, start.parent)
     if residual is False and start.residual is not None:
@@ -131,7 +131,9 @@ def train(
                          "vectors; build it with an embedding model or pass --no-residual")
     out.print(f"recipe: {escape(recipe.explain())}", highlight=False)
     dense_model = str(index.manifest.embedding["model"]) if index.manifest.embedding else None
-    config = recipe.config(base_model=start.path, residual_over=dense_model,
+    # a new bi-encoder is a copy of the index's own embedding model unless told otherwise
+    begin = dense_model if base_model is None and recipe.architecture == "bi-encoder" and dense_model else start.path
+    config = recipe.config(base_model=begin, residual_over=dense_model,
                            residual_base=start.residual, seed=seed, patience=patience, layers=layers, bf16=bf16,
                            epochs=epochs or 1.0)
 
@@ -177,7 +179,7 @@ def train(
         # absolute, so that a model continued later, from another directory, can replay them
         source = ({"dataset": str(dataset.resolve()), "split": split} if dataset
                   else {"goldset": str(goldset.resolve()) if goldset else None})
-        card = {"base_model": base_model, "continued_from": start.parent, "training_data": {**source,
+        card = {"base_model": base_model or begin, "continued_from": start.parent, "training_data": {**source,
                 "fingerprint": judged.fingerprint, "query_digests": query_digests(judged.texts + replayed_texts), "index_fingerprint": index.fingerprint, "negatives": mix,
                 "max_positives": recipe.max_positives, "title_queries": len(pseudo), **group_stats(train_groups),
                 "replay": replayed.to_dict() if replayed else None}, "recipe": recipe.to_dict(),

@@ -79,6 +79,7 @@ from rankwise.index import Index
 from rankwise.options import FIRST_STAGE_METHODS, FirstStageMethod, choose_many
 from rankwise.pipeline import MAX_QUERY_CHARS, Pipeline, latency_percentiles
 from rankwise.rerank.base import Reranker, declared_fusion
+from rankwise.storage import atomic_write_text
 from rankwise.types import SearchResult
 
 SCHEMA = "rankwise.evaluation/1"
@@ -439,7 +440,6 @@ def _json_safe(value: Any) -> Any:
 
 def _write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    atomic_write_text(path, text)
     return path
 

@@ -29,6 +29,7 @@ from typing import Any
 from rankwise.evaluation.errors import EvaluationError
 from rankwise.evaluation.runs import Qrels, read_trec_qrels, write_trec_qrels
 from rankwise.jsonl import parse_json_object, read_lines
+from rankwise.storage import atomic_writer
 
 _EXAMPLES = 3
 
@@ -148,8 +149,7 @@ class GoldSet:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as fh:
+        with atomic_writer(path) as fh:
             for j in self.judgements:
                 fh.write(json.dumps(j.to_dict(), ensure_ascii=False) + "\n")
         return path

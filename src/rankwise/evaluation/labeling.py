@@ -24,6 +24,7 @@ from pathlib import Path
 from rankwise.evaluation.errors import EvaluationError
 from rankwise.evaluation.goldset import GoldSet, Judgement, LabelScale, majority_label, parse_label
 from rankwise.pipeline import Pipeline
+from rankwise.storage import atomic_writer
 
 SHEET_CSV = "labels.csv"
 SHEET_JSONL = "labels.jsonl"
@@ -68,11 +69,11 @@ def write_sheet(rows: Sequence[SheetRow], out_dir: str | Path) -> tuple[Path, Pa
         raise EvaluationError(f"--out '{out}' is a file; pass a directory for the labelling sheets")
     out.mkdir(parents=True, exist_ok=True)
     csv_path, jsonl_path = out / SHEET_CSV, out / SHEET_JSONL
-    with csv_path.open("w", encoding="utf-8-sig", newline="") as fh:
+    with atomic_writer(csv_path, encoding="utf-8-sig", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=SHEET_COLUMNS)
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in asdict(row).items()} for row in rows)
-    with jsonl_path.open("w", encoding="utf-8") as fh:
+    with atomic_writer(jsonl_path) as fh:
         for row in rows:
             fh.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
     return csv_path, jsonl_path
@@ -227,8 +228,7 @@ def agreement(votes: Mapping[tuple[str, str], Mapping[str, int]], annotators: Se
 def write_disagreements(disagreements: Sequence[Disagreement], annotators: Sequence[str], path: str | Path) -> Path:
     """A CSV of the pairs annotators disagree on (one column per annotator; ``majority`` empty = tie)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8-sig", newline="") as fh:
+    with atomic_writer(path, encoding="utf-8-sig", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["query_id", "query", "document_id", *annotators, "majority", "tie"])
         for d in disagreements:

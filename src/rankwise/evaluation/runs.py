@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from rankwise.evaluation.errors import EvaluationError
+from rankwise.storage import atomic_writer
 
 #: ``{query_id: {document_id: score}}`` — higher is better; the shape ir_measures evaluates.
 Run = dict[str, dict[str, float]]
@@ -36,8 +37,7 @@ def write_trec_run(rankings: Mapping[str, Sequence[str]], path: str | Path, tag:
     if not tag or any(ch.isspace() for ch in tag):
         raise EvaluationError(f"run tag '{tag}' must be one non-empty token without spaces")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
+    with atomic_writer(path) as fh:
         for qid, docs in rankings.items():
             for rank, doc in enumerate(docs, start=1):
                 fh.write(f"{_token(qid, 'query id')} Q0 {_token(doc, 'document id')} {rank} "
@@ -59,8 +59,7 @@ def read_trec_run(path: str | Path) -> Run:
 
 def write_trec_qrels(qrels: Mapping[str, Mapping[str, int]], path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
+    with atomic_writer(path) as fh:
         for qid, docs in qrels.items():
             for doc, label in docs.items():
                 fh.write(f"{_token(qid, 'query id')} 0 {_token(doc, 'document id')} {int(label)}\n")

@@ -41,6 +41,7 @@ from rankwise.options import (
     FIRST_STAGE_METHODS,
     RERANK_FUSIONS,
     FirstStageMethod,
+    PipelineSettings,
     RerankFusion,
     choose,
 )
@@ -76,6 +77,11 @@ class Arm:
     first_stage: FirstStageMethod | None = None
     rerank_k: int | None = None
     rerank_fusion: RerankFusion | None = None
+
+    @property
+    def settings(self) -> PipelineSettings:
+        """The pipeline settings this arm sets (the rest: the server's)."""
+        return PipelineSettings(first_stage=self.first_stage, rerank_k=self.rerank_k, rerank_fusion=self.rerank_fusion)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from rankwise.evaluation.goldset import Judgement
 from rankwise.feedback.clicks import ClickModel, LabelSource, PairEvidence, normalize_query
 from rankwise.feedback.events import LoggedRequest, LoggedResult
 from rankwise.feedback.store import FeedbackStore
+from rankwise.storage import atomic_writer
 
 #: endpoints whose document ids are corpus ids (a /v1/rerank "document id" is an index into the caller's list)
 GOLDSET_ENDPOINTS = frozenset({"/v1/search"})
@@ -207,23 +206,13 @@ def find_misranked(requests: Iterable[LoggedRequest], labelled: Sequence[PairEvi
 def _write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     """Write one JSON object per line atomically: the old file stays whole until the new one is on disk.
 
-    The file is created readable by its owner only (:func:`tempfile.mkstemp`): it holds users' queries.
+    The file is readable by its owner only: it holds users' queries.
     """
     path = Path(path)
-    tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with atomic_writer(path, private=True) as fh:
             for record in records:
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        tmp = None
     except OSError as err:
         raise FeedbackExportError(f"cannot write '{path}' ({err.strerror or err}); choose a writable path "
                                   "with free space") from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)

@@ -20,7 +20,6 @@ whoever can rewrite the files can rewrite the manifest too.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rankwise.errors import IndexNotFoundError
+from rankwise.storage import atomic_write_text
 
 SIDECAR = ".verified.json"
 _EDGE = 4096
@@ -160,10 +160,7 @@ def _read_sidecar(directory: Path) -> dict[str, list[Any]]:
 
 def _write_sidecar(directory: Path, files: dict[str, list[Any]]) -> None:
     """Atomically replace the sidecar; silently skipped where the index directory is not writable."""
-    tmp = directory / f"{SIDECAR}.{os.getpid()}.tmp"
     try:
-        tmp.write_text(json.dumps({"version": 1, "files": files}, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, directory / SIDECAR)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        atomic_write_text(directory / SIDECAR, json.dumps({"version": 1, "files": files}, sort_keys=True))
+    except OSError:  # a read-only index: verified without a sidecar
+        return

@@ -32,6 +32,7 @@ from typing import Any
 from rankwise.errors import ModelError
 from rankwise.inference.backends import Task
 from rankwise.models import weights_sha256
+from rankwise.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,6 @@ def _publish(work: Path, dest: Path, key: str, wanted: dict[str, Any], tools: Se
     if dest.is_dir():  # a stale directory artifact (another recipe): os.replace cannot overwrite it
         shutil.rmtree(dest)
     os.replace(work, dest)
-    tmp = dest.with_suffix(f".json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(tmp, dest.with_suffix(".json"))
+    atomic_write_text(dest.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True))
     return dest
 

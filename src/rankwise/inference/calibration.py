@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from rankwise.corpus import SAMPLE_KB
 from rankwise.errors import ModelError
 from rankwise.inference.batching import pad_batch
+from rankwise.storage import atomic_writer
 
 #: the calibration file a model directory may carry (written by ``rankwise train``)
 CALIBRATION_FILE = "rankwise-calibration.jsonl"
@@ -105,11 +105,9 @@ def calibration_batches(rows: Sequence[Sequence[int]], token_types: Sequence[Seq
 
 def write_calibration(path: Path, queries: Iterable[CalibrationQuery]) -> Path:
     """Write a calibration file atomically (aside, then renamed), never leaving a half file behind."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_writer(path) as fh:
         for item in queries:
             fh.write(json.dumps({"query": item.query, "texts": list(item.texts)}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return path
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,6 +40,7 @@ from rankwise.errors import RankwiseError
 from rankwise.feedback.events import utc_now
 from rankwise.feedback.store import FeedbackStore, since_timestamp
 from rankwise.index.lexical import BM25Settings
+from rankwise.storage import atomic_write_text
 from rankwise.types import SearchResponse
 
 if TYPE_CHECKING:
@@ -369,13 +369,9 @@ class DriftReference:
     def save(self, path: str | Path) -> None:
         """Write the reference as JSON, atomically (a reader never sees half a file)."""
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(self.to_dict(), allow_nan=False, separators=(",", ":")), encoding="utf-8")
-            os.replace(tmp, path)
+            atomic_write_text(path, json.dumps(self.to_dict(), allow_nan=False, separators=(",", ":")))
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             raise DriftError(f"cannot write the drift reference '{path}' ({err.strerror or err}); pass a path "
                              "in a writable directory") from None
 

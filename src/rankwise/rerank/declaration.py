@@ -15,6 +15,7 @@ from typing import Literal, get_args
 
 from rankwise.errors import ModelError
 from rankwise.options import RERANK_FUSIONS, RerankFusion
+from rankwise.storage import atomic_write_text
 
 RerankerKind = Literal["cross-encoder", "bi-encoder"]
 RERANKER_KINDS: tuple[RerankerKind, ...] = get_args(RerankerKind)
@@ -60,7 +61,7 @@ def write_declaration(model_dir: str | Path, declaration: Declaration) -> None:
         data["residual"] = asdict(declaration.residual)
     if declaration.fusion is not None:
         data["fusion"] = declaration.fusion
-    (Path(model_dir) / KIND_FILE).write_text(json.dumps(data) + "\n")
+    atomic_write_text(Path(model_dir) / KIND_FILE, json.dumps(data) + "\n")
 
 
 def write_reranker_kind(model_dir: str | Path, kind: RerankerKind) -> None:

@@ -33,6 +33,7 @@ from rankwise.errors import RankwiseError
 from rankwise.experiments import team_draft
 from rankwise.feedback.events import FeedbackEvent, LoggedRequest, LoggedResult
 from rankwise.feedback.store import FeedbackConflict
+from rankwise.options import PipelineSettings
 from rankwise.pipeline import validate_query
 from rankwise.rerank.base import rank_order
 from rankwise.serving.audit import AuditRecord
@@ -256,12 +257,11 @@ def create_app(state: ServingState) -> FastAPI:
             if model is not None:
                 request.state.audit.update(reranker=model.name, reranker_sha256=model.sha256)
 
-            def run(served: ServedModel | None, settings: dict[str, Any]) -> SearchOutcome:
-                options = {"first_stage": body.first_stage, "retrieve_k": body.retrieve_k, "rerank_k": body.rerank_k,
-                           "rerank_fusion": body.rerank_fusion}
-                options = {k: v if v is not None else settings.get(k) for k, v in options.items()}
+            asked = PipelineSettings(body.first_stage, body.retrieve_k, body.rerank_k, body.rerank_fusion)
+
+            def run(served: ServedModel | None, arm: PipelineSettings) -> SearchOutcome:
                 return state.search.search(query, served.service if served else None, k=body.k, filters=body.filters,
-                                           deadline=deadline, loop=loop, **options)
+                                           settings=asked.over(arm), deadline=deadline, loop=loop)
 
             outcome = await run_in_threadpool(run, model, route.settings)
             response, teams, costs = outcome.response, None, [outcome.cost]

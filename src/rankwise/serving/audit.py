@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import queue
 import secrets
 import sqlite3
@@ -33,6 +32,7 @@ from typing import Any
 
 from rankwise.errors import RankwiseError
 from rankwise.options import since_timestamp
+from rankwise.storage import atomic_write_text
 
 log = logging.getLogger("rankwise.serving")
 
@@ -187,11 +187,7 @@ def chain_hash(prev_hash: str, row: tuple[Any, ...]) -> str:
 def _load_secret(path: Path) -> bytes:
     """The log's HMAC key: created once (0600, written aside and renamed), then read on every start."""
     if not path.exists():
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-        os.replace(tmp, path)
+        atomic_write_text(path, secrets.token_hex(32), private=True)
     try:
         return bytes.fromhex(path.read_text().strip())
     except (OSError, ValueError) as err:

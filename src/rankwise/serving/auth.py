@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from rankwise.errors import RankwiseError
 from rankwise.serving.config import RateLimit
+from rankwise.storage import atomic_write_text
 
 ROLES: tuple[str, ...] = ("search", "rerank", "feedback", "admin")
 _TOKEN = re.compile(r"^rk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,})$")
@@ -144,14 +144,8 @@ class KeyStore:
         return {k.id: k for k in keys}
 
     def _write(self, keys: dict[str, ApiKey]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # hashes only, but still private
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"keys": [asdict(k) for k in keys.values()]}, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        # hashes only, but still private
+        atomic_write_text(self.path, json.dumps({"keys": [asdict(k) for k in keys.values()]}, indent=2), private=True)
 
 
 @dataclass(slots=True)

@@ -29,7 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from rankwise.errors import ModelError
-from rankwise.experiments import Arm, Experiment, assign, bucket
+from rankwise.experiments import Experiment, assign, bucket
+from rankwise.options import PipelineSettings
 from rankwise.registry import Registry, names_registry
 from rankwise.rerank.base import Reranker, backend_label
 from rankwise.rerank.loading import load_reranker
@@ -85,9 +86,9 @@ class Route:
     #: interleaving only: the second arm's model and both arm names (a, b)
     other: ServedModel | None = None
     arms: tuple[str, str] | None = None
-    #: per-arm pipeline settings (first stage, rerank_k, rerank fusion); absent = the server's defaults
-    settings: dict[str, object] = field(default_factory=dict)
-    other_settings: dict[str, object] = field(default_factory=dict)
+    #: the pipeline settings of the arm (and of the second arm); unset ones are the server's
+    settings: PipelineSettings = field(default_factory=PipelineSettings)
+    other_settings: PipelineSettings = field(default_factory=PipelineSettings)
 
 
 class ModelRouter:
@@ -226,9 +227,9 @@ class ModelRouter:
             if experiment.mode == "interleave":
                 a, b = experiment.arms
                 return Route(self._arm_model(a.name), "interleaved", experiment.name, self._arm_model(b.name),
-                             (a.name, b.name), _settings(a), _settings(b))
+                             (a.name, b.name), a.settings, b.settings)
             arm = assign(experiment, unit)
-            return Route(self._arm_model(arm.name), arm.name, experiment.name, settings=_settings(arm))
+            return Route(self._arm_model(arm.name), arm.name, experiment.name, settings=arm.settings)
         if "canary" in self._slots and bucket("canary", unit) < self.config.canary_share:
             return Route(self._slots["canary"][1], "canary")
         production = self._slots.get("production")
@@ -328,7 +329,3 @@ class ModelRouter:
             **{f"{role.replace(':', '_')}_reranker": m.name for role, m in self.models().items() if role != "production"},
         })
 
-
-def _settings(arm: Arm) -> dict[str, object]:
-    values = {"first_stage": arm.first_stage, "rerank_k": arm.rerank_k, "rerank_fusion": arm.rerank_fusion}
-    return {k: v for k, v in values.items() if v is not None}

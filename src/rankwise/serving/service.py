@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from rankwise.index import Index
-from rankwise.options import FirstStageMethod, RerankFusion
+from rankwise.options import PipelineSettings
 from rankwise.pipeline import Pipeline
 from rankwise.rerank.base import Reranker, RerankScores, rank_order, scoring_key
 from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
@@ -133,6 +133,7 @@ class SearchService:
     def __init__(self, index: Index, config: ServeConfig) -> None:
         self.index = index
         self.config = config
+        self.defaults = PipelineSettings(config.first_stage, config.retrieve_k, config.rerank_k, config.rerank_fusion)
         # the query embedder's fast tokenizer must not be used from two threads at once
         self._lock = threading.Lock()
 
@@ -141,16 +142,16 @@ class SearchService:
         with self._lock:
             FirstStage(self.index, FirstStageSettings(method=self.config.first_stage)).retrieve("warm up", 1)
 
-    def search(self, query: str, rerank: RerankService | None, *, k: int, first_stage: FirstStageMethod | None,
-               retrieve_k: int | None, rerank_k: int | None, rerank_fusion: RerankFusion | None,
+    def search(self, query: str, rerank: RerankService | None, *, k: int, settings: PipelineSettings,
                filters: dict[str, Any], deadline: float, loop: asyncio.AbstractEventLoop) -> SearchOutcome:
-        """Run on a worker thread (it blocks on the first stage and on scoring); ``None`` means the server default."""
+        """Run on a worker thread (it blocks on the first stage and on scoring); unset settings are the server's."""
         t0 = time.perf_counter()
+        chosen = settings.over(self.defaults)
         pipeline = Pipeline(self.index, rerank.reranker if rerank is not None else None,
-                            first_stage=first_stage or self.config.first_stage,
-                            retrieve_k=retrieve_k or self.config.retrieve_k,
-                            rerank_k=self.config.rerank_k if rerank_k is None else rerank_k,
-                            rerank_fusion=rerank_fusion or self.config.rerank_fusion,
+                            first_stage=chosen.first_stage or self.config.first_stage,
+                            retrieve_k=chosen.retrieve_k or self.config.retrieve_k,
+                            rerank_k=self.config.rerank_k if chosen.rerank_k is None else chosen.rerank_k,
+                            rerank_fusion=chosen.rerank_fusion,
                             allow_unknown_filters=self.config.allow_unknown_filters)
         with self._lock:
             candidates = pipeline.retrieve(query, filters)
