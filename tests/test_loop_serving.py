@@ -487,3 +487,35 @@ def test_feedback_belongs_to_the_key_and_user_that_asked_and_errors_reveal_nothi
     # vote and the export labelled the document 0): one vote each is a tie, and a tie without clicks is no label
     assert exported.returncode != 0 and "none of the" in exported.stderr, exported.stderr
     assert not out.exists()
+
+
+def test_a_damaged_feedback_database_is_refused_at_start_and_a_deleted_one_is_reported(
+        kb_index: Index, tmp_path: Path) -> None:
+    from rankwise.feedback.events import LoggedRequest, LoggedResult
+    from rankwise.feedback.store import SQLiteFeedbackStore
+
+    damaged = tmp_path / "damaged.sqlite"
+    with SQLiteFeedbackStore(damaged) as store:
+        for i in range(300):
+            store.log_request(LoggedRequest(f"r{i}", "/v1/search", (LoggedResult("d", 1, 0.5),), query="q" * 200))
+    data = bytearray(damaged.read_bytes())
+    data[4096:12288] = b"\xff" * 8192  # the pages after the header: table and index b-trees
+    damaged.write_bytes(bytes(data))
+    refused = _rankwise("serve", "--index", str(kb_index.path), "--feedback-db", str(damaged), "--audit", "none",
+                        "--port", "1")
+    assert refused.returncode == 2 and "is damaged" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+    db = tmp_path / "feedback.sqlite"
+    srv = Server(["--index", str(kb_index.path), "--feedback-db", str(db), "--audit", "none", "--open-metrics"],
+                 tmp_path / "server.log")
+    try:
+        with srv.client() as client:
+            assert client.post("/v1/search", json={"query": QUERY, "k": 2}).status_code == 200
+            assert not (client.get("/readyz").json().get("problems") or {})
+            db.unlink()
+            assert client.post("/v1/search", json={"query": QUERY, "k": 2}).status_code == 200  # search goes on
+            problems = client.get("/readyz").json()["problems"]
+            assert "was deleted while open" in problems["feedback_store"]
+    finally:
+        srv.stop()

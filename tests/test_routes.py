@@ -89,3 +89,24 @@ def test_a_lone_surrogate_anywhere_in_a_body_is_a_422_naming_the_field(tiny_cros
             response = client.post(path, content=body, headers={"content-type": "application/json"})
             assert response.status_code == 422, (path, response.text)
             assert f"{field}: not valid Unicode text" in response.json()["message"], response.text
+
+
+def test_the_servers_own_damaged_data_is_a_503_that_names_no_path_and_shows_in_readyz(
+        kb_documents, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from rankwise.serving.app import create_app
+    from rankwise.serving.config import ServeConfig
+    from rankwise.serving.state import load_state
+
+    index = Index.build(kb_documents, tmp_path / "index")
+    with TestClient(create_app(load_state(ServeConfig(index=index.path, first_stage="bm25")))) as client:
+        assert client.post("/v1/search", json={"query": QUERY, "k": 3}).status_code == 200
+        docstore = index.path / "docstore.sqlite"
+        docstore.write_bytes(b"\x00" * docstore.stat().st_size)  # damaged under the running server
+        response = client.post("/v1/search", json={"query": "rotate postgres credentials", "k": 3})
+        assert response.status_code == 503, response.text
+        assert str(tmp_path) not in response.text and "request id" in response.json()["message"]
+        assert response.headers["retry-after"] == "5"
+        problems = client.get("/readyz").json()["problems"]
+        assert any(str(index.path) in detail for detail in problems.values()), problems  # the operator's view

@@ -93,7 +93,10 @@ def failure(err: OSError | sqlite3.Error, path: Path, kind: DatabaseKind, timeou
     if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         return kind.error(f"the {kind.name} '{path}' stayed locked by another process for {timeout:g}s while "
                           f"{doing}; {kind.locked_fix}")
-    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+    if code == sqlite3.SQLITE_CORRUPT:
+        return kind.error(f"the {kind.name} '{path}' is damaged ({err}); restore it from a backup or pass a new "
+                          "path")
+    if code == sqlite3.SQLITE_NOTADB:
         return kind.error(f"'{path}' is not a rankwise {kind.name} ({err}); {kind.wrong_file_fix}")
     if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM):
         return kind.error(f"cannot write the {kind.name} '{path}' ({err}); pass a path in a writable directory")

@@ -35,7 +35,7 @@ import queue
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, fields, replace
 from datetime import datetime
 from pathlib import Path
@@ -186,6 +186,10 @@ class FeedbackStore(Protocol):
         """Delete requests older than the cutoff, their events and shadow rows; how many rows went."""
         ...
 
+    def health(self) -> str | None:
+        """What is wrong with the store right now (shown in ``/readyz``), or None."""
+        ...
+
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything logged so far is committed."""
         ...
@@ -208,13 +212,18 @@ _Item = LoggedRequest | ShadowRecord | threading.Event | _Stop
 class SQLiteFeedbackStore:
     """:class:`FeedbackStore` on one SQLite file (created on first use); see the module docstring."""
 
-    def __init__(self, path: str | Path, *, timeout: float = 10.0, recent: int = RECENT_REQUESTS) -> None:
+    def __init__(self, path: str | Path, *, timeout: float = 10.0, recent: int = RECENT_REQUESTS,
+                 on_lost: Callable[[int], None] | None = None) -> None:
         self.path = Path(path)
         self.timeout = timeout
         self._closed = False
         # synchronous reads, add_event and purge, serialised by _lock; the writer thread has its own connection
         self._conn = open_database(self.path, _KIND, timeout=self.timeout, check_same_thread=False)
         self._writer = open_database(self.path, _KIND, timeout=self.timeout, check_same_thread=False)
+        self._inode = self.path.stat().st_ino
+        #: called with the number of rows the writer could not store (the server counts them in a metric)
+        self._on_lost = on_lost
+        self._write_problem: str | None = None
         self._lock = threading.Lock()
         self._recent: OrderedDict[str, LoggedRequest] = OrderedDict()
         self._recent_size = recent
@@ -250,6 +259,23 @@ class SQLiteFeedbackStore:
     def record_shadow(self, rec: ShadowRecord) -> None:
         self._check_open()
         self._queue.put(rec)
+
+    def health(self) -> str | None:
+        """What is wrong with the store right now, or None: the file deleted or replaced under it (rows
+        would go to a file nobody reads), or the writer's last batch failed (e.g. a corrupted file)."""
+        try:
+            if self.path.stat().st_ino != self._inode:
+                return f"the feedback database '{self.path}' was replaced while open; restart to use the new file"
+        except OSError:
+            return f"the feedback database '{self.path}' was deleted while open; rows written now are lost"
+        return self._write_problem
+
+    def check_integrity(self) -> None:
+        """Refuse a damaged file in one line (``PRAGMA quick_check``): run it before serving on a file."""
+        rows = self._select("PRAGMA quick_check", (), "checking it")
+        if rows != [("ok",)]:
+            raise FeedbackStoreError(f"the feedback database '{self.path}' is damaged ({rows[0][0]}); restore it "
+                                     "from a backup or pass a new path")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -425,9 +451,18 @@ class SQLiteFeedbackStore:
                                          [_request_row(req) for req in requests])
                 self._writer.executemany(_insert("shadow", _SHADOW_COLUMNS),
                                          [_shadow_row(rec) for rec in shadows])
-        except Exception:  # the thread must survive to commit later rows; these are reported, not retried
-            log.exception("could not write %d logged requests and %d shadow records to %s; they are lost",
-                          len(requests), len(shadows), self.path)
+        except Exception as error:  # noqa: BLE001 - the thread must survive to commit later rows
+            problem = (f"the feedback database '{self.path}' cannot be written ({type(error).__name__}: "
+                       f"{str(error)[:200]}); logged requests are being lost")
+            if problem != self._write_problem:  # one line per kind of failure, not one per batch
+                log.error("%s", problem)
+            self._write_problem = problem
+            if self._on_lost is not None:
+                self._on_lost(len(requests) + len(shadows))
+            return
+        if self._write_problem is not None:
+            log.warning("the feedback database '%s' takes writes again", self.path)
+        self._write_problem = None
 
 
 def _window(column: str, since: str | None, until: str | None) -> tuple[list[str], list[Any]]:

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from rankwise import __version__
-from rankwise.errors import RankwiseError
+from rankwise.errors import QueryError, RankwiseError
 from rankwise.experiments import team_draft
 from rankwise.feedback.events import FeedbackEvent, LoggedRequest, LoggedResult
 from rankwise.feedback.store import FeedbackConflict
@@ -303,8 +303,6 @@ def create_app(state: ServingState) -> FastAPI:
             raise ApiError(404, "this server keeps no query log, so it takes no feedback; start it with "
                            "--feedback-db PATH")
         signal = body.signal
-        if body.doc_id is None and body.rank is None:
-            raise ApiError(422, "invalid request: give the result's doc_id or its rank")
         try:
             logged = await run_in_threadpool(store.get_request, body.request_id)
         except RankwiseError as error:
@@ -351,6 +349,10 @@ def create_app(state: ServingState) -> FastAPI:
         production = state.router.production if state.router else None
         models = {role: m.name for role, m in state.router.models().items()} if state.router else {}
         problems = dict(state.router.problems) if state.router else {}
+        problems.update(state.data_problems)
+        store_problem = state.feedback.health() if state.feedback is not None else None
+        if store_problem is not None:
+            problems["feedback_store"] = store_problem
         if state.shadow is not None:
             models["shadow"] = state.shadow.name or "not loaded"
             if state.shadow.problem:
@@ -606,8 +608,17 @@ def _install_handlers(app: FastAPI, state: ServingState) -> None:
 
     @app.exception_handler(RankwiseError)
     async def user_error(request: Request, exc: RankwiseError) -> JSONResponse:
-        request.state.audit["error"] = str(exc)
-        return _error_response(422, str(exc))
+        if isinstance(exc, QueryError):  # the request's own fault: say what to change
+            request.state.audit["error"] = str(exc)
+            return _error_response(422, str(exc))
+        # the server's own data (a damaged index, a model that stopped scoring): not the client's fault, and
+        # its paths are the operator's business — logged in full, shown in /readyz, answered 503
+        kind = type(exc).__name__
+        log.error("request %s failed on the server's data: %s", request.state.request_id, exc)
+        state.data_problems[kind] = str(exc)
+        request.state.audit["error"] = f"server data unavailable ({kind})"
+        return _error_response(503, f"the server cannot answer right now ({kind}); retry later or tell its "
+                               f"operator, quoting request id {request.state.request_id}", headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

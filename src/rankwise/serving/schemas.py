@@ -106,7 +106,12 @@ UserId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
 class FeedbackRequest(_Strict):
-    """One user reaction to one returned result; send it again with the same ``event_id`` safely."""
+    """One user reaction to one returned result (by `doc_id` or `rank`: at least one); send it again with
+    the same ``event_id`` safely."""
+
+    # stated in the schema, so clients and schema-driven tools know the rule pydantic enforces below
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [{"required": ["doc_id"]},
+                                                                           {"required": ["rank"]}]})
 
     request_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
         ..., description="The `request_id` of the search or rerank response the user reacted to.")
@@ -119,6 +124,12 @@ class FeedbackRequest(_Strict):
     value: Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_not_bool)] | None = Field(
         None, description="dwell: seconds; custom: any number.")
     user_id: UserId | None = None
+
+    @model_validator(mode="after")
+    def _names_a_result(self) -> "FeedbackRequest":
+        if self.doc_id is None and self.rank is None:
+            raise PydanticCustomError("result_missing", "give the result's doc_id or its rank")
+        return self
 
 
 class FeedbackReceipt(BaseModel):

@@ -25,7 +25,7 @@ from rankwise.options import PipelineSettings
 from rankwise.pipeline import Pipeline
 from rankwise.rerank.base import Reranker, RerankScores, rank_order, scoring_key
 from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
-from rankwise.serving.batcher import MicroBatcher
+from rankwise.serving.batcher import Expired, MicroBatcher
 from rankwise.serving.cache import CacheUnavailable, Entry, ScoreCache, score_keys
 from rankwise.serving.config import ServeConfig
 from rankwise.serving.metrics import ServingMetrics
@@ -76,6 +76,8 @@ class RerankService:
                 fresh = await asyncio.wait_for(asyncio.wrap_future(future), remaining)
             except TimeoutError:
                 future.cancel()  # not started yet → the worker skips it
+                raise BudgetExceeded from None
+            except Expired:  # the batcher dropped it at the deadline, a moment before the wait ran out
                 raise BudgetExceeded from None
             new = {keys[i]: (float(fresh.scores.raw[j]), float(fresh.scores.calibrated[j]), fresh.split[j])
                    for j, i in enumerate(missing)}

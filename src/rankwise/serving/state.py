@@ -43,6 +43,8 @@ class ServingState:
     not_ready_reason: str = "warming up"
     #: names a request's ``model`` may use for the served reranker, besides each loaded version's own
     model_names: set[str] = field(default_factory=set)
+    #: the latest failure of the server's own data by error kind (a damaged index…), shown in /readyz
+    data_problems: dict[str, str] = field(default_factory=dict)
 
     def close(self) -> None:
         """Stop the worker threads (the cache is async and closed by the app's lifespan)."""
@@ -72,7 +74,13 @@ def load_state(config: ServeConfig) -> ServingState:
     if config.experiment is not None:
         state.experiment = load_experiment(config.experiment)
     if config.feedback is not None:
-        state.feedback = SQLiteFeedbackStore(config.feedback)
+        store = SQLiteFeedbackStore(config.feedback, on_lost=metrics.query_log_errors.inc)
+        try:
+            store.check_integrity()  # a damaged file is refused before serving, not found by failing writes
+        except Exception:
+            store.close()
+            raise
+        state.feedback = store
     info = {"index_fingerprint": state.index.fingerprint if state.index else "none",
             "embedding_model": str((state.index.manifest.embedding or {}).get("model", "none")) if state.index else "none",
             "cache": state.cache.backend, "batching": "on" if config.batching.enabled else "off"}
