@@ -444,9 +444,9 @@ def promote(
     target = reg.get(version).version
     if not force and (index_dir is None or (dataset is None) == (goldset is None)):
         raise QueryError("the promotion gate needs --index and exactly one of --dataset/--goldset (or use --force)")
-    _check_scores(reg, target, backend, device)
     _compare_probes(reg, target, version)
     if force:
+        _check_scores(reg, target, backend, device)  # the gate checks it where it loads the candidate
         reg.promote(target, forced=True)
         out.print(f"[yellow]{target} forced to production (recorded in {reg.history_file})[/]")
         return
@@ -477,7 +477,7 @@ def promote(
 
 
 def _check_scores(reg: Registry, version: str, backend: str, device: str) -> None:
-    """Refuse, in one line, to promote a version that cannot score a probe batch (forced or not)."""
+    """Refuse, in one line, to force into production a version that cannot score a probe batch."""
     from rankwise.rerank.loading import load_reranker
     from rankwise.rerank.sanity import probe_reranker
 

@@ -24,7 +24,7 @@ import numpy as np
 from rankwise.errors import ModelError
 from rankwise.inference.backends import BackendChoice
 from rankwise.models import resolve_model, weights_sha256
-from rankwise.rerank.base import RerankScores, ScoringKey, sigmoid
+from rankwise.rerank.base import RerankScores, ScoringKey
 from rankwise.rerank.bi_encoder import BiEncoderReranker
 from rankwise.rerank.cross_encoder import CrossEncoderReranker
 from rankwise.rerank.declaration import ResidualBase, read_declaration
@@ -71,7 +71,8 @@ class ResidualReranker:
         return f"ResidualReranker({self.name!r}, base={self.base.embedder!r}, weight={self.base.weight:.3g})"
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
-        return sigmoid(np.asarray(raw, dtype=np.float32))
+        """The cross-encoder's own calibration (the sigmoid), applied to the summed score."""
+        return self.correction.calibrate(raw)
 
     def scoring_key(self) -> ScoringKey:
         return {"kind": "residual", "correction": dict(self.correction.scoring_key()),

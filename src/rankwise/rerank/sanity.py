@@ -12,6 +12,8 @@ The batch is short, long and empty-ish text on purpose: windowing, truncation an
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 
 from rankwise.errors import ModelError
@@ -38,13 +40,18 @@ def check_scores(name: str, scores: RerankScores, expected: int) -> None:
         raise ModelError(f"{name} returned calibrated scores outside 0..1 for a probe batch; it cannot serve")
 
 
-def probe_reranker(reranker: Reranker) -> None:
-    """Score the probe batch with ``reranker`` and check the result; any failure is one :class:`ModelError`."""
+def probe(name: str, score: Callable[[str, Sequence[str]], RerankScores]) -> None:
+    """Score the probe batch with ``score`` (a reranker's, or the server's path to it through its batcher)
+    and check the result; any failure is one :class:`ModelError` naming ``name``."""
     try:
-        scores = reranker.score(PROBE_QUERY, PROBE_TEXTS)
+        scores = score(PROBE_QUERY, PROBE_TEXTS)
     except ModelError:
         raise
-    except Exception as error:
-        raise ModelError(f"{reranker.name} cannot score a probe batch ({type(error).__name__}: "
-                         f"{str(error)[:200]}); it cannot serve") from error
-    check_scores(reranker.name, scores, len(PROBE_TEXTS))
+    except Exception as error:  # whatever breaks inside the model is the model's defect
+        raise ModelError(f"{name} cannot score a probe batch ({type(error).__name__}: {str(error)[:200]})") from error
+    check_scores(name, scores, len(PROBE_TEXTS))
+
+
+def probe_reranker(reranker: Reranker) -> None:
+    """:func:`probe` through ``reranker.score``."""
+    probe(reranker.name, reranker.score)

@@ -34,7 +34,7 @@ from rankwise.options import PipelineSettings
 from rankwise.registry import Registry, names_registry
 from rankwise.rerank.base import Reranker, backend_label
 from rankwise.rerank.loading import load_reranker
-from rankwise.rerank.sanity import PROBE_QUERY, PROBE_TEXTS, check_scores
+from rankwise.rerank.sanity import probe
 from rankwise.serving.batcher import MicroBatcher
 from rankwise.serving.cache import ScoreCache
 from rankwise.serving.config import ServeConfig
@@ -66,14 +66,7 @@ class ServedModel:
 
     def warm(self) -> None:
         """Score the probe batch through the batcher (loading lazy parts) and check the scores."""
-        try:
-            result = self.batcher.submit(PROBE_QUERY, PROBE_TEXTS).result()
-        except ModelError:
-            raise
-        except Exception as error:
-            raise ModelError(f"{self.name} cannot score a probe batch ({type(error).__name__}: "
-                             f"{str(error)[:200]})") from error
-        check_scores(self.name, result.scores, len(PROBE_TEXTS))
+        probe(self.name, lambda query, texts: self.batcher.submit(query, texts).result().scores)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +145,7 @@ class ModelRouter:
             except Exception as error:
                 if production is None:
                     raise
-                with self._lock:
-                    model.slots -= 1
-                    self._maybe_close(model)
+                self._release(model)
                 self._fall_back(role, spec, model.key, error)
         self._publish_info()
 
@@ -164,11 +155,16 @@ class ModelRouter:
             production = self._slots["production"][1]
             production.slots += 1
             self._slots[role] = (spec, production)
+        self._cannot_serve(role, spec, key, error, "fallback", f"its requests go to production {production.key}")
+
+    def _cannot_serve(self, role: str, spec: str, key: str, error: Exception, outcome: str, instead: str) -> None:
+        """Say once (log, /readyz, metric) that ``key`` cannot serve ``role``, and do not retry it until the
+        alias moves."""
         reason = f"{type(error).__name__}: {str(error)[:300]}"
-        self.problems[role] = f"{spec} → {key} cannot serve ({reason}); its requests go to production"
+        log.error("%s: %s cannot serve (%s); %s", role, key, reason, instead)
+        self.problems[role] = f"{spec} → {key} cannot serve ({reason}); {instead}"
         self._failed[role] = key
-        self.metrics.model_swaps.labels(role, "fallback").inc()
-        log.error("%s: %s cannot serve (%s); its requests go to production %s", role, key, reason, production.key)
+        self.metrics.model_swaps.labels(role, outcome).inc()
 
     def close(self) -> None:
         self._stop.set()
@@ -291,25 +287,23 @@ class ModelRouter:
             model.warm()
         except Exception as error:  # noqa: BLE001 - a bad version must never stop the serving one
             if model is not None:  # loaded but cannot score: released (closed unless another role uses it)
-                with self._lock:
-                    model.slots -= 1
-                    self._maybe_close(model)
-            reason = f"{type(error).__name__}: {str(error)[:300]}"
-            # one line, once: the version is not retried until the alias points elsewhere
-            log.error("%s: %s cannot serve (%s); still serving %s", role, key, reason, current.name)
-            self.problems[role] = f"{spec} → {key} cannot serve ({reason}); serving {current.key}"
-            self._failed[role] = key
-            self.metrics.model_swaps.labels(role, "failed").inc()
+                self._release(model)
+            self._cannot_serve(role, spec, key, error, "failed", f"still serving {current.key}")
             return
         with self._lock:
             self._slots[role] = (spec, model)
-            current.slots -= 1
-            self._maybe_close(current)
+        self._release(current)
         self.problems.pop(role, None)
         self._failed.pop(role, None)
         self.metrics.model_swaps.labels(role, "swapped").inc()
         log.warning("%s now serves %s (was %s)", role, model.name, current.name)
         self._publish_info()
+
+    def _release(self, model: ServedModel) -> None:
+        """One role fewer points at ``model``; closed once none does and no request holds it."""
+        with self._lock:
+            model.slots -= 1
+            self._maybe_close(model)
 
     def _maybe_close(self, model: ServedModel) -> None:
         """Close a model nobody routes to and nobody holds (call with the lock held)."""

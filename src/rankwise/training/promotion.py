@@ -21,6 +21,7 @@ from rankwise.evaluation.significance import randomization_test
 from rankwise.index import Index
 from rankwise.registry import Registry
 from rankwise.rerank.loading import load_reranker
+from rankwise.rerank.sanity import probe_reranker
 
 
 @dataclass(slots=True)
@@ -77,6 +78,8 @@ def check_promotion(
 
     def run(spec: str):
         reranker = load_reranker(spec, registry=registry, **reranker_options)
+        if spec == version and reranker is not None:  # a candidate that cannot score is refused in one line, not by a failed evaluation
+            probe_reranker(reranker)
 
         def named(system: str, done: int, total: int) -> None:  # both runs have the same system names
             if progress is not None:
