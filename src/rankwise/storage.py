@@ -1,9 +1,10 @@
 """Writing a file so that a crash, a full disk or a concurrent reader never sees half of it.
 
 One recipe for every file rankwise replaces whole (exports, keys, references, sidecars, calibration
-files, secrets): write a uniquely named temporary file in the same directory (``tempfile.mkstemp``:
-created exclusively, owner-only unless asked otherwise, so two writers never share one), flush and fsync
-it, rename it over the target (``os.replace``: atomic on POSIX and Windows), then fsync the directory so
+files, secrets): write a uniquely named temporary file in the same directory (created exclusively, so two
+writers never share one; owner-only when asked, otherwise the usual mode under the process's umask, applied
+by the kernel rather than read with ``os.umask``, which would briefly change it for every thread), flush and
+fsync it, rename it over the target (``os.replace``: atomic on POSIX and Windows), then fsync the directory so
 the rename itself survives a power cut. On any error the temporary file is removed and the old file is
 left whole. Append-only stores (SQLite, JSONL histories) do not go through here: they never replace a file.
 """
@@ -12,30 +13,26 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | Path, *, private: bool = False, binary: bool = False, encoding: str = "utf-8",
-                  newline: str | None = None) -> Iterator[IO]:
-    """A file handle whose content replaces ``path`` atomically when the block ends without an error.
+def atomic_writer(path: str | Path, *, private: bool = False, encoding: str = "utf-8",
+                  newline: str | None = None) -> Iterator[IO[str]]:
+    """A text handle whose content replaces ``path`` atomically when the block ends without an error.
 
     ``private``: the file is readable by its owner only (keys, secrets, users' queries); otherwise it gets
     the usual ``0o666`` less the umask, like any file the process creates.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
     try:
-        if not private:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-        text = {} if binary else {"encoding": encoding, "newline": newline}
-        with os.fdopen(fd, "wb" if binary else "w", **text) as handle:
+        with os.fdopen(fd, "w", encoding=encoding, newline=newline) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
