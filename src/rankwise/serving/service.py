@@ -135,7 +135,6 @@ class SearchService:
     def __init__(self, index: Index, config: ServeConfig) -> None:
         self.index = index
         self.config = config
-        self.defaults = PipelineSettings(config.first_stage, config.retrieve_k, config.rerank_k, config.rerank_fusion)
         # the query embedder's fast tokenizer must not be used from two threads at once
         self._lock = threading.Lock()
 
@@ -148,12 +147,11 @@ class SearchService:
                filters: dict[str, Any], deadline: float, loop: asyncio.AbstractEventLoop) -> SearchOutcome:
         """Run on a worker thread (it blocks on the first stage and on scoring); unset settings are the server's."""
         t0 = time.perf_counter()
-        chosen = settings.over(self.defaults)
         pipeline = Pipeline(self.index, rerank.reranker if rerank is not None else None,
-                            first_stage=chosen.first_stage or self.config.first_stage,
-                            retrieve_k=chosen.retrieve_k or self.config.retrieve_k,
-                            rerank_k=self.config.rerank_k if chosen.rerank_k is None else chosen.rerank_k,
-                            rerank_fusion=chosen.rerank_fusion,
+                            first_stage=settings.first_stage or self.config.first_stage,
+                            retrieve_k=settings.retrieve_k or self.config.retrieve_k,
+                            rerank_k=self.config.rerank_k if settings.rerank_k is None else settings.rerank_k,
+                            rerank_fusion=settings.rerank_fusion or self.config.rerank_fusion,
                             allow_unknown_filters=self.config.allow_unknown_filters)
         with self._lock:
             candidates = pipeline.retrieve(query, filters)
