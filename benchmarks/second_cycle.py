@@ -102,7 +102,8 @@ def main() -> None:
     write_json(f"second_cycle_{args.domain}.json", {
         "domain": args.domain, "cpu": cpu_description(), "budget_s": args.budget_s, "seed": args.seed,
         "halves": {k: len(v) for k, v in halves.items()}, "splits": splits,
-        "cards": {v.version: {k: v.card.get(k) for k in ("recipe", "continued_from", "training")}
+        "cards": {v.version: {"recipe": v.card.recipe, "continued_from": v.card.continued_from,
+                              "training": v.card.training}
                   for v in Registry(registry).versions()},
     })
 

@@ -99,8 +99,9 @@ def test_train_from_a_goldset_made_by_label_import(tmp_path: Path, kb_index) -> 
                   "--output", str(tmp_path / "run"), "--registry", str(tmp_path / "registry"))
     assert trained.returncode == 0, trained.stderr[-2000:]
     card = Registry(tmp_path / "registry").get("candidate").card
-    assert card["training_data"]["goldset"] == str(gold) and card["training"]["steps"] == 4
-    assert len(card["training_data"]["query_digests"]) == len(KB_QUERIES)
+    assert card.training_data is not None and card.training_data.goldset == str(gold)
+    assert card.training is not None and card.training["steps"] == 4
+    assert len(card.query_digests) == len(KB_QUERIES)
     # evaluating (or gating) the model on the queries it was trained on: a warning, or with --strict a refusal
     common = ("--index", str(kb_index.path), "--goldset", str(gold), "--first-stage", "bm25", "--baseline", "bm25",
               "--reranker", "candidate", "--registry", str(tmp_path / "registry"), "--backend", "torch")
@@ -116,13 +117,16 @@ def test_train_from_a_goldset_made_by_label_import(tmp_path: Path, kb_index) -> 
 
 def test_leakage_is_found_whatever_the_case_and_spacing() -> None:
     from rankwise.errors import QueryError
+    from rankwise.registry import ModelCard, TrainingData
     from rankwise.training.leakage import find_leakage, guard, query_digests
 
-    card = {"training_data": {"query_digests": query_digests(["How are annual plans refunded", "reset MFA"])}}
+    card = ModelCard(training_data=TrainingData(query_digests=query_digests(["How are annual plans refunded",
+                                                                             "reset MFA"])))
     leak = find_leakage("v3", card, {"a": "how are  annual plans refunded ", "b": "a new question"})
     assert leak is not None and (leak.overlapping, leak.total, leak.examples) == (1, 2, ("a",))
     assert "1 of 2 gold-set queries were in v3's training data" in (guard(leak, strict=False) or "")
     with pytest.raises(QueryError, match="never saw"):
         guard(leak, strict=True)
     assert find_leakage("v3", card, {"b": "a new question"}) is None
-    assert find_leakage("v3", {"training_data": {}}, {"a": "reset MFA"}) is None  # older cards: nothing to check
+    older = ModelCard.from_dict({"training_data": {}})  # older cards: nothing to check
+    assert find_leakage("v3", older, {"a": "reset MFA"}) is None

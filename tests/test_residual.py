@@ -143,8 +143,9 @@ def test_continuing_production_keeps_its_kind_and_what_it_learned_where_a_restar
     continued = train("production", "continued", "--replay", "1")
     assert "replaying 2 of v1's training queries" in continued.stdout, continued.stdout
     child = registry.get("candidate")
-    assert child.card["continued_from"] == parent.version and child.card["residual"] is not None
-    assert child.card["training_data"]["replay"]["queries"] == 2
+    assert child.card.continued_from == parent.version and child.card.residual is not None
+    assert child.card.training_data is not None and child.card.training_data.replay is not None
+    assert child.card.training_data.replay["queries"] == 2
     assert read_declaration(child.path).residual == read_declaration(parent.path).residual, "kept its base"
     train(str(backbone), "restarted", "--architecture", "cross-encoder", "--no-register")
     restarted = tmp_path / "restarted" / "final"
@@ -208,19 +209,20 @@ def test_the_server_scores_a_residual_reranker_exactly_like_the_library(tmp_path
 
 
 def test_replay_draws_the_parents_queries_but_never_this_runs_and_says_why_when_it_cannot(tmp_path: Path) -> None:
+    from rankwise.registry import ModelCard, TrainingData
     from rankwise.training.replay import choose_replay
 
     dataset = _beir(tmp_path / "a", SWAPPED)
-    card = {"training_data": {"dataset": str(dataset), "split": "train"}}
+    card = ModelCard(training_data=TrainingData(dataset=str(dataset), split="train"))
     known = {"pg-rotate", "churn-q4", "refund-annual", "mfa-contractor"}
     chosen = choose_replay(card, 10, exclude={QUERIES["q1"]}, known_documents=known, seed=0)
     assert chosen.queries is not None and sorted(chosen.queries.qrels) == ["q2", "q3", "q4"]
     assert len(choose_replay(card, 2, exclude=set(), known_documents=known, seed=0).queries.qrels) == 2
-    moved = choose_replay({"training_data": {"dataset": str(tmp_path / "gone"), "split": "train"}}, 5,
+    moved = choose_replay(ModelCard(training_data=TrainingData(dataset=str(tmp_path / "gone"), split="train")), 5,
                           exclude=set(), known_documents=known, seed=0)
     assert moved.queries is None and "is not there any more" in moved.reason
     assert moved.to_dict() == {"queries": 0, "source": str(tmp_path / "gone"), "skipped": moved.reason}
-    assert "does not say what it was trained on" in choose_replay({}, 5, exclude=set(), known_documents=known,
+    assert "does not say what it was trained on" in choose_replay(ModelCard(), 5, exclude=set(), known_documents=known,
                                                                    seed=0).reason
 
 

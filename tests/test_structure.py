@@ -136,7 +136,8 @@ def test_no_module_cycles() -> None:
 
 
 @pytest.mark.parametrize("module", ["rankwise.inference.backends", "rankwise.inference.runners", "rankwise.index.dense",
-                                    "rankwise.rerank.cross_encoder", "rankwise.pipeline", "rankwise.cli.common",
+                                    "rankwise.rerank.cross_encoder", "rankwise.registry", "rankwise.registry.card",
+                                    "rankwise.pipeline", "rankwise.cli.common",
                                     "rankwise.cli.serve", "rankwise.serving.app"])
 def test_module_imports_alone(module: str) -> None:
     """A fresh interpreter imports the module by itself (no hidden dependence on import order)."""

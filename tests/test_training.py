@@ -211,11 +211,12 @@ def test_train_cli_trains_registers_and_records_the_title_queries(tmp_path: Path
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"title pseudo-queries {len(kb_documents)}" in " ".join(done.stdout.split())  # rich wraps lines
     entry = Registry(tmp_path / "registry").get("candidate")
-    assert entry.card["training_data"]["title_queries"] == len(kb_documents)
-    assert entry.card["training_data"]["max_positives"] == 1
-    assert entry.card["training"]["steps"] == 12 and entry.card["hyperparameters"]["loss"] == "softmax"
+    card = entry.card.to_dict()
+    assert card["training_data"]["title_queries"] == len(kb_documents)
+    assert card["training_data"]["max_positives"] == 1
+    assert card["training"]["steps"] == 12 and card["hyperparameters"]["loss"] == "softmax"
     # the end of training says how the model does against the first stage it would rerank, as served
-    verdict = entry.card["metrics"]["validation"]["against_first_stage"]
+    verdict = card["metrics"]["validation"]["against_first_stage"]
     assert verdict["first_stage"] == "hybrid" and verdict["queries"] == 1
     said = " ".join(done.stdout.split())
     assert f"{verdict['model_value']:.2f} (hybrid + this model, " in said
@@ -252,7 +253,7 @@ def test_train_continues_a_registered_model_with_its_kind_and_records_the_parent
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     child = registry.get("candidate")
-    assert child.card["continued_from"] == parent.version and child.card["parent"] == parent.version
+    assert child.card.continued_from == parent.version and child.card.parent == parent.version
     # it started from the parent's weights (hidden size 32), not the default MiniLM backbone's (384): at
     # lr 1e-9 two steps leave them where they were
     before, after = (load_file(str(d / "model.safetensors")) for d in (parent.path, child.path))

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     from rankwise.evaluation.report import print_report, to_html, to_markdown
     from rankwise.index.dense import Embedder
     from rankwise.pipeline import latency_percentiles
-    from rankwise.registry import Registry
+    from rankwise.registry import ModelCard, Registry, TrainingData
     from rankwise.rerank.base import backend_label
     from rankwise.rerank.loading import load_reranker
     from rankwise.training.data import JudgedQueries
@@ -128,11 +128,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"titles in {result.train_seconds:.0f} s ({_step_times(result.step_seconds)}); "
                   f"{_loss_trend(result.losses)}", highlight=False)
     registry = Registry(out / "registry")
-    entry = registry.register(result.model_dir, {
-        "base_model": config.base_model, "training_data": {"dataset": "demo_kb/train", "fingerprint": judged.fingerprint,
-                                                           "query_digests": query_digests(judged.texts),
-                                                           "title_queries": len(pseudo)},
-        "hyperparameters": result.summary()["config"], "parent": None})
+    entry = registry.register(result.model_dir, ModelCard(
+        base_model=config.base_model,
+        training_data=TrainingData(dataset="demo_kb/train", fingerprint=judged.fingerprint,
+                                   query_digests=query_digests(judged.texts), title_queries=len(pseudo)),
+        hyperparameters=result.summary()["config"], parent=None))
     console.print(f"registered {entry.version} (sha256 {entry.weights_sha256[:12]}) as 'candidate'")
     artifacts["model"], artifacts["registry"] = entry.path, registry.root
     t = step_done("train", t)

@@ -36,6 +36,7 @@ from rankwise.errors import RankwiseError
 if TYPE_CHECKING:
     from rankwise.evaluation.goldset import GoldSet, LabelScale, PreparedGoldSet
     from rankwise.index import Index
+    from rankwise.registry import ModelCard
     from rankwise.rerank.base import Reranker
 
 # emoji=False: a gate such as "nDCG@10:-1:" must not become a thumbs-down emoji
@@ -160,12 +161,12 @@ def prepare_goldset(gold: GoldSet, index: Index, limit_queries: int | None, scal
     return prepared if limit_queries is None else prepared.limit(limit_queries)
 
 
-def training_card(spec: str, registry: Path | None) -> tuple[str, dict[str, Any]] | None:
+def training_card(spec: str, registry: Path | None) -> tuple[str, ModelCard] | None:
     """(name, model card) of the reranker ``spec`` names, when it has one: a registry version, or a directory
-    with a ``model_card.json`` (what the leakage guard reads); ``None`` for other models."""
-    import json
-
-    from rankwise.registry import CARD, Registry, names_registry
+    with a ``model_card.json`` (what the leakage guard reads); ``None`` for other models. A card that is there
+    but unreadable is a one-line :class:`ModelError` naming the file, not a skipped check: the guard exists to
+    catch what would otherwise go unnoticed."""
+    from rankwise.registry import CARD, Registry, names_registry, read_card
 
     if spec.strip().lower() in ("", "none"):
         return None
@@ -173,10 +174,7 @@ def training_card(spec: str, registry: Path | None) -> tuple[str, dict[str, Any]
         entry = Registry(registry).get(spec)
         return entry.version, entry.card
     card = Path(spec) / CARD
-    try:
-        return (spec, json.loads(card.read_text())) if card.is_file() else None
-    except (OSError, ValueError):
-        return None
+    return (spec, read_card(card)) if card.is_file() else None
 
 
 def warn_leakage(spec: str, registry: Path | None, queries: dict[str, str], strict: bool) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -44,7 +44,7 @@ from rankwise.training.recipe import DEFAULT_BUDGET_S, DEFAULT_NEGATIVES
 
 if TYPE_CHECKING:
     from rankwise.monitoring.probes import ProbeReport, ProbeResult
-    from rankwise.registry import Registry
+    from rankwise.registry import CardMetrics, Registry
 
 app = typer.Typer()
 
@@ -98,6 +98,7 @@ def train(
     from rankwise.errors import QueryError
     from rankwise.index import Index
     from rankwise.options import choose
+    from rankwise.registry import CardMetrics, ModelCard, TrainingData, Validation
     from rankwise.rerank.declaration import read_declaration
     from rankwise.training.data import JudgedQueries, group_stats
     from rankwise.training.finetune import ARCHITECTURES
@@ -177,18 +178,23 @@ def train(
         replayed_texts = replayed.queries.texts if replayed is not None and replayed.queries is not None else []
         parent = start.parent or reg.aliases().get("production")
         # absolute, so that a model continued later, from another directory, can replay them
-        source = ({"dataset": str(dataset.resolve()), "split": split} if dataset
-                  else {"goldset": str(goldset.resolve()) if goldset else None})
-        card = {"base_model": base_model or begin, "continued_from": start.parent, "training_data": {**source,
-                "fingerprint": judged.fingerprint, "query_digests": query_digests(judged.texts + replayed_texts), "index_fingerprint": index.fingerprint, "negatives": mix,
-                "max_positives": recipe.max_positives, "title_queries": len(pseudo), **group_stats(train_groups),
-                "replay": replayed.to_dict() if replayed else None}, "recipe": recipe.to_dict(),
-                "residual": asdict(result_declaration.residual) if result_declaration.residual else None,
-                "hyperparameters": summary["config"],
-                "metrics": {"validation": {"nDCG@10": result.best_validation_ndcg10,
-                                           "against_first_stage": verdict.to_dict() if verdict else None}},
-                "training": {k: summary[k] for k in ("steps", "train_seconds", "loss_first", "loss_last")},
-                "parent": parent}
+        source: dict[str, Any] = ({"dataset": str(dataset.resolve()), "split": split} if dataset
+                                  else {"goldset": str(goldset.resolve()) if goldset else None})
+        training_data = TrainingData(
+            **source, fingerprint=judged.fingerprint, query_digests=query_digests(judged.texts + replayed_texts),
+            index_fingerprint=index.fingerprint, max_positives=recipe.max_positives, title_queries=len(pseudo),
+            replay=replayed.to_dict() if replayed else None,
+            extra=group_stats(train_groups))  # queries, positives and negatives trained on
+        card = ModelCard(
+            base_model=base_model or begin, continued_from=start.parent, training_data=training_data,
+            recipe=recipe.to_dict(),
+            residual=asdict(result_declaration.residual) if result_declaration.residual else None,
+            hyperparameters=summary["config"],
+            metrics=CardMetrics(validation=Validation(
+                ndcg10=result.best_validation_ndcg10,
+                against_first_stage=verdict.to_dict() if verdict else None)),
+            training={k: summary[k] for k in ("steps", "train_seconds", "loss_first", "loss_last")},
+            parent=parent)
         entry = reg.register(result.model_dir, card)
         out.print(f"[green]registered[/] {entry.version} as candidate in {reg.root} (sha256 {entry.weights_sha256[:12]})")
 
@@ -209,9 +215,9 @@ def list_models(registry: RegistryOpt = None) -> None:
     for col in ("version", "aliases", "created", "base model", "val nDCG@10", "sha256"):
         table.add_column(col)
     for v in reg.versions():
-        val = (v.card.get("metrics", {}).get("validation") or {}).get("nDCG@10")
-        table.add_row(v.version, ", ".join(aliases.get(v.version, [])), str(v.card.get("created_at")),
-                      str(v.card.get("base_model")), f"{val:.4f}" if isinstance(val, float) else "—",
+        val = v.card.validation_ndcg10
+        table.add_row(v.version, ", ".join(aliases.get(v.version, [])), str(v.card.created_at),
+                      str(v.card.base_model), "—" if val is None else f"{val:.4f}",
                       v.weights_sha256[:12])
     out.print(table)
     for problem in reg.problems():
@@ -239,6 +245,7 @@ def add(
     prelude(allow_download)
     from rankwise.errors import QueryError
     from rankwise.models import resolve_model, weights_sha256
+    from rankwise.registry import ModelCard
     from rankwise.rerank import CrossEncoderReranker
 
     if alias not in ("candidate", "none"):
@@ -248,14 +255,14 @@ def add(
     path = resolve_model(model)
     reranker = CrossEncoderReranker(path, backend="torch")  # refuses what cannot serve as a reranker, in one line
     probe_reranker(reranker)  # ... and what loads but cannot score
-    card: dict[str, Any] = {"source": model, "name": name or model, "base_model": model,
-                            "source_weights_sha256": weights_sha256(path), "max_length": reranker.max_length,
-                            "added_with": "rankwise models add", "parent": None}
+    card = ModelCard(source=model, name=name or model, base_model=model, source_weights_sha256=weights_sha256(path),
+                     max_length=reranker.max_length, added_with="rankwise models add", parent=None)
     if index_dir is not None or dataset is not None or goldset is not None:
-        card["metrics"] = _evaluate_added(reranker, index_dir, dataset, split, goldset, first_stage, limit_queries)
+        card = replace(card, metrics=_evaluate_added(reranker, index_dir, dataset, split, goldset, first_stage,
+                                                     limit_queries))
     reg = _registry(registry)
     entry = reg.register(path, card, alias=None if alias == "none" else alias)
-    evaluated = card.get("metrics", {}).get("evaluation")
+    evaluated = card.evaluation
     out.print(f"[green]registered[/] {model} as {entry.version}" + (" (candidate)" if alias == "candidate" else "")
               + f" in {reg.root} (sha256 {entry.weights_sha256[:12]})"
               + (f"; {first_stage}+reranker {', '.join(f'{k} {v:.4f}' for k, v in evaluated.items())}"
@@ -263,10 +270,11 @@ def add(
 
 
 def _evaluate_added(reranker: Any, index_dir: Path | None, dataset: Path | None, split: str,
-                    goldset: Path | None, first_stage: str, limit_queries: int | None) -> dict[str, Any]:
+                    goldset: Path | None, first_stage: str, limit_queries: int | None) -> CardMetrics:
     from rankwise.errors import QueryError
     from rankwise.evaluation.compare import evaluate
     from rankwise.index import Index
+    from rankwise.registry import CardMetrics
 
     if index_dir is None:
         raise QueryError("evaluating an added model needs --index and one of --dataset/--goldset")
@@ -277,8 +285,9 @@ def _evaluate_added(reranker: Any, index_dir: Path | None, dataset: Path | None,
         report = evaluate(index, prepared, first_stages=[first_stage], reranker=reranker, baseline=first_stage,
                           metrics=["nDCG@10", "nDCG@5"], n_resamples=1000)
     system = next(name for name in report.scores if name != first_stage)
-    return {"evaluation": report.scores[system], "first_stage": report.scores[first_stage],
-            "goldset": str(dataset or goldset), "split": split if dataset else None, "queries": len(prepared.queries)}
+    return CardMetrics(evaluation=report.scores[system], first_stage=report.scores[first_stage],
+                       goldset=str(dataset or goldset), split=split if dataset else None,
+                       queries=len(prepared.queries))
 
 
 @models_app.command("show")
@@ -287,7 +296,7 @@ def show(version: str, registry: RegistryOpt = None) -> None:
     """A version's model card (by id or alias), with its latest behaviour-probe results."""
     reg = _registry(registry)
     entry = reg.get(version)
-    view: dict[str, Any] = {"path": str(entry.path), **entry.card}
+    view: dict[str, Any] = {"path": str(entry.path), **entry.card.to_dict()}
     probes = reg.probe_events(entry.version)
     if probes:
         view["behaviour_probes"] = {"recorded_at": probes[-1].get("at"), **probes[-1]["results"]}

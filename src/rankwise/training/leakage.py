@@ -13,9 +13,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from rankwise.errors import QueryError
+from rankwise.registry.card import ModelCard
 
 #: hex characters kept per digest: 64 bits, so thousands of queries cost kilobytes in a card, never collide
 DIGEST_CHARS = 16
@@ -44,9 +44,9 @@ class Leakage:
                 f"(e.g. {', '.join(self.examples)}): its metrics on them are optimistic")
 
 
-def find_leakage(model: str, card: Mapping[str, Any], queries: Mapping[str, str]) -> Leakage | None:
+def find_leakage(model: str, card: ModelCard, queries: Mapping[str, str]) -> Leakage | None:
     """The overlap between ``queries`` (id → text) and the queries ``card`` says the model was trained on."""
-    trained = set((card.get("training_data") or {}).get("query_digests") or ())
+    trained = set(card.query_digests)
     if not trained:
         return None
     hits = sorted(qid for qid, text in queries.items() if query_digest(text) in trained)

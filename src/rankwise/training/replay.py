@@ -9,12 +9,12 @@ file); a source that moved or is not a gold set JSONL is reported and training g
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rankwise.evaluation.goldset import GoldSet
+from rankwise.registry.card import ModelCard, TrainingData
 from rankwise.training.data import JudgedQueries
 
 
@@ -31,24 +31,24 @@ class Replay:
         return {"queries": count, "source": self.source, **({"skipped": self.reason} if self.reason else {})}
 
 
-def parent_judgements(card: Mapping[str, Any]) -> tuple[GoldSet | None, str | None, str]:
+def parent_judgements(card: ModelCard) -> tuple[GoldSet | None, str | None, str]:
     """The parent's training judgements from its card: ``(gold set, source, why not)``."""
-    data = card.get("training_data") or {}
-    if data.get("dataset"):
-        source = Path(str(data["dataset"]))
-        split = str(data.get("split", "train"))
+    data = card.training_data or TrainingData()
+    if data.dataset:
+        source = Path(data.dataset)
+        split = data.split or "train"
         if not (source / "qrels" / f"{split}.tsv").is_file():
             return None, str(source), f"its dataset {source} (split {split}) is not there any more"
         return GoldSet.from_beir(source, split), f"{source} ({split})", ""
-    if data.get("goldset"):
-        source = Path(str(data["goldset"]))
+    if data.goldset:
+        source = Path(data.goldset)
         if source.suffix.lower() != ".jsonl" or not source.is_file():
             return None, str(source), f"its gold set {source} is not a gold set JSONL that is still there"
         return GoldSet.load(source), str(source), ""
     return None, None, "its card does not say what it was trained on"
 
 
-def choose_replay(card: Mapping[str, Any], count: int, *, exclude: set[str], known_documents: set[str],
+def choose_replay(card: ModelCard, count: int, *, exclude: set[str], known_documents: set[str],
                   seed: int) -> Replay:
     """Up to ``count`` of the parent's judged queries, seeded, none whose text is in ``exclude`` (the new
     training and validation queries: a held-out query must never be trained on through replay)."""
