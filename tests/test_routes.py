@@ -103,10 +103,16 @@ def test_the_servers_own_damaged_data_is_a_503_that_names_no_path_and_shows_in_r
     with TestClient(create_app(load_state(ServeConfig(index=index.path, first_stage="bm25")))) as client:
         assert client.post("/v1/search", json={"query": QUERY, "k": 3}).status_code == 200
         docstore = index.path / "docstore.sqlite"
-        docstore.write_bytes(b"\x00" * docstore.stat().st_size)  # damaged under the running server
+        intact = docstore.read_bytes()
+        docstore.write_bytes(b"\x00" * len(intact))  # damaged under the running server
         response = client.post("/v1/search", json={"query": "rotate postgres credentials", "k": 3})
         assert response.status_code == 503, response.text
         assert str(tmp_path) not in response.text and "request id" in response.json()["message"]
         assert response.headers["retry-after"] == "5"
-        problems = client.get("/readyz").json()["problems"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503, ready.text  # a load balancer stops sending it traffic
+        assert str(tmp_path) not in ready.json()["reason"]
+        problems = ready.json()["problems"]
         assert any(str(index.path) in detail for detail in problems.values()), problems  # the operator's view
+        docstore.write_bytes(intact)  # repaired: ready again, the problem gone
+        assert client.get("/readyz").status_code == 200 and not client.get("/readyz").json().get("problems")

@@ -394,9 +394,13 @@ def test_audit_rows_are_written_and_queryable(server: Server, keys: dict[str, An
 
 
 # ---------------------------------------------------------------------------------------------- docs, fuzzing
-def test_openapi_and_docs(server: Server) -> None:
+def test_openapi_and_docs(server: Server, kb_index: Index) -> None:
     spec = httpx.get(f"{server.url}/openapi.json").json()
     assert {"/v1/rerank", "/v2/rerank", "/v1/search", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+    search = spec["paths"]["/v1/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    filters = spec["components"]["schemas"][search.rsplit("/", 1)[1]]["properties"]["filters"]
+    known = sorted(kb_index.docstore.metadata_keys)
+    assert known and filters["propertyNames"] == {"enum": known}  # the keys this index can filter on
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
     assert httpx.get(f"{server.url}/docs").status_code == 200
 

@@ -108,6 +108,18 @@ class Index:
             check_vector_shape(self.path / VECTORS, shape, dtype, int(m.embedding["dim"]),  # type: ignore[index]
                                m.num_passages)
 
+    def damage(self) -> str | None:
+        """Why the files on disk no longer match what this index was opened with, or None when they do.
+
+        The opening checks again (sizes and edges always, a full hash only of a file that changed since it
+        was last verified), so a server can ask it each time it is probed once a request failed on its data.
+        """
+        try:
+            self._check_files()
+        except IndexNotFoundError as err:
+            return str(err)
+        return None
+
     def __repr__(self) -> str:
         m = self.manifest
         return f"Index({str(self.path)!r}, documents={m.num_documents}, passages={m.num_passages})"

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from rankwise import __version__
-from rankwise.errors import QueryError, RankwiseError
+from rankwise.errors import IndexNotFoundError, QueryError, RankwiseError
 from rankwise.experiments import team_draft
 from rankwise.feedback.events import FeedbackEvent, LoggedRequest, LoggedResult
 from rankwise.feedback.store import FeedbackConflict
@@ -170,7 +170,8 @@ def create_app(state: ServingState) -> FastAPI:
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=state.config.limits.max_body_bytes)
     app.add_middleware(RequestGuard, state=state)
     _install_handlers(app, state)
-    RerankRequest, RerankV2Request, SearchRequest = request_models(state.config.limits)
+    known = None if state.index is None or state.config.allow_unknown_filters else state.index.docstore.metadata_keys
+    RerankRequest, RerankV2Request, SearchRequest = request_models(state.config.limits, known)
 
     async def rerank(body: Any, request: Request, api_version: str) -> JSONResponse:
         if state.router is None:
@@ -349,6 +350,15 @@ def create_app(state: ServingState) -> FastAPI:
         production = state.router.production if state.router else None
         models = {role: m.name for role, m in state.router.models().items()} if state.router else {}
         problems = dict(state.router.problems) if state.router else {}
+        ready, reason = state.ready, None if state.ready else state.not_ready_reason
+        if state.data_problems and state.index is not None:
+            # a request failed on the server's data: stay out of the load balancer while the index is damaged
+            damage = await asyncio.to_thread(state.index.damage)
+            if damage is None:
+                state.data_problems.pop(IndexNotFoundError.__name__, None)
+            else:
+                problems["index"] = damage
+                ready, reason = False, "the index failed its integrity check; rebuild it and restart the server"
         problems.update(state.data_problems)
         store_problem = state.feedback.health() if state.feedback is not None else None
         if store_problem is not None:
@@ -357,12 +367,12 @@ def create_app(state: ServingState) -> FastAPI:
             models["shadow"] = state.shadow.name or "not loaded"
             if state.shadow.problem:
                 problems["shadow"] = state.shadow.problem
-        body = Readiness(ready=state.ready, reason=None if state.ready else state.not_ready_reason,
+        body = Readiness(ready=ready, reason=reason,
                          reranker=production.name if production and detail else None,
                          reranker_sha256=production.sha256 if production and detail else None,
                          index_fingerprint=state.index.fingerprint if state.index and detail else None,
                          models=models or None if detail else None, problems=problems or None if detail else None)
-        return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
         if not state.config.open_metrics and not _is_admin(state, request):

@@ -5,6 +5,7 @@ extension, so existing clients work by changing the base URL. Unknown top-level 
 (422) rather than ignored: a misspelt ``top_n`` silently ignored would be a silently wrong answer.
 """
 
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -156,13 +157,23 @@ class ExperimentInfo(BaseModel):
     teams: list[str] | None = None
 
 
-def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
+#: metadata keys listed in the search schema; beyond this the schema gives the key pattern only
+MAX_LISTED_KEYS = 200
+
+
+def request_models(limits: Limits, filter_keys: Collection[str] | None = None,
+                   ) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
     """The ``/v1/rerank``, ``/v2/rerank`` and ``/v1/search`` request bodies with this server's limits in their schema.
 
     Built per server because the limits are settings: putting them in the schema (maxLength, maxItems)
     tells clients and schema-driven tools the real contract, and pydantic refuses violations with 422
-    and a message naming the field and the limit.
+    and a message naming the field and the limit. ``filter_keys``, the index's metadata keys when the server
+    refuses others, become the schema's ``propertyNames`` of ``filters`` (the search itself refuses an
+    unknown key with a message listing the known ones); an index with more than :data:`MAX_LISTED_KEYS`
+    keys is described by the key pattern only.
     """
+    names: dict[str, Any] = ({"propertyNames": {"enum": sorted(filter_keys)}}
+                             if filter_keys is not None and len(filter_keys) <= MAX_LISTED_KEYS else {})
     Query = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_query_chars, pattern=NON_BLANK)]
     Text = Annotated[str, StringConstraints(max_length=limits.max_document_chars)]
 
@@ -205,7 +216,7 @@ def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel], ty
         rerank_fusion: Literal["none", "rrf"] | None = Field(
             None, description="none: reranker order; rrf: reranker and first-stage ranks fused (default: the server's).")
         filters: dict[Annotated[str, StringConstraints(pattern=FILTER_KEY)], FilterValue] = Field(
-            default_factory=dict, json_schema_extra={"additionalProperties": False},
+            default_factory=dict, json_schema_extra={"additionalProperties": False, **names},
             description="Metadata key = value (a list: any of).")
         timeout_ms: TimeoutMs | None = Field(None,
                                        description="Latency budget; when it runs out the first-stage order is "
