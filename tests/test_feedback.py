@@ -437,6 +437,10 @@ def test_export_writes_a_gold_set_rankwise_loads_and_a_misranked_report(store: S
     assert misranked[0]["requests"] == 6 and misranked[-1]["requests"] == 2
     assert sorted(p.name for p in out.parent.iterdir()) == ["gold.jsonl", "misranked.jsonl"]  # no temp files
 
+    top = export_goldset(store, since="1d", out=out, misranked_out=report, misranked_limit=2)
+    assert top.misranked == summary.misranked[:2] and top.misranked_total == 5  # the most frequent, all counted
+    assert top.lines()[-1] == f"5 misranked pairs (the 2 most frequent written to {report})"
+
 
 def test_export_without_enough_feedback_says_so(store: SQLiteFeedbackStore, tmp_path: Path) -> None:
     store.log_request(served("r1", ["a", "b"]))

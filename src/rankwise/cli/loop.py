@@ -46,6 +46,8 @@ def feedback_export(
     since: SinceOpt = None,
     misranked: Annotated[Path | None, typer.Option(help="Also write the misranked report (JSONL): documents "
                                                         "users chose that the reranker placed low, and the reverse.")] = None,
+    misranked_limit: Annotated[int, typer.Option(min=1, help="Misranked pairs written: the most frequent "
+                                                              "first.")] = 1_000,
     eta: Annotated[float, typer.Option(help="Position-bias strength of the click model: rank r is examined "
                                             "with probability (1/r)^eta.")] = 1.0,
     retention: RetentionOpt = None,
@@ -62,7 +64,7 @@ def feedback_export(
         if retention is not None:
             _purge(store, retention)
         summary = export_goldset(store, since=since, out=out_file, click_model=ClickModel(eta=eta),
-                                 misranked_out=misranked)
+                                 misranked_out=misranked, misranked_limit=misranked_limit)
     finally:
         store.close()
     for line in summary.lines():

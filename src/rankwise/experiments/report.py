@@ -41,7 +41,7 @@ from rankwise.experiments.stats import (
     two_proportion,
 )
 from rankwise.feedback.clicks import ClickModel
-from rankwise.feedback.events import FeedbackEvent, LoggedRequest
+from rankwise.feedback.events import FeedbackEvent, LoggedRequest, by_request
 from rankwise.feedback.store import FeedbackStore
 
 #: what counts as a click (click, copy, a long dwell): the same rule the gold-set export labels by
@@ -103,13 +103,6 @@ class ExperimentReport:
     events: int = 0
 
 
-def _by_request(events: Sequence[FeedbackEvent]) -> dict[str, list[FeedbackEvent]]:
-    grouped: dict[str, list[FeedbackEvent]] = defaultdict(list)
-    for event in events:
-        grouped[event.request_id].append(event)
-    return grouped
-
-
 def experiment_report(store: FeedbackStore, experiment: Experiment, *, since: str | None = None, k: int = 5,
                       alpha: float = 0.05) -> ExperimentReport:
     """Per-arm metrics, significance and a recommendation for ``experiment`` over the logged traffic."""
@@ -120,7 +113,7 @@ def experiment_report(store: FeedbackStore, experiment: Experiment, *, since: st
         raise ExperimentError(f"no answered requests of experiment '{experiment.name}' in the query log"
                               + (f" since {since}" if since else "") + "; serve it with --experiment and a "
                               "--feedback-db, then send traffic")
-    events = _by_request(store.events(since=since, request_ids=[r.request_id for r in requests]))
+    events = by_request(store.events(since=since, request_ids=[r.request_id for r in requests]))
     n_events = sum(len(v) for v in events.values())
     if experiment.mode == "interleave":
         a, b = (arm.name for arm in experiment.arms)
@@ -223,7 +216,7 @@ def shadow_report(store: FeedbackStore, *, since: str | None = None, k: int = 5,
     out = []
     for (production, shadow), group in groups.items():
         ids = [r.request_id for r in group]
-        events = _by_request(store.events(request_ids=ids))
+        events = by_request(store.events(request_ids=ids))
         prod_scores, shadow_scores = [], []
         for record in group:
             own = events.get(record.request_id)

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rankwise.errors import RankwiseError
-from rankwise.feedback.events import FeedbackEvent, LoggedRequest
+from rankwise.feedback.events import FeedbackEvent, LoggedRequest, by_request
 
 LabelSource = Literal["explicit", "clicks"]
 
@@ -151,40 +151,15 @@ class ClickModel:
         Requests without query text are skipped, as are events on requests not in ``requests`` and events on
         documents the request did not return.
         """
-        served: dict[str, tuple[str, LoggedRequest]] = {}
-        spellings: dict[str, Counter[str]] = {}
-        tallies: dict[tuple[str, str], _Tally] = {}
+        grouped = by_request(events)
+        tally = self.tally()
         for req in requests:
-            if req.query is None or not req.query.strip():
-                continue
-            key = normalize_query(req.query)
-            served[req.request_id] = (key, req)
-            spellings.setdefault(key, Counter())[req.query.strip()] += 1
-            for result in req.results:
-                tally = tallies.setdefault((key, result.doc_id), _Tally())
-                tally.impressions += 1
-                tally.examinations += self.propensity(result.rank)
-        clicked: set[tuple[str, str]] = set()
-        for event in events:
-            entry = served.get(event.request_id)
-            if entry is None:
-                continue
-            key, req = entry
-            result = req.result_for(doc_id=event.doc_id)
-            if result is None:
-                continue
-            tally = tallies[(key, result.doc_id)]
-            if self.is_click(event) and (req.request_id, result.doc_id) not in clicked:
-                clicked.add((req.request_id, result.doc_id))
-                tally.clicks += 1
-                tally.weighted += 1.0 / self.propensity(result.rank)
-            elif event.signal in ("thumbs_up", "thumbs_down"):
-                voter = event.user_id or f"event:{event.event_id}"
-                vote = (event.time, event.event_id, event.signal == "thumbs_up")
-                if voter not in tally.votes or tally.votes[voter][:2] < vote[:2]:
-                    tally.votes[voter] = vote
-        return [self._evidence(spellings[key].most_common(1)[0][0], doc_id, tally)
-                for (key, doc_id), tally in tallies.items()]
+            tally.add(req, grouped.get(req.request_id, ()))
+        return tally.evidence()
+
+    def tally(self) -> PairTally:
+        """An empty running tally: feed it requests with their events one at a time (a streaming export)."""
+        return PairTally(self)
 
     def _evidence(self, query: str, doc_id: str, tally: _Tally) -> PairEvidence:
         ups = sum(1 for *_, up in tally.votes.values() if up)
@@ -209,3 +184,51 @@ class ClickModel:
         if ips_ctr >= self.relevant_ctr:
             return 1
         return 0 if tally.examinations >= self.min_examinations else None
+
+
+class PairTally:
+    """The click model's counts, fed one request (with its own events) at a time.
+
+    Its memory grows with the distinct (query, document) pairs, not with the requests: a query log of
+    millions of requests is labelled in one pass over the store's pages. Every rule is order-free (a click
+    counts once per request and document, a voter's latest vote wins by time), so the result does not depend
+    on the order requests arrive in.
+    """
+
+    def __init__(self, model: ClickModel) -> None:
+        self.model = model
+        self._spellings: dict[str, Counter[str]] = {}
+        self._tallies: dict[tuple[str, str], _Tally] = {}
+
+    def add(self, req: LoggedRequest, events: Iterable[FeedbackEvent]) -> None:
+        """Count one logged request's impressions and its events (others' events are ignored)."""
+        if req.query is None or not req.query.strip():
+            return
+        key = normalize_query(req.query)
+        self._spellings.setdefault(key, Counter())[req.query.strip()] += 1
+        for result in req.results:
+            tally = self._tallies.setdefault((key, result.doc_id), _Tally())
+            tally.impressions += 1
+            tally.examinations += self.model.propensity(result.rank)
+        clicked: set[str] = set()
+        for event in events:
+            if event.request_id != req.request_id:
+                continue
+            result = req.result_for(doc_id=event.doc_id)
+            if result is None:
+                continue
+            tally = self._tallies[(key, result.doc_id)]
+            if self.model.is_click(event) and result.doc_id not in clicked:
+                clicked.add(result.doc_id)
+                tally.clicks += 1
+                tally.weighted += 1.0 / self.model.propensity(result.rank)
+            elif event.signal in ("thumbs_up", "thumbs_down"):
+                voter = event.user_id or f"event:{event.event_id}"
+                vote = (event.time, event.event_id, event.signal == "thumbs_up")
+                if voter not in tally.votes or tally.votes[voter][:2] < vote[:2]:
+                    tally.votes[voter] = vote
+
+    def evidence(self) -> list[PairEvidence]:
+        """Every pair counted so far, in order of first appearance (query, then served rank)."""
+        return [self.model._evidence(self._spellings[key].most_common(1)[0][0], doc_id, tally)
+                for (key, doc_id), tally in self._tallies.items()]

@@ -7,6 +7,7 @@ each document), so feedback that arrives later can be checked against it and cre
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, get_args
@@ -94,3 +95,11 @@ class ShadowRecord:
     shadow_ranking: tuple[tuple[str, float], ...]
     shadow_ms: float = 0.0
     time: str = field(default_factory=utc_now)
+
+
+def by_request(events: Iterable[FeedbackEvent]) -> dict[str, list[FeedbackEvent]]:
+    """``events`` grouped by the request they are about, each group in the order given."""
+    grouped: dict[str, list[FeedbackEvent]] = {}
+    for event in events:
+        grouped.setdefault(event.request_id, []).append(event)
+    return grouped

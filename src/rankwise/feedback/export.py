@@ -23,9 +23,10 @@ queries to look at first when the reranker is retrained or its candidates tuned.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from typing import Any
 from rankwise.errors import RankwiseError
 from rankwise.evaluation.goldset import Judgement
 from rankwise.feedback.clicks import ClickModel, LabelSource, PairEvidence, normalize_query
-from rankwise.feedback.events import LoggedRequest, LoggedResult
+from rankwise.feedback.events import LoggedRequest, LoggedResult, by_request
 from rankwise.feedback.store import FeedbackStore
 from rankwise.storage import atomic_writer
 
@@ -41,6 +42,8 @@ from rankwise.storage import atomic_writer
 GOLDSET_ENDPOINTS = frozenset({"/v1/search"})
 #: below this rank a chosen document is misranked under any lower-labelled one, not only a rejected one
 TOP_K = 3
+#: misranked pairs reported: the most frequent are the ones to look at, and a log can hold millions
+MISRANKED_LIMIT = 1_000
 DEFAULT_CLICK_MODEL = ClickModel()
 
 
@@ -97,7 +100,8 @@ class ExportSummary:
     by_label: Mapping[int, int]
     by_source: Mapping[LabelSource, int]
     unlabelled_pairs: int  # (query, document) pairs shown, with too little feedback for a label
-    misranked: tuple[MisrankedPair, ...]
+    misranked: tuple[MisrankedPair, ...]  # the most frequent (at most the export's limit)
+    misranked_total: int = 0  # every distinct misranked pair found
     misranked_out: Path | None = None
 
     @property
@@ -117,34 +121,42 @@ class ExportSummary:
         if self.evaluable_queries < self.queries:
             out.append(f"{self.queries - self.evaluable_queries} queries have no relevant (label ≥ 1) "
                        "judgement; evaluation leaves them out")
-        where = f" (written to {self.misranked_out})" if self.misranked_out is not None else ""
-        out.append(f"{len(self.misranked)} misranked pairs{where}")
+        total = max(self.misranked_total, len(self.misranked))
+        line = f"{total} misranked pairs"
+        if self.misranked_out is not None:
+            some = "" if len(self.misranked) == total else f"the {len(self.misranked)} most frequent "
+            line += f" ({some}written to {self.misranked_out})"
+        out.append(line)
         return out
 
 
 def export_goldset(store: FeedbackStore, *, since: str | None, out: Path,
                    click_model: ClickModel = DEFAULT_CLICK_MODEL, misranked_out: Path | None = None,
-                   top_k: int = TOP_K) -> ExportSummary:
-    """Label the logged search queries from their feedback and write them as a gold set (module docstring)."""
+                   top_k: int = TOP_K, misranked_limit: int = MISRANKED_LIMIT) -> ExportSummary:
+    """Label the logged search queries from their feedback and write them as a gold set (module docstring).
+
+    Two passes over the store, a page of requests at a time: the first labels the pairs, the second finds
+    the served lists the labels contradict. Memory grows with the distinct (query, document) pairs, never
+    with the number of requests.
+    """
     window = f" since {since}" if since else ""
-    total = without_text = other = 0
-    searches: list[LoggedRequest] = []
-    for req in store.requests(since=since):
-        total += 1
-        if req.endpoint not in GOLDSET_ENDPOINTS:
-            other += 1
-        elif req.query is None or not req.query.strip():
-            without_text += 1
-        else:
-            searches.append(req)
-    if not searches and not without_text:
+    counts = Counter[str]()
+    tally = click_model.tally()
+    last: tuple[str, str] | None = None
+    for page in _pages(_searches(store.requests(since=since), counts)):
+        events = by_request(store.events(since=since, request_ids=[req.request_id for req in page]))
+        for req in page:
+            tally.add(req, events.get(req.request_id, ()))
+        last = (page[-1].time, page[-1].request_id)
+    without_text, total = counts["without_text"], counts["total"]
+    if last is None and not without_text:
         raise FeedbackExportError(f"the query log has no /v1/search requests{window}; serve an index with "
                                   "--feedback-db and let users search first")
-    if not searches:
+    if last is None:
         raise FeedbackExportError(f"none of the {without_text} logged search requests{window} has its query "
                                   "text (it was logged as a hash or not at all); run the server with "
                                   "--log-queries text to collect queries that can become gold-set entries")
-    pairs = click_model.collect(searches, store.events(since=since))
+    pairs = tally.evidence()
     labelled = [pair for pair in pairs if pair.label is not None]
     if not labelled:
         raise FeedbackExportError(f"none of the {len(pairs)} (query, document) pairs{window} has enough "
@@ -156,28 +168,42 @@ def export_goldset(store: FeedbackStore, *, since: str | None, out: Path,
     judgements = [Judgement(feedback_query_id(p.query), p.query, p.doc_id, p.label, f"feedback:{p.source}",
                             p.describe()) for p in labelled if p.label is not None]
     _write_jsonl(out, (j.to_dict() for j in judgements))
-    misranked = find_misranked(searches, labelled, top_k=top_k)
+    # later passes stop where the first did: requests logged meanwhile were not labelled
+    def seen() -> Iterator[LoggedRequest]:
+        return (req for req in _searches(store.requests(since=since), Counter())
+                if (req.time, req.request_id) <= last)
+
+    inverted, misranked = find_misranked(seen, labelled, top_k=top_k, limit=misranked_limit)
     if misranked_out is not None:
         _write_jsonl(misranked_out, (m.to_dict() for m in misranked))
     relevant = {j.query_id for j in judgements if j.label > 0}
     return ExportSummary(out=out, requests=total, requests_without_text=without_text,
-                         requests_other_endpoints=other, queries=len(order), evaluable_queries=len(relevant),
+                         requests_other_endpoints=counts["other"], queries=len(order),
+                         evaluable_queries=len(relevant),
                          by_label=dict(Counter(j.label for j in judgements)),
                          by_source=dict(Counter(p.source for p in labelled if p.source is not None)),
                          unlabelled_pairs=len(pairs) - len(labelled), misranked=tuple(misranked),
-                         misranked_out=misranked_out)
+                         misranked_total=inverted, misranked_out=misranked_out)
 
 
-def find_misranked(requests: Iterable[LoggedRequest], labelled: Sequence[PairEvidence], *,
-                   top_k: int = TOP_K) -> list[MisrankedPair]:
-    """Pairs of served documents whose order the labels contradict (module docstring), most frequent first."""
+def find_misranked(requests: Callable[[], Iterable[LoggedRequest]], labelled: Sequence[PairEvidence], *,
+                   top_k: int = TOP_K, limit: int = MISRANKED_LIMIT) -> tuple[int, list[MisrankedPair]]:
+    """Pairs of served documents whose order the labels contradict (module docstring): how many there are,
+    and the ``limit`` most frequent, most frequent first.
+
+    ``requests`` is read twice. The first pass only counts, under integer keys (a log whose lists contradict
+    its labels a million times costs about a hundred megabytes, not gigabytes of request objects); the
+    second keeps the latest request of the pairs that will be reported.
+    """
     labels = {(normalize_query(p.query), p.doc_id): p.label for p in labelled if p.label is not None}
     texts = {normalize_query(p.query): p.query for p in labelled}
-    counts: Counter[tuple[str, str, str]] = Counter()
-    latest: dict[tuple[str, str, str], tuple[LoggedRequest, LoggedResult, LoggedResult]] = {}
-    for req in requests:
+    query_ids = {key: i for i, key in enumerate(texts)}
+    doc_ids = {doc: i for i, doc in enumerate(dict.fromkeys(doc for _, doc in labels))}
+    width = max(1, len(doc_ids))
+
+    def inversions(req: LoggedRequest) -> Iterator[tuple[int, LoggedResult, LoggedResult]]:
         if req.query is None:
-            continue
+            return
         key = normalize_query(req.query)
         judged = [(result, labels[(key, result.doc_id)]) for result in req.results
                   if (key, result.doc_id) in labels]
@@ -185,22 +211,64 @@ def find_misranked(requests: Iterable[LoggedRequest], labelled: Sequence[PairEvi
             for worse, worse_label in judged:
                 if (worse.rank < better.rank and worse_label < better_label and better_label >= 1
                         and (worse_label == 0 or better.rank > top_k)):
-                    pair = (key, better.doc_id, worse.doc_id)
-                    counts[pair] += 1
-                    if pair not in latest or req.time >= latest[pair][0].time:
-                        latest[pair] = (req, better, worse)
+                    code = (query_ids[key] * width + doc_ids[better.doc_id]) * width + doc_ids[worse.doc_id]
+                    yield code, better, worse
+
+    counts: Counter[int] = Counter()
+    for req in requests():
+        counts.update(code for code, _, _ in inversions(req))
+    names = list(doc_ids)
+    keys = list(texts)
+
+    def decode(code: int) -> tuple[str, str, str]:
+        rest, worse = divmod(code, width)
+        query, better = divmod(rest, width)
+        return keys[query], names[better], names[worse]
+
+    chosen = {code for code, _ in heapq.nsmallest(
+        limit, counts.items(), key=lambda item: (-item[1], feedback_query_id(texts[decode(item[0])[0]]),
+                                                 *decode(item[0])[1:]))}
+    latest: dict[int, tuple[LoggedRequest, LoggedResult, LoggedResult]] = {}
+    if chosen:
+        for req in requests():
+            for code, better, worse in inversions(req):
+                if code in chosen and (code not in latest or req.time >= latest[code][0].time):
+                    latest[code] = (req, better, worse)
     found = []
-    for pair, count in counts.items():
-        req, better, worse = latest[pair]
-        key = pair[0]
+    for code, (req, better, worse) in latest.items():
+        key = decode(code)[0]
         found.append(MisrankedPair(
             feedback_query_id(texts[key]), texts[key],
             ServedDocument(better.doc_id, labels[(key, better.doc_id)], better.rank, better.score),
             ServedDocument(worse.doc_id, labels[(key, worse.doc_id)], worse.rank, worse.score),
-            count, req.request_id, req.model))
+            counts[code], req.request_id, req.model))
     found.sort(key=lambda m: (-m.requests, m.placed_above.rank - m.preferred.rank, m.query_id,
                               m.preferred.doc_id, m.placed_above.doc_id))
-    return found
+    return len(counts), found
+
+
+def _searches(requests: Iterable[LoggedRequest], counts: Counter[str]) -> Iterator[LoggedRequest]:
+    """The search requests logged with their text; ``counts`` tallies what was read and what was left out."""
+    for req in requests:
+        counts["total"] += 1
+        if req.endpoint not in GOLDSET_ENDPOINTS:
+            counts["other"] += 1
+        elif req.query is None or not req.query.strip():
+            counts["without_text"] += 1
+        else:
+            yield req
+
+
+def _pages(requests: Iterable[LoggedRequest], size: int = 500) -> Iterator[list[LoggedRequest]]:
+    """``requests`` in lists of ``size``: the events of a page are read in one query."""
+    page: list[LoggedRequest] = []
+    for req in requests:
+        page.append(req)
+        if len(page) == size:
+            yield page
+            page = []
+    if page:
+        yield page
 
 
 def _write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
