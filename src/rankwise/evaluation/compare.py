@@ -57,12 +57,12 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rankwise.clock import utc_now
 from rankwise.evaluation.errors import EvaluationError
 from rankwise.evaluation.goldset import PreparedGoldSet
 from rankwise.evaluation.metrics import DEFAULT_METRICS, mean, parse_metrics, per_query, required_depth
@@ -166,7 +166,7 @@ class EvaluationReport:
     #: model work per query: ``{system: {"cpu_ms_per_query": ..., "pairs_per_query": ...}}`` (process time:
     #: every thread's CPU, so it is what a query costs on this machine, whatever its thread count)
     cost: dict[str, dict[str, float]] = field(default_factory=dict)
-    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    created_at: str = field(default_factory=utc_now)
     schema: str = SCHEMA
     #: full rankings (``{system: {query_id: [doc ids]}}``) — not in the JSON; see :meth:`write_runs`
     rankings: dict[str, dict[str, list[str]]] = field(default_factory=dict, repr=False)

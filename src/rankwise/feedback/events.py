@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Literal, get_args
+
+from rankwise.clock import utc_now
 
 FeedbackSignal = Literal["click", "thumbs_up", "thumbs_down", "dwell", "copy", "custom"]
 FEEDBACK_SIGNALS: tuple[str, ...] = get_args(FeedbackSignal)
@@ -20,9 +21,9 @@ QueryLogging = Literal["none", "hash", "text"]
 QUERY_LOGGING: tuple[str, ...] = get_args(QueryLogging)
 
 
-def utc_now() -> str:
-    """The timestamps every table uses: ISO 8601 UTC with milliseconds (sorts as text)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+def _stamp() -> str:
+    """Request-level records keep milliseconds: many land within a second, and their order matters."""
+    return utc_now("milliseconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,7 @@ class LoggedRequest:
     results: tuple[LoggedResult, ...]
     model: str | None = None  # the reranker version that produced the ranking (e.g. "v3 (production)")
     model_sha256: str | None = None
-    time: str = field(default_factory=utc_now)
+    time: str = field(default_factory=_stamp)
     key_id: str | None = None
     user_id: str | None = None
     query: str | None = None  # only with --log-queries text
@@ -77,7 +78,7 @@ class FeedbackEvent:
     value: float | None = None  # dwell seconds, a custom score; None for clicks and thumbs
     user_id: str | None = None
     key_id: str | None = None
-    time: str = field(default_factory=utc_now)
+    time: str = field(default_factory=_stamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,7 @@ class ShadowRecord:
     #: the shadow's full ranking, best first: ``[(doc_id, score), ...]``, to score it once feedback arrives
     shadow_ranking: tuple[tuple[str, float], ...]
     shadow_ms: float = 0.0
-    time: str = field(default_factory=utc_now)
+    time: str = field(default_factory=_stamp)
 
 
 def by_request(events: Iterable[FeedbackEvent]) -> dict[str, list[FeedbackEvent]]:

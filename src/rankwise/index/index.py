@@ -19,13 +19,13 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
-from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rankwise.clock import utc_now
 from rankwise.corpus.chunking import ChunkingSettings, PassageSplitter
 from rankwise.corpus.loaders import load_documents, validated
 from rankwise.errors import CorpusError, IndexNotFoundError, QueryError
@@ -283,7 +283,7 @@ def _write_index(tmp: Path, label: str, documents: Iterable[Document], splitter:
         np.save(tmp / VECTORS, vectors)
     return Manifest(
         source=label,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        created_at=utc_now(),
         corpus_fingerprint=corpus_digest.hexdigest()[:16],
         num_documents=n_docs,
         num_passages=len(texts),

@@ -25,10 +25,10 @@ import shutil
 import sysconfig
 import tempfile
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rankwise.clock import utc_now
 from rankwise.errors import ModelError
 from rankwise.inference.backends import Task
 from rankwise.models import weights_sha256
@@ -142,7 +142,7 @@ def _verified(file: Path, key: str, wanted: dict[str, Any]) -> bool:
 def _publish(work: Path, dest: Path, key: str, wanted: dict[str, Any], tools: Sequence[str]) -> Path:
     """Move a finished file into place, then write its sidecar (the commit marker), both atomically."""
     meta = {"source_key": key, "recipe": wanted, "sha256": _sha256_path(work), "bytes": _size(work),
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created_at": utc_now(),
             "versions": {tool: importlib.metadata.version(tool) for tool in tools}}
     if dest.is_dir():  # a stale directory artifact (another recipe): os.replace cannot overwrite it
         shutil.rmtree(dest)

@@ -36,8 +36,8 @@ import numpy as np
 import Stemmer
 from scipy import stats
 
+from rankwise.clock import utc_now
 from rankwise.errors import RankwiseError
-from rankwise.feedback.events import utc_now
 from rankwise.feedback.store import FeedbackStore, since_timestamp
 from rankwise.index.lexical import BM25Settings
 from rankwise.storage import atomic_write_text

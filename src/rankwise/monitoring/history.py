@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from rankwise.clock import utc_now
 from rankwise.errors import RankwiseError
 from rankwise.sqlite_files import DatabaseKind, failure, open_database
 
@@ -82,11 +83,6 @@ _KIND = DatabaseKind("monitoring history", APPLICATION_ID, SCHEMA_VERSION, _SCHE
                      wrong_file_fix="restore it from a backup or pass another --history",
                      locked_fix="let the other run finish or retry", full_fix="free space and run again",
                      empty_fix="no run recorded yet; record one with `rankwise monitor run`")
-
-
-def utc_now() -> str:
-    """The time a record is stamped with: ISO 8601, UTC, seconds (sorts as text)."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def parse_time(value: str) -> datetime:

@@ -20,11 +20,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rankwise.clock import utc_now
 from rankwise.evaluation.compare import RERANKED_SUFFIX, Progress, evaluate
 from rankwise.evaluation.goldset import PreparedGoldSet
 from rankwise.evaluation.metrics import parse_metrics
 from rankwise.index import Index
-from rankwise.monitoring.history import DEFAULT_NAME, MonitorError, MonitorRecord, new_record_id, utc_now
+from rankwise.monitoring.history import DEFAULT_NAME, MonitorError, MonitorRecord, new_record_id
 from rankwise.monitoring.slices import slice_means, slice_members
 from rankwise.options import FIRST_STAGE_METHODS, RERANK_FUSIONS, choose
 from rankwise.registry import Registry, names_registry

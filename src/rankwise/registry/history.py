@@ -13,17 +13,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rankwise.clock import utc_now
 from rankwise.errors import ModelError
 from rankwise.registry.names import ALIASES, is_version_id
-
-
-def now() -> str:
-    """The timestamp events and cards record (UTC, to the second)."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(slots=True)
@@ -102,7 +97,7 @@ class History:
 
     def append(self, event: dict[str, Any]) -> None:
         """One event as one line in one write, fsynced (call locked, after :meth:`repair_tail`)."""
-        line = json.dumps({"at": now(), **event}, sort_keys=True) + "\n"
+        line = json.dumps({"at": utc_now(), **event}, sort_keys=True) + "\n"
         with open(self.path, "a") as fh:
             fh.write(line)
             fh.flush()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rankwise.clock import utc_now
 from rankwise.errors import ModelError
 from rankwise.faults import checkpoint
 from rankwise.models import weights_sha256
@@ -34,7 +35,7 @@ from rankwise.registry.files import (
     verify_files,
     write_manifest,
 )
-from rankwise.registry.history import History, Replay, now
+from rankwise.registry.history import History, Replay
 from rankwise.registry.names import ALIASES, VERSION_ID, check_name, version_number
 from rankwise.storage import atomic_write_text
 
@@ -129,7 +130,7 @@ class Registry:
             try:
                 shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("checkpoints", DERIVED, CARD, MANIFEST))
                 tmp.chmod(tmp.stat().st_mode | stat.S_IWUSR)  # a read-only source (a version dir) copies read-only
-                full_card = dataclasses.replace(card, version=version, created_at=now(),
+                full_card = dataclasses.replace(card, version=version, created_at=utc_now(),
                                                 weights_sha256=weights_sha256(tmp))
                 atomic_write_text(tmp / CARD, full_card.to_json())
                 files_sha256 = write_manifest(tmp)

@@ -26,10 +26,11 @@ import secrets
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from rankwise.clock import utc_now
 from rankwise.errors import RankwiseError
 from rankwise.options import since_timestamp
 from rankwise.storage import atomic_write_text
@@ -82,7 +83,7 @@ class AuditRecord:
     endpoint: str
     status: int
     latency_ms: float
-    time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
+    time: str = field(default_factory=lambda: utc_now("milliseconds"))
     key_id: str | None = None
     reranker: str | None = None
     reranker_sha256: str | None = None

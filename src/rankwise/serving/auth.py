@@ -21,9 +21,9 @@ import secrets
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
+from rankwise.clock import utc_now
 from rankwise.errors import RankwiseError
 from rankwise.serving.config import RateLimit
 from rankwise.storage import atomic_write_text
@@ -84,7 +84,7 @@ class KeyStore:
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         key = ApiKey(id=key_id, name=name, roles=tuple(dict.fromkeys(roles)), sha256=_hash(secret),
-                     created=datetime.now(UTC).isoformat(timespec="seconds"), rate_per_s=rate_per_s, burst=burst,
+                     created=utc_now(), rate_per_s=rate_per_s, burst=burst,
                      tenant=tenant or None)
         keys[key_id] = key
         self._write(keys)
