@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,15 @@ TEXTS = ["Contractors reset multi-factor authentication through their sponsor.",
          "Rotate Redis credentials by updating the ACL file and reloading the sentinel; " * 12, "short"]
 #: the KB's passages plus mismatched title/body pairs: enough varied texts to compare rankings across numerics
 KB_TEXTS = [f"{d.title}\n{d.text}" for d in KB] + [f"{a.title}. {b.text}" for a in KB for b in KB if a is not b][:32]
+
+
+def eventually(check: Callable[[], bool], *, timeout: float = 10.0, what: str = "the condition") -> None:
+    """Wait until ``check()`` holds: for another process's background writer, which a test cannot flush."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout:g}s")
+        time.sleep(0.02)
 
 
 def top_k(scores: np.ndarray, k: int) -> set[int]:

@@ -7,6 +7,7 @@ and ``v2`` (candidate), so every answer can be checked against the exact scores 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -20,7 +21,7 @@ import httpx
 import pytest
 from test_serving import Server, _build_model, _rankwise
 
-from conftest import KB
+from conftest import KB, eventually
 from rankwise.index import Index
 from rankwise.registry import Registry
 from rankwise.rerank.cross_encoder import CrossEncoderReranker
@@ -422,7 +423,7 @@ def test_feedback_blocked_on_a_locked_store_never_takes_the_slots_of_search(kb_i
         with srv.client() as client:
             answer = client.post("/v1/search", json={"query": QUERY, "k": 3}).json()
             doc = answer["results"][0]["doc_id"]
-            time.sleep(0.5)  # the query log's writer stores the request
+            _committed(db, answer["request_id"])
             lock = sqlite3.connect(db, timeout=5)
             lock.execute("BEGIN EXCLUSIVE")  # another process holds the store for 4 s
 
@@ -462,7 +463,6 @@ def test_feedback_belongs_to_the_key_and_user_that_asked_and_errors_reveal_nothi
             doc = answer["results"][0]["doc_id"]
             event = {"request_id": answer["request_id"], "event_id": "alice-1", "signal": "thumbs_up",
                      "doc_id": doc, "user_id": "alice"}
-            time.sleep(0.5)  # the query log's writer stores the request
             assert alice.post("/v1/feedback", json=event).status_code == 201
             for attempt in ({**event, "event_id": "m-1", "signal": "thumbs_down", "user_id": None},
                             {**event, "event_id": "m-2", "signal": "thumbs_down", "user_id": "alice"}):
@@ -471,7 +471,6 @@ def test_feedback_belongs_to_the_key_and_user_that_asked_and_errors_reveal_nothi
             as_other_user = alice.post("/v1/feedback", json={**event, "event_id": "a-2", "user_id": "bob"})
             assert as_other_user.status_code == 404
             reused = mallory.post("/v1/search", json={"query": "refund", "k": 1}).json()
-            time.sleep(0.5)
             conflict = mallory.post("/v1/feedback", json={"request_id": reused["request_id"], "event_id": "alice-1",
                                                           "signal": "click", "rank": 1})
             assert conflict.status_code == 409
@@ -519,3 +518,12 @@ def test_a_damaged_feedback_database_is_refused_at_start_and_a_deleted_one_is_re
             assert "was deleted while open" in problems["feedback_store"]
     finally:
         srv.stop()
+
+
+def _committed(db: Path, request_id: str) -> None:
+    """Wait until the server's query-log writer has committed ``request_id`` (another process: no flush)."""
+    def stored() -> bool:
+        with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
+            return conn.execute("SELECT 1 FROM requests WHERE request_id = ?", (request_id,)).fetchone() is not None
+
+    eventually(stored, what=f"request {request_id} in the query log")

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from test_serving import ENV, Server, _build_model, _rankwise, redis_url  # noqa: F401 - redis_url is a fixture
 
-from conftest import KB
+from conftest import KB, eventually
 from rankwise.serving.audit import verify_chain
 from rankwise.serving.auth import KeyStore
 
@@ -96,10 +96,12 @@ def test_chunked_oversize_bodies_never_grow_the_server(guarded: dict[str, Any]) 
     assert status == 413
     grown_mb = (_rss_kb(srv.proc.pid) - before) / 1024
     assert grown_mb < 50, f"the server grew by {grown_mb:.0f} MB while refusing oversize bodies"
-    time.sleep(0.5)  # the audit writer thread commits asynchronously
-    rows = sqlite3.connect(guarded["audit"]).execute(
-        "SELECT status, key_id FROM requests WHERE status IN (401, 413)").fetchall()
-    assert (413, guarded["rerank_id"]) in rows and rows.count((401, None)) >= 4
+    def rows() -> list[tuple[int, str | None]]:  # the audit writer thread commits asynchronously
+        return sqlite3.connect(guarded["audit"]).execute(
+            "SELECT status, key_id FROM requests WHERE status IN (401, 413)").fetchall()
+
+    eventually(lambda: (413, guarded["rerank_id"]) in rows() and rows().count((401, None)) >= 4,
+               what="the audit rows of the refused requests")
 
 
 def test_anonymous_callers_see_no_model_details(guarded: dict[str, Any]) -> None:
@@ -124,9 +126,11 @@ def test_client_text_is_capped_and_queries_are_keyed_in_the_audit_log(guarded: d
     with srv.client(guarded["rerank"]) as client:
         response = client.post("/v1/rerank", json={"query": "reset MFA", "documents": TEXTS, "model": huge_model})
         assert response.status_code == 404 and len(response.json()["message"]) < 400
-        assert client.post("/v1/rerank", json={"query": "ok", "documents": TEXTS}).status_code == 200
-    time.sleep(0.5)
+        answered = client.post("/v1/rerank", json={"query": "ok", "documents": TEXTS})
+        assert answered.status_code == 200
     conn = sqlite3.connect(guarded["audit"])
+    eventually(lambda: conn.execute("SELECT 1 FROM requests WHERE request_id = ?",
+                                    (answered.json()["request_id"],)).fetchone() is not None, what="the audit row")
     longest = conn.execute("SELECT max(length(error)) FROM requests").fetchone()[0]
     assert longest <= 600
     import hashlib
@@ -139,8 +143,12 @@ def test_client_text_is_capped_and_queries_are_keyed_in_the_audit_log(guarded: d
 def test_audit_chain_detects_edited_and_deleted_rows(guarded: dict[str, Any], tmp_path: Path) -> None:
     with guarded["server"].client(guarded["rerank"]) as client:
         for i in range(3):
-            assert client.post("/v1/rerank", json={"query": f"chain {i}", "documents": TEXTS[:2]}).status_code == 200
-    time.sleep(0.5)
+            last = client.post("/v1/rerank", json={"query": f"chain {i}", "documents": TEXTS[:2]})
+            assert last.status_code == 200
+    written = sqlite3.connect(guarded["audit"])
+    eventually(lambda: written.execute("SELECT 1 FROM requests WHERE request_id = ?",
+                                       (last.json()["request_id"],)).fetchone() is not None, what="the audit row")
+    written.close()
     copy = tmp_path / "audit.sqlite"
     source = sqlite3.connect(guarded["audit"])
     source.execute("PRAGMA wal_checkpoint(FULL)")

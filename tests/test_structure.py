@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "rankwise"
 #: each package may import only the ones at or below its own level (front ends at the top)
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"types", "options", "jsonl", "models", "faults", "sqlite_files", "storage", "clock"},
+    {"types", "options", "jsonl", "models", "faults", "sqlite_files", "storage", "clock", "batched_writer"},
     {"corpus"},  # loaders and chunking; inference calibrates static int8 on the bundled corpus
     {"inference"},
     {"index"},

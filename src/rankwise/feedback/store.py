@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, fields, replace
 from datetime import datetime
 from pathlib import Path
@@ -43,6 +42,7 @@ from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
 from rankwise import options
+from rankwise.batched_writer import BatchedWriter, WriterTimeout
 from rankwise.errors import RankwiseError
 from rankwise.feedback.events import FeedbackEvent, LoggedRequest, LoggedResult, ShadowRecord
 from rankwise.sqlite_files import DatabaseKind, failure, open_database
@@ -202,13 +202,6 @@ def since_timestamp(value: str, now: datetime | None = None) -> str:
     return options.since_timestamp(value, now, error=FeedbackStoreError)
 
 
-class _Stop:
-    """Queue marker: commit what is queued, then end the writer thread."""
-
-
-_Item = LoggedRequest | ShadowRecord | threading.Event | _Stop
-
-
 class SQLiteFeedbackStore:
     """:class:`FeedbackStore` on one SQLite file (created on first use); see the module docstring."""
 
@@ -228,9 +221,8 @@ class SQLiteFeedbackStore:
         self._recent: OrderedDict[str, LoggedRequest] = OrderedDict()
         self._recent_size = recent
         self._recent_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="rankwise-feedback", daemon=True)
-        self._thread.start()
+        self._rows: BatchedWriter[LoggedRequest | ShadowRecord] = BatchedWriter(
+            self._write, name="rankwise-feedback", max_batch=_BATCH)
 
     def __enter__(self) -> Self:
         return self
@@ -254,11 +246,11 @@ class SQLiteFeedbackStore:
             self._recent.move_to_end(req.request_id)
             while len(self._recent) > self._recent_size:
                 self._recent.popitem(last=False)
-        self._queue.put(req)
+        self._rows.put(req)
 
     def record_shadow(self, rec: ShadowRecord) -> None:
         self._check_open()
-        self._queue.put(rec)
+        self._rows.put(rec)
 
     def health(self) -> str | None:
         """What is wrong with the store right now, or None: the file deleted or replaced under it (rows
@@ -405,45 +397,28 @@ class SQLiteFeedbackStore:
         """Block until every request and shadow record queued before the call is committed."""
         if self._closed:
             return
-        done = threading.Event()
-        self._queue.put(done)
-        if not done.wait(timeout):
+        try:
+            self._rows.flush(timeout)
+        except WriterTimeout:
             raise FeedbackStoreError(f"the feedback database '{self.path}' did not take queued rows within "
-                                     f"{timeout:g}s; check that its disk is responsive")
+                                     f"{timeout:g}s; check that its disk is responsive") from None
 
     def close(self) -> None:
         """Commit what is queued, stop the writer and close the database (idempotent)."""
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_Stop())
-        self._thread.join(self.timeout + 30)
-        if self._thread.is_alive():
+        if not self._rows.close(self.timeout + 30):
             log.error("the feedback writer for %s did not stop; rows still queued are lost", self.path)
             return
         self._writer.close()
         with self._lock:
             self._conn.close()
 
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            batch = [self._queue.get()]
-            while len(batch) < _BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            requests = [item for item in batch if isinstance(item, LoggedRequest)]
-            shadows = [item for item in batch if isinstance(item, ShadowRecord)]
-            if requests or shadows:
-                self._write(requests, shadows)
-            for item in batch:
-                if isinstance(item, threading.Event):
-                    item.set()
-            stop = any(isinstance(item, _Stop) for item in batch)
-
-    def _write(self, requests: list[LoggedRequest], shadows: list[ShadowRecord]) -> None:
+    def _write(self, rows: Sequence[LoggedRequest | ShadowRecord]) -> None:
+        """Commit one batch of the writer thread; a failure is said once per kind and counted as lost."""
+        requests = [row for row in rows if isinstance(row, LoggedRequest)]
+        shadows = [row for row in rows if isinstance(row, ShadowRecord)]
         try:
             with self._writer:
                 # a request id is generated per answer; a repeat is the same request logged twice

@@ -21,15 +21,15 @@ import hashlib
 import hmac
 import json
 import logging
-import queue
 import secrets
 import sqlite3
-import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from rankwise.batched_writer import BatchedWriter, WriterTimeout
 from rankwise.clock import utc_now
 from rankwise.errors import RankwiseError
 from rankwise.options import since_timestamp
@@ -124,48 +124,47 @@ class AuditLog:
             raise AuditError(f"'{self.path}' is not a rankwise audit database ({err}); choose another --audit path") from err
         self._head = last[0] if last else GENESIS
         self._secret = _load_secret(self.path.with_name(self.path.name + ".key"))
-        self._queue: queue.Queue[AuditRecord | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="rankwise-audit", daemon=True)
-        self._thread.start()
+        self._rows: BatchedWriter[AuditRecord] = BatchedWriter(self._write, name="rankwise-audit")
 
     def record(self, rec: AuditRecord) -> None:
-        self._queue.put(rec)
+        """Queue one row; the writer thread chains and commits it with whatever else queued up."""
+        self._rows.put(rec)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Return once every row recorded before the call is committed (readers of the log wait on it)."""
+        try:
+            self._rows.flush(timeout)
+        except WriterTimeout:
+            raise AuditError(f"the audit database '{self.path}' did not take queued rows within {timeout:g}s; "
+                             "check that its disk is responsive") from None
 
     def query_digest(self, query: str) -> str:
         """HMAC-SHA256 of the query under this log's secret (equal queries match, guesses cannot be checked)."""
         return hmac.new(self._secret, query.encode(), hashlib.sha256).hexdigest()
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(30)
-        self._conn.close()
+        """Commit what is queued, then close the database."""
+        if self._rows.close():
+            self._conn.close()
+        else:
+            log.error("the audit writer for %s did not stop; rows still queued are lost", self.path)
 
-    def _run(self) -> None:
+    def _write(self, batch: Sequence[AuditRecord]) -> None:
+        """Chain and commit one batch (on the writer thread): one transaction, one fsync."""
         names = (*_COLUMNS, "prev_hash", "row_hash")
         sql = f"INSERT INTO requests ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
-        while (first := self._queue.get()) is not None:
-            batch = [first]
-            stop = False
-            while not self._queue.empty():  # commit whatever queued up together: one fsync per batch
-                item = self._queue.get_nowait()
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            rows, head = [], self._head
-            for rec in batch:
-                row = _row(rec)
-                row_hash = chain_hash(head, row)
-                rows.append((*row, head, row_hash))
-                head = row_hash
-            try:
-                with self._conn:
-                    self._conn.executemany(sql, rows)
-                self._head = head
-            except sqlite3.Error:
-                log.exception("could not write %d audit rows to %s", len(batch), self.path)
-            if stop:
-                return
+        rows, head = [], self._head
+        for rec in batch:
+            row = _row(rec)
+            row_hash = chain_hash(head, row)
+            rows.append((*row, head, row_hash))
+            head = row_hash
+        try:
+            with self._conn:
+                self._conn.executemany(sql, rows)
+            self._head = head
+        except sqlite3.Error:
+            log.exception("could not write %d audit rows to %s", len(batch), self.path)
 
 
 def _row(rec: AuditRecord) -> tuple[Any, ...]:
