@@ -1,4 +1,5 @@
-"""Serving components in-process: shared-batch scoring, the batcher, cache keys, keys, rate limits, audit.
+"""Serving components in-process: shared-batch scoring, the batcher, cache keys, keys, rate limits, audit,
+and the route handlers and after-answer step called without a server.
 
 The HTTP behaviour is tested against a real server process in ``test_serving.py``; these tests pin the
 pieces it is built from, with real models and real files.
@@ -7,6 +8,7 @@ pieces it is built from, with real models and real files.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import time
@@ -296,3 +298,88 @@ def test_audit_writer_does_not_block_callers(tmp_path: Path) -> None:
     assert time.perf_counter() - started < 1.0
     log.close()
     assert len(read_audit(tmp_path / "audit.sqlite", limit=1000)) == 50
+
+
+def _request(headers: dict[str, str] | None = None, **state: object):
+    """A request as the envelope middleware leaves it, for calling a handler without a server."""
+    from starlette.requests import Request
+
+    raw = [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+    return Request({"type": "http", "method": "GET", "path": "/", "headers": raw, "state": dict(state)})
+
+
+def test_health_readiness_and_metrics_handlers_answer_without_a_server(tiny_cross_encoder: Path,
+                                                                        tmp_path: Path) -> None:
+    from rankwise.serving import handlers
+    from rankwise.serving.errors import ApiError
+    from rankwise.serving.state import load_state
+
+    keys = KeyStore(tmp_path / "keys.json")
+    admin, searcher = keys.add(["admin"])[1], keys.add(["search"])[1]
+    state = load_state(ServeConfig(reranker=str(tiny_cross_encoder), backend="torch", keys=tmp_path / "keys.json"))
+
+    def ready(token: str) -> tuple[int, dict]:
+        response = asyncio.run(handlers.readyz(state, _request({"Authorization": f"Bearer {token}"})))
+        return response.status_code, json.loads(response.body)
+
+    try:
+        assert asyncio.run(handlers.healthz(state)).status == "ok"
+        status, body = ready(admin)  # no lifespan ran, so nothing warmed the model
+        assert (status, body["ready"], body["reason"]) == (503, False, "warming up")
+        assert body["models"] == {"production": str(tiny_cross_encoder)} and body["reranker_sha256"]
+        state.ready = True
+        state.data_problems["ModelError"] = "the model stopped scoring"
+        status, body = ready(admin)
+        assert (status, body["ready"], body["problems"]) == (200, True, {"ModelError": "the model stopped scoring"})
+        status, body = ready(searcher)  # readiness for every caller, the model details for admin keys only
+        assert status == 200 and body["reranker"] is body["models"] is body["problems"] is None
+        scraped = asyncio.run(handlers.metrics(state, _request({"Authorization": f"Bearer {admin}"})))
+        assert b"rankwise_ready" in scraped.body
+        with pytest.raises(ApiError) as refused:
+            asyncio.run(handlers.metrics(state, _request({"Authorization": f"Bearer {searcher}"})))
+        assert refused.value.status == 401
+    finally:
+        state.close()
+
+
+def test_interleaving_is_seeded_by_the_request_and_credits_each_id_to_its_arm() -> None:
+    from rankwise.serving.handlers import interleave
+
+    a, b, arms = ["d1", "d2", "d3", "d4"], ["d4", "d3", "d2", "d1"], ("old", "new")
+    ids, teams = interleave(a, b, arms, 3, "request-1")
+    assert (ids, teams) == interleave(a, b, arms, 3, "request-1")  # a replayed request shows the same list
+    assert len(ids) == len(set(ids)) == len(teams) == 3 and set(teams) <= set(arms)
+    assert ids[0] == ("d1" if teams[0] == "old" else "d4")  # each arm's first pick is its own best
+    assert ids[1] == ("d4" if teams[0] == "old" else "d1")
+    assert len({tuple(interleave(a, b, arms, 3, f"request-{n}")[1]) for n in range(20)}) > 1
+
+
+def test_after_answer_records_metrics_audit_fields_and_the_query_log(tiny_cross_encoder: Path,
+                                                                       tmp_path: Path) -> None:
+    from rankwise.feedback.events import LoggedResult
+    from rankwise.serving.answer import Answered, after_answer
+    from rankwise.serving.models import Route
+    from rankwise.serving.state import load_state
+
+    state = load_state(ServeConfig(reranker=str(tiny_cross_encoder), backend="torch",
+                                   feedback=tmp_path / "feedback.sqlite"))
+    try:
+        assert state.router is not None and state.feedback is not None
+        model = state.router.production
+        request = _request(request_id="r1", started=time.perf_counter(), key_id=None, user_id=None, audit={})
+        logged = [LoggedResult("2", 1, None, None), LoggedResult("0", 2, None, None)]
+        after_answer(state, request, Answered(
+            endpoint="rerank", query="reset MFA", route=Route(model), model=model, degraded=True,
+            timings={"total": 4.0}, cache_hits=0, cost={"pairs": 0, "tokens": 0, "cpu_ms": 1.5},
+            audited=[{"index": 2, "score": None}, {"index": 0, "score": None}], logged=logged))
+        sample = state.metrics.registry.get_sample_value
+        assert sample("rankwise_served_total", {"model": model.key, "arm": "-"}) == 1
+        assert sample("rankwise_request_cpu_seconds_count", {"endpoint": "rerank", "model": model.key}) == 1
+        assert sample("rankwise_degraded_total", {"endpoint": "rerank"}) == 1
+        assert request.state.audit == {"degraded": True, "cache_hits": 0,
+                                       "results": [{"index": 2, "score": None}, {"index": 0, "score": None}]}
+        entry = state.feedback.get_request("r1")  # feedback on the answer can be checked at once
+        assert entry is not None and (entry.endpoint, entry.model, entry.degraded) == ("/v1/rerank", model.name, True)
+        assert list(entry.results) == logged
+    finally:
+        state.close()

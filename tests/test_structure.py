@@ -138,7 +138,7 @@ def test_no_module_cycles() -> None:
 @pytest.mark.parametrize("module", ["rankwise.inference.backends", "rankwise.inference.runners", "rankwise.index.dense",
                                     "rankwise.rerank.cross_encoder", "rankwise.registry", "rankwise.registry.card",
                                     "rankwise.pipeline", "rankwise.cli.common",
-                                    "rankwise.cli.serve", "rankwise.serving.app"])
+                                    "rankwise.cli.serve", "rankwise.serving.app", "rankwise.serving.handlers"])
 def test_module_imports_alone(module: str) -> None:
     """A fresh interpreter imports the module by itself (no hidden dependence on import order)."""
     result = subprocess.run([sys.executable, "-c", f"import {module}"], check=False, capture_output=True, text=True,

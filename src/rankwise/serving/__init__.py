@@ -5,7 +5,11 @@ Modules, in the order a request meets them:
 * :mod:`~rankwise.serving.config` — :class:`ServeConfig`, every limit and setting in one value object;
 * :mod:`~rankwise.serving.state` — :func:`load_state` opens the index, loads the reranker, connects cache,
   keys and audit log (user mistakes fail here, before the server listens);
-* :mod:`~rankwise.serving.app` — :func:`create_app`, the FastAPI routes, auth, error bodies, audit hooks;
+* :mod:`~rankwise.serving.app` — :func:`create_app` assembles: routes from the table, auth, error bodies,
+  middleware;
+* :mod:`~rankwise.serving.handlers` — one module-level function per route, the serving state first;
+* :mod:`~rankwise.serving.answer` — what follows every answer, in one step: metrics, audit fields, query
+  log, drift signals, shadow offer;
 * :mod:`~rankwise.serving.schemas` — request/response models (Cohere-compatible ``/v1/rerank``);
 * :mod:`~rankwise.serving.service` — cached, batched scoring within a latency budget, and search;
 * :mod:`~rankwise.serving.batcher` / :mod:`~rankwise.serving.scoring` — cross-request micro-batching;
