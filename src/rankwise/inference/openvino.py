@@ -143,6 +143,10 @@ class OpenVinoRunner:
         self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.streams = int(self.compiled.get_property("NUM_STREAMS"))
         self._local = threading.local()
+        # OpenVINO's bindings set up their numpy bridge on first use, under a once-flag and the GIL; two
+        # stream threads making that first use together were seen to deadlock (each holding one of the two
+        # locks), so it is made here, on the loading thread, before any stream can run
+        ov.Tensor(np.zeros(1, dtype=np.float32))
         #: ``map(forward, batches)`` on one worker per stream, or None (one batch at a time) — see run_batched
         self.map: Mapper | None = ThreadPoolExecutor(self.streams, thread_name_prefix="rankwise-openvino").map \
             if self.streams > 1 else None
