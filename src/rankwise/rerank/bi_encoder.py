@@ -36,7 +36,7 @@ from rankwise.inference.calibration import calibration_digest
 from rankwise.models import resolve_model, weights_sha256
 from rankwise.options import RerankFusion
 from rankwise.rerank.base import RerankScores, ScoringKey
-from rankwise.rerank.declaration import read_declaration
+from rankwise.rerank.declaration import Declaration, read_declaration
 
 
 class BiEncoderReranker:
@@ -53,7 +53,7 @@ class BiEncoderReranker:
 
     def __init__(self, model: str | Path, *, backend: BackendChoice = "auto", max_length: int | None = None,
                  device: str = "cpu", threads: int | None = None, name: str | None = None,
-                 cache_size: int = 20_000) -> None:
+                 cache_size: int = 20_000, declaration: Declaration | None = None) -> None:
         if max_length is not None and max_length < 16:
             raise QueryError(f"max_length must be at least 16 tokens (got {max_length})")
         if cache_size < 0:
@@ -63,7 +63,8 @@ class BiEncoderReranker:
         self._lock = threading.Lock()
         self.path = resolve_model(model)
         self.weights_sha256 = weights_sha256(self.path)
-        self.declared_fusion: RerankFusion = read_declaration(self.path).fusion or "none"
+        # a loader that already read the declaration (to choose the kind) hands it over
+        self.declared_fusion: RerankFusion = (declaration or read_declaration(self.path)).fusion or "none"
         self.embedder = Embedder(str(self.path), backend=backend, device=device, threads=threads,
                                  max_seq_length=max_length, reranking=True)
         self.backend_decision = self.embedder.backend_decision

@@ -29,7 +29,7 @@ from rankwise.inference.runners import exported_runner
 from rankwise.models import resolve_model, weights_sha256
 from rankwise.options import RerankFusion, choose
 from rankwise.rerank.base import EncodedPairs, RerankScores, ScoringKey, logits_to_scores, sigmoid
-from rankwise.rerank.declaration import read_declaration
+from rankwise.rerank.declaration import Declaration, read_declaration
 
 Aggregation = Literal["maxp", "firstp", "mean", "topk-mean", "truncate"]
 AGGREGATIONS: tuple[Aggregation, ...] = get_args(Aggregation)
@@ -80,6 +80,7 @@ class CrossEncoderReranker:
         device: str = "cpu",
         name: str | None = None,
         calibration: str | Path | None = None,
+        declaration: Declaration | None = None,
     ) -> None:
         choose(long_documents, AGGREGATIONS, "long-document aggregation")
         if max_length is not None and max_length < 16:
@@ -91,7 +92,8 @@ class CrossEncoderReranker:
         torch_backend = backend.startswith("torch")
         self.path = resolve_model(model)
         self.weights_sha256 = weights_sha256(self.path)
-        self.declared_fusion: RerankFusion = read_declaration(self.path).fusion or "none"
+        # a loader that already read the declaration (to choose the kind) hands it over
+        self.declared_fusion: RerankFusion = (declaration or read_declaration(self.path)).fusion or "none"
         if torch_backend:
             self.tokenizer, config, self._run = self._load_torch(model, device, threads)
         else:

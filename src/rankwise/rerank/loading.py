@@ -52,10 +52,10 @@ def _load(model: str | Path, options: dict[str, Any]) -> Reranker:
     local = Path(model)
     declaration = read_declaration(local) if local.is_dir() else None
     if declaration is not None and declaration.residual is not None:
-        return ResidualReranker(model, **options)
+        return ResidualReranker(model, declaration=declaration, **options)
     if declaration is not None and declaration.kind == "bi-encoder":
         extra = sorted(k for k, v in options.items() if k not in _BI_ENCODER_OPTIONS and v is not None)
         if extra:
             raise ModelError(f"{', '.join(extra)}: cross-encoder options; '{model}' is a bi-encoder reranker")
-        return BiEncoderReranker(model, **options)
-    return CrossEncoderReranker(model, **options)
+        return BiEncoderReranker(model, declaration=declaration, **options)
+    return CrossEncoderReranker(model, declaration=declaration, **options)

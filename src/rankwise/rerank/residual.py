@@ -27,7 +27,7 @@ from rankwise.models import resolve_model, weights_sha256
 from rankwise.rerank.base import RerankScores, ScoringKey
 from rankwise.rerank.bi_encoder import BiEncoderReranker
 from rankwise.rerank.cross_encoder import CrossEncoderReranker
-from rankwise.rerank.declaration import ResidualBase, read_declaration
+from rankwise.rerank.declaration import Declaration, ResidualBase, read_declaration
 
 
 def load_residual_base(base: ResidualBase) -> Path:
@@ -53,13 +53,15 @@ class ResidualReranker:
     """
 
     def __init__(self, model: str | Path, *, backend: BackendChoice = "auto", device: str = "cpu",
-                 threads: int | None = None, name: str | None = None, **options: Any) -> None:
-        base = read_declaration(resolve_model(model)).residual
+                 threads: int | None = None, name: str | None = None, declaration: Declaration | None = None,
+                 **options: Any) -> None:
+        declaration = declaration or read_declaration(resolve_model(model))
+        base = declaration.residual
         if base is None:
             raise ModelError(f"'{model}' declares no residual base; load it as a CrossEncoderReranker")
         self.base = base
         self.correction = CrossEncoderReranker(model, backend=backend, device=device, threads=threads, name=name,
-                                               **options)
+                                               declaration=declaration, **options)
         self.base_scorer = BiEncoderReranker(load_residual_base(base), backend=backend, device=device,
                                              threads=threads)
         self.name = self.correction.name
