@@ -170,6 +170,26 @@ def test_a_request_past_the_token_budget_is_refused_before_any_forward_pass(tiny
     assert metrics.registry.get_sample_value("rankwise_forward_passes_total") == 1
 
 
+@pytest.mark.parametrize("long_documents", ["maxp", "firstp"])
+def test_encoding_in_slices_stops_at_the_token_budget_and_otherwise_changes_nothing(
+        tiny_cross_encoder: Path, monkeypatch: pytest.MonkeyPatch, long_documents: str) -> None:
+    from rankwise.rerank import cross_encoder
+    from rankwise.rerank.base import TokenBudgetExceeded
+
+    reranker = CrossEncoderReranker(tiny_cross_encoder, max_length=48, backend="torch", long_documents=long_documents)
+    texts = [LONG[: 100 + 37 * i] for i in range(40)] + ["short"]
+    whole = reranker.encode_pairs("reset mfa", texts)
+    monkeypatch.setattr(cross_encoder, "ENCODE_CHARS", 1_000)  # about 40 slices
+    sliced = reranker.encode_pairs("reset mfa", texts)
+    assert (sliced.windows, sliced.token_types, sliced.owners, sliced.split) == (
+        whole.windows, whole.token_types, whole.owners, whole.split)
+    assert any(whole.split) and len(whole.windows) > len(texts) * (long_documents == "maxp")
+    budget = whole.tokens // 4
+    with pytest.raises(TokenBudgetExceeded) as over:
+        reranker.encode_pairs("reset mfa", texts, max_tokens=budget)
+    assert budget < over.value.tokens < whole.tokens / 2  # stopped a slice past the budget, not at the end
+
+
 def test_batching_off_scores_one_request_per_round(tiny_cross_encoder: Path) -> None:
     reranker = CrossEncoderReranker(tiny_cross_encoder, max_length=48, backend="torch")
     metrics = ServingMetrics()

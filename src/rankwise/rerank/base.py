@@ -30,6 +30,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from rankwise.errors import QueryError
 from rankwise.inference.backends import BackendDecision, Mapper
 from rankwise.options import RerankFusion
 
@@ -110,6 +111,15 @@ def rank_order(raw: Sequence[float] | np.ndarray) -> list[int]:
     return [int(i) for i in np.lexsort((np.arange(values.size), -values))]
 
 
+class TokenBudgetExceeded(QueryError):
+    """A request's windows come to more tokens than its caller allows (``tokens``: at least this many)."""
+
+    def __init__(self, tokens: int, budget: int) -> None:
+        super().__init__(f"the documents come to more than {budget} tokens once windowed for the model "
+                         f"(at least {tokens}); send fewer or shorter documents")
+        self.tokens, self.budget = tokens, budget
+
+
 @dataclass(frozen=True, slots=True)
 class EncodedPairs:
     """One request's (query, text) pairs as model windows, ready to be pooled with other requests' windows.
@@ -152,8 +162,14 @@ class WindowedReranker(Reranker, BackendReporting, Protocol):
     #: runs several batches at once on a multi-stream runner, else ``None``
     mapper: Mapper | None
 
-    def encode_pairs(self, query: str, texts: Sequence[str], max_text_tokens: int | None = None) -> EncodedPairs:
-        """Tokenize into windows; ``max_text_tokens`` first cuts each text after that many tokens."""
+    def encode_pairs(self, query: str, texts: Sequence[str], max_text_tokens: int | None = None, *,
+                     max_tokens: int | None = None) -> EncodedPairs:
+        """Tokenize into windows; ``max_text_tokens`` first cuts each text after that many tokens.
+
+        Raises:
+            TokenBudgetExceeded: the windows come to more than ``max_tokens``; raised as soon as that is
+                known, before the remaining texts are tokenized.
+        """
         ...
 
     def forward_windows(self, ids: list[list[int]], types: list[list[int]]) -> np.ndarray:

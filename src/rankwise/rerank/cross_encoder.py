@@ -28,7 +28,14 @@ from rankwise.inference.onnx import export_module, model_inputs
 from rankwise.inference.runners import exported_runner
 from rankwise.models import resolve_model, weights_sha256
 from rankwise.options import RerankFusion, choose
-from rankwise.rerank.base import EncodedPairs, RerankScores, ScoringKey, logits_to_scores, sigmoid
+from rankwise.rerank.base import (
+    EncodedPairs,
+    RerankScores,
+    ScoringKey,
+    TokenBudgetExceeded,
+    logits_to_scores,
+    sigmoid,
+)
 from rankwise.rerank.declaration import Declaration, read_declaration
 
 Aggregation = Literal["maxp", "firstp", "mean", "topk-mean", "truncate"]
@@ -201,14 +208,18 @@ class CrossEncoderReranker:
                  "batches": float(len(batches)), "padding": padding_ratio(lengths, batches)}
         return RerankScores(raw=raw, calibrated=calibrated, truncated=sum(enc.split), stats=stats)
 
-    def encode_pairs(self, query: str, texts: Sequence[str], max_text_tokens: int | None = None) -> EncodedPairs:
+    def encode_pairs(self, query: str, texts: Sequence[str], max_text_tokens: int | None = None, *,
+                     max_tokens: int | None = None) -> EncodedPairs:
         """Windows of token ids, their token types, the text each window belongs to, and which texts split.
 
         ``encode_pairs`` → ``forward_windows`` (per batch) → ``aggregate_windows`` is exactly what
         :meth:`score` does (the :class:`~rankwise.rerank.base.WindowedReranker` steps), so a caller can pool
         the windows of several queries into shared forward passes (the serving micro-batcher).
         ``max_text_tokens`` first cuts each text after that many tokens, at a token end (Cohere's
-        ``max_tokens_per_doc``).
+        ``max_tokens_per_doc``). ``max_tokens`` bounds the request's windows: texts are tokenized a slice
+        of about :data:`ENCODE_CHARS` characters at a time, and the first slice that takes the total over it
+        raises :class:`~rankwise.rerank.base.TokenBudgetExceeded`, so an oversized request costs the server
+        one slice of tokenizing, not all of it.
         """
         query_tokens = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
         if query_tokens > self.max_length // 2:
@@ -218,16 +229,29 @@ class CrossEncoderReranker:
             texts = [self._cut(t, max_text_tokens) for t in texts]
         # windows must advance: the overlap has to stay below the room left for the passage in each window
         stride = min(self.stride, (self.max_length - query_tokens - 3) // 2)
-        enc = self.tokenizer([query] * len(texts), list(texts), truncation="only_second", max_length=self.max_length,
-                             stride=stride, return_overflowing_tokens=True, return_token_type_ids=True)
-        owners: list[int] = list(enc["overflow_to_sample_mapping"])
-        windows: list[list[int]] = enc["input_ids"]
-        types: list[list[int]] = enc["token_type_ids"]
-        counts = np.bincount(np.asarray(owners, dtype=np.int64), minlength=len(texts))
-        split = [bool(c > 1) for c in counts]  # a text longer than one window overflows into a second one
-        if self.long_documents in ("truncate", "firstp"):
-            first = [i for i, o in enumerate(owners) if i == 0 or owners[i - 1] != o]
-            windows, types, owners = [windows[i] for i in first], [types[i] for i in first], [owners[i] for i in first]
+        windows: list[list[int]] = []
+        types: list[list[int]] = []
+        owners: list[int] = []
+        split: list[bool] = []
+        tokens = 0
+        for start, stop in _slices(texts, ENCODE_CHARS):
+            enc = self.tokenizer([query] * (stop - start), list(texts[start:stop]), truncation="only_second",
+                                 max_length=self.max_length, stride=stride, return_overflowing_tokens=True,
+                                 return_token_type_ids=True)
+            part: list[int] = [start + o for o in enc["overflow_to_sample_mapping"]]
+            ids: list[list[int]] = enc["input_ids"]
+            kinds: list[list[int]] = enc["token_type_ids"]
+            counts = np.bincount(np.asarray(part, dtype=np.int64) - start, minlength=stop - start)
+            split += [bool(c > 1) for c in counts]  # a text longer than one window overflows into a second one
+            if self.long_documents in ("truncate", "firstp"):
+                first = [i for i, o in enumerate(part) if i == 0 or part[i - 1] != o]
+                ids, kinds, part = [ids[i] for i in first], [kinds[i] for i in first], [part[i] for i in first]
+            windows += ids
+            types += kinds
+            owners += part
+            tokens += sum(len(w) for w in ids)
+            if max_tokens is not None and tokens > max_tokens:
+                raise TokenBudgetExceeded(tokens, max_tokens)
         return EncodedPairs(windows, types, owners, split)
 
     def _cut(self, text: str, max_tokens: int) -> str:
@@ -257,3 +281,22 @@ class CrossEncoderReranker:
         if how == "topk-mean":
             return np.array([np.mean(sorted(g, reverse=True)[:3]) for g in groups], dtype=np.float32)
         return np.array([max(g) for g in groups], dtype=np.float32)  # maxp; firstp/truncate have one window
+
+
+#: characters tokenized per call by :meth:`CrossEncoderReranker.encode_pairs`: a usual request (100
+#: passages of a few hundred words) is one call; an oversized one stops after the slice that exceeds its budget
+ENCODE_CHARS = 262_144
+
+
+def _slices(texts: Sequence[str], max_chars: int) -> list[tuple[int, int]]:
+    """``[(start, stop)]`` covering ``texts`` in order, each about ``max_chars`` characters (at least one text)."""
+    out: list[tuple[int, int]] = []
+    start = size = 0
+    for i, text in enumerate(texts):
+        if i > start and size + len(text) > max_chars:
+            out.append((start, i))
+            start, size = i, 0
+        size += len(text)
+    if start < len(texts):
+        out.append((start, len(texts)))
+    return out

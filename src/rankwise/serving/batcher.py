@@ -26,6 +26,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from rankwise.errors import QueryError
+from rankwise.rerank.base import TokenBudgetExceeded
 from rankwise.serving.config import BatchingSettings
 from rankwise.serving.metrics import ServingMetrics
 from rankwise.serving.scoring import EncodedRequest, RequestScores, RoundScorer
@@ -136,12 +137,13 @@ class MicroBatcher:
             self._drop(job, "queued")
             return None
         try:
-            encoded = self.scorer.encode(job.query, job.texts, job.max_tokens_per_doc)
-            if self.max_request_tokens is not None and encoded.tokens > self.max_request_tokens:
-                raise QueryError(f"the documents are {encoded.tokens} tokens once windowed for the model; this server "
-                                 f"scores at most {self.max_request_tokens} per request (--max-request-tokens): send "
-                                 "fewer or shorter documents, or set max_tokens_per_doc")
-            return encoded
+            return self.scorer.encode(job.query, job.texts, job.max_tokens_per_doc, max_tokens=self.max_request_tokens)
+        except TokenBudgetExceeded as over:
+            job.future.set_exception(QueryError(
+                f"the documents come to more than {over.budget} tokens once windowed for the model (at least "
+                f"{over.tokens}); this server scores at most {over.budget} per request (--max-request-tokens): "
+                "send fewer or shorter documents, or set max_tokens_per_doc"))
+            return None
         except Exception as error:  # noqa: BLE001 - the error belongs to that request, not to the round
             job.future.set_exception(error)
             return None

@@ -29,7 +29,7 @@ import numpy as np
 
 from rankwise.errors import QueryError
 from rankwise.inference.batching import padding_ratio, run_batched
-from rankwise.rerank.base import EncodedPairs, Reranker, RerankScores, WindowedReranker
+from rankwise.rerank.base import EncodedPairs, Reranker, RerankScores, TokenBudgetExceeded, WindowedReranker
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +79,11 @@ class RoundScorer(Protocol):
 
     reranker: Reranker
 
-    def encode(self, query: str, texts: Sequence[str], max_tokens_per_doc: int | None = None) -> EncodedRequest: ...
+    def encode(self, query: str, texts: Sequence[str], max_tokens_per_doc: int | None = None, *,
+               max_tokens: int | None = None) -> EncodedRequest:
+        """Tokenize one request; more than ``max_tokens`` raises
+        :class:`~rankwise.rerank.base.TokenBudgetExceeded` as early as the scorer can tell."""
+        ...
 
     def score_round(self, requests: Sequence[EncodedRequest],
                     wanted: Wanted = _always) -> list[RequestScores | None]: ...
@@ -91,9 +95,11 @@ class PairBatchScorer:
     def __init__(self, reranker: WindowedReranker) -> None:
         self.reranker = reranker
 
-    def encode(self, query: str, texts: Sequence[str], max_tokens_per_doc: int | None = None) -> EncodedRequest:
+    def encode(self, query: str, texts: Sequence[str], max_tokens_per_doc: int | None = None, *,
+               max_tokens: int | None = None) -> EncodedRequest:
         """Tokenize one request (raises :class:`~rankwise.errors.QueryError` for a query that is too long)."""
-        return EncodedRequest(query, texts, self.reranker.encode_pairs(query, texts, max_tokens_per_doc))
+        return EncodedRequest(query, texts, self.reranker.encode_pairs(query, texts, max_tokens_per_doc,
+                                                                      max_tokens=max_tokens))
 
     def score_round(self, requests: Sequence[EncodedRequest],
                     wanted: Wanted = _always) -> list[RequestScores | None]:
@@ -144,11 +150,15 @@ class RequestScorer:
     def __init__(self, reranker: Reranker) -> None:
         self.reranker = reranker
 
-    def encode(self, query: str, texts: Sequence[str], max_tokens_per_doc: int | None = None) -> EncodedRequest:
+    def encode(self, query: str, texts: Sequence[str], max_tokens_per_doc: int | None = None, *,
+               max_tokens: int | None = None) -> EncodedRequest:
         if max_tokens_per_doc is not None:
             raise QueryError(f"reranker '{self.reranker.name}' has no tokenizer rankwise can use, so "
                              "max_tokens_per_doc is not supported; leave it out")
-        return EncodedRequest(query, texts, None)
+        encoded = EncodedRequest(query, texts, None)
+        if max_tokens is not None and encoded.tokens > max_tokens:  # estimated from characters
+            raise TokenBudgetExceeded(encoded.tokens, max_tokens)
+        return encoded
 
     def score_round(self, requests: Sequence[EncodedRequest],
                     wanted: Wanted = _always) -> list[RequestScores | None]:
