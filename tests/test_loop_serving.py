@@ -513,11 +513,25 @@ def test_a_damaged_feedback_database_is_refused_at_start_and_a_deleted_one_is_re
             assert client.post("/v1/search", json={"query": QUERY, "k": 2}).status_code == 200
             assert not (client.get("/readyz").json().get("problems") or {})
             db.unlink()
-            assert client.post("/v1/search", json={"query": QUERY, "k": 2}).status_code == 200  # search goes on
+            answer = client.post("/v1/search", json={"query": QUERY, "k": 2})
+            assert answer.status_code == 200  # search goes on
             problems = client.get("/readyz").json()["problems"]
             assert "was deleted while open" in problems["feedback_store"]
+            event = {"request_id": answer.json()["request_id"], "event_id": "after-delete", "signal": "click",
+                     "rank": 1}
+            refused = client.post("/v1/feedback", json=event)  # never acknowledged only to be lost
+            assert refused.status_code == 503 and refused.headers["retry-after"], refused.text
+
+            def lost() -> float:
+                text = client.get("/metrics").text
+                return sum(float(line.split()[-1]) for line in text.splitlines()
+                           if line.startswith("rankwise_query_log_errors_total"))
+
+            eventually(lambda: lost() >= 1, what="the lost query-log rows counted")
     finally:
         srv.stop()
+    log = (tmp_path / "server.log").read_text()
+    assert log.count("was deleted while open; restart to create a new one; logged requests are being lost") == 1
 
 
 def _committed(db: Path, request_id: str) -> None:

@@ -255,19 +255,26 @@ class SQLiteFeedbackStore:
     def health(self) -> str | None:
         """What is wrong with the store right now, or None: the file deleted or replaced under it (rows
         would go to a file nobody reads), or the writer's last batch failed (e.g. a corrupted file)."""
+        return self._file_problem() or self._write_problem
+
+    def _file_problem(self) -> str | None:
+        """Whether the path still names the file this store opened: SQLite keeps writing to a deleted or
+        replaced file's old inode, and everything written there is lost when the store closes."""
         try:
             if self.path.stat().st_ino != self._inode:
                 return f"the feedback database '{self.path}' was replaced while open; restart to use the new file"
         except OSError:
-            return f"the feedback database '{self.path}' was deleted while open; rows written now are lost"
-        return self._write_problem
+            return f"the feedback database '{self.path}' was deleted while open; restart to create a new one"
+        return None
 
     def check_integrity(self) -> None:
         """Refuse a damaged file in one line (``PRAGMA quick_check``): run it before serving on a file."""
         rows = self._select("PRAGMA quick_check", (), "checking it")
         if rows != [("ok",)]:
-            raise FeedbackStoreError(f"the feedback database '{self.path}' is damaged ({rows[0][0]}); restore it "
-                                     "from a backup or pass a new path")
+            findings = [line for row in rows for line in str(row[0]).splitlines() if line.strip()]
+            more = f", and {len(findings) - 1} more findings" if len(findings) > 1 else ""
+            raise FeedbackStoreError(f"the feedback database '{self.path}' is damaged ({findings[0][:200]}{more}); "
+                                     "restore it from a backup or pass a new path")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -281,6 +288,9 @@ class SQLiteFeedbackStore:
         server received it, which differs on a retry) is equal; otherwise :class:`FeedbackConflict`.
         """
         self._check_open()
+        # an acknowledged event must be readable later: refuse it while the path names another file or none
+        if problem := self._file_problem():
+            raise FeedbackStoreError(problem)
         row = tuple(asdict(event)[c] for c in _EVENT_COLUMNS)
         sql = _insert("events", _EVENT_COLUMNS) + " ON CONFLICT (event_id) DO NOTHING"
         with self._lock:
@@ -419,6 +429,9 @@ class SQLiteFeedbackStore:
         """Commit one batch of the writer thread; a failure is said once per kind and counted as lost."""
         requests = [row for row in rows if isinstance(row, LoggedRequest)]
         shadows = [row for row in rows if isinstance(row, ShadowRecord)]
+        if moved := self._file_problem():  # the rows would go to an inode nobody will read again
+            self._lost(f"{moved}; logged requests are being lost", len(rows))
+            return
         try:
             with self._writer:
                 # a request id is generated per answer; a repeat is the same request logged twice
@@ -427,17 +440,20 @@ class SQLiteFeedbackStore:
                 self._writer.executemany(_insert("shadow", _SHADOW_COLUMNS),
                                          [_shadow_row(rec) for rec in shadows])
         except Exception as error:  # noqa: BLE001 - the thread must survive to commit later rows
-            problem = (f"the feedback database '{self.path}' cannot be written ({type(error).__name__}: "
-                       f"{str(error)[:200]}); logged requests are being lost")
-            if problem != self._write_problem:  # one line per kind of failure, not one per batch
-                log.error("%s", problem)
-            self._write_problem = problem
-            if self._on_lost is not None:
-                self._on_lost(len(requests) + len(shadows))
+            self._lost(f"the feedback database '{self.path}' cannot be written ({type(error).__name__}: "
+                       f"{str(error)[:200]}); logged requests are being lost", len(rows))
             return
         if self._write_problem is not None:
             log.warning("the feedback database '%s' takes writes again", self.path)
         self._write_problem = None
+
+    def _lost(self, problem: str, rows: int) -> None:
+        """Say a failure once per kind (not once per batch), keep it for ``health``, count the rows lost."""
+        if problem != self._write_problem:
+            log.error("%s", problem)
+        self._write_problem = problem
+        if self._on_lost is not None:
+            self._on_lost(rows)
 
 
 def _window(column: str, since: str | None, until: str | None) -> tuple[list[str], list[Any]]:
