@@ -393,7 +393,8 @@ def test_a_model_that_cannot_score_is_refused_and_a_failing_canary_falls_back_to
     assert forced.returncode != 0 and "cannot score a probe batch" in forced.stderr
     assert reg.aliases()["production"] == "v1"
     srv = Server(["--reranker", "production", "--registry", str(reg.root), "--backend", "torch", "--canary", "50%",
-                  "--audit", "none", "--feedback-db", "none", "--open-metrics"], tmp_path / "server.log")
+                  "--audit", "none", "--feedback-db", "none", "--open-metrics", "--follow-interval", "0.5s"],
+                 tmp_path / "server.log")
     try:
         with srv.client() as client:
             ready = client.get("/readyz")
@@ -404,11 +405,19 @@ def test_a_model_that_cannot_score_is_refused_and_a_failing_canary_falls_back_to
                                        json={"query": QUERY, "documents": TEXTS, "raw_scores": True})
                 assert response.status_code == 200, response.text
                 assert _assert_from(response.json(), references) == "v1"
+
+            def problems() -> dict[str, str]:
+                return client.get("/readyz").json().get("problems") or {}
+
+            reg.promote("v2", forced=True)  # around the CLI's check: production now names what cannot score
+            eventually(lambda: "production" in problems(), what="the failed promotion shown")
+            reg.rollback()  # back to v1, which never stopped serving: nothing is wrong any more
+            eventually(lambda: "production" not in problems(), what="the problem cleared after the rollback")
         metrics = srv.metrics()
         assert metrics[("rankwise_model_swaps_total", (("outcome", "fallback"), ("role", "canary")))] == 1
     finally:
         srv.stop()
-    assert (tmp_path / "server.log").read_text().count("cannot serve") == 1  # one line, not a traceback per poll
+    assert (tmp_path / "server.log").read_text().count("cannot serve") == 2  # one line each, not one per poll
 
 
 def test_feedback_blocked_on_a_locked_store_never_takes_the_slots_of_search(kb_index: Index, registry: Path,

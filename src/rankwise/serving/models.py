@@ -273,7 +273,11 @@ class ModelRouter:
                 except Exception as error:  # noqa: BLE001 - the registry may be mid-write or damaged
                     self.problems[role] = f"cannot resolve '{spec}': {error}"
                     continue
-                if key == current.key or key == self._failed.get(role):
+                if key == current.key:  # the alias names what is served (again, after a rollback): all is well
+                    self.problems.pop(role, None)
+                    self._failed.pop(role, None)
+                    continue
+                if key == self._failed.get(role):
                     continue
                 self._swap(role, spec, key, current)
 
