@@ -484,15 +484,17 @@ def test_feedback_belongs_to_the_key_and_user_that_asked_and_errors_reveal_nothi
                                                           "signal": "click", "rank": 1})
             assert conflict.status_code == 409
             assert answer["request_id"] not in conflict.text and doc not in conflict.text, conflict.text
-            anonymous = alice.post("/v1/feedback", json={**event, "event_id": "a-3", "user_id": None,
-                                                         "signal": "thumbs_down"})
-            assert anonymous.status_code == 201
+            for n in range(3):  # repeated anonymous thumbs on one answer count as one voter
+                anonymous = alice.post("/v1/feedback", json={**event, "event_id": f"a-anon-{n}", "user_id": None,
+                                                             "signal": "thumbs_down"})
+                assert anonymous.status_code == 201
     finally:
         srv.stop()
     out = tmp_path / "gold.jsonl"
     exported = _rankwise("feedback", "export", "--feedback-db", str(tmp_path / "f.sqlite"), "--out", str(out))
     # alice's own thumbs-up is not overruled by the anonymous thumbs-down (credited to her, it was her latest
-    # vote and the export labelled the document 0): one vote each is a tie, and a tie without clicks is no label
+    # vote and the export labelled the document 0; counted once per event, three outvoted her): one vote
+    # each is a tie, and a tie without clicks is no label
     assert exported.returncode != 0 and "none of the" in exported.stderr, exported.stderr
     assert not out.exists()
 

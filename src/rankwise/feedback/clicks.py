@@ -27,8 +27,9 @@ Rules (each a :class:`ClickModel` setting, defaults in brackets):
 * **Explicit feedback wins.** Each user's latest thumb on a (query, document) counts once; more ups than
   downs → the top label [2], more downs → 0, a tie → the click label. One vote suffices: a user who says
   so is direct evidence. Voters are identified by the event's ``user_id`` (send it with the feedback, so a
-  user's later thumb replaces her earlier one); an event without one is its own voter, never credited to
-  the user of the request: anyone holding the request id could otherwise overrule her.
+  user's later thumb replaces her earlier one). Events without one are never credited to the user of the
+  request (anyone holding the request id could otherwise overrule her); they count as one anonymous voter
+  per request and key, whose latest thumb wins, so repeating a thumb on one answer does not multiply it.
 * **Click labels** need ``min_impressions`` [3] impressions of the pair: with fewer, a single stray click
   at the top already scores ≥ 1/2 and would make the document "highly relevant" (with 3 it scores 1/3).
   ``ips_ctr`` (clipped to [0, 1]) ≥ ``highly_relevant_ctr`` [0.5] → 2: most users who examined it clicked;
@@ -223,7 +224,7 @@ class PairTally:
                 tally.clicks += 1
                 tally.weighted += 1.0 / self.model.propensity(result.rank)
             elif event.signal in ("thumbs_up", "thumbs_down"):
-                voter = event.user_id or f"event:{event.event_id}"
+                voter = event.user_id or f"anonymous:{req.request_id}:{event.key_id}"
                 vote = (event.time, event.event_id, event.signal == "thumbs_up")
                 if voter not in tally.votes or tally.votes[voter][:2] < vote[:2]:
                     tally.votes[voter] = vote
