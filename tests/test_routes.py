@@ -108,6 +108,7 @@ def test_the_servers_own_damaged_data_is_a_503_that_names_no_path_and_shows_in_r
         response = client.post("/v1/search", json={"query": "rotate postgres credentials", "k": 3})
         assert response.status_code == 503, response.text
         assert str(tmp_path) not in response.text and "request id" in response.json()["message"]
+        assert "the index is damaged or missing" in response.json()["message"], response.text
         assert response.headers["retry-after"] == "5"
         ready = client.get("/readyz")
         assert ready.status_code == 503, ready.text  # a load balancer stops sending it traffic

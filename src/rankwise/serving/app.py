@@ -63,6 +63,11 @@ _ERRORS = {400: "Malformed request body", 401: "Missing or invalid API key",
            503: "Overloaded (see Retry-After), or the key store is unreadable"}
 
 
+#: what a failure on the server's own data is called in a 503 (its detail, with paths, is the operator's)
+_DATA_KINDS = {"IndexNotFoundError": "the index is damaged or missing", "ModelError": "the model cannot score",
+               "CorpusError": "the index's documents cannot be read"}
+
+
 def create_app(state: ServingState) -> FastAPI:
     """The ASGI app for a loaded :class:`ServingState` (run it with uvicorn; one process, one batcher)."""
     # FastAPIOffline serves the /docs assets from the installed package: this server may have no internet
@@ -287,8 +292,9 @@ def _install_handlers(app: FastAPI, state: ServingState) -> None:
         kind = type(exc).__name__
         log.error("request %s failed on the server's data: %s", request.state.request_id, exc)
         state.data_problems[kind] = str(exc)
-        request.state.audit["error"] = f"server data unavailable ({kind})"
-        return _error_response(503, f"the server cannot answer right now ({kind}); retry later or tell its "
+        what = _DATA_KINDS.get(kind, "server data unavailable")
+        request.state.audit["error"] = f"{what} ({kind})"
+        return _error_response(503, f"the server cannot answer right now ({what}); retry later or tell its "
                                f"operator, quoting request id {request.state.request_id}", headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)

@@ -112,8 +112,10 @@ class ShadowRunner:
             try:
                 self._score(job)
             except Exception as error:  # a crashing shadow is counted; production goes on
-                self.problem = f"shadow model '{self.spec}' failed on a request: {type(error).__name__}: {error}"
-                log.exception("shadow scoring failed")
+                problem = f"shadow model '{self.spec}' failed on a request: {type(error).__name__}: {error}"
+                if problem != self.problem:  # the first of a kind in full, then only the count: a shadow
+                    log.exception("shadow scoring failed")  # that cannot score fails on every request
+                self.problem = problem
                 self.metrics.shadow.labels("failed").inc()
 
     def _wait_idle(self, job: ShadowJob) -> bool:
