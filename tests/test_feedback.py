@@ -456,6 +456,7 @@ def test_a_store_written_by_an_older_schema_is_upgraded_in_place(tmp_path: Path)
         store.flush()
     with sqlite3.connect(path) as db:  # what schema 1 looked like: no signals column
         db.execute("ALTER TABLE requests DROP COLUMN signals")
+        db.execute("DROP TABLE policy")  # nor the retention policy (schema 3)
         db.execute("PRAGMA user_version = 1")
     with SQLiteFeedbackStore(path) as store:
         kept = store.get_request("r1")
@@ -465,7 +466,7 @@ def test_a_store_written_by_an_older_schema_is_upgraded_in_place(tmp_path: Path)
     with SQLiteFeedbackStore(path) as store:
         assert store.get_request("r2").signals == {"query_words": 2.0}
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_export_applies_the_retention_a_stopped_server_did_not_and_purge_says_what_it_removed(tmp_path: Path) -> None:
@@ -486,10 +487,12 @@ def test_export_applies_the_retention_a_stopped_server_did_not_and_purge_says_wh
 
     refused = rankwise("feedback", "purge", "--feedback-db", str(db))
     assert refused.returncode != 0 and "give --retention" in refused.stderr and "Traceback" not in refused.stderr
+    with SQLiteFeedbackStore(db) as opened:
+        opened.set_retention(30 * 86400)  # what `serve --retention 30d` records
     out = tmp_path / "gold.jsonl"
-    exported = rankwise("feedback", "export", "--feedback-db", str(db), "--out", str(out), "--retention", "30d")
+    exported = rankwise("feedback", "export", "--feedback-db", str(db), "--out", str(out))
     assert exported.returncode == 0, exported.stderr
-    assert "removed 2 " in exported.stderr  # the old request and its event
+    assert "(recorded by the server): removed 2 " in exported.stderr  # the old request and its event
     assert [json.loads(line)["query"] for line in out.read_text().splitlines()] == ["new query"]
     again = rankwise("feedback", "purge", "--feedback-db", str(db), "--retention", "30d")
     assert again.returncode == 0 and "removed 0 " in again.stderr

@@ -22,6 +22,7 @@ import pytest
 from test_serving import Server, _build_model, _rankwise
 
 from conftest import KB, eventually
+from rankwise.feedback.store import SQLiteFeedbackStore
 from rankwise.index import Index
 from rankwise.registry import Registry
 from rankwise.rerank.cross_encoder import CrossEncoderReranker
@@ -364,6 +365,8 @@ def test_feedback_keys_and_retention(kb_index: Index, tmp_path: Path) -> None:
             assert late.status_code == 404 and "--retention" in late.json()["message"]
     finally:
         srv.stop()
+    with SQLiteFeedbackStore(tmp_path / "f.sqlite") as stopped:
+        assert stopped.retention() == 3.0  # `feedback export` after the stop applies it without the flag
 
 
 def _unscorable_model(path: Path) -> Path:

@@ -65,6 +65,14 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+def format_duration(seconds: float) -> str:
+    """``seconds`` as :func:`parse_duration` reads it, in the largest unit that divides it (``30d``, ``90s``)."""
+    for unit, size in sorted(_SECONDS.items(), key=lambda item: -item[1]):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+
+
 def parse_duration(value: str, flag: str) -> float:
     """``90s``, ``30m``, ``2h``, ``30d``, ``1w`` → seconds; one line naming ``flag`` otherwise."""
     match = _DURATION.match(value)

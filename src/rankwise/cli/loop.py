@@ -54,15 +54,14 @@ def feedback_export(
 ) -> None:
     """Write a gold set from feedback: thumbs as labels, clicks corrected for position bias.
 
-    With ``--retention`` (the server's), rows past it are deleted first: a server that stopped before its
-    hourly purge must not have its expired rows exported.
+    Rows past the retention are deleted first — ``--retention``, else the one the last server recorded in
+    the database — so a server that stopped before its hourly purge never has its expired rows exported.
     """
     from rankwise.feedback import ClickModel, export_goldset
 
     store = open_feedback_store(feedback_db)
     try:
-        if retention is not None:
-            _purge(store, retention)
+        _purge(store, retention)
         summary = export_goldset(store, since=since, out=out_file, click_model=ClickModel(eta=eta),
                                  misranked_out=misranked, misranked_limit=misranked_limit)
     finally:
@@ -74,23 +73,33 @@ def feedback_export(
 @feedback_app.command("purge")
 @friendly_errors
 def feedback_purge(retention: RetentionOpt = None, feedback_db: FeedbackDbOpt = DEFAULT_STORE) -> None:
-    """Delete query-log rows older than --retention, with their feedback and shadow rows (append-only
-    otherwise: the database refuses any other delete)."""
+    """Delete query-log rows older than --retention (default: the one the last server recorded), with
+    their feedback and shadow rows (append-only otherwise: the database refuses any other delete)."""
     from rankwise.errors import QueryError
 
-    if retention is None:
-        raise QueryError("give --retention, e.g. --retention 30d: rows older than that are deleted")
     store = open_feedback_store(feedback_db)
     try:
-        _purge(store, retention)
+        if not _purge(store, retention):
+            raise QueryError("no retention to apply: give --retention, e.g. --retention 30d (no server with "
+                             "--retention has used this database)")
     finally:
         store.close()
 
 
-def _purge(store: FeedbackStore, retention: str) -> None:
+def _purge(store: FeedbackStore, retention: str | None) -> bool:
+    """Apply ``retention``, else the server's recorded one; False when there is neither."""
+    from rankwise.options import format_duration
+
+    source = ""
+    if retention is None:
+        recorded = store.retention()
+        if recorded is None:
+            return False
+        retention, source = format_duration(recorded), " (recorded by the server)"
     removed = store.purge(retention)
-    err.print(f"retention {retention}: removed {removed} query-log, feedback and shadow rows older than that",
-              highlight=False, soft_wrap=True)
+    err.print(f"retention {retention}{source}: removed {removed} query-log, feedback and shadow rows older than "
+              "that", highlight=False, soft_wrap=True)
+    return True
 
 
 @shadow_app.command("report")

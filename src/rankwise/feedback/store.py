@@ -53,13 +53,16 @@ AddOutcome = Literal["stored", "duplicate"]
 
 #: ``PRAGMA application_id`` of a rankwise feedback database ("rkfb")
 APPLICATION_ID = 0x726B6662
-SCHEMA_VERSION = 2  # 2: requests.signals (label-free drift signals)
+SCHEMA_VERSION = 3  # 2: requests.signals (label-free drift signals); 3: the server's retention policy
 #: how many recent requests :meth:`SQLiteFeedbackStore.get_request` finds without the database
 RECENT_REQUESTS = 10_000
 #: most rows the writer thread commits in one transaction
 _BATCH = 1_000
 #: SQLite's limit on bound parameters is 32766 (999 before 3.32); stay well below either
 _CHUNK = 500
+
+#: the serving policy the file is kept under (``retention_s``: seconds), so tools run after the server apply it
+_POLICY = "CREATE TABLE IF NOT EXISTS policy (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 _SCHEMA = f"""
 BEGIN IMMEDIATE;
@@ -110,6 +113,7 @@ CREATE INDEX IF NOT EXISTS shadow_time ON shadow(time);
 CREATE INDEX IF NOT EXISTS shadow_request ON shadow(request_id);
 -- holds one row (the purge cutoff) only inside a purge transaction
 CREATE TABLE IF NOT EXISTS retention (purge_before TEXT NOT NULL);
+{_POLICY};
 {"".join(f'''
 CREATE TRIGGER IF NOT EXISTS {table}_no_update BEFORE UPDATE ON {table}
 BEGIN SELECT RAISE(ABORT, 'the feedback store is append-only: rows cannot be updated'); END;''' for table in
@@ -150,7 +154,7 @@ _KIND = DatabaseKind("feedback database", APPLICATION_ID, SCHEMA_VERSION, _SCHEM
                      wrong_file_fix="pass a new or existing feedback database path",
                      locked_fix="stop the other writer or retry",
                      full_fix="free space or purge old rows with a shorter retention",
-                     migrations={1: "ALTER TABLE requests ADD COLUMN signals TEXT NOT NULL DEFAULT '{}'"})
+                     migrations={1: "ALTER TABLE requests ADD COLUMN signals TEXT NOT NULL DEFAULT '{}'", 2: _POLICY})
 
 
 class FeedbackStore(Protocol):
@@ -188,6 +192,14 @@ class FeedbackStore(Protocol):
 
     def health(self) -> str | None:
         """What is wrong with the store right now (shown in ``/readyz``), or None."""
+        ...
+
+    def set_retention(self, seconds: float | None) -> None:
+        """Record the retention the server keeps rows under (None: kept until purged by hand)."""
+        ...
+
+    def retention(self) -> float | None:
+        """The retention the last server recorded, in seconds, or None."""
         ...
 
     def flush(self, timeout: float = 30.0) -> None:
@@ -266,6 +278,20 @@ class SQLiteFeedbackStore:
         except OSError:
             return f"the feedback database '{self.path}' was deleted while open; restart to create a new one"
         return None
+
+    def set_retention(self, seconds: float | None) -> None:
+        with self._lock:
+            try:
+                with self._conn:
+                    self._conn.execute("DELETE FROM policy WHERE name = 'retention_s'")
+                    if seconds is not None:
+                        self._conn.execute("INSERT INTO policy VALUES ('retention_s', ?)", (repr(float(seconds)),))
+            except sqlite3.Error as err:
+                raise self._error(err, "recording its retention") from None
+
+    def retention(self) -> float | None:
+        rows = self._select("SELECT value FROM policy WHERE name = 'retention_s'", (), "reading its retention")
+        return float(rows[0][0]) if rows else None
 
     def check_integrity(self) -> None:
         """Refuse a damaged file in one line (``PRAGMA quick_check``): run it before serving on a file."""

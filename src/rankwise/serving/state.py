@@ -77,6 +77,7 @@ def load_state(config: ServeConfig) -> ServingState:
         store = SQLiteFeedbackStore(config.feedback, on_lost=metrics.query_log_errors.inc)
         try:
             store.check_integrity()  # a damaged file is refused before serving, not found by failing writes
+            store.set_retention(config.retention_s)  # so `feedback export` after a stop applies it too
         except Exception:
             store.close()
             raise
