@@ -496,3 +496,35 @@ def test_export_applies_the_retention_a_stopped_server_did_not_and_purge_says_wh
     assert [json.loads(line)["query"] for line in out.read_text().splitlines()] == ["new query"]
     again = rankwise("feedback", "purge", "--feedback-db", str(db), "--retention", "30d")
     assert again.returncode == 0 and "removed 0 " in again.stderr
+
+
+def test_callers_queued_behind_a_locked_database_share_one_timeout(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    db = tmp_path / "feedback.db"
+    with SQLiteFeedbackStore(db, timeout=0.5) as store:
+        req = served("r1", ["a", "b"])
+        store.log_request(req)
+        store.flush()
+        holder = sqlite3.connect(db, timeout=1, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # another process holds the file
+        waited: list[float] = []
+
+        def post(i: int) -> None:
+            started = time.monotonic()
+            with pytest.raises(FeedbackStoreError):
+                store.add_event(event(f"e{i}", req, "a"))
+            waited.append(time.monotonic() - started)
+
+        try:
+            threads = [threading.Thread(target=post, args=(i,)) for i in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert len(waited) == 4 and max(waited) < 1.0, waited  # each within its own budget, not 4 × 0.5 s
+        assert store.add_event(event("after", req, "a")) == "stored"  # the file is free again

@@ -29,10 +29,12 @@ so pointing the store at another SQLite file (the audit log, say) is refused bef
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, fields, replace
@@ -319,8 +321,16 @@ class SQLiteFeedbackStore:
             raise FeedbackStoreError(problem)
         row = tuple(asdict(event)[c] for c in _EVENT_COLUMNS)
         sql = _insert("events", _EVENT_COLUMNS) + " ON CONFLICT (event_id) DO NOTHING"
-        with self._lock:
+        # one budget for the whole call: waiting for the other callers, then for SQLite's lock; otherwise each
+        # of N callers queued behind a locked file waits N times the timeout
+        deadline = time.monotonic() + self.timeout
+        if not self._lock.acquire(timeout=self.timeout):
+            raise FeedbackStoreError(f"the feedback database '{self.path}' stayed busy for {self.timeout:g}s "
+                                     "while storing a feedback event; retry later")
+        try:
+            remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
             try:
+                self._conn.execute(f"PRAGMA busy_timeout = {remaining_ms}")
                 with self._conn:
                     inserted = self._conn.execute(sql, row).rowcount == 1
                     found = None if inserted else self._conn.execute(
@@ -328,6 +338,10 @@ class SQLiteFeedbackStore:
                         (event.event_id,)).fetchone()
             except sqlite3.Error as err:
                 raise self._error(err, "storing a feedback event") from None
+        finally:
+            with contextlib.suppress(sqlite3.Error):  # the connection's own timeout again, for other calls
+                self._conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            self._lock.release()
         if found is None:
             return "stored"
         stored = FeedbackEvent(**dict(zip(_EVENT_COLUMNS, found, strict=True)))
