@@ -57,3 +57,38 @@ def test_the_audit_log_can_be_read_after_a_flush_without_closing(tmp_path: Path)
         assert len(read_audit(tmp_path / "audit.sqlite", limit=100)) == 20
     finally:
         log.close()
+
+
+def test_the_audit_log_is_a_marked_database_that_adopts_older_logs_and_refuses_other_files(tmp_path: Path) -> None:
+    import sqlite3
+
+    from rankwise.feedback import SQLiteFeedbackStore
+    from rankwise.serving.audit import AUDIT_APPLICATION_ID, AuditError, verify_chain
+
+    feedback = tmp_path / "feedback.sqlite"
+    SQLiteFeedbackStore(feedback).close()
+    with pytest.raises(AuditError, match="not a rankwise audit database; choose another --audit path"):
+        AuditLog(feedback)  # both have a `requests` table: only the mark tells them apart
+
+    old = tmp_path / "old-audit.sqlite"  # what a log written before the mark and the hash chain looked like
+    with sqlite3.connect(old) as conn:
+        conn.execute("CREATE TABLE requests (seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL UNIQUE, "
+                     "time TEXT NOT NULL, key_id TEXT, endpoint TEXT NOT NULL, status INTEGER NOT NULL, reranker TEXT, "
+                     "reranker_sha256 TEXT, index_fingerprint TEXT, query_sha256 TEXT, degraded INTEGER NOT NULL, "
+                     "cache_hits INTEGER, latency_ms REAL NOT NULL, results TEXT NOT NULL, error TEXT)")
+        conn.execute("INSERT INTO requests (request_id, time, endpoint, status, degraded, latency_ms, results) "
+                     "VALUES ('old', '2025-01-01T00:00:00+00:00', '/v1/search', 200, 0, 3.0, '[]')")
+    before = old.stat().st_mtime_ns
+    assert [row["request_id"] for row in read_audit(old)] == ["old"]  # readable as it is, and left as it is
+    assert old.stat().st_mtime_ns == before
+    log = AuditLog(old)
+    try:
+        log.record(AuditRecord("new", "/v1/search", 200, 1.0))
+        log.flush()
+    finally:
+        log.close()
+    assert [row["request_id"] for row in read_audit(old)] == ["new", "old"]
+    with sqlite3.connect(old) as conn:
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == AUDIT_APPLICATION_ID
+    report = verify_chain(old)
+    assert report.ok and report.unchained == 1 and report.rows == 1

@@ -6,12 +6,15 @@ it, and with ``user_version`` as its schema version, so an older rankwise refuse
 misreading it, and a newer rankwise upgrades an older file in place (columns added, no row touched). A
 failure is one actionable line that names the file and the fix, mapped from SQLite's own
 error code (locked, not a database, read-only, disk full) rather than its message text.
+
+A kind that existed before files were marked names how to recognise and adopt such an unmarked file
+(``adopt``): it is brought to the current schema and marked in place, and read-only opens accept it as is.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,18 +36,32 @@ class DatabaseKind:
     empty_fix: str = ""  # what to do when the file must already hold data but is new
     #: ``{n: sql}`` brings a file at schema version ``n`` to ``n + 1`` (run in order, each in a transaction)
     migrations: Mapping[int, str] = field(default_factory=dict)
+    #: whether an unmarked file is one of this kind written before files were marked
+    recognise: Callable[[sqlite3.Connection], bool] | None = None
+    #: brings such an unmarked file to the current schema (the marks are set after it returns)
+    adopt: Callable[[sqlite3.Connection], None] | None = None
 
 
 def open_database(path: Path, kind: DatabaseKind, *, timeout: float, create: bool = True,
-                  check_same_thread: bool = True) -> sqlite3.Connection:
-    """A WAL-mode connection to ``path``, creating the schema in a new file when ``create``."""
+                  check_same_thread: bool = True, read_only: bool = False) -> sqlite3.Connection:
+    """A WAL-mode connection to ``path``, creating the schema in a new file when ``create``.
+
+    ``read_only`` opens an existing file without writing to it (SQLite ``mode=ro``): reports and
+    verification must not change what they read, nor upgrade it behind the writer's back.
+    """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=timeout, check_same_thread=check_same_thread)
+        if read_only:
+            if not path.is_file():
+                raise kind.error(f"no {kind.name} at '{path}'; {kind.empty_fix or kind.wrong_file_fix}")
+            conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=timeout,
+                                   check_same_thread=check_same_thread)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, timeout=timeout, check_same_thread=check_same_thread)
     except (OSError, sqlite3.Error) as err:
         raise failure(err, path, kind, timeout, "opening it") from None
     try:
-        problem = _prepare(conn, path, kind, create)
+        problem = _check(conn, path, kind) if read_only else _prepare(conn, path, kind, create)
     except sqlite3.Error as err:
         conn.close()
         raise failure(err, path, kind, timeout, "opening it") from None
@@ -52,6 +69,25 @@ def open_database(path: Path, kind: DatabaseKind, *, timeout: float, create: boo
         conn.close()
         raise kind.error(problem)
     return conn
+
+
+def _is_legacy(conn: sqlite3.Connection, kind: DatabaseKind) -> bool:
+    """An unmarked file of ``kind`` from before files were marked."""
+    return kind.recognise is not None and kind.recognise(conn)
+
+
+def _check(conn: sqlite3.Connection, path: Path, kind: DatabaseKind) -> str | None:
+    """What makes an existing file unreadable as ``kind`` (read-only: nothing is created or upgraded)."""
+    (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if app_id == 0 and _is_legacy(conn, kind):
+        return None
+    if app_id != kind.application_id:
+        return f"'{path}' is not a rankwise {kind.name}; {kind.wrong_file_fix}"
+    if version > kind.schema_version:
+        return (f"the {kind.name} '{path}' was written by a newer rankwise (schema {version}, this one reads "
+                f"{kind.schema_version}); upgrade rankwise")
+    return None
 
 
 def _prepare(conn: sqlite3.Connection, path: Path, kind: DatabaseKind, create: bool) -> str | None:
@@ -63,6 +99,13 @@ def _prepare(conn: sqlite3.Connection, path: Path, kind: DatabaseKind, create: b
             return f"the {kind.name} '{path}' is empty; {kind.empty_fix}"
         conn.execute("PRAGMA journal_mode=WAL")  # switched only on a file that is (now) ours
         conn.executescript(kind.schema)
+        return None
+    if app_id == 0 and kind.adopt is not None and _is_legacy(conn, kind):
+        conn.execute("PRAGMA journal_mode=WAL")
+        with conn:
+            kind.adopt(conn)
+            conn.execute(f"PRAGMA application_id = {kind.application_id}")
+            conn.execute(f"PRAGMA user_version = {kind.schema_version}")
         return None
     if app_id != kind.application_id:
         return f"'{path}' is an SQLite database but not a rankwise {kind.name}; {kind.wrong_file_fix}"

@@ -33,6 +33,7 @@ from rankwise.batched_writer import BatchedWriter, WriterTimeout
 from rankwise.clock import utc_now
 from rankwise.errors import RankwiseError
 from rankwise.options import since_timestamp
+from rankwise.sqlite_files import DatabaseKind, failure, open_database
 from rankwise.storage import atomic_write_text
 
 log = logging.getLogger("rankwise.serving")
@@ -96,13 +97,26 @@ class AuditRecord:
     error: str | None = None
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    try:
-        conn = sqlite3.connect(path, check_same_thread=False, timeout=10)
-        conn.execute("PRAGMA journal_mode=WAL")
-        return conn
-    except sqlite3.Error as err:
-        raise AuditError(f"cannot open audit database '{path}' ({err}); pass a writable --audit path") from err
+def _recognise(conn: sqlite3.Connection) -> bool:
+    """An audit log written before files were marked: its ``requests`` table has the audit's columns."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    return {"seq", "status", "endpoint", "latency_ms", "results"} <= columns
+
+
+def _adopt(conn: sqlite3.Connection) -> None:
+    """Bring such a log to the current schema: the hash-chain columns (its old rows stay unchained)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    for column in ("prev_hash", "row_hash"):
+        if column not in columns:
+            conn.execute(f"ALTER TABLE requests ADD COLUMN {column} TEXT")
+
+
+#: the audit log's file mark in SQLite's application_id ("rkau"): another database passed as --audit is refused
+AUDIT_APPLICATION_ID = 0x726B6175
+AUDIT_KIND = DatabaseKind(
+    "audit database", AUDIT_APPLICATION_ID, 1, _SCHEMA + f"PRAGMA application_id = {AUDIT_APPLICATION_ID};\nPRAGMA user_version = 1;\n",
+    AuditError,    wrong_file_fix="choose another --audit path", locked_fix="stop the other process that holds it",
+    full_fix="free disk space or pass another --audit path", recognise=_recognise, adopt=_adopt)
 
 
 class AuditLog:
@@ -110,18 +124,13 @@ class AuditLog:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = _connect(self.path)
+        self._conn = open_database(self.path, AUDIT_KIND, timeout=10, check_same_thread=False)
         try:
-            self._conn.executescript(_SCHEMA)
-            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(requests)")}
-            for column in ("prev_hash", "row_hash"):  # databases written before the hash chain
-                if column not in columns:
-                    self._conn.execute(f"ALTER TABLE requests ADD COLUMN {column} TEXT")
             last = self._conn.execute("SELECT row_hash FROM requests WHERE row_hash IS NOT NULL "
                                       "ORDER BY seq DESC LIMIT 1").fetchone()
-        except sqlite3.DatabaseError as err:
-            raise AuditError(f"'{self.path}' is not a rankwise audit database ({err}); choose another --audit path") from err
+        except sqlite3.Error as err:
+            self._conn.close()
+            raise failure(err, self.path, AUDIT_KIND, 10, "reading its last row") from None
         self._head = last[0] if last else GENESIS
         self._secret = _load_secret(self.path.with_name(self.path.name + ".key"))
         self._rows: BatchedWriter[AuditRecord] = BatchedWriter(self._write, name="rankwise-audit")
@@ -214,7 +223,7 @@ def verify_chain(path: Path) -> ChainReport:
     """Recompute every row's link; the first row whose stored hashes do not follow is where tampering began."""
     if not Path(path).is_file():
         raise AuditError(f"no audit database at '{path}'; pass the --audit path the server was started with")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = open_database(Path(path), AUDIT_KIND, timeout=10, read_only=True)
     try:
         cursor = conn.execute(f"SELECT seq, {', '.join(_COLUMNS)}, prev_hash, row_hash FROM requests ORDER BY seq")
         head, rows, unchained, started = GENESIS, 0, 0, False
@@ -263,7 +272,7 @@ def read_audit(path: Path, *, since: str | None = None, key_id: str | None = Non
         sql += " WHERE " + " AND ".join(clauses)
     sql += " ORDER BY seq DESC LIMIT ?"
     params.append(limit)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = open_database(Path(path), AUDIT_KIND, timeout=10, read_only=True)
     try:
         rows = conn.execute(sql, params).fetchall()
     except sqlite3.DatabaseError as err:
