@@ -528,3 +528,23 @@ def test_callers_queued_behind_a_locked_database_share_one_timeout(tmp_path: Pat
             holder.close()
         assert len(waited) == 4 and max(waited) < 1.0, waited  # each within its own budget, not 4 × 0.5 s
         assert store.add_event(event("after", req, "a")) == "stored"  # the file is free again
+
+
+def test_the_query_log_writer_waits_out_a_short_lock_instead_of_losing_rows(tmp_path: Path) -> None:
+    import threading
+
+    db = tmp_path / "feedback.db"
+    lost: list[int] = []
+    with SQLiteFeedbackStore(db, timeout=0.3, on_lost=lost.append) as store:
+        store.log_request(served("first", ["a"]))
+        store.flush()
+        holder = sqlite3.connect(db, timeout=1, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN EXCLUSIVE")  # longer than one busy timeout, shorter than the writer's patience
+        release = threading.Timer(0.5, lambda: (holder.execute("ROLLBACK"), holder.close()))
+        release.start()
+        store.log_request(served("during-the-lock", ["a"]))
+        store.flush()
+        release.join()
+        assert store.get_request("during-the-lock") is not None and lost == []
+    with SQLiteFeedbackStore(db) as reopened:
+        assert sorted(req.request_id for req in reopened.requests()) == ["during-the-lock", "first"]

@@ -60,6 +60,8 @@ SCHEMA_VERSION = 3  # 2: requests.signals (label-free drift signals); 3: the ser
 RECENT_REQUESTS = 10_000
 #: most rows the writer thread commits in one transaction
 _BATCH = 1_000
+#: busy timeouts the writer waits out before it counts a batch as lost (another process holding the file)
+_BUSY_RETRIES = 2
 #: SQLite's limit on bound parameters is 32766 (999 before 3.32); stay well below either
 _CHUNK = 500
 
@@ -473,12 +475,20 @@ class SQLiteFeedbackStore:
             self._lost(f"{moved}; logged requests are being lost", len(rows))
             return
         try:
-            with self._writer:
-                # a request id is generated per answer; a repeat is the same request logged twice
-                self._writer.executemany(_insert("requests", _REQUEST_COLUMNS) + " ON CONFLICT DO NOTHING",
-                                         [_request_row(req) for req in requests])
-                self._writer.executemany(_insert("shadow", _SHADOW_COLUMNS),
-                                         [_shadow_row(rec) for rec in shadows])
+            for attempt in range(_BUSY_RETRIES + 1):
+                try:
+                    with self._writer:
+                        # a request id is generated per answer; a repeat is the same request logged twice
+                        self._writer.executemany(_insert("requests", _REQUEST_COLUMNS) + " ON CONFLICT DO NOTHING",
+                                                 [_request_row(req) for req in requests])
+                        self._writer.executemany(_insert("shadow", _SHADOW_COLUMNS),
+                                                 [_shadow_row(rec) for rec in shadows])
+                    break
+                except sqlite3.OperationalError as busy:
+                    # another process holding the file (a backup, an export's write) is waited out: the rows
+                    # are only queued meanwhile, and the request path never waits for them
+                    if busy.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or attempt == _BUSY_RETRIES:
+                        raise
         except Exception as error:  # noqa: BLE001 - the thread must survive to commit later rows
             self._lost(f"the feedback database '{self.path}' cannot be written ({type(error).__name__}: "
                        f"{str(error)[:200]}); logged requests are being lost", len(rows))
