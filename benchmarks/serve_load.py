@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_load.py [--model small|minilm|PATH] [--docs 100]
         [--clients 1,4,16] [--requests 24] [--max-length 256] [--backends auto] [--batching on,off]
-        [--max-seconds 900] [--data DIR] [--out NAME]
+        [--max-seconds 900] [--data DIR] [--out NAME] [--baseline-src OTHER/src]
 
 One run measures every cell of {backend} × {micro-batching on, off} × {1, 4, 16 concurrent clients} ×
 {cache cold, warm}: one server process per (backend, batching) arm runs on 127.0.0.1 (nothing else is
@@ -91,10 +91,11 @@ def load_inputs(data: Path, docs: int) -> tuple[list[str], list[str], str]:
 
 class Server(ServeProcess):
     def __init__(self, model: Path, backend: str, batching: bool, max_length: int, log: Path,
-                 extra: list[str]) -> None:
+                 extra: list[str], src: Path | None = None) -> None:
+        env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
         super().__init__(["--reranker", str(model), "--backend", backend, "--max-length", str(max_length),
                           "--audit", "none", "--timeout-ms", "300000", "--batching" if batching else "--no-batching",
-                          *extra], log, timeout_s=600)
+                          *extra], log, timeout_s=600, env=env)
         if self.problem:
             sys.exit(f"error: {self.problem}; see {log}")
 
@@ -170,6 +171,9 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=900, help="overall time bound")
     parser.add_argument("--data", default=str(DEFAULT_SCIFACT), help="BEIR SciFact directory (optional)")
     parser.add_argument("--out", default="serve_load.json", help="result file name in benchmarks/results/")
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="also serve every arm with this checkout's src/ (e.g. a `git worktree` of an earlier "
+                             "commit), alternating with the current code cell by cell: before/after in one run")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
     cpu = cpu_description()
@@ -196,22 +200,27 @@ def main() -> None:
     skipped: list[str] = []
     # Both servers run for the whole benchmark (an idle one uses no CPU) and the arms alternate cell by cell,
     # so drifting load on a shared machine hits both arms alike instead of whichever ran second.
-    arms = [(b.strip(), on.strip()) for b in args.backends.split(",") for on in args.batching.split(",")]
+    codes = ["current"] + (["baseline"] if args.baseline_src is not None else [])
+    arms = [(b.strip(), on.strip(), code) for b in args.backends.split(",") for on in args.batching.split(",")
+            for code in codes]
     extra = ["--max-in-flight", str(args.max_in_flight)] if args.max_in_flight else []
-    servers = {arm: Server(model, arm[0], arm[1] == "on", args.max_length, work / f"server-{arm[0]}-{arm[1]}.log", extra)
+    servers = {arm: Server(model, arm[0], arm[1] == "on", args.max_length,
+                           work / f"server-{arm[0]}-{arm[1]}-{arm[2]}.log", extra,
+                           args.baseline_src if arm[2] == "baseline" else None)
                for arm in arms}
     try:
         for c in clients:
-            for (backend, arm), server in servers.items():
+            for (backend, arm, code), server in servers.items():
                 if time.monotonic() > deadline:
-                    skipped.append(f"{backend}, batching {arm}, {c} clients")
+                    skipped.append(f"{backend}, batching {arm}, {c} clients ({code})")
                     continue
                 requests = payloads(args.requests)
                 for cache in ("cold", "warm"):
-                    cell = {"backend": backend, "batching": arm, "clients": c, "cache": cache,
+                    cell = {"backend": backend, "batching": arm, "code": code, "clients": c, "cache": cache,
                             **run_cell(server, requests, c)}
                     cells.append(cell)
-                    print(f"{backend:13} · batching {arm:3} · {c:2} clients · cache {cache}: {cell['throughput_rps']} req/s, "
+                    print(f"{code:8} · {backend:13} · batching {arm:3} · {c:2} clients · cache {cache}: "
+                          f"{cell['throughput_rps']} req/s, "
                           f"p50 {cell['p50_ms']} ms, p95 {cell['p95_ms']} ms, p99 {cell['p99_ms']} ms "
                           f"(all answers incl. shed: p99 {cell['all_p99_ms']} ms, {cell['shed']} shed), "
                           f"{cell['requests_per_round']} requests/round", flush=True)
@@ -224,13 +233,13 @@ def main() -> None:
         "cpu": cpu, "model": args.model, "max_length": args.max_length, "inputs": source,
         "server": "python -m rankwise serve --reranker MODEL --backend B --max-length N --audit none "
                   "--timeout-ms 300000 [--no-batching] (memory cache, default batching settings)",
-        "cells": cells, "skipped": skipped,
+        "baseline_src": str(args.baseline_src) if args.baseline_src else None, "cells": cells, "skipped": skipped,
     }
     write_json(args.out, payload)
-    print("\n| backend | batching | clients | cache | req/s | p50 ms | p95 ms | p99 ms | requests/round |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+    print("\n| code | backend | batching | clients | cache | req/s | p50 ms | p95 ms | p99 ms | requests/round |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     for c in cells:
-        print(f"| {c['backend']} | {c['batching']} | {c['clients']} | {c['cache']} | {c['throughput_rps']} | {c['p50_ms']} | "
+        print(f"| {c['code']} | {c['backend']} | {c['batching']} | {c['clients']} | {c['cache']} | {c['throughput_rps']} | {c['p50_ms']} | "
               f"{c['p95_ms']} | {c['p99_ms']} | {c['requests_per_round'] or '—'} |")
     if skipped:
         print(f"skipped (time bound): {', '.join(skipped)}")
