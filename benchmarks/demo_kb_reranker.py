@@ -33,7 +33,7 @@ from rankwise.corpus.beir import load_qrels, load_queries
 from rankwise.evaluation.compare import evaluate
 from rankwise.evaluation.goldset import GoldSet, PreparedGoldSet
 from rankwise.rerank.base import Reranker
-from rankwise.rerank.loading import load_reranker
+from rankwise.rerank.loading import LoadOptions, load_reranker
 from rankwise.training.data import JudgedQueries
 from rankwise.training.finetune import ARCHITECTURES, TrainingConfig
 from rankwise.training.negatives import mine_groups, parse_negative_mix, title_groups
@@ -98,8 +98,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         result = train_reranker(groups, [], config, Path(tmp), show_progress=False)
         # cross-encoders score their trained window length over the whole page (maxp); bi-encoders the page
-        reranker = load_reranker(str(result.model_dir), backend="auto",
-                                 **({"max_length": args.max_length} if args.architecture == "cross-encoder" else {}))
+        window = args.max_length if args.architecture == "cross-encoder" else None
+        reranker = load_reranker(str(result.model_dir), LoadOptions(max_length=window))
         assert reranker is not None
         train_gold = GoldSet.from_beir(DEMO_KB, "train").prepare(known_documents=known)
         started = time.perf_counter()

@@ -41,7 +41,7 @@ def main() -> None:
     from rankwise.evaluation.significance import randomization_test
     from rankwise.index import Index
     from rankwise.registry import Registry
-    from rankwise.rerank.loading import load_reranker
+    from rankwise.rerank.loading import LoadOptions, load_reranker
 
     source, train_split, evaluations = DOMAINS[args.domain]
     index_dir = BENCH_CACHE / "indexes" / args.domain
@@ -85,7 +85,7 @@ def main() -> None:
         per_query: dict[str, dict[str, dict[str, float]]] = {}
         row: dict[str, Any] = {"queries": len(prepared.queries)}
         for name, spec in models.items():
-            reranker = load_reranker(spec, registry=Registry(registry))
+            reranker = load_reranker(spec, LoadOptions(registry=registry))
             report = evaluate(index, prepared, first_stages=["hybrid"], reranker=reranker, metrics=METRICS,
                               baseline="hybrid", retrieve_k=100, rerank_k=100, n_resamples=10_000)
             row.setdefault("hybrid", {m: round(report.scores["hybrid"][m], 4) for m in METRICS})

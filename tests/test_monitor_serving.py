@@ -66,7 +66,9 @@ def test_drift_command_refuses_an_ambiguous_reference(tmp_path: Path) -> None:
 def test_scheduled_evaluation_records_checks_and_exports_its_alarm_state(kb_index: Index, tmp_path: Path) -> None:
     from rankwise.evaluation.goldset import GoldSet, Judgement
     from rankwise.monitoring.history import SQLiteMonitorHistory
-    from rankwise.serving.config import ServeConfig
+    from rankwise.options import PipelineSettings
+    from rankwise.rerank.loading import LoadOptions
+    from rankwise.serving.config import MonitorSettings
     from rankwise.serving.metrics import ServingMetrics
     from rankwise.serving.watch import ScheduledMonitor
 
@@ -75,10 +77,10 @@ def test_scheduled_evaluation_records_checks_and_exports_its_alarm_state(kb_inde
     gold = tmp_path / "gold.jsonl"
     GoldSet([Judgement(f"q{i}", text, doc, 1) for i, (text, doc) in enumerate(judged.items())]).save(gold)
     history = tmp_path / "monitor.sqlite"
-    config = ServeConfig(index=kb_index.path, first_stage="bm25", monitor_every_s=3600, monitor_goldset=gold,
-                         monitor_history=history)
+    settings = MonitorSettings(every_s=3600, goldset=gold, history=history)
     metrics = ServingMetrics()
-    monitor = ScheduledMonitor(config, kb_index, metrics)
+    monitor = ScheduledMonitor(settings, kb_index, metrics, reranker=None, load=LoadOptions(),
+                               pipeline=PipelineSettings(first_stage="bm25", retrieve_k=100, rerank_k=100))
     assert "rankwise_monitor_alarm -1.0" in metrics.render().decode()  # nothing measured yet, not "ok"
     monitor.run_once()
     monitor.run_once()

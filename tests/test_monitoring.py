@@ -29,6 +29,7 @@ from rankwise.monitoring.check import check
 from rankwise.monitoring.history import new_record_id
 from rankwise.monitoring.run import resolve_reranker
 from rankwise.monitoring.slices import read_query_tags
+from rankwise.rerank.loading import LoadOptions
 
 #: three queries per KB document (each judged relevant to it alone), with gold-set tags
 QUERIES: dict[str, tuple[str, str, list[str]]] = {
@@ -148,7 +149,7 @@ def test_a_registry_alias_is_recorded_as_its_version_and_weights(kb_index: Index
     registry = Registry(tmp_path / "registry")
     registry.register(tiny_cross_encoder, {"base_model": "tiny"})
     registry.promote("v1", forced=True)
-    resolved = resolve_reranker("production", registry=registry.root, backend="torch")
+    resolved = resolve_reranker("production", LoadOptions(backend="torch", registry=registry.root))
     assert resolved is not None and resolved.version == "v1"
     few = goldset({q: QUERIES[q] for q in ("q01", "q07", "q13", "q16", "q19", "q22")})
     plain = record(kb_index, few)

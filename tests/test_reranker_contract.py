@@ -24,7 +24,7 @@ from rankwise.index import Index
 from rankwise.models import bundled_minilm_dir, weights_sha256
 from rankwise.rerank.base import rank_order, scoring_key
 from rankwise.rerank.declaration import Declaration, ResidualBase, write_declaration, write_reranker_kind
-from rankwise.rerank.loading import load_reranker
+from rankwise.rerank.loading import LoadOptions, load_reranker
 
 KINDS_AND_BACKENDS = [
     ("cross-encoder", "torch"), ("cross-encoder", "onnx-int8"), ("cross-encoder", "openvino-int8"),
@@ -59,13 +59,14 @@ def test_the_library_and_the_server_give_the_same_scores_cold_and_cached(kind: s
     from rankwise.serving.state import load_state
 
     model = str(kind_models[kind])
-    library = load_reranker(model, backend=backend)
+    options = LoadOptions(backend=backend)  # type: ignore[arg-type]
+    library = load_reranker(model, options)
     assert library is not None
     want = library.score(QUERY, KB_TEXTS)
     assert float(np.std(want.raw)) > 0.05, "scores must spread far beyond the tolerance for the check to mean anything"
     if kind == "bi-encoder":  # the calibration that used to be lost on the way through the cache
         np.testing.assert_allclose(want.calibrated, (1 + want.raw) / 2, rtol=0, atol=1e-7)
-    config = ServeConfig(index=kb_index.path, reranker=model, backend=backend)  # type: ignore[arg-type]
+    config = ServeConfig(index=kb_index.path, reranker=model, load=options)
     with TestClient(create_app(load_state(config))) as client:
         answers = {}
         for attempt in ("cold", "cached"):
@@ -95,7 +96,8 @@ def test_the_scoring_key_covers_what_changes_scores_and_nothing_else(kind_models
     assert scoring_key(BiEncoderReranker(bi, backend="onnx-int8")) != scoring_key(torch_bi)
     assert scoring_key(BiEncoderReranker(bi, backend="torch", max_length=64)) != scoring_key(torch_bi)
     residual = ResidualReranker(kind_models["residual"], backend="torch")
-    assert scoring_key(residual) != scoring_key(load_reranker(str(kind_models["cross-encoder"]), backend="torch"))
+    cross = load_reranker(str(kind_models["cross-encoder"]), LoadOptions(backend="torch"))
+    assert scoring_key(residual) != scoring_key(cross)
     assert residual.scoring_key()["base"]["weight"] == 8.0
 
 

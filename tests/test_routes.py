@@ -16,14 +16,15 @@ def test_every_api_route_is_audited_guarded_and_documented(tiny_cross_encoder: P
                                                            tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
+    from rankwise.rerank.loading import LoadOptions
     from rankwise.serving.app import create_app
     from rankwise.serving.audit import read_audit
     from rankwise.serving.config import Limits, ServeConfig
     from rankwise.serving.state import load_state
 
     audit = tmp_path / "audit.sqlite"
-    config = ServeConfig(index=kb_index.path, reranker=str(tiny_cross_encoder), backend="torch", audit=audit,
-                         limits=Limits(max_body_bytes=4096))
+    config = ServeConfig(index=kb_index.path, reranker=str(tiny_cross_encoder), load=LoadOptions(backend="torch"),
+                         audit=audit, limits=Limits(max_body_bytes=4096))
     with TestClient(create_app(load_state(config))) as client:
         bodies = {"/v1/rerank": {"query": QUERY, "documents": KB_TEXTS[:3]},
                   "/v2/rerank": {"query": QUERY, "documents": KB_TEXTS[:3], "model": str(tiny_cross_encoder)},
@@ -56,11 +57,12 @@ def test_every_api_route_is_audited_guarded_and_documented(tiny_cross_encoder: P
 
 
 def test_a_route_without_a_table_entry_stops_the_server(tiny_cross_encoder: Path) -> None:
+    from rankwise.rerank.loading import LoadOptions
     from rankwise.serving import app as app_module
     from rankwise.serving.config import ServeConfig
     from rankwise.serving.state import load_state
 
-    state = load_state(ServeConfig(reranker=str(tiny_cross_encoder), backend="torch"))
+    state = load_state(ServeConfig(reranker=str(tiny_cross_encoder), load=LoadOptions(backend="torch")))
     try:
         with pytest.raises(RuntimeError, match="route table and handlers disagree"):
             app_module._register(app_module.FastAPI(), state, {})
@@ -72,11 +74,12 @@ def test_a_lone_surrogate_anywhere_in_a_body_is_a_422_naming_the_field(tiny_cros
                                                                        kb_index: Index) -> None:
     from fastapi.testclient import TestClient
 
+    from rankwise.rerank.loading import LoadOptions
     from rankwise.serving.app import create_app
     from rankwise.serving.config import ServeConfig
     from rankwise.serving.state import load_state
 
-    config = ServeConfig(index=kb_index.path, reranker=str(tiny_cross_encoder), backend="torch")
+    config = ServeConfig(index=kb_index.path, reranker=str(tiny_cross_encoder), load=LoadOptions(backend="torch"))
     cases = [("/v1/rerank", '{"query": "q", "documents": ["a"], "model": "\\ud800"}', "model"),
              ("/v2/rerank", '{"query": "q", "documents": ["a"], "model": "\\ud800"}', "model"),
              ("/v1/rerank", '{"query": "q", "documents": ["a", {"text": "\\udfff"}]}', "documents.1.text"),
@@ -95,12 +98,14 @@ def test_the_servers_own_damaged_data_is_a_503_that_names_no_path_and_shows_in_r
         kb_documents, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
+    from rankwise.options import PipelineSettings
     from rankwise.serving.app import create_app
     from rankwise.serving.config import ServeConfig
     from rankwise.serving.state import load_state
 
     index = Index.build(kb_documents, tmp_path / "index")
-    with TestClient(create_app(load_state(ServeConfig(index=index.path, first_stage="bm25")))) as client:
+    config = ServeConfig(index=index.path, pipeline=PipelineSettings(first_stage="bm25"))
+    with TestClient(create_app(load_state(config))) as client:
         assert client.post("/v1/search", json={"query": QUERY, "k": 3}).status_code == 200
         docstore = index.path / "docstore.sqlite"
         intact = docstore.read_bytes()

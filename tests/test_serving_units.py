@@ -22,11 +22,19 @@ from conftest import KB, assert_same_ranking
 from rankwise.errors import QueryError
 from rankwise.rerank.base import scoring_key
 from rankwise.rerank.cross_encoder import CrossEncoderReranker
+from rankwise.rerank.loading import LoadOptions
 from rankwise.serving.audit import AuditError, AuditLog, AuditRecord, parse_since, read_audit
 from rankwise.serving.auth import KeyFileError, KeyStore, RateLimiter
 from rankwise.serving.batcher import MicroBatcher
 from rankwise.serving.cache import MemoryScoreCache, score_keys
-from rankwise.serving.config import BatchingSettings, RateLimit, ServeConfig, ServeConfigError
+from rankwise.serving.config import (
+    BatchingSettings,
+    CacheSettings,
+    LoopSettings,
+    RateLimit,
+    ServeConfig,
+    ServeConfigError,
+)
 from rankwise.serving.metrics import ServingMetrics
 from rankwise.serving.scoring import PairBatchScorer, RequestScorer, scorer_for
 
@@ -303,7 +311,7 @@ def test_config_refuses_unsafe_or_empty_servers(tmp_path: Path) -> None:
     with pytest.raises(ServeConfigError, match="nothing to serve"):
         ServeConfig()
     with pytest.raises(ServeConfigError, match="redis://"):
-        ServeConfig(reranker="x", cache="memcached://x")
+        ServeConfig(reranker="x", cache=CacheSettings(url="memcached://x"))
 
 
 def test_audit_writer_does_not_block_callers(tmp_path: Path) -> None:
@@ -336,7 +344,8 @@ def test_health_readiness_and_metrics_handlers_answer_without_a_server(tiny_cros
 
     keys = KeyStore(tmp_path / "keys.json")
     admin, searcher = keys.add(["admin"])[1], keys.add(["search"])[1]
-    state = load_state(ServeConfig(reranker=str(tiny_cross_encoder), backend="torch", keys=tmp_path / "keys.json"))
+    state = load_state(ServeConfig(reranker=str(tiny_cross_encoder), load=LoadOptions(backend="torch"),
+                                   keys=tmp_path / "keys.json"))
 
     def ready(token: str) -> tuple[int, dict]:
         response = asyncio.run(handlers.readyz(state, _request({"Authorization": f"Bearer {token}"})))
@@ -381,8 +390,8 @@ def test_after_answer_records_metrics_audit_fields_and_the_query_log(tiny_cross_
     from rankwise.serving.models import Route
     from rankwise.serving.state import load_state
 
-    state = load_state(ServeConfig(reranker=str(tiny_cross_encoder), backend="torch",
-                                   feedback=tmp_path / "feedback.sqlite"))
+    state = load_state(ServeConfig(reranker=str(tiny_cross_encoder), load=LoadOptions(backend="torch"),
+                                   loop=LoopSettings(feedback=tmp_path / "feedback.sqlite")))
     try:
         assert state.router is not None and state.feedback is not None
         model = state.router.production

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     from rankwise.pipeline import latency_percentiles
     from rankwise.registry import ModelCard, Registry, TrainingData
     from rankwise.rerank.base import backend_label
-    from rankwise.rerank.loading import load_reranker
+    from rankwise.rerank.loading import LoadOptions, load_reranker
     from rankwise.training.data import JudgedQueries
     from rankwise.training.finetune import TrainingConfig
     from rankwise.training.leakage import query_digests
@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     console.print(Rule("3 · evaluate on the frozen test queries"))
     known = set(index.passage_doc_ids)
     gold = GoldSet.from_beir(DEMO_KB, "test").prepare(known_documents=known)
-    reranker = load_reranker("candidate", registry=registry, backend=args.backend)
+    load = LoadOptions(backend=args.backend, registry=registry.root)
+    reranker = load_reranker("candidate", load)
     options: dict[str, Any] = {"first_stages": ["dense", "hybrid"], "reranker": reranker, "baseline": "dense",
                                "candidate": "hybrid+reranker", "rerank_k": args.rerank_k,
                                "rerank_fusion": args.rerank_fusion}
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # every timing above ran with the reranker's passage-vector cache warming up; this is the price the
     # first time pages are candidates
-    cold = load_reranker("candidate", registry=registry, backend=args.backend, cache_size=0)
+    cold = load_reranker("candidate", load, cache_size=0)
     cold_pipeline = Pipeline(index, cold, first_stage="hybrid", rerank_k=args.rerank_k)
     cold_ms = []
     for text in list(gold.queries.values())[:12]:

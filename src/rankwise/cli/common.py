@@ -191,11 +191,10 @@ def warn_leakage(spec: str, registry: Path | None, queries: dict[str, str], stri
 def load_reranker_option(spec: str, *, registry: Path | None, backend: str, device: str,
                          max_length: int | None = None) -> Reranker | None:
     """The reranker named by ``--reranker`` with the shared model-loading options applied."""
-    from rankwise.registry import Registry
-    from rankwise.rerank.loading import load_reranker
+    from rankwise.rerank.loading import LoadOptions, load_reranker
 
-    return load_reranker(spec, registry=Registry(registry) if registry else None, max_length=max_length,
-                         backend=backend, device=device)  # type: ignore[arg-type]
+    options = LoadOptions(backend=backend, device=device, max_length=max_length, registry=registry)  # type: ignore[arg-type]
+    return load_reranker(spec, options)
 
 
 IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index directory.")]

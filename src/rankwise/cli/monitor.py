@@ -106,6 +106,7 @@ def run(
     from rankwise.monitoring.run import monitor_run, resolve_reranker
     from rankwise.monitoring.slices import check_slice_keys, read_query_tags
     from rankwise.options import FIRST_STAGE_METHODS, RERANK_FUSIONS, choose
+    from rankwise.rerank.loading import LoadOptions
 
     # everything the user typed is checked, and the history opened, before models load and minutes of
     # evaluation start
@@ -113,6 +114,7 @@ def run(
     choose(first_stage, FIRST_STAGE_METHODS, "first stage")
     if rerank_fusion is not None:
         choose(rerank_fusion, RERANK_FUSIONS, "rerank fusion")
+    load = LoadOptions(backend=backend, device=device, max_length=max_length, registry=registry)  # type: ignore[arg-type]
     path = _history_path(history)
     with SQLiteMonitorHistory(path) as store:
         gold = load_goldset(dataset, split, goldset, queries)
@@ -124,8 +126,7 @@ def run(
         prepared = prepare_goldset(gold, index, limit_queries)
         warn(prepared.warnings)
         warn_leakage(reranker, registry, prepared.queries, strict)
-        resolved = resolve_reranker(reranker, registry=registry, backend=backend, device=device,
-                                    max_length=max_length)
+        resolved = resolve_reranker(reranker, load)
         with evaluation_progress() as progress:
             record = monitor_run(index, prepared, name=name, first_stage=first_stage, reranker=resolved,
                                  retrieve_k=retrieve_k, rerank_k=rerank_k, rerank_fusion=rerank_fusion,

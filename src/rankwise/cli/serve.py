@@ -120,28 +120,44 @@ def serve(
     prelude(allow_download)
     import uvicorn
 
-    from rankwise.options import parse_duration, parse_share
+    from rankwise.options import PipelineSettings, parse_duration, parse_share
+    from rankwise.rerank.loading import LoadOptions
     from rankwise.serving.app import create_app
-    from rankwise.serving.config import BatchingSettings, Limits, RateLimit, ServeConfig
+    from rankwise.serving.config import (
+        BatchingSettings,
+        CacheSettings,
+        Limits,
+        LoopSettings,
+        MonitorSettings,
+        RateLimit,
+        RolloutSettings,
+        ServeConfig,
+        ShadowSettings,
+    )
     from rankwise.serving.state import load_state
 
+    # made (and so checked) without --shadow too: a mistyped --shadow-share is an error, not ignored
+    shadowing = ShadowSettings(model=shadow or "", share=parse_share(shadow_share, "--shadow-share"),
+                               chunk=shadow_chunk)
     config = ServeConfig(
-        index=index_dir, reranker=None if reranker.strip().lower() in ("", "none") else reranker,
-        max_length=max_length, backend=backend, device=device, registry=registry, host=host, port=port,
-        first_stage=first_stage, retrieve_k=retrieve_k,
-        rerank_k=rerank_k, rerank_fusion=rerank_fusion, cache=cache, cache_size=cache_size, cache_ttl_s=cache_ttl, keys=keys,
-        audit=_audit_path(audit), timeout_ms=timeout_ms, open_metrics=open_metrics,
+        index=index_dir, reranker=None if reranker.strip().lower() in ("", "none") else reranker, host=host,
+        port=port, keys=keys, audit=_audit_path(audit), timeout_ms=timeout_ms, open_metrics=open_metrics,
         served_model_names=tuple(served_model_name), accept_any_model_name=accept_any_model_name,
-        allow_unknown_filters=allow_unknown_filters, log_queries=log_queries,  # type: ignore[arg-type]
-        feedback=store_path(feedback_db, FEEDBACK_DB),
-        retention_s=parse_duration(retention, "--retention") if retention else None,
-        shadow=shadow, shadow_share=parse_share(shadow_share, "--shadow-share"), shadow_chunk=shadow_chunk,
-        canary=canary_model,
-        canary_share=parse_share(canary, "--canary"), experiment=experiment,
-        drift_reference=drift_reference, drift_window=drift_window,
-        monitor_every_s=parse_duration(monitor_every, "--monitor-every") if monitor_every else None,
-        monitor_goldset=monitor_goldset, monitor_history=store_path(monitor_history, MONITOR_DB),
-        follow_interval_s=0.0 if follow_interval.strip() in ("0", "0s") else parse_duration(follow_interval, "--follow-interval"),
+        allow_unknown_filters=allow_unknown_filters,
+        pipeline=PipelineSettings(first_stage, retrieve_k, rerank_k, rerank_fusion),  # type: ignore[arg-type]
+        load=LoadOptions(backend=backend, device=device, max_length=max_length, registry=registry),  # type: ignore[arg-type]
+        cache=CacheSettings(url=cache, size=cache_size, ttl_s=cache_ttl),
+        loop=LoopSettings(feedback=store_path(feedback_db, FEEDBACK_DB), log_queries=log_queries,  # type: ignore[arg-type]
+                          retention_s=parse_duration(retention, "--retention") if retention else None),
+        shadow=shadowing if shadow is not None else None,
+        rollout=RolloutSettings(
+            canary=canary_model, canary_share=parse_share(canary, "--canary"), experiment=experiment,
+            follow_interval_s=0.0 if follow_interval.strip() in ("0", "0s") else parse_duration(follow_interval,
+                                                                                                 "--follow-interval")),
+        monitor=MonitorSettings(
+            drift_reference=drift_reference, drift_window=drift_window,
+            every_s=parse_duration(monitor_every, "--monitor-every") if monitor_every else None,
+            goldset=monitor_goldset, history=store_path(monitor_history, MONITOR_DB)),
         batching=BatchingSettings(enabled=batching, max_wait_ms=batch_wait_ms, max_tokens=batch_tokens,
                                   max_requests=batch_requests),
         limits=Limits(max_documents=max_documents, max_document_chars=max_document_chars,
@@ -153,10 +169,11 @@ def serve(
     err.print(f"rankwise serving on http://{host}:{port} (docs at /docs) · reranker "
               f"{state.router.production.name if state.router and state.router.production else 'none'} · index {index_dir or 'none'} · cache "
               f"{state.cache.backend} · auth {'on' if keys else 'off (loopback only)'} · audit "
-              f"{config.audit or 'off'} · query log {config.feedback or 'off'} ({config.log_queries})"
+              f"{config.audit or 'off'} · query log {config.loop.feedback or 'off'} ({config.loop.log_queries})"
               + (f" · shadow {state.shadow.name or 'failed'}" if state.shadow else "")
               + (f" · experiment {state.experiment.name} ({state.experiment.mode})" if state.experiment else "")
-              + (f" · canary {config.canary} {config.canary_share:.0%}" if config.canary_share else ""),
+              + (f" · canary {config.rollout.canary} {config.rollout.canary_share:.0%}" if config.rollout.canary_share
+                 else ""),
               highlight=False, soft_wrap=True)
     uvicorn.run(create_app(state), host=host, port=port, log_level="warning", access_log=False)
 

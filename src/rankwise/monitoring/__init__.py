@@ -5,7 +5,7 @@ week), keep every run in an append-only history, and alarm when a metric dropped
 >>> from rankwise.monitoring import SQLiteMonitorHistory, monitor_run, resolve_reranker
 >>> from rankwise.monitoring.check import check
 >>> record = monitor_run(index, prepared_goldset, first_stage="hybrid",
-...                      reranker=resolve_reranker("production", registry=None))
+...                      reranker=resolve_reranker("production"))
 >>> with SQLiteMonitorHistory("monitor.sqlite") as history:
 ...     history.append(record)
 ...     result = check(history, reference="previous", metric="nDCG@5", max_drop=0.10)

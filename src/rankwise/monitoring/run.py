@@ -30,7 +30,7 @@ from rankwise.monitoring.slices import slice_means, slice_members
 from rankwise.options import FIRST_STAGE_METHODS, RERANK_FUSIONS, choose
 from rankwise.registry import Registry, names_registry
 from rankwise.rerank.base import BackendReporting, Reranker, declared_fusion
-from rankwise.rerank.loading import load_reranker
+from rankwise.rerank.loading import LoadOptions, load_reranker
 
 #: what a RAG context of a few passages needs (nDCG@5), the BEIR standard (nDCG@10), whether the answer is
 #: among the candidates at all (R@20) and how early the first relevant passage comes (RR@10, i.e. MRR@10)
@@ -52,21 +52,20 @@ class ResolvedReranker:
     reranker: Reranker
 
 
-def resolve_reranker(spec: str, *, registry: Path | None = None, backend: str = "auto", device: str = "cpu",
-                     max_length: int | None = None) -> ResolvedReranker | None:
+def resolve_reranker(spec: str, options: LoadOptions | None = None) -> ResolvedReranker | None:
     """Load the reranker ``spec`` names (``None`` for ``none``), pinning a registry alias to one version."""
     text = spec.strip()
     if text.lower() in ("", "none"):
         return None
-    options = {"backend": backend, "device": device, "max_length": max_length}
+    options = options or LoadOptions()
     if names_registry(text):
-        store = Registry(registry)
+        store = Registry(options.registry)
         version = store.get(text).version  # verified here; loading by id cannot race a promotion
         label = version if text == version else f"{version} ({text})"
-        ranker = load_reranker(version, registry=store, name=label, **options)
+        ranker = load_reranker(version, options, registry=store, name=label)
     else:
         version = str(Path(text).resolve()) if Path(text).is_dir() else text
-        ranker = load_reranker(text, **options)
+        ranker = load_reranker(text, options)
     assert ranker is not None  # the spec is not 'none'
     return ResolvedReranker(text, version, ranker)
 

@@ -9,34 +9,71 @@ the working directory holds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rankwise.errors import ModelError
+from rankwise.errors import ModelError, QueryError
+from rankwise.inference.backends import BACKEND_CHOICES, BackendChoice
+from rankwise.options import choose
 from rankwise.registry import Registry, names_registry
 from rankwise.rerank.base import Reranker
 
 
-def load_reranker(spec: str | None, *, registry: Registry | None = None, **options: Any) -> Reranker | None:
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    """How a reranker is loaded, whoever asks: the CLI's ``--backend/--device/--max-length/--registry``,
+    the server (for production, canary, arms, shadow and the scheduled evaluation alike) and library code.
+
+    One value rather than four loose arguments, so that every model one command or server loads is loaded
+    the same way, and a bad value is refused once, where the options are given, before any model loads.
+    ``registry`` ``None`` is the default registry (``$RANKWISE_REGISTRY`` or the user data dir).
+    """
+
+    backend: BackendChoice = "auto"
+    device: str = "cpu"
+    #: tokens per (query, passage) window; ``None``: the length the model was trained with
+    max_length: int | None = None
+    registry: Path | None = None
+
+    def __post_init__(self) -> None:
+        choose(self.backend, BACKEND_CHOICES, "inference backend")
+        if self.max_length is not None and self.max_length < 16:
+            raise QueryError(f"max_length must be at least 16 tokens (got {self.max_length})")
+
+
+#: the constructor arguments a :class:`LoadOptions` carries, also accepted as keywords of :func:`load_reranker`
+_OPTION_FIELDS = ("backend", "device", "max_length")
+
+
+def load_reranker(spec: str | None, options: LoadOptions = LoadOptions(), *, registry: Registry | None = None,
+                  **extra: Any) -> Reranker | None:
     """``None``/``"none"`` → no reranker; otherwise the kind of reranker the model declares (offline-safe):
     a :class:`CrossEncoderReranker`, a :class:`BiEncoderReranker` for a fine-tuned bi-encoder, or a
     :class:`ResidualReranker` for a cross-encoder trained as a correction to the dense first stage.
 
-    A registry name is resolved and verified file by file by :meth:`Registry.get` before anything loads.
+    A registry name is resolved and verified file by file by :meth:`Registry.get` before anything loads,
+    in ``registry`` when the caller already holds one open, else in ``options.registry``. ``extra`` goes to
+    the reranker's constructor (``name``, ``threads``, window options…); ``backend``, ``device`` and
+    ``max_length`` given there replace ``options``' (``load_reranker(path, backend="torch")`` in a script).
     """
     if spec is None or spec.strip().lower() in ("", "none"):
         return None
+    given = {name: extra.pop(name) for name in _OPTION_FIELDS if name in extra}
+    if given:
+        options = replace(options, **given)
+    arguments = {"backend": options.backend, "device": options.device, "max_length": options.max_length, **extra}
     spec = spec.strip()
     if names_registry(spec):
         try:
-            entry = (registry or Registry()).get(spec)
+            entry = (registry or Registry(options.registry)).get(spec)
         except ModelError as err:
             if Path(spec).is_dir():
                 raise ModelError(f"{err} (to load the local directory '{spec}' instead, pass ./{spec})") from err
             raise
-        options.setdefault("name", f"{entry.version} ({spec})" if spec != entry.version else entry.version)
-        return _load(entry.path, options)
-    return _load(spec, options)
+        arguments.setdefault("name", f"{entry.version} ({spec})" if spec != entry.version else entry.version)
+        return _load(entry.path, arguments)
+    return _load(spec, arguments)
 
 
 #: what a bi-encoder reranker accepts; the cross-encoder's window options do not apply to it

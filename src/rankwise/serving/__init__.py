@@ -2,7 +2,8 @@
 
 Modules, in the order a request meets them:
 
-* :mod:`~rankwise.serving.config` — :class:`ServeConfig`, every limit and setting in one value object;
+* :mod:`~rankwise.serving.config` — :class:`ServeConfig`, every limit and setting in one value object,
+  one frozen part per component;
 * :mod:`~rankwise.serving.state` — :func:`load_state` opens the index, loads the reranker, connects cache,
   keys and audit log (user mistakes fail here, before the server listens);
 * :mod:`~rankwise.serving.app` — :func:`create_app` assembles: routes from the table, auth, error bodies,

@@ -84,7 +84,7 @@ def query_sha(state: ServingState, query: str) -> str | None:
     None with ``--log-queries none`` (nothing about the query is kept) and without an audit log (no secret,
     and an unkeyed hash of a short query can be reversed by hashing guesses).
     """
-    if state.config.log_queries == "none" or state.audit is None:
+    if state.config.loop.log_queries == "none" or state.audit is None:
         return None
     return state.audit.query_digest(query)
 
@@ -93,7 +93,7 @@ def _log_served(state: ServingState, request: Request, answered: Answered, signa
     """Add the answered request to the query log (what the user saw), keeping as much of the query as allowed."""
     if state.feedback is None:
         return
-    mode = state.config.log_queries
+    mode = state.config.loop.log_queries
     model, query = answered.model, answered.query
     entry = LoggedRequest(
         request_id=request.state.request_id, endpoint=_LOGGED_AS[answered.endpoint], results=tuple(answered.logged),

@@ -225,10 +225,11 @@ def _lifespan(state: ServingState) -> Callable[[FastAPI], contextlib.AbstractAsy
 
 async def _purge_expired(state: ServingState) -> None:
     """Delete query-log rows older than --retention at start and then hourly (off the event loop)."""
-    if state.feedback is None or state.config.retention_s is None:
+    retention_s = state.config.loop.retention_s
+    if state.feedback is None or retention_s is None:
         return
     while True:
-        cutoff = (datetime.now(UTC) - timedelta(seconds=state.config.retention_s)).isoformat(timespec="milliseconds")
+        cutoff = (datetime.now(UTC) - timedelta(seconds=retention_s)).isoformat(timespec="milliseconds")
         try:
             removed = await asyncio.to_thread(state.feedback.purge, cutoff)
             if removed:

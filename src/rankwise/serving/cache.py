@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from rankwise.serving.config import ServeConfigError
+from rankwise.serving.config import CacheSettings, ServeConfigError
 
 log = logging.getLogger("rankwise.serving")
 
@@ -190,6 +190,8 @@ def _decode(value: bytes) -> Entry:
     return float(raw), float(calibrated), split == b"1"
 
 
-def open_score_cache(spec: str, *, size: int, ttl_s: int) -> ScoreCache:
-    """``memory`` → in-process LRU of ``size`` entries; ``redis://...`` → Redis (checked now)."""
-    return MemoryScoreCache(size) if spec == "memory" else RedisScoreCache(spec, ttl_s)
+def open_score_cache(settings: CacheSettings) -> ScoreCache:
+    """``memory`` → in-process LRU of ``settings.size`` entries; ``redis://...`` → Redis (checked now)."""
+    if settings.url == "memory":
+        return MemoryScoreCache(settings.size)
+    return RedisScoreCache(settings.url, settings.ttl_s)

@@ -1,19 +1,22 @@
 """Server settings: one frozen value object built by ``rankwise serve`` (or by hand in Python).
 
-Every limit the server enforces lives here so it can be read, logged and tested in one place.
+Every limit the server enforces lives here so it can be read, logged and tested in one place. The settings
+are grouped by the component that uses them (:class:`ServeConfig` holds one frozen part per component), so
+each component is handed only its part, and each part checks its own values when it is made; what involves
+several parts (a shadow needs a reranker, drift needs an index) is checked by :class:`ServeConfig`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankwise.errors import RankwiseError
 from rankwise.feedback.events import QUERY_LOGGING, QueryLogging
-from rankwise.inference.backends import BACKEND_CHOICES, BackendChoice
-from rankwise.options import FIRST_STAGE_METHODS, RERANK_FUSIONS, FirstStageMethod, RerankFusion, choose
+from rankwise.options import FIRST_STAGE_METHODS, RERANK_FUSIONS, PipelineSettings, choose
 from rankwise.pipeline import MAX_QUERY_CHARS
+from rankwise.rerank.loading import LoadOptions
 
 
 class ServeConfigError(RankwiseError):
@@ -86,29 +89,121 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """The score cache: in-process (``memory``) or shared between servers (a ``redis://`` URL)."""
+
+    url: str = "memory"
+    #: in-process entries (0 disables the in-process cache)
+    size: int = 100_000
+    #: Redis entry lifetime
+    ttl_s: int = 7 * 24 * 3600
+
+    def __post_init__(self) -> None:
+        if self.size < 0 or self.ttl_s <= 0:
+            raise ServeConfigError("--cache-size must be >= 0 (0 disables the in-process cache) and --cache-ttl positive")
+        if not (self.url == "memory" or self.url.startswith(("redis://", "rediss://", "unix://"))):
+            raise ServeConfigError(f"--cache must be 'memory' or a redis:// URL (got '{self.url}')")
+
+
+@dataclass(frozen=True, slots=True)
+class LoopSettings:
+    """The feedback loop's server side: the query log and feedback store, and what it keeps for how long."""
+
+    #: the query log and feedback store (SQLite); None keeps no query log and refuses feedback (404)
+    feedback: Path | None = None
+    #: how much of each query the query log keeps: nothing, a keyed hash (the default), or the text
+    log_queries: QueryLogging = "hash"
+    #: delete query-log rows (and their feedback and shadow rows) older than this many seconds
+    retention_s: float | None = None
+
+    def __post_init__(self) -> None:
+        choose(self.log_queries, QUERY_LOGGING, "query logging")
+        if self.retention_s is not None and self.retention_s <= 0:
+            raise ServeConfigError("--retention must be a positive duration such as 30d")
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowSettings:
+    """A second reranker that scores sampled requests off the critical path."""
+
+    #: registry name or path
+    model: str
+    #: share of requests offered to the shadow
+    share: float = 1.0
+    #: documents the shadow scores between checks for production work: a production request that arrives
+    #: mid-chunk waits for at most one chunk, so this bounds what the shadow can add to production latency
+    chunk: int = 2
+
+    def __post_init__(self) -> None:
+        if self.chunk < 1:
+            raise ServeConfigError("--shadow-chunk must be at least 1 document")
+        if not 0 < self.share <= 1:
+            raise ServeConfigError(f"--shadow-share must be in (0, 1] (got {self.share})")
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutSettings:
+    """Which reranker answers whom besides production (a canary or an experiment's arms), and how promptly
+    the server follows a registry alias that moves."""
+
+    #: serve this share of callers (sticky by user/key) with ``canary`` instead of production
+    canary: str = "candidate"
+    canary_share: float = 0.0
+    #: an experiment definition (A/B arms or interleaving), see :mod:`rankwise.experiments`
+    experiment: Path | None = None
+    #: how often registry aliases are re-read (seconds); 0 pins the versions loaded at start
+    follow_interval_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.canary_share < 1:
+            raise ServeConfigError(f"--canary must be a share below 100% such as 10% (got {self.canary_share:.0%})")
+        if self.follow_interval_s < 0:
+            raise ServeConfigError("--follow-interval must be >= 0 seconds (0 pins the loaded versions)")
+        if self.experiment is not None and self.canary_share:
+            raise ServeConfigError("--canary and --experiment both split traffic: use one (a canary is an "
+                                   "experiment with two arms)")
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorSettings:
+    """What the server watches about itself: drift of its traffic, and a scheduled gold-set evaluation."""
+
+    #: a saved reference window of traffic signals (``rankwise monitor drift --save-reference``)
+    drift_reference: Path | None = None
+    #: how many recent searches are compared with the reference
+    drift_window: int = 500
+    #: evaluate the serving configuration on ``goldset`` this often, recording runs in ``history``
+    every_s: float | None = None
+    goldset: Path | None = None
+    history: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.drift_window < 50:
+            raise ServeConfigError("--drift-window must be at least 50 requests (fewer cannot show a drift)")
+        if (self.every_s is None) != (self.goldset is None):
+            raise ServeConfigError("--monitor-every and --monitor-goldset go together: how often, and on what")
+        if self.every_s is not None and self.every_s < 60:
+            raise ServeConfigError("--monitor-every must be at least 1m (an evaluation takes a while)")
+
+
+#: what the server retrieves and reranks with where neither the request, its experiment arm nor the
+#: configuration says otherwise (``rerank_fusion`` unset: each model's declared ordering)
+SERVER_PIPELINE = PipelineSettings(first_stage="hybrid", retrieve_k=100, rerank_k=100)
+
+
+@dataclass(frozen=True, slots=True)
 class ServeConfig:
-    """Everything ``rankwise serve`` needs.
+    """Everything ``rankwise serve`` needs: the server's own settings, and one part per component.
 
     ``keys=None`` disables authentication, which is only allowed on a loopback address: a server
-    reachable from other machines must know who is calling it.
+    reachable from other machines must know who is calling it. ``pipeline`` settings left unset are
+    :data:`SERVER_PIPELINE`'s.
     """
 
     index: Path | None = None
     reranker: str | None = None
-    max_length: int | None = None
     host: str = "127.0.0.1"
     port: int = 8080
-    first_stage: FirstStageMethod = "hybrid"
-    retrieve_k: int = 100
-    rerank_k: int = 100
-    #: None: each model's declared ordering (what its training chose), else the reranker alone
-    rerank_fusion: RerankFusion | None = None
-    backend: BackendChoice = "auto"
-    device: str = "cpu"
-    registry: Path | None = None
-    cache: str = "memory"
-    cache_size: int = 100_000
-    cache_ttl_s: int = 7 * 24 * 3600
     keys: Path | None = None
     audit: Path | None = None
     timeout_ms: int = 30_000
@@ -120,33 +215,14 @@ class ServeConfig:
     accept_any_model_name: bool = False
     #: let /v1/search filters on metadata keys no document has match nothing (default: 422 naming the known keys)
     allow_unknown_filters: bool = False
-    #: how much of each query the query log keeps: nothing, a keyed hash (the default), or the text
-    log_queries: QueryLogging = "hash"
-    #: the query log and feedback store (SQLite); None keeps no query log and refuses feedback (404)
-    feedback: Path | None = None
-    #: delete query-log rows (and their feedback and shadow rows) older than this many seconds
-    retention_s: float | None = None
-    #: a second reranker that scores sampled requests off the critical path (registry name or path)
-    shadow: str | None = None
-    shadow_share: float = 1.0
-    #: documents the shadow scores between checks for production work: a production request that arrives
-    #: mid-chunk waits for at most one chunk, so this bounds what the shadow can add to production latency
-    shadow_chunk: int = 2
-    #: serve this share of callers (sticky by user/key) with ``canary`` instead of production
-    canary: str = "candidate"
-    canary_share: float = 0.0
-    #: an experiment definition (A/B arms or interleaving), see :mod:`rankwise.experiments`
-    experiment: Path | None = None
-    #: how often registry aliases are re-read (seconds); 0 pins the versions loaded at start
-    follow_interval_s: float = 2.0
-    #: a saved reference window of traffic signals (``rankwise monitor drift --save-reference``)
-    drift_reference: Path | None = None
-    #: how many recent searches are compared with the reference
-    drift_window: int = 500
-    #: evaluate the serving configuration on this gold set every ``monitor_every_s`` seconds
-    monitor_every_s: float | None = None
-    monitor_goldset: Path | None = None
-    monitor_history: Path | None = None
+    pipeline: PipelineSettings = SERVER_PIPELINE
+    load: LoadOptions = field(default_factory=LoadOptions)
+    cache: CacheSettings = CacheSettings()
+    loop: LoopSettings = LoopSettings()
+    #: None: no shadow
+    shadow: ShadowSettings | None = None
+    rollout: RolloutSettings = RolloutSettings()
+    monitor: MonitorSettings = MonitorSettings()
     batching: BatchingSettings = BatchingSettings()
     limits: Limits = Limits()
     rate_limit: RateLimit = RateLimit()
@@ -154,42 +230,19 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.index is None and self.reranker is None:
             raise ServeConfigError("nothing to serve: pass --index DIR (for /v1/search) and/or --reranker (for /v1/rerank)")
-        choose(self.first_stage, FIRST_STAGE_METHODS, "first stage")
-        if self.rerank_fusion is not None:
-            choose(self.rerank_fusion, RERANK_FUSIONS, "rerank fusion")
-        choose(self.backend, BACKEND_CHOICES, "inference backend")
+        pipeline = self.pipeline.over(SERVER_PIPELINE)
+        object.__setattr__(self, "pipeline", pipeline)  # frozen: filled in once, before anyone reads it
+        choose(pipeline.first_stage, FIRST_STAGE_METHODS, "first stage")  # type: ignore[arg-type]
+        if pipeline.rerank_fusion is not None:
+            choose(pipeline.rerank_fusion, RERANK_FUSIONS, "rerank fusion")
         if self.timeout_ms <= 0:
             raise ServeConfigError("--timeout-ms must be positive")
-        if self.cache_size < 0 or self.cache_ttl_s <= 0:
-            raise ServeConfigError("--cache-size must be >= 0 (0 disables the in-process cache) and --cache-ttl positive")
-        if not (self.cache == "memory" or self.cache.startswith(("redis://", "rediss://", "unix://"))):
-            raise ServeConfigError(f"--cache must be 'memory' or a redis:// URL (got '{self.cache}')")
-        choose(self.log_queries, QUERY_LOGGING, "query logging")
-        if self.retention_s is not None and self.retention_s <= 0:
-            raise ServeConfigError("--retention must be a positive duration such as 30d")
-        if self.shadow_chunk < 1:
-            raise ServeConfigError("--shadow-chunk must be at least 1 document")
-        if not 0 < self.shadow_share <= 1:
-            raise ServeConfigError(f"--shadow-share must be in (0, 1] (got {self.shadow_share})")
-        if not 0 <= self.canary_share < 1:
-            raise ServeConfigError(f"--canary must be a share below 100% such as 10% (got {self.canary_share:.0%})")
-        if self.drift_window < 50:
-            raise ServeConfigError("--drift-window must be at least 50 requests (fewer cannot show a drift)")
-        if self.drift_reference is not None and self.index is None:
+        if self.monitor.drift_reference is not None and self.index is None:
             raise ServeConfigError("--drift-reference watches /v1/search traffic: pass --index too")
-        if (self.monitor_every_s is None) != (self.monitor_goldset is None):
-            raise ServeConfigError("--monitor-every and --monitor-goldset go together: how often, and on what")
-        if self.monitor_every_s is not None and (self.index is None or self.monitor_history is None):
+        if self.monitor.every_s is not None and (self.index is None or self.monitor.history is None):
             raise ServeConfigError("scheduled evaluation needs --index (what is evaluated) and a --monitor-history")
-        if self.monitor_every_s is not None and self.monitor_every_s < 60:
-            raise ServeConfigError("--monitor-every must be at least 1m (an evaluation takes a while)")
-        if self.follow_interval_s < 0:
-            raise ServeConfigError("--follow-interval must be >= 0 seconds (0 pins the loaded versions)")
-        if self.reranker is None and (self.shadow or self.canary_share or self.experiment):
+        if self.reranker is None and (self.shadow is not None or self.rollout.canary_share or self.rollout.experiment):
             raise ServeConfigError("--shadow, --canary and --experiment compare rerankers: pass --reranker too")
-        if self.experiment is not None and self.canary_share:
-            raise ServeConfigError("--canary and --experiment both split traffic: use one (a canary is an "
-                                   "experiment with two arms)")
         if self.keys is None and not is_loopback(self.host):
             raise ServeConfigError(f"refusing to serve on {self.host} without authentication: pass --keys FILE "
                                    "(create keys with `rankwise keys add`) or bind to 127.0.0.1")

@@ -372,7 +372,7 @@ def _asked_by(state: ServingState, logged: LoggedRequest, request: Request, user
 
 
 def _expired(state: ServingState, logged_at: str) -> bool:
-    retention = state.config.retention_s
+    retention = state.config.loop.retention_s
     if retention is None:
         return False
     return datetime.fromisoformat(logged_at) < datetime.now(UTC) - timedelta(seconds=retention)

@@ -33,11 +33,11 @@ from rankwise.experiments import Experiment, assign, bucket
 from rankwise.options import PipelineSettings
 from rankwise.registry import Registry, names_registry
 from rankwise.rerank.base import Reranker, backend_label
-from rankwise.rerank.loading import load_reranker
+from rankwise.rerank.loading import LoadOptions, load_reranker
 from rankwise.rerank.sanity import probe
 from rankwise.serving.batcher import MicroBatcher
 from rankwise.serving.cache import ScoreCache
-from rankwise.serving.config import ServeConfig
+from rankwise.serving.config import BatchingSettings, RolloutSettings
 from rankwise.serving.metrics import ServingMetrics
 from rankwise.serving.scoring import scorer_for
 from rankwise.serving.service import RerankService
@@ -85,16 +85,25 @@ class Route:
 
 
 class ModelRouter:
-    """Loads the configured rerankers, routes requests to them, and follows registry aliases."""
+    """Loads the configured rerankers, routes requests to them, and follows registry aliases.
 
-    def __init__(self, config: ServeConfig, cache: ScoreCache, metrics: ServingMetrics,
+    ``production`` is the ``--reranker`` spec; every model, whatever its role, is loaded with ``load`` and
+    batched with ``batching``, and ``rollout`` says which callers a canary serves and how often aliases are
+    re-read.
+    """
+
+    def __init__(self, production: str, load: LoadOptions, rollout: RolloutSettings, cache: ScoreCache,
+                 metrics: ServingMetrics, *, batching: BatchingSettings, max_request_tokens: int,
                  experiment: Experiment | None = None, info: dict[str, str] | None = None) -> None:
-        self.config = config
+        self.load = load
+        self.rollout = rollout
+        self.batching = batching
+        self.max_request_tokens = max_request_tokens
         self.info = info or {}
         self.cache = cache
         self.metrics = metrics
         self.experiment = experiment
-        self.registry = Registry(config.registry) if config.registry else None
+        self.registry = Registry(load.registry) if load.registry else None
         self._lock = threading.Lock()
         self._loaded: dict[str, ServedModel] = {}
         #: role → (spec, model): "production", "canary", "arm:<name>"
@@ -104,11 +113,9 @@ class ModelRouter:
         self.problems: dict[str, str] = {}  # role → why its newest version is not served (readiness detail)
         self._failed: dict[str, str] = {}  # role → the version that failed, not retried until the alias moves
         self._names: set[str] = set()
-        specs: dict[str, str] = {}
-        if config.reranker is not None:
-            specs["production"] = config.reranker
-        if config.canary_share > 0:
-            specs["canary"] = config.canary
+        specs: dict[str, str] = {"production": production}
+        if rollout.canary_share > 0:
+            specs["canary"] = rollout.canary
         if experiment is not None:
             for arm in experiment.arms:
                 if arm.reranker.strip().lower() not in ("", "none"):
@@ -128,7 +135,7 @@ class ModelRouter:
         """Start every batcher, and the alias follower when a served spec names the registry."""
         for model in self._loaded.values():
             model.batcher.start()
-        if self.config.follow_interval_s > 0 and any(names_registry(spec) for spec, _ in self._slots.values()):
+        if self.rollout.follow_interval_s > 0 and any(names_registry(spec) for spec, _ in self._slots.values()):
             self._follower = threading.Thread(target=self._follow, name="rankwise-follow", daemon=True)
             self._follower.start()
 
@@ -226,7 +233,7 @@ class ModelRouter:
                              (a.name, b.name), a.settings, b.settings)
             arm = assign(experiment, unit)
             return Route(self._arm_model(arm.name), arm.name, experiment.name, settings=arm.settings)
-        if "canary" in self._slots and bucket("canary", unit) < self.config.canary_share:
+        if "canary" in self._slots and bucket("canary", unit) < self.rollout.canary_share:
             return Route(self._slots["canary"][1], "canary")
         production = self._slots.get("production")
         return Route(production[1] if production else None, None)
@@ -251,12 +258,11 @@ class ModelRouter:
                 return model
         # a registry spec loads the version it resolved to (the alias may move again meanwhile)
         named = {"name": key if key == spec else f"{key} ({spec})"} if names_registry(spec) else {}
-        reranker = load_reranker(key, registry=self.registry, max_length=self.config.max_length,
-                                 backend=self.config.backend, device=self.config.device, **named)
+        reranker = load_reranker(key, self.load, registry=self.registry, **named)
         if reranker is None:
             raise ModelError(f"'{spec}' names no reranker; pass a registry name or a model directory")
-        batcher = MicroBatcher(scorer_for(reranker), self.config.batching, self.metrics, label=key,
-                               max_request_tokens=self.config.limits.max_request_tokens)
+        batcher = MicroBatcher(scorer_for(reranker), self.batching, self.metrics, label=key,
+                               max_request_tokens=self.max_request_tokens)
         model = ServedModel(key, reranker, batcher, RerankService(reranker, batcher, self.cache, self.metrics), slots=1)
         with self._lock:
             self._loaded[key] = model
@@ -264,7 +270,7 @@ class ModelRouter:
         return model
 
     def _follow(self) -> None:
-        while not self._stop.wait(self.config.follow_interval_s):
+        while not self._stop.wait(self.rollout.follow_interval_s):
             for role, (spec, current) in list(self._slots.items()):
                 if not names_registry(spec):
                     continue

@@ -27,7 +27,6 @@ from rankwise.rerank.base import Reranker, RerankScores, rank_order, scoring_key
 from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
 from rankwise.serving.batcher import Expired, MicroBatcher
 from rankwise.serving.cache import CacheUnavailable, Entry, ScoreCache, score_keys
-from rankwise.serving.config import ServeConfig
 from rankwise.serving.metrics import ServingMetrics
 from rankwise.types import SearchResponse
 
@@ -130,29 +129,29 @@ class SearchService:
     A :class:`Pipeline` is made per request (it is cheap: the index's parts are loaded once) and never
     changed: when the budget runs out the same candidates are answered without scores (``degraded``). The
     reranker is a per-call argument because the server may route requests to different model versions.
+    ``pipeline`` is the server's settings, every one set: what a request and its experiment arm leave unset.
     """
 
-    def __init__(self, index: Index, config: ServeConfig) -> None:
+    def __init__(self, index: Index, pipeline: PipelineSettings, *, allow_unknown_filters: bool = False) -> None:
         self.index = index
-        self.config = config
+        self.pipeline = pipeline
+        self.allow_unknown_filters = allow_unknown_filters
         # the query embedder's fast tokenizer must not be used from two threads at once
         self._lock = threading.Lock()
 
     def warm(self) -> None:
         """Load the first stage's lazy parts (BM25, vectors, query encoder) before traffic arrives."""
         with self._lock:
-            FirstStage(self.index, FirstStageSettings(method=self.config.first_stage)).retrieve("warm up", 1)
+            FirstStage(self.index, FirstStageSettings(method=self.pipeline.first_stage)).retrieve("warm up", 1)
 
     def search(self, query: str, rerank: RerankService | None, *, k: int, settings: PipelineSettings,
                filters: dict[str, Any], deadline: float, loop: asyncio.AbstractEventLoop) -> SearchOutcome:
         """Run on a worker thread (it blocks on the first stage and on scoring); unset settings are the server's."""
         t0 = time.perf_counter()
+        chosen = settings.over(self.pipeline)
         pipeline = Pipeline(self.index, rerank.reranker if rerank is not None else None,
-                            first_stage=settings.first_stage or self.config.first_stage,
-                            retrieve_k=settings.retrieve_k or self.config.retrieve_k,
-                            rerank_k=self.config.rerank_k if settings.rerank_k is None else settings.rerank_k,
-                            rerank_fusion=settings.rerank_fusion or self.config.rerank_fusion,
-                            allow_unknown_filters=self.config.allow_unknown_filters)
+                            first_stage=chosen.first_stage, retrieve_k=chosen.retrieve_k, rerank_k=chosen.rerank_k,
+                            rerank_fusion=chosen.rerank_fusion, allow_unknown_filters=self.allow_unknown_filters)
         with self._lock:
             candidates = pipeline.retrieve(query, filters)
         timings = {"first_stage": (time.perf_counter() - t0) * 1000}

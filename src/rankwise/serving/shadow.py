@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from rankwise.experiments import agreement
 from rankwise.feedback.events import ShadowRecord
 from rankwise.feedback.store import FeedbackStore
-from rankwise.registry import Registry
 from rankwise.rerank.base import Reranker, rank_order
-from rankwise.rerank.loading import load_reranker
-from rankwise.serving.config import ServeConfig
+from rankwise.rerank.loading import LoadOptions, load_reranker
+from rankwise.serving.config import ShadowSettings
 from rankwise.serving.metrics import ServingMetrics
 
 log = logging.getLogger("rankwise.serving")
@@ -47,27 +46,27 @@ class ShadowJob:
 
 
 class ShadowRunner:
-    """Loads the shadow model and scores offered requests when ``production_busy()`` is false."""
+    """Loads the shadow model (the way production's are loaded: ``load``) and scores offered requests when
+    ``production_busy()`` is false."""
 
-    def __init__(self, config: ServeConfig, metrics: ServingMetrics, store: FeedbackStore | None,
-                 production_busy: Callable[[], bool], *, queue_size: int = 8, max_age_s: float = 30.0) -> None:
-        assert config.shadow is not None
-        self.spec = config.shadow
-        self.share = config.shadow_share
+    def __init__(self, settings: ShadowSettings, load: LoadOptions, metrics: ServingMetrics,
+                 store: FeedbackStore | None, production_busy: Callable[[], bool], *, queue_size: int = 8,
+                 max_age_s: float = 30.0) -> None:
+        self.spec = settings.model
+        self.share = settings.share
         self.metrics = metrics
         self.store = store
         self.production_busy = production_busy
-        self.chunk = config.shadow_chunk
+        self.chunk = settings.chunk
         self.max_age_s = max_age_s
         self.problem: str | None = None
         self.reranker: Reranker | None = None
         self._queue: queue.Queue[ShadowJob | None] = queue.Queue(maxsize=queue_size)
         self._random = random.Random()
         try:
-            self.reranker = load_reranker(config.shadow, registry=Registry(config.registry) if config.registry else None,
-                                          max_length=config.max_length, backend=config.backend, device=config.device)
+            self.reranker = load_reranker(settings.model, load)
         except Exception as error:  # noqa: BLE001 - a broken shadow must not stop production
-            self.problem = f"shadow model '{config.shadow}' failed to load: {type(error).__name__}: {error}"
+            self.problem = f"shadow model '{settings.model}' failed to load: {type(error).__name__}: {error}"
             log.error("%s; serving without a shadow", self.problem)
             metrics.shadow.labels("load_failed").inc()
         self._thread = threading.Thread(target=self._run, name="rankwise-shadow", daemon=True)

@@ -15,7 +15,7 @@ from rankwise.index import Index
 from rankwise.serving.audit import AuditLog
 from rankwise.serving.auth import KeyStore, RateLimiter
 from rankwise.serving.cache import ScoreCache, open_score_cache
-from rankwise.serving.config import ServeConfig
+from rankwise.serving.config import LoopSettings, ServeConfig
 from rankwise.serving.metrics import ServingMetrics
 from rankwise.serving.models import ModelRouter
 from rankwise.serving.service import SearchService
@@ -68,37 +68,47 @@ def load_state(config: ServeConfig) -> ServingState:
     if keys is not None:
         keys.check()
     state = ServingState(config=config, metrics=metrics, keys=keys, limiter=RateLimiter(config.rate_limit),
-                         cache=open_score_cache(config.cache, size=config.cache_size, ttl_s=config.cache_ttl_s))
+                         cache=open_score_cache(config.cache))
     if config.index is not None:
         state.index = Index(config.index)
-    if config.experiment is not None:
-        state.experiment = load_experiment(config.experiment)
-    if config.feedback is not None:
-        store = SQLiteFeedbackStore(config.feedback, on_lost=metrics.query_log_errors.inc)
-        try:
-            store.check_integrity()  # a damaged file is refused before serving, not found by failing writes
-            store.set_retention(config.retention_s)  # so `feedback export` after a stop applies it too
-        except Exception:
-            store.close()
-            raise
-        state.feedback = store
+    if config.rollout.experiment is not None:
+        state.experiment = load_experiment(config.rollout.experiment)
+    state.feedback = open_feedback_store(config.loop, metrics)
     info = {"index_fingerprint": state.index.fingerprint if state.index else "none",
             "embedding_model": str((state.index.manifest.embedding or {}).get("model", "none")) if state.index else "none",
             "cache": state.cache.backend, "batching": "on" if config.batching.enabled else "off"}
     if config.reranker is not None:
-        state.router = ModelRouter(config, state.cache, metrics, state.experiment, info)
+        state.router = ModelRouter(config.reranker, config.load, config.rollout, state.cache, metrics,
+                                   batching=config.batching, max_request_tokens=config.limits.max_request_tokens,
+                                   experiment=state.experiment, info=info)
         metrics.track_queue(state.router.depth)
         state.model_names = {str(config.reranker), *config.served_model_names}
     else:
         metrics.model.info({**info, "reranker": "none", "reranker_sha256": "none", "reranker_backend": "none"})
     if config.shadow is not None and state.router is not None:
-        state.shadow = ShadowRunner(config, metrics, state.feedback, state.router.busy)
+        state.shadow = ShadowRunner(config.shadow, config.load, metrics, state.feedback, state.router.busy)
     if state.index is not None:
-        state.search = SearchService(state.index, config)
-        if state.feedback is not None or config.drift_reference is not None:
-            state.drift = DriftWatch(state.index, metrics, config.drift_reference, config.drift_window)
-        if config.monitor_every_s is not None:
-            state.monitor = ScheduledMonitor(config, state.index, metrics)
+        state.search = SearchService(state.index, config.pipeline, allow_unknown_filters=config.allow_unknown_filters)
+        if state.feedback is not None or config.monitor.drift_reference is not None:
+            state.drift = DriftWatch(state.index, metrics, config.monitor)
+        if config.monitor.every_s is not None:
+            state.monitor = ScheduledMonitor(config.monitor, state.index, metrics, reranker=config.reranker,
+                                             load=config.load, pipeline=config.pipeline)
     if config.audit is not None:
         state.audit = AuditLog(config.audit)
     return state
+
+
+def open_feedback_store(loop: LoopSettings, metrics: ServingMetrics) -> FeedbackStore | None:
+    """The query log and feedback store (``None`` without one), checked whole before serving: a damaged file
+    is refused now, not found by failing writes."""
+    if loop.feedback is None:
+        return None
+    store = SQLiteFeedbackStore(loop.feedback, on_lost=metrics.query_log_errors.inc)
+    try:
+        store.check_integrity()
+        store.set_retention(loop.retention_s)  # so `feedback export` after a stop applies it too
+    except Exception:
+        store.close()
+        raise
+    return store

@@ -23,11 +23,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 
 from rankwise.index import Index
 from rankwise.monitoring.drift import DriftReference, QueryVocabulary, RollingWindow, query_signals
-from rankwise.serving.config import ServeConfig
+from rankwise.options import PipelineSettings
+from rankwise.rerank.loading import LoadOptions
+from rankwise.serving.config import MonitorSettings
 from rankwise.serving.metrics import ServingMetrics
 from rankwise.types import SearchResponse
 
@@ -39,11 +40,12 @@ _ALARM = {"drift": 1.0, "ok": 0.0, "not enough data": -1.0}
 class DriftWatch:
     """Signals per answered search, a rolling window of them, and its comparison with a reference."""
 
-    def __init__(self, index: Index, metrics: ServingMetrics, reference: Path | None, window: int) -> None:
+    def __init__(self, index: Index, metrics: ServingMetrics, settings: MonitorSettings) -> None:
         self.vocabulary = QueryVocabulary.from_index(index)
         self.metrics = metrics
+        reference = settings.drift_reference
         self.reference = DriftReference.load(reference) if reference is not None else None
-        self.window = RollingWindow(window)
+        self.window = RollingWindow(settings.drift_window)
 
     def observe(self, query: str, response: SearchResponse) -> dict[str, float]:
         """The request's signals (logged with it), added to the rolling window."""
@@ -71,18 +73,28 @@ MONITOR_NAME = "serve"
 
 
 class ScheduledMonitor:
-    """Every ``monitor_every_s``: evaluate the serving configuration on the gold set, record, check, export."""
+    """Every ``settings.every_s``: evaluate the serving configuration on the gold set, record, check, export.
 
-    def __init__(self, config: ServeConfig, index: Index, metrics: ServingMetrics) -> None:
+    The serving configuration is what production answers searches with: the ``reranker`` spec (re-resolved
+    at each run), loaded as the server loads it (``load``), over the server's ``pipeline`` settings (all set,
+    as :class:`~rankwise.serving.config.ServeConfig` fills them in).
+    """
+
+    def __init__(self, settings: MonitorSettings, index: Index, metrics: ServingMetrics, *, reranker: str | None,
+                 load: LoadOptions, pipeline: PipelineSettings) -> None:
         from rankwise.evaluation.goldset import GoldSet
         from rankwise.monitoring.history import SQLiteMonitorHistory
 
-        assert config.monitor_goldset is not None and config.monitor_history is not None
-        self.config = config
+        assert settings.every_s is not None and settings.goldset is not None and settings.history is not None
+        self.every_s = settings.every_s
+        self.history = settings.history
+        self.reranker = reranker
+        self.load = load
+        self.pipeline = pipeline
         self.index = index
         self.metrics = metrics
-        self.gold = GoldSet.load(config.monitor_goldset).prepare(known_documents=set(index.passage_doc_ids))
-        SQLiteMonitorHistory(config.monitor_history).close()  # a bad path stops the server now, not in a day
+        self.gold = GoldSet.load(settings.goldset).prepare(known_documents=set(index.passage_doc_ids))
+        SQLiteMonitorHistory(self.history).close()  # a bad path stops the server now, not in a day
         metrics.monitor_alarm.set(_STATUS["inconclusive"])  # until a run says otherwise
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rankwise-monitor", daemon=True)
@@ -95,7 +107,7 @@ class ScheduledMonitor:
         self._thread.join(5)  # a run in progress is abandoned: it appends nothing until it completes
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.config.monitor_every_s):
+        while not self._stop.wait(self.every_s):
             self.run_once()
 
     def run_once(self) -> None:
@@ -104,14 +116,13 @@ class ScheduledMonitor:
         from rankwise.monitoring.history import SQLiteMonitorHistory
         from rankwise.monitoring.run import monitor_run, resolve_reranker
 
-        config = self.config
+        pipeline = self.pipeline
         try:
-            reranker = resolve_reranker(config.reranker or "none", registry=config.registry, backend=config.backend,
-                                        device=config.device, max_length=config.max_length)
-            record = monitor_run(self.index, self.gold, name=MONITOR_NAME, first_stage=config.first_stage,
-                                 reranker=reranker, retrieve_k=config.retrieve_k, rerank_k=config.rerank_k,
-                                 rerank_fusion=config.rerank_fusion)
-            with SQLiteMonitorHistory(config.monitor_history) as history:
+            reranker = resolve_reranker(self.reranker or "none", self.load)
+            record = monitor_run(self.index, self.gold, name=MONITOR_NAME, first_stage=pipeline.first_stage,
+                                 reranker=reranker, retrieve_k=pipeline.retrieve_k, rerank_k=pipeline.rerank_k,
+                                 rerank_fusion=pipeline.rerank_fusion)
+            with SQLiteMonitorHistory(self.history) as history:
                 history.append(record)
                 result = check(history, name=MONITOR_NAME)
         except Exception:  # counted and logged; the next interval tries again
