@@ -95,7 +95,9 @@ class Server(ServeProcess):
         env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
         super().__init__(["--reranker", str(model), "--backend", backend, "--max-length", str(max_length),
                           "--audit", "none", "--timeout-ms", "300000", "--batching" if batching else "--no-batching",
-                          *extra], log, timeout_s=600, env=env)
+                          # its own query log: servers of two versions never share (or upgrade) one file
+                          "--feedback-db", str(log.with_suffix(".feedback.sqlite")), *extra],
+                         log, timeout_s=600, env=env)
         if self.problem:
             sys.exit(f"error: {self.problem}; see {log}")
 
@@ -232,7 +234,8 @@ def main() -> None:
         "command": "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
         "cpu": cpu, "model": args.model, "max_length": args.max_length, "inputs": source,
         "server": "python -m rankwise serve --reranker MODEL --backend B --max-length N --audit none "
-                  "--timeout-ms 300000 [--no-batching] (memory cache, default batching settings)",
+                  "--timeout-ms 300000 [--no-batching] --feedback-db OWN_FILE (memory cache, default batching "
+                  "settings)",
         "baseline_src": str(args.baseline_src) if args.baseline_src else None, "cells": cells, "skipped": skipped,
     }
     write_json(args.out, payload)
