@@ -4,9 +4,10 @@
         [--budget-s 600] [--architecture ...] [--residual/--no-residual] [--steps N] [--lr X] [--max-length N]
         [--tag NAME]
 
-For one domain: build (or reuse) its index, take the judged queries of its train split, hold out 10% for
-validation exactly as ``rankwise train`` does, mine the same groups, train with the recipe rankwise picks
-for that data (or the overrides given) under a wall-clock budget, then evaluate on the domain's held-out
+For one domain: build (or reuse) its index, take the judged queries of its train split and run the very
+training session ``rankwise train`` runs (:func:`rankwise.training.session.train_session`: 10% held out for
+validation, the same mined groups, the recipe rankwise picks for that data or the overrides given, a
+wall-clock budget, the verdict against the first stage), then evaluate on the domain's held-out
 split(s) — the first stage (hybrid top 100) against the same list reranked by the model *as served*
 (``auto`` backend, ``load_reranker``, ordered as its training declared: alone or fused with the first
 stage's ranks, whichever did better on the validation queries), nDCG@5/@10 with the paired randomization
@@ -23,7 +24,6 @@ Writes ``benchmarks/results/default_recipe_<domain>[_<tag>].json``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -44,25 +44,17 @@ DOMAINS: dict[str, tuple[Path, str, list[tuple[str, Path, str]]]] = {
 METRICS = ["nDCG@5", "nDCG@10"]
 
 
-def finished_run(run_dir: Path, config: Any) -> Any:
-    """The result of a run that already finished in ``run_dir`` with this very config, else None.
+class _Say:
+    """The session's progress on the benchmark's console."""
 
-    Training resumes from checkpoints on its own; this lets a finished run go straight to evaluation instead
-    of taking one more step past its spent budget. Delete the folder to train again.
-    """
-    from dataclasses import asdict
+    def __init__(self, console: Console) -> None:
+        self.console = console
 
-    from rankwise.training.finetune import TrainingResult
+    def note(self, text: str) -> None:
+        self.console.print(text, highlight=False, markup=False)
 
-    summary_file = run_dir / "training.json"
-    if not summary_file.is_file():
-        return None
-    summary = json.loads(summary_file.read_text())
-    if summary["config"] != json.loads(json.dumps(asdict(config))) or not Path(summary["model_dir"]).is_dir():
-        return None
-    return TrainingResult(model_dir=Path(summary["model_dir"]), config=config, steps=summary["steps"],
-                          train_seconds=summary["train_seconds"], resumed_from=summary["resumed_from"],
-                          best_validation_ndcg10=summary["best_validation_ndcg@10"])
+    def stage(self, text: str) -> Any:
+        return self.console.status(text)
 
 
 def main() -> None:
@@ -86,10 +78,7 @@ def main() -> None:
     from rankwise.rerank.base import backend_label, declared_fusion
     from rankwise.rerank.loading import load_reranker
     from rankwise.training.data import JudgedQueries, group_stats
-    from rankwise.training.negatives import mine_groups, parse_negative_mix
-    from rankwise.training.recipe import DEFAULT_NEGATIVES, choose_recipe
-    from rankwise.training.train import train_reranker
-    from rankwise.training.verdict import declare_serving_order, judge_against_first_stage
+    from rankwise.training.session import SessionSettings, train_session
 
     source, train_split, evaluations = DOMAINS[args.domain]
     if not source.is_dir():
@@ -100,24 +89,16 @@ def main() -> None:
     index_seconds = time.perf_counter() - started
     judged = JudgedQueries.from_goldset(GoldSet.from_beir(source, train_split),
                                         known_documents=index.passage_doc_ids)
-    train_part, val_part = judged.split(0.1, args.seed)
-    recipe = choose_recipe(len(train_part.qrels), index.manifest.num_documents, budget_s=args.budget_s,
-                           has_dense=index.has_dense)
-    recipe = recipe.overridden(architecture=args.architecture, residual=args.residual, max_steps=args.steps,
-                               learning_rate=args.lr, max_length=args.max_length, batch_size=args.batch_size)
-    console.print(f"{args.domain}: {recipe.explain()}")
-    train_groups = mine_groups(index, train_part.queries, train_part.qrels, mix=parse_negative_mix(DEFAULT_NEGATIVES),
-                               depth=30, max_positives=recipe.max_positives, seed=args.seed)
-    val_groups = mine_groups(index, val_part.queries, val_part.qrels, mix={"hybrid": 30}, depth=30, seed=args.seed)
-    embedder = str((index.manifest.embedding or {})["model"])
-    config = recipe.config(base_model="minilm", residual_over=embedder, seed=args.seed)
+    # exactly what `rankwise train` runs, with the same defaults; only the overrides given differ
+    settings = SessionSettings(architecture=args.architecture, residual=args.residual, max_steps=args.steps,
+                               learning_rate=args.lr, max_length=args.max_length, batch_size=args.batch_size,
+                               train_seconds=args.budget_s, seed=args.seed)
     run_dir = BENCH_CACHE / "recipe-runs" / f"{args.domain}{'-' + args.tag if args.tag else ''}"
-    result = finished_run(run_dir, config) or train_reranker(train_groups, val_groups, config, run_dir)
+    session = train_session(index, judged, settings, run_dir, reporter=_Say(console))
+    recipe, result, verdict = session.recipe, session.result, session.verdict
+    train_groups, val_groups = session.train_groups, session.validation_groups
     console.print(f"trained {result.steps} steps in {result.train_seconds:.0f} s, "
                   f"best validation nDCG@10 {result.best_validation_ndcg10}")
-
-    verdict = judge_against_first_stage(index, val_part, result.model_dir, rerank_k=30)
-    declare_serving_order(result.model_dir, verdict)
     console.print(verdict.message if verdict else "no validation verdict")
     reranker = load_reranker(str(result.model_dir))
     splits = {}

@@ -229,6 +229,14 @@ def test_train_cli_trains_registers_and_records_the_title_queries(tmp_path: Path
     assert read_calibration(entry.path / CALIBRATION_FILE), "the registered copy keeps its calibration windows"
     reloaded = CrossEncoderReranker(entry.path, backend="torch")
     assert reloaded.score("refund annual plan", ["Annual plans can be refunded.", "Rotate Redis."]).raw.shape == (2,)
+    # the same command again finds the finished run and goes straight to its verdict: no step past it
+    weights = sorted((tmp_path / "run").rglob("model.safetensors"))
+    assert weights
+    before = [w.stat().st_mtime_ns for w in weights]
+    again = subprocess.run([*cmd, "--no-register"], capture_output=True, text=True, check=False, timeout=600,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert '"steps": 12' in again.stdout and [w.stat().st_mtime_ns for w in weights] == before
 
 
 def test_train_continues_a_registered_model_with_its_kind_and_records_the_parent(tmp_path: Path,

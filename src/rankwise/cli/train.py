@@ -4,8 +4,7 @@ registry."""
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -95,78 +94,25 @@ def train(
     Unset options follow a recipe chosen from the data (printed with its reasons); any option set wins.
     """
     prelude()
-    from rankwise.errors import QueryError
     from rankwise.index import Index
     from rankwise.options import choose
-    from rankwise.registry import CardMetrics, ModelCard, TrainingData, Validation
-    from rankwise.rerank.declaration import read_declaration
-    from rankwise.training.data import JudgedQueries, group_stats
+    from rankwise.training.data import JudgedQueries
     from rankwise.training.finetune import ARCHITECTURES
-    from rankwise.training.leakage import query_digests
-    from rankwise.training.negatives import TrainingGroup, mine_groups, parse_negative_mix, title_groups
-    from rankwise.training.recipe import choose_recipe
-    from rankwise.training.replay import choose_replay
-    from rankwise.training.train import starting_point, train_reranker
-    from rankwise.training.verdict import declare_serving_order, judge_against_first_stage
+    from rankwise.training.session import SessionSettings, train_session
 
     reg = _registry(registry)
-    start = starting_point(base_model or "minilm",
-                           choose(architecture, ARCHITECTURES, "architecture") if architecture else None, reg)
-    mix = parse_negative_mix(negatives)
+    settings = SessionSettings(
+        base_model=base_model, architecture=choose(architecture, ARCHITECTURES, "architecture") if architecture else None,
+        loss=loss, residual=residual, negatives=negatives, depth=depth, skip_top=skip_top, margin=margin,
+        rounds=rounds, max_positives=max_positives, title_queries=title_queries,
+        validation_fraction=validation_fraction, replay=replay, epochs=epochs, max_steps=max_steps,
+        train_seconds=train_seconds, batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
+        eval_steps=eval_steps, layers=layers, patience=patience, bf16=bf16, seed=seed)
     index = Index(index_dir)
     judged = JudgedQueries.from_goldset(load_goldset(dataset, split, goldset), known_documents=index.passage_doc_ids)
-    train_part, val_part = judged.split(validation_fraction, seed)
-    recipe = choose_recipe(len(train_part.qrels), index.manifest.num_documents,
-                           budget_s=train_seconds or DEFAULT_BUDGET_S, has_dense=index.has_dense)
-    if start.parent is not None:
-        recipe = recipe.continuing(start.architecture, start.residual is not None, start.parent)
-    if residual is False and start.residual is not None:
-        raise QueryError(f"'{base_model}' is {start.parent}, a residual reranker: continuing it keeps its residual "
-                         "base; drop --no-residual, or start from a backbone")
-    recipe = recipe.overridden(architecture=start.architecture if architecture else None, residual=residual, loss=loss,
-                               max_steps=-1 if epochs is not None and max_steps is None else max_steps,
-                               batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
-                               eval_steps=eval_steps, max_positives=max_positives)
-    if recipe.residual and start.residual is None and not index.has_dense:
-        raise QueryError(f"a residual reranker adds a correction to the dense cosine, and {index_dir} has no "
-                         "vectors; build it with an embedding model or pass --no-residual")
-    out.print(f"recipe: {escape(recipe.explain())}", highlight=False)
-    dense_model = str(index.manifest.embedding["model"]) if index.manifest.embedding else None
-    # a new bi-encoder is a copy of the index's own embedding model unless told otherwise
-    begin = dense_model if base_model is None and recipe.architecture == "bi-encoder" and dense_model else start.path
-    config = recipe.config(base_model=begin, residual_over=dense_model,
-                           residual_base=start.residual, seed=seed, patience=patience, layers=layers, bf16=bf16,
-                           epochs=epochs or 1.0)
-
-    def mine_training(part: JudgedQueries) -> list[TrainingGroup]:
-        """Training groups, mined alike for the new judged queries and the parent's replayed ones."""
-        return mine_groups(index, part.queries, part.qrels, mix=mix, depth=depth, skip_top=skip_top,
-                           false_negative_margin=margin, rounds=rounds, max_positives=recipe.max_positives,
-                           seed=seed)
-
-    with out.status("mining hard negatives…"):
-        train_groups = mine_training(train_part)
-        pseudo = title_groups(index, mix=mix, depth=depth, seed=seed) if title_queries else []
-        # validation sees realistic candidate lists: the hybrid (or BM25) top-depth, not random documents
-        val_mix = {"hybrid" if index.has_dense else "bm25": depth}
-        val_groups = mine_groups(index, val_part.queries, val_part.qrels, mix=val_mix, depth=depth, seed=seed)
-        replayed = None
-        if start.parent is not None and replay > 0:
-            replayed = choose_replay(reg.get(start.parent).card, math.ceil(replay * len(train_part.qrels)),
-                                     exclude=set(judged.texts), known_documents=set(index.passage_doc_ids), seed=seed)
-        replay_groups = [] if replayed is None or replayed.queries is None else mine_training(replayed.queries)
-    out.print(f"training groups {dict(group_stats(train_groups))}, title pseudo-queries {len(pseudo)}, "
-              f"validation groups {dict(group_stats(val_groups))}", highlight=False)
-    if replayed is not None:
-        out.print(f"replaying {len(replay_groups)} of {start.parent}'s training queries from {replayed.source}"
-                  if replay_groups else f"[yellow]not replaying {start.parent}'s training queries: "
-                  f"{escape(replayed.reason)}[/]", highlight=False)
-    result = train_reranker(train_groups + replay_groups + pseudo, val_groups, config, output)
-    summary = result.summary()
-    out.print_json(json.dumps(summary))
-    with out.status("validating against the first stage…"):
-        verdict = judge_against_first_stage(index, val_part, result.model_dir, rerank_k=depth)
-        declare_serving_order(result.model_dir, verdict)
+    session = train_session(index, judged, settings, output, registry=reg, reporter=_ConsoleReporter())
+    out.print_json(json.dumps(session.summary))
+    verdict = session.verdict
     if verdict is None:
         out.print(f"[yellow]no validation queries ({len(judged.qrels)} judged, --validation-fraction "
                   f"{validation_fraction:g} held out none): nothing says whether this model beats the first stage; "
@@ -174,29 +120,22 @@ def train(
     else:
         out.print(f"[{'green' if verdict.beats_first_stage else 'bold red'}]{verdict.message}[/]", highlight=False)
     if register:
-        result_declaration = read_declaration(result.model_dir)
-        replayed_texts = replayed.queries.texts if replayed is not None and replayed.queries is not None else []
-        parent = start.parent or reg.aliases().get("production")
         # absolute, so that a model continued later, from another directory, can replay them
         source: dict[str, Any] = ({"dataset": str(dataset.resolve()), "split": split} if dataset
                                   else {"goldset": str(goldset.resolve()) if goldset else None})
-        training_data = TrainingData(
-            **source, fingerprint=judged.fingerprint, query_digests=query_digests(judged.texts + replayed_texts),
-            index_fingerprint=index.fingerprint, max_positives=recipe.max_positives, title_queries=len(pseudo),
-            replay=replayed.to_dict() if replayed else None,
-            extra=group_stats(train_groups))  # queries, positives and negatives trained on
-        card = ModelCard(
-            base_model=base_model or begin, continued_from=start.parent, training_data=training_data,
-            recipe=recipe.to_dict(),
-            residual=asdict(result_declaration.residual) if result_declaration.residual else None,
-            hyperparameters=summary["config"],
-            metrics=CardMetrics(validation=Validation(
-                ndcg10=result.best_validation_ndcg10,
-                against_first_stage=verdict.to_dict() if verdict else None)),
-            training={k: summary[k] for k in ("steps", "train_seconds", "loss_first", "loss_last")},
-            parent=parent)
-        entry = reg.register(result.model_dir, card)
+        card = session.card(settings, source, index, parent=session.start.parent or reg.aliases().get("production"))
+        entry = reg.register(session.model_dir, card)
         out.print(f"[green]registered[/] {entry.version} as candidate in {reg.root} (sha256 {entry.weights_sha256[:12]})")
+
+
+class _ConsoleReporter:
+    """What a training session says, on the terminal: lines, and a spinner over the long steps."""
+
+    def note(self, text: str) -> None:
+        out.print(escape(text), highlight=False)
+
+    def stage(self, text: str) -> Any:
+        return out.status(text)
 
 
 models_app = typer.Typer(help="The model registry: versions, aliases, promotion and rollback.", no_args_is_help=True)
