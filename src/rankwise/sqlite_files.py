@@ -83,7 +83,7 @@ def _check(conn: sqlite3.Connection, path: Path, kind: DatabaseKind) -> str | No
     if app_id == 0 and _is_legacy(conn, kind):
         return None
     if app_id != kind.application_id:
-        return f"'{path}' is not a rankwise {kind.name}; {kind.wrong_file_fix}"
+        return f"'{path}' is an SQLite database but not a rankwise {kind.name}; {kind.wrong_file_fix}"
     if version > kind.schema_version:
         return (f"the {kind.name} '{path}' was written by a newer rankwise (schema {version}, this one reads "
                 f"{kind.schema_version}); upgrade rankwise")
@@ -107,11 +107,8 @@ def _prepare(conn: sqlite3.Connection, path: Path, kind: DatabaseKind, create: b
             conn.execute(f"PRAGMA application_id = {kind.application_id}")
             conn.execute(f"PRAGMA user_version = {kind.schema_version}")
         return None
-    if app_id != kind.application_id:
-        return f"'{path}' is an SQLite database but not a rankwise {kind.name}; {kind.wrong_file_fix}"
-    if version > kind.schema_version:
-        return (f"the {kind.name} '{path}' was written by a newer rankwise (schema {version}, this one reads "
-                f"{kind.schema_version}); upgrade rankwise")
+    if problem := _check(conn, path, kind):
+        return problem
     conn.execute("PRAGMA journal_mode=WAL")
     while version < kind.schema_version:  # an older file: add what this version needs, keep every row
         if version not in kind.migrations:
