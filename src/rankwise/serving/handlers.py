@@ -71,15 +71,17 @@ async def _rerank(state: ServingState, body: Any, request: Request, api_version:
         model = route.model
         request.state.audit.update(reranker=model.name, reranker_sha256=model.sha256,
                                    query_sha256=query_sha(state, query))
-        first = await _score_texts(model.service, query, texts, deadline, body.max_tokens_per_doc)
+        scoring = [_score_texts(model.service, query, texts, deadline, body.max_tokens_per_doc)]
+        if route.other is not None and route.arms is not None:  # interleaved: both arms at once, one budget
+            scoring.append(_score_texts(route.other.service, query, texts, deadline, body.max_tokens_per_doc))
+        first, *others = await asyncio.gather(*scoring)
         order = first.order[:top_n]
         teams: list[str] | None = None
-        costs = [first.cost]
+        costs = [first.cost, *(other.cost for other in others)]
         by_arm = {route.arms[0]: first, route.arms[1]: first} if route.arms else {}
-        if route.other is not None and route.arms is not None and not first.degraded:
-            second = await _score_texts(route.other.service, query, texts, deadline, body.max_tokens_per_doc)
+        if others and route.arms is not None and not first.degraded:
+            second = others[0]
             by_arm[route.arms[1]] = second
-            costs.append(second.cost)
             if not second.degraded:
                 ids, teams = interleave([str(i) for i in first.order], [str(i) for i in second.order], route.arms,
                                         top_n, request.state.request_id)
@@ -135,11 +137,13 @@ async def search(state: ServingState, body: Any, request: Request) -> JSONRespon
             return state.search.search(query, served.service if served else None, k=body.k, filters=body.filters,
                                        settings=asked.over(arm), deadline=deadline, loop=loop)
 
-        outcome = await run_in_threadpool(run, model, route.settings)
-        response, teams, costs = outcome.response, None, [outcome.cost]
-        if route.arms is not None and not outcome.degraded:
-            other = await run_in_threadpool(run, route.other, route.other_settings)
-            costs.append(other.cost)
+        searches = [run_in_threadpool(run, model, route.settings)]
+        if route.arms is not None:  # interleaved: both arms at once (worker threads, one batcher each), one budget
+            searches.append(run_in_threadpool(run, route.other, route.other_settings))
+        outcome, *others = await asyncio.gather(*searches)
+        response, teams, costs = outcome.response, None, [outcome.cost, *(other.cost for other in others)]
+        if others and route.arms is not None and not outcome.degraded:
+            other = others[0]
             if not other.degraded:
                 response, teams = _interleaved(outcome.response, other.response, route.arms, body.k,
                                                request.state.request_id)
