@@ -108,16 +108,16 @@ def test_versions_registered_before_file_lists_still_load_verified_by_weights(tm
 
 def test_verified_hashes_are_cached_but_a_changed_file_is_still_seen(tmp_path: Path, registry: Registry) -> None:
     """Repeated loads skip rehashing once files are older than a timestamp tick, keyed by size/mtime/ctime/inode."""
-    from rankwise.registry import files as registry_files
+    from rankwise import verified_files
 
     entry = registry.register(_model(tmp_path, 1), {})
 
     def cached() -> bool:
-        return any(key[0] == str(entry.path.resolve()) for key in registry_files._VERIFIED)
+        return any(key[0] == str(entry.path.resolve()) for key in verified_files.VERIFIED)
 
     registry.get("v1")
     assert not cached(), "files written within the settle window are rehashed on every load"
-    time.sleep(registry_files._SETTLE_NS / 1e9 + 0.1)
+    time.sleep(verified_files.SETTLE_NS / 1e9 + 0.1)
     registry.get("v1")
     assert cached(), "once settled, the next load of v1 skips hashing"
     tokenizer = entry.path / "tokenizer.json"

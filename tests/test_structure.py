@@ -19,6 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "rankwise"
 LAYERS: list[set[str]] = [
     {"errors"},
     {"types", "options", "jsonl", "models", "faults", "sqlite_files", "storage", "clock", "batched_writer"},
+    {"verified_files"},  # sha256 checks remembered per file identity; writes its sidecars through storage
     {"corpus"},  # loaders and chunking; inference calibrates static int8 on the bundled corpus
     {"inference"},
     {"index"},

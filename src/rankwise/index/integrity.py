@@ -8,9 +8,10 @@ Why it stays fast: hashing means reading every byte, which for a multi-GB index 
 
 * always checks each file's size and edges digest (a ``stat`` and 8 KiB read per file), and
 * hashes a file in full only when its identity — ``(device, inode, size, mtime_ns, ctime_ns)`` — is not
-  one already verified. Verified identities are remembered in this process and in a small sidecar,
-  ``.verified.json`` in the index directory, written by the build (which hashes the files anyway) and
-  refreshed best-effort by readers (on a read-only mount each process re-hashes once).
+  one already verified. Verified identities are remembered (by :mod:`rankwise.verified_files`) in this
+  process and in a small sidecar, ``.verified.json`` in the index directory, written by the build (which
+  hashes the files anyway) and refreshed best-effort by readers (on a read-only mount each process
+  re-hashes once).
 
 Any write to a file moves its mtime and ctime (ctime cannot be set back, not even with ``touch``), and a
 file copied or moved in from elsewhere has another inode, so such a file is re-hashed on the next open.
@@ -21,20 +22,17 @@ whoever can rewrite the files can rewrite the manifest too.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 from rankwise.errors import IndexNotFoundError
-from rankwise.storage import atomic_write_text
+from rankwise.verified_files import VerifiedFiles, identity
 
 SIDECAR = ".verified.json"
 _EDGE = 4096
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-#: absolute file path -> (stat identity, sha256) verified by this process
-_VERIFIED: dict[str, tuple[tuple[int, ...], str]] = {}
 
 
 def one_line(text: object) -> str:
@@ -53,7 +51,7 @@ def record_files(directory: Path, *, exclude: set[str]) -> dict[str, dict[str, A
     Called by the build on its finished files; also writes the sidecar, so the first open is fast.
     """
     records: dict[str, dict[str, Any]] = {}
-    cache: dict[str, list[Any]] = {}
+    verified = VerifiedFiles(directory, sidecar=SIDECAR)
     for file in sorted(p for p in directory.rglob("*") if p.is_file()):
         name = file.relative_to(directory).as_posix()
         if name in exclude or name == SIDECAR:
@@ -63,8 +61,8 @@ def record_files(directory: Path, *, exclude: set[str]) -> dict[str, dict[str, A
             os.fsync(fh.fileno())
         stat = file.stat()
         records[name] = {"size": stat.st_size, "sha256": sha, "edges": _edges(file, stat.st_size)}
-        cache[name] = [*_identity(stat), sha]
-    _write_sidecar(directory, cache)
+        verified.record(name, identity(stat), sha)
+    verified.save(set(records))
     return records
 
 
@@ -90,8 +88,7 @@ def verify_files(directory: Path, records: dict[str, dict[str, Any]]) -> None:
     Raises:
         IndexNotFoundError: naming the first missing or damaged file.
     """
-    cache = _read_sidecar(directory)
-    fresh = False
+    verified = VerifiedFiles(directory, sidecar=SIDECAR)
     for name, record in sorted(records.items()):
         file = directory / name
         try:
@@ -107,33 +104,13 @@ def verify_files(directory: Path, records: dict[str, dict[str, Any]]) -> None:
             raise corrupt(file, f"{stat.st_size} bytes, the manifest records {record['size']}")
         if _edges(file, stat.st_size) != record["edges"]:
             raise corrupt(file, "its content differs from the sha256 in the manifest")
-        identity = _identity(stat)
-        key = str(file.absolute())
-        sha = record["sha256"]
-        if _VERIFIED.get(key) == (identity, sha):
-            continue
-        if cache.get(name) == [*identity, sha]:
-            _VERIFIED[key] = (identity, sha)
-            continue
-        if _sha256(file) != sha:
+        try:
+            intact = verified.verify(name, record["sha256"], stat=stat)
+        except OSError as err:
+            raise corrupt(file, f"cannot be read: {err.strerror or err}") from None
+        if not intact:
             raise corrupt(file, "its content differs from the sha256 in the manifest")
-        _VERIFIED[key] = (identity, sha)
-        cache[name] = [*identity, sha]
-        fresh = True
-    if fresh:
-        _write_sidecar(directory, {n: v for n, v in cache.items() if n in records})
-
-
-def _identity(stat: os.stat_result) -> tuple[int, ...]:
-    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
-
-
-def _sha256(file: Path) -> str:
-    try:
-        with open(file, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
-    except OSError as err:
-        raise corrupt(file, f"cannot be read: {err.strerror or err}") from None
+    verified.save(set(records))
 
 
 def _edges(file: Path, size: int) -> str:
@@ -146,21 +123,3 @@ def _edges(file: Path, size: int) -> str:
     except OSError as err:
         raise corrupt(file, f"cannot be read: {err.strerror or err}") from None
     return hashlib.sha256(head + tail).hexdigest()
-
-
-def _read_sidecar(directory: Path) -> dict[str, list[Any]]:
-    """The verified identities recorded beside the index; empty when absent or unreadable (then re-hash)."""
-    try:
-        data = json.loads((directory / SIDECAR).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    files = data.get("files") if isinstance(data, dict) and data.get("version") == 1 else None
-    return {k: v for k, v in files.items() if isinstance(v, list)} if isinstance(files, dict) else {}
-
-
-def _write_sidecar(directory: Path, files: dict[str, list[Any]]) -> None:
-    """Atomically replace the sidecar; silently skipped where the index directory is not writable."""
-    try:
-        atomic_write_text(directory / SIDECAR, json.dumps({"version": 1, "files": files}, sort_keys=True))
-    except OSError:  # a read-only index: verified without a sidecar
-        return

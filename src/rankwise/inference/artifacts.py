@@ -9,9 +9,12 @@ cannot be written (a read-only mount), and always for a model that ships inside 
 read-only in a system install or a container image), the cache lives in the user cache dir (platformdirs),
 or in ``$RANKWISE_CACHE_DIR`` when that is set.
 
-A cached artifact that fails verification (size or sha256 differs from its sidecar: a torn write, a bad
-disk, a hand edit) is never used. It is rebuilt with a logged warning rather than raised as an error: the
-file is derived data that rankwise owns, and deriving it again is always correct.
+Every use checks the sidecar and the artifact's size; its sha256 is checked again only when the
+artifact's identity (that of each of its files) is not already verified in this process
+(:mod:`rankwise.verified_files`; remembered only once settled, as an export is verified moments after it
+is written). A cached artifact that fails verification (size or sha256 differs from its sidecar: a torn
+write, a bad disk, a hand edit) is never used. It is rebuilt with a logged warning rather than raised as an
+error: the file is derived data that rankwise owns, and deriving it again is always correct.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from rankwise.errors import ModelError
 from rankwise.inference.backends import Task
 from rankwise.models import weights_sha256
 from rankwise.storage import atomic_write_text
+from rankwise.verified_files import VerifiedFiles, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -104,19 +108,6 @@ def _writable_dir(model_dir: Path, key: str, task: Task) -> Path:
                      f"make one writable, set {CACHE_DIR_ENV} to a writable directory, or use --backend torch")
 
 
-def _sha256_path(path: Path) -> str:
-    """sha256 of a file, or of a directory's files (relative names and contents, in name order)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with file.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
@@ -133,7 +124,8 @@ def _verified(file: Path, key: str, wanted: dict[str, Any]) -> bool:
         return False
     if meta.get("source_key") != key or meta.get("recipe") != wanted:
         return False  # another model version or recipe: stale, not corrupt
-    if not file.exists() or _size(file) != meta.get("bytes") or _sha256_path(file) != meta.get("sha256"):
+    if not file.exists() or _size(file) != meta.get("bytes") or \
+            not VerifiedFiles(file.parent, settle=True).verify(file.name, meta.get("sha256")):
         log.warning("cached model %s is missing or does not match its sha256; re-exporting", file)
         return False
     return True
@@ -141,7 +133,7 @@ def _verified(file: Path, key: str, wanted: dict[str, Any]) -> bool:
 
 def _publish(work: Path, dest: Path, key: str, wanted: dict[str, Any], tools: Sequence[str]) -> Path:
     """Move a finished file into place, then write its sidecar (the commit marker), both atomically."""
-    meta = {"source_key": key, "recipe": wanted, "sha256": _sha256_path(work), "bytes": _size(work),
+    meta = {"source_key": key, "recipe": wanted, "sha256": sha256_of(work), "bytes": _size(work),
             "created_at": utc_now(),
             "versions": {tool: importlib.metadata.version(tool) for tool in tools}}
     if dest.is_dir():  # a stale directory artifact (another recipe): os.replace cannot overwrite it

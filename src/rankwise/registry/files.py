@@ -14,23 +14,18 @@ import os
 import shutil
 import stat
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rankwise.errors import ModelError
 from rankwise.storage import atomic_write_text
+from rankwise.verified_files import VerifiedFiles, sha256_of
 
 #: per-version list of every file with its size and sha256 (written at registration)
 MANIFEST = "rankwise-files.json"
 #: derived-artifact cache inside a model dir (ONNX/OpenVINO exports with their own verified sidecars)
 DERIVED = ".rankwise"
-#: a file's timestamps must be this much older than "now" before its verified hash is cached: a write in
-#: the same filesystem timestamp tick as the verification would otherwise leave the cache key unchanged
-_SETTLE_NS = 2_000_000_000
-#: verification results already established in this process: (dir, file-list sha256, file stamps)
-_VERIFIED: set[tuple[Any, ...]] = set()
 
 
 def _tree(directory: Path) -> dict[str, os.stat_result]:
@@ -50,15 +45,10 @@ def _tree(directory: Path) -> dict[str, os.stat_result]:
     return found
 
 
-def _sha256(file: Path) -> str:
-    with open(file, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def write_manifest(directory: Path) -> str:
     """List every file of ``directory`` in its :data:`MANIFEST`; returns the list's sha256 (for the register
     event, which pins the list so that the list itself cannot be edited to match changed files)."""
-    files = {rel: {"sha256": _sha256(directory / rel), "size": st.st_size}
+    files = {rel: {"sha256": sha256_of(directory / rel), "size": st.st_size}
              for rel, st in sorted(_tree(directory).items())}
     text = json.dumps({"files": files}, indent=2, sort_keys=True)
     atomic_write_text(directory / MANIFEST, text)
@@ -68,8 +58,10 @@ def write_manifest(directory: Path) -> str:
 def verify_files(path: Path, manifest_sha256: str, corrupt: Callable[..., ModelError]) -> None:
     """Check ``path`` against its file list, whose sha256 the register event recorded; raise ``corrupt(...)``.
 
-    Hashes are cached within the process by each file's (size, mtime, ctime, inode), so repeated loads do
-    not re-read the files; a size check runs every time, before the cache is consulted.
+    Every load checks the file list's sha256, that exactly the listed files exist, and their sizes; a
+    file's sha256 is checked only when its identity is not verified already (:mod:`rankwise.verified_files`,
+    in this process only: a version directory is read-only, so it holds no sidecar). Files are remembered
+    only once settled, because a version is verified right after it is written (by its registration).
     """
     try:
         raw = (path / MANIFEST).read_bytes()
@@ -89,18 +81,10 @@ def verify_files(path: Path, manifest_sha256: str, corrupt: Callable[..., ModelE
             raise corrupt(f"{rel} is not a regular file")
         if found[rel].st_size != listed[rel]["size"]:
             raise corrupt(f"{rel} changed (size {found[rel].st_size}, registered {listed[rel]['size']})")
-    stamps = tuple((rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for rel, st in sorted(found.items()))
-    key = (str(path.resolve()), manifest_sha256, stamps)
-    if key in _VERIFIED:
-        return
+    verified = VerifiedFiles(path, settle=True)
     for rel in sorted(listed):
-        if _sha256(path / rel) != listed[rel]["sha256"]:
+        if not verified.verify(rel, listed[rel]["sha256"], stat=found[rel]):
             raise corrupt(f"{rel} changed (sha256 differs from the one registered)")
-    settled = time.time_ns() - _SETTLE_NS
-    if all(st.st_mtime_ns < settled and st.st_ctime_ns < settled for st in found.values()):
-        if len(_VERIFIED) > 1024:
-            _VERIFIED.clear()
-        _VERIFIED.add(key)
 
 
 def make_read_only(directory: Path) -> None:
