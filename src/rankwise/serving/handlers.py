@@ -116,6 +116,16 @@ async def _rerank(state: ServingState, body: Any, request: Request, api_version:
                         headers={"X-Rankwise-Degraded": "true"} if first.degraded else None)
 
 
+def _scoped_event_id(request: Request, event_id: str) -> str:
+    """The id an event is stored under: the client's, within its tenant (or key). Event ids make retries
+    idempotent for one application; across applications they must neither collide nor tell one caller that
+    another used an id."""
+    key: ApiKey | None = getattr(request.state, "api_key", None)
+    if key is None:
+        return event_id  # an open server (loopback, no keys) has one caller
+    return f"tenant:{key.tenant}:{event_id}" if key.tenant is not None else f"key:{key.id}:{event_id}"
+
+
 async def search(state: ServingState, body: Any, request: Request) -> JSONResponse:
     """First stage (bm25 | dense | hybrid) over the index, then the reranker over the top candidates;
     each result carries both scores, its rank movement and provenance."""
@@ -192,7 +202,7 @@ async def feedback(state: ServingState, body: FeedbackRequest, request: Request)
         what = f"doc_id '{body.doc_id}'" if body.doc_id is not None else f"rank {body.rank}"
         raise ApiError(422, f"{what} was not among the {len(logged.results)} results returned for request "
                        f"{body.request_id}" + (f" (it is at rank {result.rank})" if result else ""))
-    event = FeedbackEvent(event_id=body.event_id, request_id=body.request_id, signal=signal,
+    event = FeedbackEvent(event_id=_scoped_event_id(request, body.event_id), request_id=body.request_id, signal=signal,
                           doc_id=result.doc_id, rank=result.rank, value=body.value,
                           user_id=body.user_id, key_id=request.state.key_id)
     try:
