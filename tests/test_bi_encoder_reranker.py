@@ -91,6 +91,21 @@ def test_cached_passage_vectors_give_the_same_scores_and_stay_bounded(trained: t
         BiEncoderReranker(model_dir, cache_size=-1)
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnx-int8"])
+def test_the_cost_counts_the_tokens_embedded_and_only_those(trained: tuple[Path, list[TrainingGroup]],
+                                                            backend: str) -> None:
+    model_dir, groups = trained
+    reranker = BiEncoderReranker(model_dir, backend=backend, cache_size=100)
+    g = groups[0]
+    texts = [*g.positives, *g.negatives]
+    tokenizer = reranker.embedder.model.tokenizer
+    limit = reranker.embedder.info.max_seq_length
+    expected = sum(min(len(tokenizer(t)["input_ids"]), limit) for t in [g.query, *texts])
+    assert reranker.score(g.query, texts).stats["tokens"] == expected  # the query and every passage
+    query_only = min(len(tokenizer(g.query)["input_ids"]), limit)
+    assert reranker.score(g.query, texts).stats["tokens"] == query_only  # passages from the vector cache
+
+
 def test_a_time_budget_without_validation_stops_and_saves_the_last_step(tmp_path: Path, kb_index: Index) -> None:
     groups = mine_groups(kb_index, QUERIES, QRELS, mix={"bm25": 2}, depth=8, seed=0)
     config = TrainingConfig(architecture="bi-encoder", loss="softmax", max_steps=10_000, eval_steps=1_000,

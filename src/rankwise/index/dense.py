@@ -88,12 +88,24 @@ class Embedder:
 
     def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
         """L2-normalised float32 vectors, one row per text (``show_progress``: torch backend only)."""
+        return self._encode(texts, show_progress=show_progress, count=False)[0]
+
+    def encode_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        """:meth:`encode`, and the tokens the model read (after truncation): what a request's cost reports.
+
+        The exported runners tokenize anyway; the torch path tokenizes once more to count, which is why
+        indexing (:meth:`encode`) does not.
+        """
+        return self._encode(texts, show_progress=False, count=True)
+
+    def _encode(self, texts: Sequence[str], *, show_progress: bool, count: bool) -> tuple[np.ndarray, int]:
         if self._runner is None:
+            tokens = sum(len(ids) for ids in self._tokenize(texts)[0]) if texts and count else 0
             vectors = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
                                         normalize_embeddings=True, show_progress_bar=show_progress)
-            return np.ascontiguousarray(vectors, dtype=np.float32)
+            return np.ascontiguousarray(vectors, dtype=np.float32), tokens
         if not texts:
-            return np.empty((0, self.info.dim), dtype=np.float32)
+            return np.empty((0, self.info.dim), dtype=np.float32), 0
         rows, types = self._tokenize(texts)
         pad, runner = self.model.tokenizer.pad_token_id or 0, self._runner
         multiple, width = runner.width_multiple, self.info.max_seq_length
@@ -101,7 +113,8 @@ class Embedder:
                                                                   multiple=multiple, max_width=width)),
                                  self.batch_tokens, max_rows=self.batch_size, mapper=runner.map)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+        return (np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32),
+                sum(len(row) for row in rows))
 
     def _tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:
         enc = self.model.tokenizer(list(texts), truncation=True, max_length=self.info.max_seq_length,

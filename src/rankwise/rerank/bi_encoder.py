@@ -96,7 +96,7 @@ class BiEncoderReranker:
             for k in cached:
                 self._cache.move_to_end(k)
         missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in cached}  # a repeated text once
-        vectors = self.embedder.encode([query, *missing.values()])
+        vectors, tokens = self.embedder.encode_counted([query, *missing.values()])
         fresh = dict(zip(missing, vectors[1:], strict=True))
         if self.cache_size:
             with self._lock:
@@ -106,4 +106,5 @@ class BiEncoderReranker:
         found = {**fresh, **cached}
         raw = (np.stack([found[k] for k in keys]) @ vectors[0]).astype(np.float32)
         return RerankScores(raw=raw, calibrated=self.calibrate(raw),
-                            stats={"pairs": float(len(texts)), "cached": float(sum(k in cached for k in keys))})
+                            stats={"pairs": float(len(texts)), "cached": float(sum(k in cached for k in keys)),
+                                   "tokens": float(tokens)})
