@@ -202,6 +202,26 @@ def test_a_keyword_counter_fails_the_probes_it_should(kb_pairs: list[ProbePair])
     assert compare(report, report) == [] and compare(report, aware, tolerance=1.0) == []
     assert mismatch(report, aware) is None
     assert "different pairs" in str(mismatch(report, run_probes(counter, kb_pairs[:3])))
+    assert not report.constant_scores and not any("warning" in line for line in report.summary_lines())
+
+
+class ConstantScorer(KeywordScorer):
+    """Every text scores about 0.49: what a broken export or an untrained head looks like."""
+
+    def score(self, query: str, texts: Sequence[str]) -> RerankScores:
+        logits = np.full(len(texts), -0.04, dtype=np.float32) + np.arange(len(texts), dtype=np.float32) * 1e-4
+        return RerankScores(logits, sigmoid(logits))
+
+
+def test_a_model_whose_scores_do_not_vary_is_called_out(kb_pairs: list[ProbePair]) -> None:
+    report = run_probes(ConstantScorer(), kb_pairs, source="kb")
+    assert report.constant_scores
+    warning = next(line for line in report.summary_lines() if "warning" in line)
+    assert "does not tell documents apart" in warning and "0.490" in warning
+    restored = ProbeReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert restored == report and restored.constant_scores
+    older = {k: v for k, v in report.to_dict().items() if k != "score_range"}  # recorded before the range was
+    assert ProbeReport.from_dict(older).score_range is None
 
 
 def test_real_cross_encoders_are_probed_and_reports_round_trip(spread_cross_encoder: Path,

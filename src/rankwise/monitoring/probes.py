@@ -406,6 +406,14 @@ class ProbeReport:
     results: tuple[ProbeResult, ...]
     source: str = ""
     stable_tolerance: float = STABLE_TOLERANCE
+    #: (lowest, highest) calibrated score over every text the probes scored; None in older records
+    score_range: tuple[float, float] | None = None
+
+    @property
+    def constant_scores(self) -> bool:
+        """The model gives every text about the same score: probes then pass or fail by noise, and the model
+        cannot rank (a broken export, an untrained head)."""
+        return self.score_range is not None and self.score_range[1] - self.score_range[0] < CONSTANT_SPREAD
 
     def result(self, probe: ProbeName) -> ProbeResult | None:
         return next((r for r in self.results if r.probe == probe), None)
@@ -413,6 +421,7 @@ class ProbeReport:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "pairs": self.pairs, "source": self.source,
                 "stable_tolerance": self.stable_tolerance,
+                "score_range": list(self.score_range) if self.score_range is not None else None,
                 "probes": {r.probe: {"expect": r.expect, "pairs": r.pairs, "applicable": r.applicable,
                                      "skipped": r.skipped, "passed": r.passed, "pass_rate": r.pass_rate,
                                      "mean_delta_raw": r.mean_delta_raw,
@@ -432,8 +441,10 @@ class ProbeReport:
                             _optional(r["mean_delta_calibrated"]),
                             tuple(_failure_from(f) for f in r["failures"]))
                 for name, r in sorted(data["probes"].items(), key=lambda item: _order(item[0])))
+            found = data.get("score_range")
+            score_range = (float(found[0]), float(found[1])) if found is not None else None
             return cls(str(data["model"]), int(data["pairs"]), results, str(data["source"]),
-                       float(data["stable_tolerance"]))
+                       float(data["stable_tolerance"]), score_range)
         except (KeyError, TypeError, ValueError, AttributeError, RankwiseError) as err:
             raise ModelError(f"behaviour probe results are malformed ({type(err).__name__}: {err}); record "
                              "them again with `rankwise models probe`") from None
@@ -450,6 +461,10 @@ class ProbeReport:
                          f"{_fmt(r.mean_delta_calibrated, 3, sign=True):>12}")
         lines.append(f"  lower: perturbed must score below the original; stable: |Δ calibrated| < "
                      f"{self.stable_tolerance:g}")
+        if self.constant_scores and self.score_range is not None:
+            low, high = self.score_range
+            lines.append(f"  warning: every text scored between {low:.3f} and {high:.3f}: the model does not "
+                         "tell documents apart, so these pass rates are noise; check its export and training")
         for r in self.results if examples else ():
             for f in r.failures:
                 lines += [(f"  {r.probe} failure: \"{f.query}\" {f.original_score:.3f} → "
@@ -457,6 +472,10 @@ class ProbeReport:
                            f"{f.edit})"),
                           f"      original:  {f.original}", f"      perturbed: {f.perturbed}"]
         return lines
+
+
+#: calibrated scores spread less than this over every probed text: the model does not rank
+CONSTANT_SPREAD = 0.01
 
 
 def _order(probe: str) -> int:
@@ -503,7 +522,9 @@ def run_probes(reranker: Reranker, pairs: Sequence[ProbePair], probes: Sequence[
         for i, text in enumerate(texts):
             scores[(query, text)] = (float(result.raw[i]), float(result.calibrated[i]))
     results = tuple(_result(name, cases[name], scores, len(pairs), stable_tolerance) for name in names)
-    return ProbeReport(reranker.name, len(pairs), results, source, stable_tolerance)
+    calibrated = [c for _, c in scores.values()]
+    score_range = (min(calibrated), max(calibrated)) if calibrated else None
+    return ProbeReport(reranker.name, len(pairs), results, source, stable_tolerance, score_range)
 
 
 Scores = Mapping[tuple[str, str], tuple[float, float]]
