@@ -398,7 +398,8 @@ def test_after_answer_records_metrics_audit_fields_and_the_query_log(tiny_cross_
         request = _request(request_id="r1", started=time.perf_counter(), key_id=None, user_id=None, audit={})
         logged = [LoggedResult("2", 1, None, None), LoggedResult("0", 2, None, None)]
         after_answer(state, request, Answered(
-            endpoint="rerank", query="reset MFA", route=Route(model), model=model, degraded=True,
+            endpoint="rerank", query="reset MFA", query_sha256="d" * 64, route=Route(model), model=model,
+            degraded=True,
             timings={"total": 4.0}, cache_hits=0, cost={"pairs": 0, "tokens": 0, "cpu_ms": 1.5},
             audited=[{"index": 2, "score": None}, {"index": 0, "score": None}], logged=logged))
         sample = state.metrics.registry.get_sample_value
@@ -410,5 +411,6 @@ def test_after_answer_records_metrics_audit_fields_and_the_query_log(tiny_cross_
         entry = state.feedback.get_request("r1")  # feedback on the answer can be checked at once
         assert entry is not None and (entry.endpoint, entry.model, entry.degraded) == ("/v1/rerank", model.name, True)
         assert list(entry.results) == logged
+        assert entry.query_sha256 == "d" * 64  # the digest the audit row got, not computed again
     finally:
         state.close()

@@ -62,6 +62,8 @@ RECENT_REQUESTS = 10_000
 _BATCH = 1_000
 #: busy timeouts the writer waits out before it counts a batch as lost (another process holding the file)
 _BUSY_RETRIES = 2
+#: a wait for the store's lock shorter than this leaves SQLite's busy timeout as it is
+_BUSY_SLACK_MS = 50
 #: SQLite's limit on bound parameters is 32766 (999 before 3.32); stay well below either
 _CHUNK = 500
 
@@ -329,10 +331,13 @@ class SQLiteFeedbackStore:
         if not self._lock.acquire(timeout=self.timeout):
             raise FeedbackStoreError(f"the feedback database '{self.path}' stayed busy for {self.timeout:g}s "
                                      "while storing a feedback event; retry later")
+        # SQLite's own wait gets what is left; the usual uncontended call leaves the connection's timeout alone
+        remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        shortened = remaining_ms < int(self.timeout * 1000) - _BUSY_SLACK_MS
         try:
-            remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
             try:
-                self._conn.execute(f"PRAGMA busy_timeout = {remaining_ms}")
+                if shortened:
+                    self._conn.execute(f"PRAGMA busy_timeout = {remaining_ms}")
                 with self._conn:
                     inserted = self._conn.execute(sql, row).rowcount == 1
                     found = None if inserted else self._conn.execute(
@@ -341,8 +346,9 @@ class SQLiteFeedbackStore:
             except sqlite3.Error as err:
                 raise self._error(err, "storing a feedback event") from None
         finally:
-            with contextlib.suppress(sqlite3.Error):  # the connection's own timeout again, for other calls
-                self._conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            if shortened:
+                with contextlib.suppress(sqlite3.Error):  # the connection's own timeout again, for other calls
+                    self._conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             self._lock.release()
         if found is None:
             return "stored"

@@ -36,6 +36,8 @@ class Answered:
     #: the metrics' ``endpoint`` label
     endpoint: Literal["rerank", "search"]
     query: str
+    #: the query's keyed hash (:func:`query_sha`), as the audit row already holds it
+    query_sha256: str | None
     route: Route
     #: the model whose ranking was served; None for a search answered by the first stage alone
     model: ServedModel | None
@@ -99,7 +101,7 @@ def _log_served(state: ServingState, request: Request, answered: Answered, signa
         request_id=request.state.request_id, endpoint=_LOGGED_AS[answered.endpoint], results=tuple(answered.logged),
         model=model.name if model else None, model_sha256=model.sha256 if model else None,
         key_id=request.state.key_id, user_id=answered.user_id or request.state.user_id,
-        query=query if mode == "text" else None, query_sha256=query_sha(state, query),
+        query=query if mode == "text" else None, query_sha256=answered.query_sha256,
         experiment=answered.route.experiment, arm=answered.route.arm, degraded=answered.degraded, signals=signals,
         latency_ms=(time.perf_counter() - request.state.started) * 1000)
     try:

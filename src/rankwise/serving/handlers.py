@@ -69,8 +69,8 @@ async def _rerank(state: ServingState, body: Any, request: Request, api_version:
         if route.model is None:
             raise ApiError(404, f"experiment arm '{route.arm}' serves no reranker; /v1/rerank needs one")
         model = route.model
-        request.state.audit.update(reranker=model.name, reranker_sha256=model.sha256,
-                                   query_sha256=query_sha(state, query))
+        digest = query_sha(state, query)
+        request.state.audit.update(reranker=model.name, reranker_sha256=model.sha256, query_sha256=digest)
         scoring = [_score_texts(model.service, query, texts, deadline, body.max_tokens_per_doc)]
         if route.other is not None and route.arms is not None:  # interleaved: both arms at once, one budget
             scoring.append(_score_texts(route.other.service, query, texts, deadline, body.max_tokens_per_doc))
@@ -99,7 +99,8 @@ async def _rerank(state: ServingState, body: Any, request: Request, api_version:
             item["document"] = {"text": texts[i]}
         results.append(item)
     after_answer(state, request, Answered(
-        endpoint="rerank", query=query, route=route, model=model, degraded=first.degraded, timings=timings,
+        endpoint="rerank", query=query, query_sha256=digest, route=route, model=model, degraded=first.degraded,
+        timings=timings,
         cache_hits=first.cache_hits, cost=cost,
         audited=[{"index": r["index"], "score": r["relevance_score"]} for r in results],
         logged=[LoggedResult(str(r["index"]), rank + 1, r["relevance_score"], teams[rank] if teams else None)
@@ -132,7 +133,8 @@ async def search(state: ServingState, body: Any, request: Request) -> JSONRespon
     if state.search is None or state.index is None:
         raise ApiError(404, "this server has no index; start it with --index DIR")
     query = validate_query(body.query)
-    request.state.audit.update(index_fingerprint=state.index.fingerprint, query_sha256=query_sha(state, query))
+    digest = query_sha(state, query)
+    request.state.audit.update(index_fingerprint=state.index.fingerprint, query_sha256=digest)
     deadline = _deadline(state, request, body.timeout_ms)
     loop = asyncio.get_running_loop()
     router = state.router
@@ -160,7 +162,7 @@ async def search(state: ServingState, body: Any, request: Request) -> JSONRespon
         cost = _total_cost(*costs)
     payload = response.to_dict()
     after_answer(state, request, Answered(
-        endpoint="search", query=query, route=route, model=model, degraded=outcome.degraded,
+        endpoint="search", query=query, query_sha256=digest, route=route, model=model, degraded=outcome.degraded,
         timings=response.timings_ms, cache_hits=outcome.cache_hits, cost=cost,
         audited=[{"doc_id": r.doc_id, "passage_id": r.passage_id, "score": r.score} for r in response.results],
         logged=[LoggedResult(r.doc_id, r.rank, r.score, teams[i] if teams else None)
@@ -187,10 +189,7 @@ async def feedback(state: ServingState, body: FeedbackRequest, request: Request)
     try:
         logged = await run_in_threadpool(store.get_request, body.request_id)
     except RankwiseError as error:
-        state.metrics.feedback.labels(signal, "unavailable").inc()
-        log.error("feedback store unavailable: %s", error)
-        raise ApiError(503, "the feedback store is unavailable; retry later (the event was not stored)",
-                       {"Retry-After": "5"}) from None
+        raise _store_unavailable(state, signal, error) from None
     if logged is None or _expired(state, logged.time) or not _asked_by(state, logged, request, body.user_id):
         # another caller's request is answered exactly like an unknown one: nothing of it is revealed
         state.metrics.feedback.labels(signal, "rejected").inc()
@@ -211,16 +210,21 @@ async def feedback(state: ServingState, body: FeedbackRequest, request: Request)
         state.metrics.feedback.labels(signal, "rejected").inc()
         raise ApiError(409, str(error)) from None
     except RankwiseError as error:
-        state.metrics.feedback.labels(signal, "unavailable").inc()
-        log.error("feedback store unavailable: %s", error)
-        raise ApiError(503, "the feedback store is unavailable; retry later (the event was not stored)",
-                       {"Retry-After": "5"}) from None
+        raise _store_unavailable(state, signal, error) from None
     state.metrics.feedback.labels(signal, outcome).inc()
     request.state.audit.update(results=[{"doc_id": result.doc_id, "rank": result.rank, "signal": signal,
                                          "event_id": body.event_id[:128], "outcome": outcome}])
     receipt = FeedbackReceipt(status=outcome, event_id=body.event_id, request_id=body.request_id,
                               doc_id=result.doc_id, rank=result.rank)
     return JSONResponse(receipt.model_dump(), status_code=201 if outcome == "stored" else 200)
+
+
+def _store_unavailable(state: ServingState, signal: str, error: RankwiseError) -> ApiError:
+    """The 503 for feedback the store could not take (read or write): counted, logged, nothing stored."""
+    state.metrics.feedback.labels(signal, "unavailable").inc()
+    log.error("feedback store unavailable: %s", error)
+    return ApiError(503, "the feedback store is unavailable; retry later (the event was not stored)",
+                    {"Retry-After": "5"})
 
 
 async def healthz(state: ServingState) -> Health:
