@@ -219,15 +219,18 @@ def find_misranked(requests: Callable[[], Iterable[LoggedRequest]], labelled: Se
         counts.update(code for code, _, _ in inversions(req))
     names = list(doc_ids)
     keys = list(texts)
+    query_digests = [feedback_query_id(texts[key]) for key in keys]  # once per query, not per pair
 
-    def decode(code: int) -> tuple[str, str, str]:
+    def decode(code: int) -> tuple[int, int, int]:
         rest, worse = divmod(code, width)
         query, better = divmod(rest, width)
-        return keys[query], names[better], names[worse]
+        return query, better, worse
 
-    chosen = {code for code, _ in heapq.nsmallest(
-        limit, counts.items(), key=lambda item: (-item[1], feedback_query_id(texts[decode(item[0])[0]]),
-                                                 *decode(item[0])[1:]))}
+    def most_frequent_first(item: tuple[int, int]) -> tuple[int, str, str, str]:
+        query, better, worse = decode(item[0])
+        return -item[1], query_digests[query], names[better], names[worse]
+
+    chosen = {code for code, _ in heapq.nsmallest(limit, counts.items(), key=most_frequent_first)}
     latest: dict[int, tuple[LoggedRequest, LoggedResult, LoggedResult]] = {}
     if chosen:
         for req in requests():
@@ -236,9 +239,10 @@ def find_misranked(requests: Callable[[], Iterable[LoggedRequest]], labelled: Se
                     latest[code] = (req, better, worse)
     found = []
     for code, (req, better, worse) in latest.items():
-        key = decode(code)[0]
+        query = decode(code)[0]
+        key = keys[query]
         found.append(MisrankedPair(
-            feedback_query_id(texts[key]), texts[key],
+            query_digests[query], texts[key],
             ServedDocument(better.doc_id, labels[(key, better.doc_id)], better.rank, better.score),
             ServedDocument(worse.doc_id, labels[(key, worse.doc_id)], worse.rank, worse.score),
             counts[code], req.request_id, req.model))
