@@ -106,7 +106,7 @@ def main() -> None:
         gold = GoldSet.from_beir(qrels_dir, split).prepare(known_documents=set(index.passage_doc_ids))
         t0 = time.perf_counter()
         report = evaluate(index, gold, first_stages=["hybrid"], reranker=reranker, metrics=METRICS,
-                          baseline="hybrid", retrieve_k=100, rerank_k=100, n_resamples=10_000)
+                          baseline="hybrid", n_resamples=10_000)
         comparison = report.comparison("hybrid+reranker").metrics
         splits[label] = {
             "queries": len(gold.queries), "seconds": round(time.perf_counter() - t0, 1),

@@ -81,8 +81,7 @@ def run_split(index: Index, dataset: Path, split: str, label: str, family_of: di
     gold = GoldSet.from_beir(dataset, split).prepare(known_documents=set(index.passage_doc_ids))
     for warning in gold.warnings:
         print(f"  warning ({label}): {warning}")
-    report = evaluate(index, gold, first_stages=SYSTEMS, metrics=METRICS, baseline="dense", retrieve_k=100,
-                      top_results=5)
+    report = evaluate(index, gold, first_stages=SYSTEMS, metrics=METRICS, baseline="dense", top_results=5)
     shown = dataset.resolve()
     result: dict[str, Any] = {"dataset": str(shown.relative_to(REPO) if shown.is_relative_to(REPO) else shown),
                               "split": split,

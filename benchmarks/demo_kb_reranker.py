@@ -32,6 +32,7 @@ from rankwise.corpus import DEMO_KB
 from rankwise.corpus.beir import load_qrels, load_queries
 from rankwise.evaluation.compare import evaluate
 from rankwise.evaluation.goldset import GoldSet, PreparedGoldSet
+from rankwise.options import PipelineSettings
 from rankwise.rerank.base import Reranker
 from rankwise.rerank.loading import LoadOptions, load_reranker
 from rankwise.training.data import JudgedQueries
@@ -61,7 +62,8 @@ def scores(index: Index, gold: PreparedGoldSet, reranker: Reranker) -> dict[str,
     out: dict[str, dict[str, float]] = {}
     for fusion in ("none", "rrf"):
         report = evaluate(index, gold, first_stages=["dense", "hybrid"], reranker=reranker, baseline="dense",
-                          candidate="hybrid+reranker", rerank_k=20, rerank_fusion=fusion, metrics=["nDCG@5"])
+                          candidate="hybrid+reranker", metrics=["nDCG@5"],
+                          settings=PipelineSettings(rerank_k=20, rerank_fusion=fusion))
         out[fusion] = {s: round(report.scores[s]["nDCG@5"], 4) for s in report.systems}
         out[fusion]["p_hybrid+reranker_vs_dense"] = round(
             report.comparison("hybrid+reranker").metrics["nDCG@5"].p_randomization_holm, 4)

@@ -87,7 +87,7 @@ def main() -> None:
         for name, spec in models.items():
             reranker = load_reranker(spec, LoadOptions(registry=registry))
             report = evaluate(index, prepared, first_stages=["hybrid"], reranker=reranker, metrics=METRICS,
-                              baseline="hybrid", retrieve_k=100, rerank_k=100, n_resamples=10_000)
+                              baseline="hybrid", n_resamples=10_000)
             row.setdefault("hybrid", {m: round(report.scores["hybrid"][m], 4) for m in METRICS})
             row[name] = {m: round(report.scores["hybrid+reranker"][m], 4) for m in METRICS}
             per_query[name] = report.per_query["hybrid+reranker"]

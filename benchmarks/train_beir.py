@@ -38,6 +38,7 @@ import numpy as np
 from common import BENCH_CACHE, setup_environment, start_run, write_json
 from rich.console import Console
 
+from rankwise.options import PipelineSettings
 from rankwise.rerank.base import RerankScores, logits_to_scores
 
 #: dataset → (train split, evaluation split, validation source); NFCorpus has no test qrels here, so its
@@ -153,7 +154,7 @@ def evaluate_model(args: argparse.Namespace, index: Any, model_dir: Path, consol
     tests = {}
     for fusion in ("none", "rrf"):  # the second pass reuses every score of the first (PersistentScores)
         report = evaluate(index, gold, first_stages=stages, reranker=cached, metrics=["nDCG@10", "R@100", "nDCG@5"],
-                          baseline=stages[0], retrieve_k=100, rerank_k=100, rerank_fusion=fusion, progress=progress)
+                          baseline=stages[0], settings=PipelineSettings(rerank_fusion=fusion), progress=progress)
         suffix = "" if fusion == "none" else "+rrf"
         for system in report.systems:
             if fusion == "none" or system.endswith("+reranker"):

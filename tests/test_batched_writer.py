@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rankwise.batched_writer import BatchedWriter, WriterTimeout
-from rankwise.serving.audit import AuditLog, AuditRecord, read_audit
+from rankwise.serving.audit import AuditRecord, SQLiteAuditLog, read_audit
 
 
 def test_flush_returns_once_everything_queued_before_it_is_written() -> None:
@@ -49,7 +49,7 @@ def test_a_failing_batch_does_not_stop_the_writer_and_close_commits_what_is_queu
 
 
 def test_the_audit_log_can_be_read_after_a_flush_without_closing(tmp_path: Path) -> None:
-    log = AuditLog(tmp_path / "audit.sqlite")
+    log = SQLiteAuditLog(tmp_path / "audit.sqlite")
     try:
         for i in range(20):
             log.record(AuditRecord(f"r{i}", "/v1/search", 200, 1.0))
@@ -68,7 +68,7 @@ def test_the_audit_log_is_a_marked_database_that_adopts_older_logs_and_refuses_o
     feedback = tmp_path / "feedback.sqlite"
     SQLiteFeedbackStore(feedback).close()
     with pytest.raises(AuditError, match="not a rankwise audit database; choose another --audit path"):
-        AuditLog(feedback)  # both have a `requests` table: only the mark tells them apart
+        SQLiteAuditLog(feedback)  # both have a `requests` table: only the mark tells them apart
 
     old = tmp_path / "old-audit.sqlite"  # what a log written before the mark and the hash chain looked like
     with sqlite3.connect(old) as conn:
@@ -81,7 +81,7 @@ def test_the_audit_log_is_a_marked_database_that_adopts_older_logs_and_refuses_o
     before = old.stat().st_mtime_ns
     assert [row["request_id"] for row in read_audit(old)] == ["old"]  # readable as it is, and left as it is
     assert old.stat().st_mtime_ns == before
-    log = AuditLog(old)
+    log = SQLiteAuditLog(old)
     try:
         log.record(AuditRecord("new", "/v1/search", 200, 1.0))
         log.flush()

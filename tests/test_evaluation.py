@@ -21,6 +21,7 @@ from rankwise.evaluation.queries import read_queries, stable_query_id
 from rankwise.evaluation.report import to_html, to_markdown
 from rankwise.evaluation.runs import read_trec_qrels, read_trec_run, run_from_rankings, write_trec_run
 from rankwise.evaluation.significance import bootstrap_ci, holm, paired_t_test, randomization_test
+from rankwise.options import PipelineSettings
 
 # A gold set over the conftest KB: one query per document it should find, plus judged non-relevant ones.
 KB_QUERIES = {
@@ -361,6 +362,6 @@ def test_evaluate_rejects_bad_options(kb_index: Index) -> None:
     with pytest.raises(EvaluationError, match="baseline 'dense' is not among"):
         evaluate(kb_index, gold, first_stages=["bm25"])
     with pytest.raises(EvaluationError, match="raise --retrieve-k to at least 20"):
-        evaluate(kb_index, gold, first_stages=["bm25"], baseline="bm25", retrieve_k=10)
+        evaluate(kb_index, gold, first_stages=["bm25"], baseline="bm25", settings=PipelineSettings(retrieve_k=10))
     with pytest.raises(QueryError, match="unknown first stage 'bm42'; choose bm25, dense, hybrid"):
         evaluate(kb_index, gold, first_stages=["bm42"])

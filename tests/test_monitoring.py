@@ -29,6 +29,7 @@ from rankwise.monitoring.check import check
 from rankwise.monitoring.history import new_record_id
 from rankwise.monitoring.run import resolve_reranker
 from rankwise.monitoring.slices import read_query_tags
+from rankwise.options import PipelineSettings
 from rankwise.rerank.loading import LoadOptions
 
 #: three queries per KB document (each judged relevant to it alone), with gold-set tags
@@ -72,7 +73,8 @@ def prepared(index: Index, gold: GoldSet) -> PreparedGoldSet:
 
 
 def record(index: Index, gold: GoldSet | None = None, **options) -> MonitorRecord:
-    return monitor_run(index, prepared(index, gold or goldset()), first_stage="bm25", **options)
+    options.setdefault("settings", PipelineSettings(first_stage="bm25"))
+    return monitor_run(index, prepared(index, gold or goldset()), **options)
 
 
 def check_pair(path: Path, reference: MonitorRecord, latest: MonitorRecord, **options) -> CheckResult:
@@ -153,7 +155,7 @@ def test_a_registry_alias_is_recorded_as_its_version_and_weights(kb_index: Index
     assert resolved is not None and resolved.version == "v1"
     few = goldset({q: QUERIES[q] for q in ("q01", "q07", "q13", "q16", "q19", "q22")})
     plain = record(kb_index, few)
-    r = record(kb_index, few, reranker=resolved, rerank_k=5)
+    r = record(kb_index, few, reranker=resolved, settings=PipelineSettings(first_stage="bm25", rerank_k=5))
     assert (r.reranker, r.reranker_version, r.backend) == ("production", "v1", "torch")
     assert r.reranker_sha256 == registry.get("v1").weights_sha256 and r.system == "bm25+v1"
     assert 6 <= r.cost["pairs_scored"] <= 5 * 6  # BM25's candidates, at most rerank_k per query

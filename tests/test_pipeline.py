@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from rankwise import CrossEncoderReranker, Index, Pipeline
 from rankwise.errors import QueryError
+from rankwise.options import DEFAULT_PIPELINE, PipelineSettings
 
 
 @pytest.mark.parametrize("method", ["bm25", "dense", "hybrid"])
@@ -99,3 +101,29 @@ def test_hybrid_results_show_each_retrievers_rank_and_score(kb_index: Index) -> 
     dense = hybrid.results[0].first_stage.signals["dense"]
     assert dense.score is not None and -1.0 <= dense.score <= 1.0
     assert hybrid.to_dict()["results"][0]["first_stage"]["signals"]["bm25"].keys() == {"rank", "score"}
+
+
+def test_keywords_override_settings_which_override_the_defaults(kb_index: Index, tiny_cross_encoder: Path) -> None:
+    reranker = CrossEncoderReranker(tiny_cross_encoder, name="tiny", backend="torch")
+    settings = PipelineSettings(first_stage="bm25", retrieve_k=8, rerank_fusion="rrf")
+    pipeline = Pipeline(kb_index, reranker, settings=settings, retrieve_k=6)
+    assert pipeline.settings == PipelineSettings(first_stage="bm25", retrieve_k=6, rerank_k=100, rerank_fusion="rrf")
+    response = pipeline.search("reset MFA", k=10)
+    assert response.provenance.first_stage == "bm25" and response.provenance.rerank_fusion == "rrf"
+    assert response.provenance.num_candidates <= 6
+    # unset everywhere: the defaults, and the fusion the reranker declares (none for an undeclared model)
+    assert Pipeline(kb_index, reranker).settings == replace(DEFAULT_PIPELINE, rerank_fusion="none")
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"first_stage": "bm42"}, "unknown first stage 'bm42'; choose bm25, dense, hybrid"),
+    ({"rerank_fusion": "sum"}, "unknown rerank fusion 'sum'; choose none, rrf"),
+    ({"retrieve_k": 0}, "retrieve_k must be positive (got 0)"),
+    ({"rerank_k": -1}, "rerank_k must not be negative (got -1)"),
+])
+def test_bad_settings_are_refused_where_they_are_made(kb_index: Index, fields: dict, message: str) -> None:
+    with pytest.raises(QueryError) as refused:
+        PipelineSettings(**fields)
+    assert str(refused.value) == message
+    with pytest.raises(QueryError, match="must|unknown"):  # the keywords are checked the same way
+        Pipeline(kb_index, **fields)

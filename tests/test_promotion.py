@@ -15,6 +15,7 @@ from rankwise.evaluation.compare import evaluate
 from rankwise.evaluation.errors import EvaluationError
 from rankwise.evaluation.gates import GateEvidence
 from rankwise.evaluation.goldset import GoldSet, Judgement
+from rankwise.options import PipelineSettings
 from rankwise.registry import Registry
 from rankwise.rerank.loading import load_reranker
 from rankwise.training.finetune import TrainingConfig, train_cross_encoder
@@ -67,7 +68,7 @@ def test_gate_refuses_a_worse_candidate_and_accepts_a_better_one(registry_with_m
                             max_latency_regression=1000.0, rerank_k=4, rerank_fusion="rrf", evidence=FEW)
     assert fused.to_dict()["rerank_fusion"] == "rrf" and fused.rerank_k == 4
     direct = evaluate(kb_index, gold, first_stages=["bm25"], reranker=load_reranker("v2", registry=reg),
-                      metrics=["nDCG@5"], baseline="bm25", rerank_k=4, rerank_fusion="rrf", n_resamples=10)
+                      metrics=["nDCG@5"], baseline="bm25", settings=PipelineSettings(rerank_k=4, rerank_fusion="rrf"), n_resamples=10)
     assert fused.candidate_value == pytest.approx(direct.scores["bm25+reranker"]["nDCG@5"])
 
 

@@ -23,7 +23,7 @@ from rankwise.errors import QueryError
 from rankwise.rerank.base import scoring_key
 from rankwise.rerank.cross_encoder import CrossEncoderReranker
 from rankwise.rerank.loading import LoadOptions
-from rankwise.serving.audit import AuditError, AuditLog, AuditRecord, parse_since, read_audit
+from rankwise.serving.audit import AuditError, AuditRecord, SQLiteAuditLog, parse_since, read_audit
 from rankwise.serving.auth import KeyFileError, KeyStore, RateLimiter
 from rankwise.serving.batcher import MicroBatcher
 from rankwise.serving.cache import MemoryScoreCache, score_keys
@@ -277,7 +277,7 @@ def test_rate_limiter_is_a_token_bucket() -> None:
 
 def test_audit_log_is_append_only_and_queryable(tmp_path: Path) -> None:
     path = tmp_path / "audit.sqlite"
-    log = AuditLog(path)
+    log = SQLiteAuditLog(path)
     log.record(AuditRecord("r1", "/v1/rerank", 200, 12.5, key_id="k1", results=[{"index": 2, "score": 0.9}]))
     log.record(AuditRecord("r2", "/v1/search", 401, 0.3, error="invalid or revoked API key"))
     log.close()
@@ -315,7 +315,7 @@ def test_config_refuses_unsafe_or_empty_servers(tmp_path: Path) -> None:
 
 
 def test_audit_writer_does_not_block_callers(tmp_path: Path) -> None:
-    log = AuditLog(tmp_path / "audit.sqlite")
+    log = SQLiteAuditLog(tmp_path / "audit.sqlite")
     started = time.perf_counter()
     threads = [threading.Thread(target=lambda i=i: log.record(AuditRecord(f"r{i}", "/v1/rerank", 200, 1.0)))
                for i in range(50)]

@@ -33,7 +33,7 @@ from rich.table import Table
 
 from rankwise.corpus import DEMO_KB
 from rankwise.inference.backends import BACKEND_CHOICES, cpu_kind
-from rankwise.options import RERANK_FUSIONS
+from rankwise.options import RERANK_FUSIONS, PipelineSettings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     load = LoadOptions(backend=args.backend, registry=registry.root)
     reranker = load_reranker("candidate", load)
     options: dict[str, Any] = {"first_stages": ["dense", "hybrid"], "reranker": reranker, "baseline": "dense",
-                               "candidate": "hybrid+reranker", "rerank_k": args.rerank_k,
-                               "rerank_fusion": args.rerank_fusion}
+                               "candidate": "hybrid+reranker",
+                               "settings": PipelineSettings(rerank_k=args.rerank_k, rerank_fusion=args.rerank_fusion)}
     report = evaluate(index, gold, **options)
     print_report(report, console)
     artifacts["report (json)"] = report.save_json(out / "report.json")

@@ -31,10 +31,24 @@ class PipelineSettings:
     rerank_k: int | None = None
     rerank_fusion: RerankFusion | None = None
 
+    def __post_init__(self) -> None:
+        # checked where the settings are made (a CLI flag, a request, an experiment file), so a typo fails
+        # before minutes of evaluation or at server start, with the same line everywhere
+        if self.first_stage is not None:
+            choose(self.first_stage, FIRST_STAGE_METHODS, "first stage")
+        if self.rerank_fusion is not None:
+            choose(self.rerank_fusion, RERANK_FUSIONS, "rerank fusion")
+        if self.retrieve_k is not None and self.retrieve_k <= 0:
+            raise QueryError(f"retrieve_k must be positive (got {self.retrieve_k})")
+        if self.rerank_k is not None and self.rerank_k < 0:
+            raise QueryError(f"rerank_k must not be negative (got {self.rerank_k})")
+
     def over(self, below: PipelineSettings) -> PipelineSettings:
         """These settings where set, ``below``'s elsewhere."""
         return PipelineSettings(*(mine if mine is not None else theirs
                                   for mine, theirs in zip(astuple(self), astuple(below), strict=True)))
+
+
 Granularity = Literal["document", "passage"]
 
 FIRST_STAGE_METHODS: tuple[FirstStageMethod, ...] = get_args(FirstStageMethod)
@@ -50,6 +64,11 @@ def choose(value: str, allowed: Sequence[T], what: str) -> T:
     if value not in allowed:
         raise QueryError(f"unknown {what} '{value}'; choose {', '.join(allowed)}")
     return value  # type: ignore[return-value]
+
+
+DEFAULT_PIPELINE = PipelineSettings(first_stage="hybrid", retrieve_k=100, rerank_k=100)
+"""What a setting left unset everywhere is: the hybrid first stage's top 100, all of them reranked (the fusion
+stays the reranker's declared one)."""
 
 
 def choose_many(spec: str | Sequence[str], allowed: Sequence[T], what: str) -> list[T]:

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from rankwise.errors import QueryError
 from rankwise.index import Index
-from rankwise.options import RERANK_FUSIONS, FirstStageMethod, Fusion, Granularity, RerankFusion, choose
+from rankwise.options import (
+    DEFAULT_PIPELINE,
+    FirstStageMethod,
+    Fusion,
+    Granularity,
+    PipelineSettings,
+    RerankFusion,
+)
 from rankwise.rerank.base import Reranker, RerankScores, backend_label, declared_fusion, rank_order
 from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
 from rankwise.retrieval.rrf import reciprocal_rank_fusion
@@ -47,18 +55,23 @@ class Pipeline:
     Args:
         index: the :class:`~rankwise.index.Index` to search.
         reranker: any :class:`~rankwise.rerank.Reranker`, or ``None`` for first stage only.
-        first_stage: ``bm25``, ``dense`` or ``hybrid``.
+        settings: a :class:`~rankwise.options.PipelineSettings` (what the server, an experiment arm and
+            evaluation pass around); the keywords below, where given, override it, and what neither sets is
+            :data:`~rankwise.options.DEFAULT_PIPELINE`'s. The resolved settings are :attr:`settings`.
+        first_stage: ``bm25``, ``dense`` or ``hybrid`` (default ``hybrid``).
         retrieve_k: candidates taken from the first stage (default 100).
         rerank_k: how many of those the reranker scores (default 100; reranking more costs linearly
             and rarely helps — the candidates below it keep their first-stage order).
-        fusion: ``rrf`` (k=60) or ``convex`` (min-max normalised, ``alpha`` = dense weight).
-        granularity: ``document`` (best passage per document, MaxP) or ``passage``.
         rerank_fusion: ``none`` orders the reranked candidates by the reranker's score alone; ``rrf``
             orders them by reciprocal rank fusion (k=60) of the reranker's rank and the first stage's
             rank; unset, what the model's training chose on its held-out queries (``none`` for a model
-            that declares nothing, e.g. any hub reranker). Why: a reranker fine-tuned on a few hundred queries and the first stage make different
-            mistakes, and RRF needs no weight to tune, so no held-out data (``benchmarks/README.md``
-            measures both). The result's ``score`` is then the fused score; both inputs stay visible.
+            that declares nothing, e.g. any hub reranker). Why: a reranker fine-tuned on a few hundred
+            queries and the first stage make different mistakes, and RRF needs no weight to tune, so no
+            held-out data (``benchmarks/README.md`` measures both). The result's ``score`` is then the fused
+            score; both inputs stay visible.
+        fusion: how the hybrid first stage fuses BM25 and dense: ``rrf`` (k=60) or ``convex`` (min-max
+            normalised, ``alpha`` = dense weight).
+        granularity: ``document`` (best passage per document, MaxP) or ``passage``.
         allow_unknown_filters: a filter on a metadata key no document has is refused by default (a typo
             would silently match nothing); ``True`` lets it match nothing.
     """
@@ -68,26 +81,40 @@ class Pipeline:
         index: Index,
         reranker: Reranker | None = None,
         *,
-        first_stage: FirstStageMethod = "hybrid",
-        retrieve_k: int = 100,
-        rerank_k: int = 100,
+        settings: PipelineSettings | None = None,
+        first_stage: FirstStageMethod | None = None,
+        retrieve_k: int | None = None,
+        rerank_k: int | None = None,
+        rerank_fusion: RerankFusion | None = None,
         fusion: Fusion = "rrf",
         alpha: float = 0.5,
         granularity: Granularity = "document",
-        rerank_fusion: RerankFusion | None = None,
         allow_unknown_filters: bool = False,
     ) -> None:
-        if retrieve_k <= 0 or rerank_k < 0:
-            raise QueryError("retrieve_k must be positive and rerank_k non-negative")
-        self.rerank_fusion: RerankFusion = (declared_fusion(reranker) if rerank_fusion is None
-                                            else choose(rerank_fusion, RERANK_FUSIONS, "rerank fusion"))
+        chosen = PipelineSettings(first_stage, retrieve_k, rerank_k, rerank_fusion).over(
+            settings or PipelineSettings()).over(DEFAULT_PIPELINE)
+        method, fused = chosen.first_stage, chosen.rerank_fusion or declared_fusion(reranker)
+        assert method is not None and chosen.retrieve_k is not None and chosen.rerank_k is not None
+        self.settings = replace(chosen, rerank_fusion=fused)
         self.index = index
         self.reranker = reranker
-        self.retrieve_k = retrieve_k
-        self.rerank_k = rerank_k
+        self._retrieve_k: int = chosen.retrieve_k
+        self._rerank_k: int = chosen.rerank_k
         self.first_stage = FirstStage(index, FirstStageSettings(
-            method=first_stage, fusion=fusion, alpha=alpha, granularity=granularity,
+            method=method, fusion=fusion, alpha=alpha, granularity=granularity,
             allow_unknown_filters=allow_unknown_filters))
+
+    @property
+    def retrieve_k(self) -> int:
+        return self._retrieve_k
+
+    @property
+    def rerank_k(self) -> int:
+        return self._rerank_k
+
+    @property
+    def rerank_fusion(self) -> RerankFusion:
+        return self.settings.rerank_fusion  # type: ignore[return-value]  # resolved in __init__
 
     @property
     def name(self) -> str:

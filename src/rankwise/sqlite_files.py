@@ -1,4 +1,6 @@
-"""Opening rankwise's own SQLite files (the feedback store, the monitoring history) the same careful way.
+"""Opening rankwise's SQLite files the same careful way: the stores it writes (the feedback store, the
+monitoring history, the audit log) through :func:`open_database`, and every connection through
+:func:`connect`.
 
 Each kind of file marks itself with SQLite's ``application_id`` header field, so a path that points at
 some other database — the audit log, another program's file — is refused before anything is written to
@@ -42,6 +44,20 @@ class DatabaseKind:
     adopt: Callable[[sqlite3.Connection], None] | None = None
 
 
+def connect(path: Path, *, timeout: float = 5.0, check_same_thread: bool = True,
+            read_only: bool = False) -> sqlite3.Connection:
+    """The one place a connection to a SQLite file is made.
+
+    ``read_only`` uses SQLite's ``mode=ro``: nothing is created, no journal is switched, no schema
+    upgraded — what verification, reports and index readers need, since a file they modified would no
+    longer match its recorded sha256 or would be upgraded behind its writer's back.
+    """
+    if read_only:
+        return sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=timeout,
+                               check_same_thread=check_same_thread)
+    return sqlite3.connect(path, timeout=timeout, check_same_thread=check_same_thread)
+
+
 def open_database(path: Path, kind: DatabaseKind, *, timeout: float, create: bool = True,
                   check_same_thread: bool = True, read_only: bool = False) -> sqlite3.Connection:
     """A WAL-mode connection to ``path``, creating the schema in a new file when ``create``.
@@ -53,11 +69,9 @@ def open_database(path: Path, kind: DatabaseKind, *, timeout: float, create: boo
         if read_only:
             if not path.is_file():
                 raise kind.error(f"no {kind.name} at '{path}'; {kind.empty_fix or kind.wrong_file_fix}")
-            conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=timeout,
-                                   check_same_thread=check_same_thread)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=timeout, check_same_thread=check_same_thread)
+        conn = connect(path, timeout=timeout, check_same_thread=check_same_thread, read_only=read_only)
     except (OSError, sqlite3.Error) as err:
         raise failure(err, path, kind, timeout, "opening it") from None
     try:

@@ -42,6 +42,7 @@ from rankwise.cli.common import (
 )
 from rankwise.evaluation.errors import EvaluationError
 from rankwise.evaluation.gates import DEFAULT_MAX_P, DEFAULT_MIN_QUERIES
+from rankwise.options import PipelineSettings
 
 app = typer.Typer()
 
@@ -110,8 +111,9 @@ def eval_(
     ranker = load_reranker_option(reranker, registry=registry, backend=backend, device=device, max_length=max_length)
     with evaluation_progress() as progress:
         report = evaluate(index, prepared, first_stages=stages, reranker=ranker, metrics=metric_names,
-                          baseline=baseline, candidate=candidate, retrieve_k=retrieve_k, rerank_k=rerank_k,
-                          rerank_fusion=rerank_fusion, seed=seed, progress=progress)
+                          baseline=baseline, candidate=candidate, seed=seed, progress=progress,
+                          settings=PipelineSettings(retrieve_k=retrieve_k, rerank_k=rerank_k,
+                                                    rerank_fusion=rerank_fusion))
     result = evaluate_gates(report, gates, max_latency_ms, evidence) if gates or max_latency_ms is not None else None
     if result is not None:
         report.gates = result.to_dict()

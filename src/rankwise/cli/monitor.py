@@ -105,15 +105,13 @@ def run(
     from rankwise.monitoring.history import SQLiteMonitorHistory
     from rankwise.monitoring.run import monitor_run, resolve_reranker
     from rankwise.monitoring.slices import check_slice_keys, read_query_tags
-    from rankwise.options import FIRST_STAGE_METHODS, RERANK_FUSIONS, choose
+    from rankwise.options import PipelineSettings
     from rankwise.rerank.loading import LoadOptions
 
     # everything the user typed is checked, and the history opened, before models load and minutes of
     # evaluation start
     metric_names = parse_metrics(metrics)
-    choose(first_stage, FIRST_STAGE_METHODS, "first stage")
-    if rerank_fusion is not None:
-        choose(rerank_fusion, RERANK_FUSIONS, "rerank fusion")
+    settings = PipelineSettings(first_stage, retrieve_k, rerank_k, rerank_fusion)  # type: ignore[arg-type]
     load = LoadOptions(backend=backend, device=device, max_length=max_length, registry=registry)  # type: ignore[arg-type]
     path = _history_path(history)
     with SQLiteMonitorHistory(path) as store:
@@ -128,8 +126,7 @@ def run(
         warn_leakage(reranker, registry, prepared.queries, strict)
         resolved = resolve_reranker(reranker, load)
         with evaluation_progress() as progress:
-            record = monitor_run(index, prepared, name=name, first_stage=first_stage, reranker=resolved,
-                                 retrieve_k=retrieve_k, rerank_k=rerank_k, rerank_fusion=rerank_fusion,
+            record = monitor_run(index, prepared, name=name, settings=settings, reranker=resolved,
                                  metrics=metric_names, slice_by=slice_by or [], tags=tags, progress=progress)
         store.append(record)
     scores = " · ".join(f"{m} {v:.3f}" for m, v in record.metrics.items())

@@ -56,7 +56,7 @@ import math
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,13 @@ from rankwise.evaluation.significance import (
     randomization_test,
 )
 from rankwise.index import Index
-from rankwise.options import FIRST_STAGE_METHODS, FirstStageMethod, choose_many
+from rankwise.options import (
+    DEFAULT_PIPELINE,
+    FIRST_STAGE_METHODS,
+    FirstStageMethod,
+    PipelineSettings,
+    choose_many,
+)
 from rankwise.pipeline import MAX_QUERY_CHARS, Pipeline, latency_percentiles
 from rankwise.rerank.base import Reranker, declared_fusion
 from rankwise.storage import atomic_write_text
@@ -226,9 +232,7 @@ def evaluate(
     metrics: Sequence[str] = DEFAULT_METRICS,
     baseline: str = DEFAULT_BASELINE,
     candidate: str | None = None,
-    retrieve_k: int = 100,
-    rerank_k: int = 100,
-    rerank_fusion: str | None = None,
+    settings: PipelineSettings | None = None,
     top_results: int = 5,
     seed: int = DEFAULT_SEED,
     n_resamples: int = DEFAULT_RESAMPLES,
@@ -240,10 +244,17 @@ def evaluate(
     baseline — with the default first stages and a reranker, ``hybrid+reranker``. Holm's correction is
     applied per metric over the comparisons with the baseline. The report keeps each system's top
     ``top_results`` results per query (with first-stage and reranker scores) and its full rankings (for
-    TREC run files); rankings are ``retrieve_k`` deep. ``rerank_fusion`` is the
-    :class:`~rankwise.pipeline.Pipeline` option (``rrf``: reranked order fused with the first stage's;
-    unset: the model's declared one, as it would be served).
+    TREC run files); rankings are ``retrieve_k`` deep. ``settings`` are every system's
+    :class:`~rankwise.options.PipelineSettings` (``retrieve_k``, ``rerank_k``, ``rerank_fusion``; unset:
+    :data:`~rankwise.options.DEFAULT_PIPELINE`'s and the model's declared fusion, as it would be served);
+    each system's first stage comes from ``first_stages``.
     """
+    settings = settings or PipelineSettings()
+    if settings.first_stage is not None:
+        raise EvaluationError("the systems' first stages come from first_stages; leave settings.first_stage unset")
+    settings = settings.over(replace(DEFAULT_PIPELINE, first_stage=None))
+    retrieve_k, rerank_k, rerank_fusion = settings.retrieve_k, settings.rerank_k, settings.rerank_fusion
+    assert retrieve_k is not None and rerank_k is not None
     metrics = parse_metrics(metrics)
     first_stages = parse_first_stages(first_stages)
     systems = system_names(first_stages, reranker is not None)
@@ -266,8 +277,8 @@ def evaluate(
         raise EvaluationError(f"{len(too_long)} queries are longer than {MAX_QUERY_CHARS} characters, the search "
                               f"limit (e.g. {', '.join(too_long[:3])}); shorten them or leave them out")
 
-    rankings, tops, samples, costs = _run_pipelines(index, goldset, first_stages, reranker, retrieve_k, rerank_k,
-                                             rerank_fusion, top_results, progress)
+    rankings, tops, samples, costs = _run_pipelines(index, goldset, first_stages, reranker, settings, top_results,
+                                                    progress)
     values = {s: per_query(metrics, goldset.qrels, run_from_rankings(rankings[s])) for s in systems}
     scores = {s: {m: mean(values[s][m]) for m in metrics} for s in systems}
     cis = {s: {m: bootstrap_ci(list(values[s][m].values()), n_resamples=n_resamples, seed=seed) for m in metrics}
@@ -307,9 +318,8 @@ def evaluate(
               for s, c in costs.items()})
 
 
-def _run_pipelines(index: Index, goldset: PreparedGoldSet, first_stages: Sequence[str], reranker: Reranker | None,
-                   retrieve_k: int, rerank_k: int, rerank_fusion: str | None, top_results: int,
-                   progress: Progress | None,
+def _run_pipelines(index: Index, goldset: PreparedGoldSet, first_stages: Sequence[FirstStageMethod],
+                   reranker: Reranker | None, settings: PipelineSettings, top_results: int, progress: Progress | None,
                    ) -> tuple[dict[str, dict[str, list[str]]], dict[str, dict[str, list[TopResult]]],
                               dict[str, dict[str, list[float]]], dict[str, dict[str, list[float]]]]:
     """Rankings, top results, per-stage latency samples and per-query costs (CPU ms, pairs scored) of every
@@ -320,8 +330,7 @@ def _run_pipelines(index: Index, goldset: PreparedGoldSet, first_stages: Sequenc
     costs: dict[str, dict[str, list[float]]] = {}
     items = list(goldset.queries.items())
     for fs in first_stages:
-        pipeline = Pipeline(index, reranker, first_stage=fs, retrieve_k=retrieve_k, rerank_k=rerank_k,
-                            rerank_fusion=rerank_fusion)
+        pipeline = Pipeline(index, reranker, settings=replace(settings, first_stage=fs))
         _warm_up(pipeline, items[0][1])
         reranked = fs + RERANKED_SUFFIX
         names = [fs, reranked] if reranker is not None else [fs]
@@ -337,7 +346,7 @@ def _run_pipelines(index: Index, goldset: PreparedGoldSet, first_stages: Sequenc
             if scores is not None:
                 timings["rerank"] = (time.perf_counter() - t1) * 1000
             cpu2 = time.process_time()
-            response = pipeline.respond(text, candidates, scores, k=retrieve_k, timings=timings, started=t0)
+            response = pipeline.respond(text, candidates, scores, k=pipeline.retrieve_k, timings=timings, started=t0)
             _add(costs[fs], "cpu_ms", (cpu1 - cpu0) * 1000)
             _add(costs[fs], "pairs", 0.0)
             if reranker is not None:

@@ -19,6 +19,7 @@ import numpy as np
 from rankwise.corpus.chunking import content_hash
 from rankwise.errors import QueryError
 from rankwise.index.integrity import corrupt
+from rankwise.sqlite_files import connect
 from rankwise.types import Document, Passage
 
 _SCHEMA = """
@@ -38,7 +39,10 @@ class DocStore:
     """Read/write access to ``docstore.sqlite``; thread-safe for the read paths a server uses.
 
     An existing store is opened read-only (SQLite ``mode=ro``): reading an index must never modify it,
-    or its recorded sha256 would no longer match.
+    or its recorded sha256 would no longer match. It is not one of :func:`~rankwise.sqlite_files.open_database`'s
+    marked stores: it is a build artifact whose whole content the index manifest verifies, written once in
+    rollback-journal mode (WAL would make every reader of a read-only index directory need write access
+    for its shared-memory file).
     """
 
     def __init__(self, path: Path, *, create: bool = False) -> None:
@@ -47,12 +51,9 @@ class DocStore:
         self.path = path
         self._lock = threading.Lock()
         try:
+            self._conn = connect(path, check_same_thread=False, read_only=not create)
             if create:
-                self._conn = sqlite3.connect(path, check_same_thread=False)
                 self._conn.executescript(_SCHEMA)
-            else:
-                self._conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
-                                             check_same_thread=False)
         except sqlite3.Error as err:
             raise corrupt(path, err) from None
 

@@ -3,8 +3,9 @@ week), keep every run in an append-only history, and alarm when a metric dropped
 *and* by more than noise.
 
 >>> from rankwise.monitoring import SQLiteMonitorHistory, monitor_run, resolve_reranker
+>>> from rankwise.options import PipelineSettings
 >>> from rankwise.monitoring.check import check
->>> record = monitor_run(index, prepared_goldset, first_stage="hybrid",
+>>> record = monitor_run(index, prepared_goldset, settings=PipelineSettings(first_stage="hybrid"),
 ...                      reranker=resolve_reranker("production"))
 >>> with SQLiteMonitorHistory("monitor.sqlite") as history:
 ...     history.append(record)

@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rankwise.clock import utc_now
@@ -27,7 +27,7 @@ from rankwise.evaluation.metrics import parse_metrics
 from rankwise.index import Index
 from rankwise.monitoring.history import DEFAULT_NAME, MonitorError, MonitorRecord, new_record_id
 from rankwise.monitoring.slices import slice_means, slice_members
-from rankwise.options import FIRST_STAGE_METHODS, RERANK_FUSIONS, choose
+from rankwise.options import DEFAULT_PIPELINE, PipelineSettings
 from rankwise.registry import Registry, names_registry
 from rankwise.rerank.base import BackendReporting, Reranker, declared_fusion
 from rankwise.rerank.loading import LoadOptions, load_reranker
@@ -94,11 +94,8 @@ def monitor_run(
     goldset: PreparedGoldSet,
     *,
     name: str = DEFAULT_NAME,
-    first_stage: str = "hybrid",
+    settings: PipelineSettings | None = None,
     reranker: ResolvedReranker | None = None,
-    retrieve_k: int = 100,
-    rerank_k: int = 100,
-    rerank_fusion: str | None = None,
     metrics: Sequence[str] = DEFAULT_MONITOR_METRICS,
     slice_by: Sequence[str] = (),
     tags: Mapping[str, Sequence[str]] | None = None,
@@ -106,16 +103,18 @@ def monitor_run(
 ) -> MonitorRecord:
     """Evaluate the serving configuration on ``goldset`` and return the run's record (not yet stored).
 
-    ``slice_by``: document metadata keys to slice by (checked before anything runs); ``tags``: each
+    ``settings``: the served :class:`~rankwise.options.PipelineSettings` (unset ones are
+    :data:`~rankwise.options.DEFAULT_PIPELINE`'s). ``slice_by``: document metadata keys to slice by (checked before anything runs); ``tags``: each
     query's gold-set tags (:func:`~rankwise.monitoring.slices.read_query_tags`).
     """
     if not name.strip():
         raise MonitorError("the monitor name is empty; pass --name with a name such as 'default' or "
                            "'prod-hybrid'")
-    fs = choose(first_stage, FIRST_STAGE_METHODS, "first stage")
+    chosen = (settings or PipelineSettings()).over(DEFAULT_PIPELINE)
+    fs = chosen.first_stage
+    assert fs is not None and chosen.retrieve_k is not None and chosen.rerank_k is not None
     ranker = reranker.reranker if reranker is not None else None
-    fusion = declared_fusion(ranker) if rerank_fusion is None else choose(rerank_fusion, RERANK_FUSIONS,
-                                                                           "rerank fusion")
+    fusion = chosen.rerank_fusion or declared_fusion(ranker)
     metric_names = parse_metrics(metrics)
     # computed first: a bad --slice-by key fails before minutes of evaluation
     members = slice_members(index, goldset, slice_by=slice_by, tags=tags)
@@ -123,7 +122,7 @@ def monitor_run(
     started_at = utc_now()
     wall = time.perf_counter()
     report = evaluate(index, goldset, first_stages=[fs], reranker=ranker, metrics=metric_names,
-                      baseline=system, retrieve_k=retrieve_k, rerank_k=rerank_k, rerank_fusion=fusion,
+                      baseline=system, settings=replace(chosen, first_stage=None, rerank_fusion=fusion),
                       n_resamples=_CI_RESAMPLES, progress=progress)
     wall = time.perf_counter() - wall
     per_query = report.per_query[system]
@@ -137,7 +136,7 @@ def monitor_run(
         index_path=str(Path(index.path).resolve()), index_fingerprint=index.fingerprint,
         num_documents=index.manifest.num_documents,
         embedding_model=emb.get("model"), embedding_sha256=emb.get("sha256"),
-        first_stage=fs, retrieve_k=retrieve_k, rerank_k=rerank_k, rerank_fusion=fusion,
+        first_stage=fs, retrieve_k=chosen.retrieve_k, rerank_k=chosen.rerank_k, rerank_fusion=fusion,
         backend=_backend(ranker),
         reranker=reranker.spec if reranker else None, reranker_version=reranker.version if reranker else None,
         reranker_sha256=ranker.weights_sha256 if ranker else None,

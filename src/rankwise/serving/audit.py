@@ -12,7 +12,7 @@ recomputes, so an edited, inserted or deleted row is detected (only cutting rows
 the head hash ``verify`` prints somewhere else to detect that too). The query hash is keyed (HMAC-SHA256
 with a secret kept in ``<audit>.key``, mode 0600), so a short query cannot be recovered by hashing guesses,
 and client-supplied text (error messages that echo input) is capped in length. Rows are written by a
-dedicated thread so a slow disk never stalls the event loop; :meth:`AuditLog.close` drains the queue.
+dedicated thread so a slow disk never stalls the event loop; :meth:`SQLiteAuditLog.close` drains the queue.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rankwise.batched_writer import BatchedWriter, WriterTimeout
 from rankwise.clock import utc_now
@@ -119,8 +119,32 @@ AUDIT_KIND = DatabaseKind(
     full_fix="free disk space or pass another --audit path", recognise=_recognise, adopt=_adopt)
 
 
-class AuditLog:
-    """Writer side: ``record()`` is non-blocking; a background thread inserts and commits."""
+class AuditLog(Protocol):
+    """What the server needs from an audit log: the contract a store behind it keeps.
+
+    Rows are append-only and hash-chained in the order they are committed; ``record`` never blocks the
+    caller (the event loop), ``flush`` is how a reader of the log waits for what was recorded before it.
+    """
+
+    def record(self, rec: AuditRecord) -> None:
+        """Queue one row without waiting for the disk."""
+        ...
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Return once every row recorded before the call is committed."""
+        ...
+
+    def query_digest(self, query: str) -> str:
+        """The keyed hash stored instead of the query (equal queries match, guesses cannot be checked)."""
+        ...
+
+    def close(self) -> None:
+        """Commit what is queued, then release the store."""
+        ...
+
+
+class SQLiteAuditLog:
+    """The audit log in one SQLite file: ``record()`` is non-blocking; a background thread inserts and commits."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)

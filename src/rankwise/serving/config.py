@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rankwise.errors import RankwiseError
 from rankwise.feedback.events import QUERY_LOGGING, QueryLogging
-from rankwise.options import FIRST_STAGE_METHODS, RERANK_FUSIONS, PipelineSettings, choose
+from rankwise.options import DEFAULT_PIPELINE, PipelineSettings, choose
 from rankwise.pipeline import MAX_QUERY_CHARS
 from rankwise.rerank.loading import LoadOptions
 
@@ -186,18 +186,14 @@ class MonitorSettings:
             raise ServeConfigError("--monitor-every must be at least 1m (an evaluation takes a while)")
 
 
-#: what the server retrieves and reranks with where neither the request, its experiment arm nor the
-#: configuration says otherwise (``rerank_fusion`` unset: each model's declared ordering)
-SERVER_PIPELINE = PipelineSettings(first_stage="hybrid", retrieve_k=100, rerank_k=100)
-
-
 @dataclass(frozen=True, slots=True)
 class ServeConfig:
     """Everything ``rankwise serve`` needs: the server's own settings, and one part per component.
 
     ``keys=None`` disables authentication, which is only allowed on a loopback address: a server
     reachable from other machines must know who is calling it. ``pipeline`` settings left unset are
-    :data:`SERVER_PIPELINE`'s.
+    :data:`~rankwise.options.DEFAULT_PIPELINE`'s (``rerank_fusion`` unset: each model's declared
+    ordering).
     """
 
     index: Path | None = None
@@ -215,7 +211,7 @@ class ServeConfig:
     accept_any_model_name: bool = False
     #: let /v1/search filters on metadata keys no document has match nothing (default: 422 naming the known keys)
     allow_unknown_filters: bool = False
-    pipeline: PipelineSettings = SERVER_PIPELINE
+    pipeline: PipelineSettings = DEFAULT_PIPELINE
     load: LoadOptions = field(default_factory=LoadOptions)
     cache: CacheSettings = CacheSettings()
     loop: LoopSettings = LoopSettings()
@@ -230,11 +226,8 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.index is None and self.reranker is None:
             raise ServeConfigError("nothing to serve: pass --index DIR (for /v1/search) and/or --reranker (for /v1/rerank)")
-        pipeline = self.pipeline.over(SERVER_PIPELINE)
+        pipeline = self.pipeline.over(DEFAULT_PIPELINE)
         object.__setattr__(self, "pipeline", pipeline)  # frozen: filled in once, before anyone reads it
-        choose(pipeline.first_stage, FIRST_STAGE_METHODS, "first stage")  # type: ignore[arg-type]
-        if pipeline.rerank_fusion is not None:
-            choose(pipeline.rerank_fusion, RERANK_FUSIONS, "rerank fusion")
         if self.timeout_ms <= 0:
             raise ServeConfigError("--timeout-ms must be positive")
         if self.monitor.drift_reference is not None and self.index is None:

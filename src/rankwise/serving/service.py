@@ -149,9 +149,8 @@ class SearchService:
         """Run on a worker thread (it blocks on the first stage and on scoring); unset settings are the server's."""
         t0 = time.perf_counter()
         chosen = settings.over(self.pipeline)
-        pipeline = Pipeline(self.index, rerank.reranker if rerank is not None else None,
-                            first_stage=chosen.first_stage, retrieve_k=chosen.retrieve_k, rerank_k=chosen.rerank_k,
-                            rerank_fusion=chosen.rerank_fusion, allow_unknown_filters=self.allow_unknown_filters)
+        pipeline = Pipeline(self.index, rerank.reranker if rerank is not None else None, settings=chosen,
+                            allow_unknown_filters=self.allow_unknown_filters)
         with self._lock:
             candidates = pipeline.retrieve(query, filters)
         timings = {"first_stage": (time.perf_counter() - t0) * 1000}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from rankwise.experiments import Experiment, load_experiment
 from rankwise.feedback.store import FeedbackStore, SQLiteFeedbackStore
 from rankwise.index import Index
-from rankwise.serving.audit import AuditLog
+from rankwise.serving.audit import AuditLog, SQLiteAuditLog
 from rankwise.serving.auth import KeyStore, RateLimiter
 from rankwise.serving.cache import ScoreCache, open_score_cache
 from rankwise.serving.config import LoopSettings, ServeConfig
@@ -95,7 +95,7 @@ def load_state(config: ServeConfig) -> ServingState:
             state.monitor = ScheduledMonitor(config.monitor, state.index, metrics, reranker=config.reranker,
                                              load=config.load, pipeline=config.pipeline)
     if config.audit is not None:
-        state.audit = AuditLog(config.audit)
+        state.audit = SQLiteAuditLog(config.audit)
     return state
 
 

@@ -116,12 +116,9 @@ class ScheduledMonitor:
         from rankwise.monitoring.history import SQLiteMonitorHistory
         from rankwise.monitoring.run import monitor_run, resolve_reranker
 
-        pipeline = self.pipeline
         try:
             reranker = resolve_reranker(self.reranker or "none", self.load)
-            record = monitor_run(self.index, self.gold, name=MONITOR_NAME, first_stage=pipeline.first_stage,
-                                 reranker=reranker, retrieve_k=pipeline.retrieve_k, rerank_k=pipeline.rerank_k,
-                                 rerank_fusion=pipeline.rerank_fusion)
+            record = monitor_run(self.index, self.gold, name=MONITOR_NAME, settings=self.pipeline, reranker=reranker)
             with SQLiteMonitorHistory(self.history) as history:
                 history.append(record)
                 result = check(history, name=MONITOR_NAME)

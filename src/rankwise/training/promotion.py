@@ -19,6 +19,7 @@ from rankwise.evaluation.gates import DEFAULT_EVIDENCE, DEFAULT_MAX_P, GateEvide
 from rankwise.evaluation.goldset import PreparedGoldSet
 from rankwise.evaluation.significance import randomization_test
 from rankwise.index import Index
+from rankwise.options import PipelineSettings
 from rankwise.registry import Registry
 from rankwise.rerank.loading import load_reranker
 from rankwise.rerank.sanity import probe_reranker
@@ -86,7 +87,8 @@ def check_promotion(
                 progress(f"{spec}: {system}", done, total)
 
         return evaluate(index, goldset, first_stages=[first_stage], reranker=reranker, metrics=[metric],
-                        baseline=first_stage, rerank_k=rerank_k, rerank_fusion=rerank_fusion, n_resamples=1000,
+                        baseline=first_stage, settings=PipelineSettings(rerank_k=rerank_k, rerank_fusion=rerank_fusion),
+                        n_resamples=1000,
                         progress=named)
 
     cand = run(version)

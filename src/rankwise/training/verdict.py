@@ -22,7 +22,7 @@ from typing import Any
 from rankwise.evaluation.compare import RERANKED_SUFFIX, evaluate
 from rankwise.evaluation.goldset import GoldSet, Judgement
 from rankwise.index import Index
-from rankwise.options import RerankFusion
+from rankwise.options import PipelineSettings, RerankFusion
 from rankwise.rerank.base import Reranker, RerankScores
 from rankwise.rerank.declaration import read_declaration, write_declaration
 from rankwise.rerank.loading import load_reranker
@@ -82,7 +82,7 @@ def judge_against_first_stage(index: Index, validation: JudgedQueries, model_dir
     verdicts = []
     for fusion in ("rrf", "none"):
         report = evaluate(index, gold, first_stages=[stage], reranker=reranker, metrics=[METRIC], baseline=stage,
-                          rerank_k=rerank_k, rerank_fusion=fusion, n_resamples=1000)
+                          settings=PipelineSettings(rerank_k=rerank_k, rerank_fusion=fusion), n_resamples=1000)
         verdicts.append(TrainingVerdict(stage, len(gold.queries), report.scores[system][METRIC],
                                         report.scores[stage][METRIC],
                                         report.comparison(system).metrics[METRIC].p_randomization, fusion=fusion))
