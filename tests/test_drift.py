@@ -1,6 +1,6 @@
 """Label-free drift monitoring on real searches of the KB index: in-domain traffic against out-of-domain
-traffic alarms on the query signals, two halves of one traffic do not, and references survive the query
-log and the disk."""
+traffic alarms on the query signals, two halves of one traffic do not (nor do the sample KB's own query
+splits), discrete signals get a test that suits them, and references survive the query log and the disk."""
 
 from __future__ import annotations
 
@@ -9,19 +9,28 @@ import random
 import threading
 import time
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from conftest import SHARED
+from rankwise.corpus import SAMPLE_KB
+from rankwise.corpus.beir import load_qrels, load_queries
 from rankwise.feedback import LoggedRequest, SQLiteFeedbackStore
+from rankwise.index import Index
 from rankwise.monitoring.drift import (
+    SIGNAL_KINDS,
     SIGNALS,
     DriftError,
     DriftReference,
     DriftThresholds,
     QueryVocabulary,
     RollingWindow,
+    SignalKind,
+    category_edges,
+    chi_square_homogeneity,
     compare_windows,
     population_stability_index,
     quantile_edges,
@@ -76,18 +85,32 @@ def pipeline(kb_index) -> Pipeline:
     return Pipeline(kb_index, None, first_stage="bm25")
 
 
-def window(pipeline: Pipeline, vocabulary: QueryVocabulary, queries: list[str]) -> dict[str, list[float]]:
-    """The signals the server would log for ``queries``, gathered as a window."""
-    rolling = RollingWindow(size=len(queries))
-    for query in queries:
-        rolling.append(query_signals(query, pipeline.search(query, k=5), vocabulary))
+@pytest.fixture(scope="module")
+def sample_kb_signals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, float]]:
+    """The signals the server would log for each of the sample KB's queries, searched in its own index."""
+    index = Index.build(SAMPLE_KB, tmp_path_factory.mktemp("sample-kb") / "index", embedding_model=None)
+    pipeline, vocabulary = Pipeline(index, None, first_stage="bm25"), QueryVocabulary.from_index(index)
+    return {query_id: query_signals(text, pipeline.search(text, k=5), vocabulary)
+            for query_id, text in load_queries(SAMPLE_KB).items()}
+
+
+def gathered(rows: list[dict[str, float]]) -> dict[str, list[float]]:
+    """Logged requests' signals, gathered as a window."""
+    rolling = RollingWindow(size=len(rows))
+    for row in rows:
+        rolling.append(row)
     return rolling.snapshot()
 
 
+def window(pipeline: Pipeline, vocabulary: QueryVocabulary, queries: list[str]) -> dict[str, list[float]]:
+    """The signals the server would log for ``queries``, gathered as a window."""
+    return gathered([query_signals(query, pipeline.search(query, k=5), vocabulary) for query in queries])
+
+
 def numbers(report) -> str:
-    return " | ".join(f"{s.name}: PSI {s.psi:.3f} KS p={s.ks_pvalue:.2g} median {s.reference_median:g}->"
-                      f"{s.current_median:g}" if s.psi is not None else f"{s.name}: {s.status}"
-                      for s in report.signals)
+    return " | ".join(f"{s.name}: PSI {s.psi:.3f} {s.test} p={s.pvalue:.2g} (KS p={s.ks_pvalue:.2g}) median "
+                      f"{s.reference_median:g}->{s.current_median:g} {s.status}" if s.psi is not None
+                      else f"{s.name}: {s.status}" for s in report.signals)
 
 
 def one_line(err: pytest.ExceptionInfo[BaseException]) -> str:
@@ -179,6 +202,22 @@ def test_quantile_bins_of_a_discrete_signal_are_deduplicated() -> None:
     assert population_stability_index([5.0] * 100, [6.0] * 100) > 5.0  # every value left its bin
 
 
+def test_every_signal_has_a_declared_kind_that_alone_picks_its_test() -> None:
+    assert set(SIGNAL_KINDS) == set(SIGNALS)
+    assert set(SIGNAL_KINDS.values()) <= set(get_args(SignalKind))
+    assert {name for name, kind in SIGNAL_KINDS.items() if kind == "discrete"} == {"query_words", "oov_rate",
+                                                                                    "rank_change"}
+    rng = np.random.default_rng(0)
+    # the declaration decides, not the values: whole-number scores stay continuous, fractional counts discrete
+    whole = rng.integers(0, 4, 100).astype(float)
+    fractional = rng.normal(8, 2, 100)
+    report = compare_windows({"reranker_top1": whole, "query_words": fractional, "custom": whole},
+                             {"reranker_top1": whole[::-1], "query_words": fractional[::-1], "custom": whole})
+    assert (report["reranker_top1"].test, report["query_words"].test, report["custom"].test) == ("ks", "chi2", "ks")
+    assert report["reranker_top1"].pvalue == report["reranker_top1"].ks_pvalue  # KS decides a continuous signal
+    assert report["query_words"].ks_pvalue is not None  # still reported for a discrete one
+
+
 def test_drift_needs_both_a_large_psi_and_a_significant_ks() -> None:
     rng = np.random.default_rng(3)
     # a negligible shift over a large sample: KS is sure, PSI says it does not matter
@@ -194,6 +233,87 @@ def test_drift_needs_both_a_large_psi_and_a_significant_ks() -> None:
     assert shifted["reranker_top1"].status == "drift" and shifted.alarm
 
 
+# ------------------------------------------------------------------------------------------ discrete signals
+def test_chi_square_and_psi_over_categories_match_a_hand_computed_example() -> None:
+    reference = [3.0] * 30 + [4.0] * 40 + [5.0] * 30  # shares 0.3 / 0.4 / 0.3
+    current = [3.0] * 20 + [4.0] * 40 + [5.0] * 40  # shares 0.2 / 0.4 / 0.4
+    edges = category_edges(reference, current)
+    assert list(edges) == [3.0, 4.0]  # three categories: ≤ 3, 4, ≥ 5
+    # expected counts under one distribution: 25 / 40 / 35 per window; χ² = 2 · (5²/25 + 0 + 5²/35) = 24/7,
+    # and with 2 degrees of freedom the p-value is exp(−χ²/2)
+    statistic, pvalue = chi_square_homogeneity(reference, current, edges)
+    assert statistic == pytest.approx(24 / 7)
+    assert pvalue == pytest.approx(np.exp(-12 / 7))
+    # PSI over the same categories: (−0.1)·ln(2/3) + 0 + 0.1·ln(4/3) = 0.1·ln 2
+    assert population_stability_index(reference, current, edges=edges) == pytest.approx(0.1 * np.log(2))
+    drift = compare_windows({"query_words": reference}, {"query_words": current})["query_words"]
+    assert (drift.test, drift.statistic, drift.pvalue) == ("chi2", pytest.approx(24 / 7), pytest.approx(pvalue))
+    assert drift.psi == pytest.approx(0.1 * np.log(2)) and drift.status == "ok"
+    assert drift.ks_statistic == pytest.approx(0.1)  # KS is still reported, and decides nothing here
+
+
+def test_sparse_categories_are_pooled_with_their_neighbours_until_the_chi_square_test_holds() -> None:
+    reference = [1.0] * 40 + [2.0] * 40 + [3.0] * 15 + [7.0] * 3 + [9.0] * 2
+    current = [1.0] * 20 + [2.0] * 20 + [3.0] * 8 + [4.0] * 2
+    # 5 expected in the smaller window needs 5 · 150 / 50 = 15 values of both: 1 and 2 stand alone, and the
+    # tail 4, 7, 9 (7 values) is too rare on its own, so it joins 3
+    assert list(category_edges(reference, current)) == [1.0, 2.0]
+    rng = np.random.default_rng(1)
+    for n, m in ((60, 50), (500, 80), (5_000, 500)):
+        for draw in (lambda k: 1.0 + rng.poisson(7, k), lambda k: np.round(rng.gamma(6, 1.2, k) * 5) / 5,
+                     lambda k: np.where(rng.random(k) < 0.8, 0.0, rng.choice([0.25, 1 / 3, 0.5, 1.0], k))):
+            a, b = draw(n), draw(m)
+            edges = category_edges(a, b)
+            assert 1 <= edges.size <= 9  # two to ten categories, as many as PSI's quantile bins at most
+            table = [np.bincount(np.searchsorted(edges, v, side="left"), minlength=edges.size + 1) for v in (a, b)]
+            assert stats.chi2_contingency(table).expected_freq.min() >= 5
+
+
+def test_count_windows_of_one_distribution_do_not_alarm() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        drift = compare_windows({"query_words": 1.0 + rng.poisson(7, 300)},
+                                {"query_words": 1.0 + rng.poisson(7, 300)})["query_words"]
+        assert drift.test == "chi2" and drift.status == "ok", drift
+
+
+def test_a_shifted_count_distribution_alarms() -> None:
+    rng = np.random.default_rng(3)
+    report = compare_windows({"query_words": 1.0 + rng.poisson(5, 200)}, {"query_words": 1.0 + rng.poisson(8, 200)})
+    drift = report["query_words"]
+    assert drift.status == "drift" and drift.psi >= 0.2 and drift.pvalue < 0.01, drift
+    assert report.summary().startswith("drift in query_words (PSI ") and "chi2 p=" in report.summary()
+
+
+def zero_inflated(rng: np.random.Generator, zero_share: float, n: int) -> np.ndarray:
+    """An out-of-vocabulary rate: mostly zeros, otherwise a share of a few query terms."""
+    return np.where(rng.random(n) < zero_share, 0.0, rng.choice([0.25, 1 / 3, 0.5, 1.0], n))
+
+
+def test_a_zero_inflated_signal_whose_zero_share_falls_alarms() -> None:
+    rng = np.random.default_rng(4)
+    reference = zero_inflated(rng, 0.9, 200)
+    moved = compare_windows({"oov_rate": reference}, {"oov_rate": zero_inflated(rng, 0.5, 200)})["oov_rate"]
+    assert moved.test == "chi2" and moved.status == "drift" and moved.pvalue < 1e-6, moved
+    same = compare_windows({"oov_rate": reference}, {"oov_rate": zero_inflated(rng, 0.9, 200)})["oov_rate"]
+    assert same.status == "ok", same
+
+
+def test_a_signal_identical_in_both_windows_does_not_alarm_or_crash() -> None:
+    rng = np.random.default_rng(5)
+    varied = zero_inflated(rng, 0.7, 100)
+    for values in ([0.0] * 100, [5.0] * 100, varied):
+        for name in ("oov_rate", "query_words", "rank_change"):
+            drift = compare_windows({name: values}, {name: list(values)})[name]
+            assert (drift.status, drift.psi, drift.pvalue) == ("ok", 0.0, pytest.approx(1.0)), drift
+    # a constant: one category, no edges, no evidence either way
+    assert category_edges([0.0] * 100, [0.0] * 100).size == 0
+    assert chi_square_homogeneity([0.0] * 100, [0.0] * 100, []) == (0.0, 1.0)
+    # a constant that changes is a drift all the same
+    assert compare_windows({"oov_rate": [0.0] * 100}, {"oov_rate": [1.0] * 100})["oov_rate"].status == "drift"
+
+
+# ------------------------------------------------------------------------------------------ real traffic
 def test_in_domain_against_out_of_domain_queries_alarms_on_the_query_signals(pipeline, vocabulary) -> None:
     reference = window(pipeline, vocabulary, in_domain_queries())
     current = window(pipeline, vocabulary, biomedical_claims())
@@ -201,10 +321,15 @@ def test_in_domain_against_out_of_domain_queries_alarms_on_the_query_signals(pip
     print("\nin-domain vs written biomedical claims:", numbers(report), "\n", report.summary())
     assert report.alarm
     for name in ("oov_rate", "query_words"):
-        assert report[name].status == "drift", report.summary()
+        assert report[name].status == "drift" and report[name].test == "chi2", report.summary()
         assert report[name].current_median > report[name].reference_median
+    assert report["first_stage_top1"].status == "drift" and report["first_stage_top1"].test == "ks"
     assert report.summary().startswith("drift in ")
-    assert json.loads(json.dumps(report.to_dict()))["alarm"] is True
+    as_json = json.loads(json.dumps(report.to_dict()))
+    assert as_json["alarm"] is True
+    assert {key: as_json["signals"]["oov_rate"][key] for key in ("test", "status")} == {"test": "chi2",
+                                                                                       "status": "drift"}
+    assert as_json["signals"]["oov_rate"]["pvalue"] < 0.01 and as_json["signals"]["oov_rate"]["ks_pvalue"] < 0.01
 
 
 def test_in_domain_against_scifact_claims_alarms(pipeline, vocabulary) -> None:
@@ -216,6 +341,47 @@ def test_in_domain_against_scifact_claims_alarms(pipeline, vocabulary) -> None:
                              window(pipeline, vocabulary, claims))
     print("\nin-domain vs SciFact claims:", numbers(report))
     assert report["oov_rate"].status == "drift" and report["query_words"].status == "drift", report.summary()
+
+
+def test_sample_kb_train_queries_against_its_test_queries_do_not_alarm(sample_kb_signals) -> None:
+    train = [sample_kb_signals[query_id] for query_id in sorted(load_qrels(SAMPLE_KB, "train"))]
+    test = [sample_kb_signals[query_id] for query_id in sorted(load_qrels(SAMPLE_KB, "test"))]
+    assert (len(train), len(test)) == (80, 40)
+    report = compare_windows(gathered(train), gathered(test))
+    print("\nsample KB train vs test:", numbers(report))
+    assert not report.alarm, report.summary()
+    # 40 test queries are fewer than a window needs to be judged at all
+    assert {s.name for s in report.signals} == {"query_words", "oov_rate", "first_stage_top1"}
+    assert all(s.status == "not enough data" for s in report.signals)
+    # judged anyway, the vocabulary and the scores of the two splits agree. query_words is left out: the test
+    # split was written with longer queries (10.9 against 8.9 words on average), a real difference that the
+    # chi-square test reports (p ≈ 0.005; random 80/40 splits of the same 120 queries differ so much in
+    # under 0.5% of draws)
+    lowered = compare_windows(gathered(train), gathered(test), DriftThresholds(min_samples=len(test)))
+    print("sample KB train vs test, judged from 40 values:", numbers(lowered))
+    assert lowered["oov_rate"].status == "ok" and lowered["first_stage_top1"].status == "ok", lowered.summary()
+
+
+def test_random_splits_of_the_sample_kb_queries_alarm_about_as_often_as_the_significance_level(
+        sample_kb_signals) -> None:
+    # two halves of one pool of queries share one distribution, so an alarm is a false one: each signal's test
+    # should give one in about 1% of splits (its significance level), never routinely
+    query_ids = sorted(sample_kb_signals)
+    assert len(query_ids) == 120
+    rng = random.Random(0)
+    splits = 200
+    alarms = dict.fromkeys(("query_words", "oov_rate", "first_stage_top1"), 0)
+    for _ in range(splits):
+        shuffled = rng.sample(query_ids, len(query_ids))
+        report = compare_windows(gathered([sample_kb_signals[q] for q in shuffled[:60]]),
+                                 gathered([sample_kb_signals[q] for q in shuffled[60:]]))
+        assert [(s.name, s.test) for s in report.signals] == [
+            ("query_words", "chi2"), ("oov_rate", "chi2"), ("first_stage_top1", "ks")]
+        assert all(s.status in ("ok", "drift") for s in report.signals)
+        for name in report.with_status("drift"):
+            alarms[name] += 1
+    print(f"\nsample KB queries, alarms in {splits} random 60/60 splits:", alarms)
+    assert all(count <= 0.03 * splits for count in alarms.values()), alarms
 
 
 def test_two_halves_of_the_same_traffic_do_not_alarm(pipeline, vocabulary) -> None:
@@ -237,6 +403,7 @@ def test_small_or_empty_windows_are_not_enough_data_never_zeros() -> None:
         drift = report[name]
         assert drift.status == "not enough data"
         assert drift.psi is None and drift.ks_statistic is None and drift.ks_pvalue is None
+        assert drift.statistic is None and drift.pvalue is None
     assert report["oov_rate"].n_reference == 0 and report["oov_rate"].reference_median is None
     assert report["query_words"].current_median == 40.0  # the medians are still worth showing
     assert not report.alarm

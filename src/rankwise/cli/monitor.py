@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.markup import escape
 
 from rankwise.cli.common import (
@@ -222,6 +223,10 @@ def list_cmd(
                   highlight=False, soft_wrap=True, markup=False)
 
 
+#: how the drift table names the test that decided a signal
+_TEST_NAMES = {"ks": "KS", "chi2": "χ²"}
+
+
 @monitor_app.command("drift")
 @friendly_errors
 def drift(
@@ -235,7 +240,8 @@ def drift(
     save_reference: Annotated[Path | None, typer.Option(help="Save the current window as a reference (for "
                                                              "`serve --drift-reference` and later checks).")] = None,
     psi: Annotated[float, typer.Option(help="PSI at or above which a signal may drift.")] = 0.2,
-    ks_alpha: Annotated[float, typer.Option(help="KS p-value below which a signal may drift.")] = 0.01,
+    ks_alpha: Annotated[float, typer.Option(help="p-value (chi-square for discrete signals, KS for continuous "
+                                                 "ones) below which a signal may drift.")] = 0.01,
     min_samples: Annotated[int, typer.Option(help="Fewer values in a window: 'not enough data'.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -266,17 +272,19 @@ def drift(
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
     else:
-        table = Table(title=f"traffic drift: current window ({since or 'start'} → {until or 'now'}) vs reference "
+        table = Table(box=box.SIMPLE_HEAD, title=f"traffic drift: current window ({since or 'start'} → {until or 'now'}) vs reference "
                             f"({base.since or 'start'} → {base.until or 'now'})")
-        for column in ("signal", "reference n", "current n", "median ref → now", "PSI", "KS p", "status"):
-            table.add_column(column, justify="left" if column in ("signal", "status") else "right")
+        for column in ("signal", "n ref/now", "median ref→now", "PSI", "p (test)", "status"):
+            table.add_column(column, justify="left" if column in ("signal", "status") else "right",
+                             no_wrap=column != "status")
         for s in report.signals:
             medians = ("—" if s.reference_median is None or s.current_median is None
-                       else f"{s.reference_median:.3g} → {s.current_median:.3g}")
+                       else f"{s.reference_median:.3g}→{s.current_median:.3g}")
             style = {"drift": "bold red", "ok": "green"}.get(s.status, "yellow")
-            table.add_row(s.name, str(s.n_reference), str(s.n_current), medians,
+            table.add_row(s.name, f"{s.n_reference}/{s.n_current}", medians,
                           "—" if s.psi is None else f"{s.psi:.3f}",
-                          "—" if s.ks_pvalue is None else f"{s.ks_pvalue:.2g}", f"[{style}]{s.status}[/]")
+                          "—" if s.pvalue is None else f"{s.pvalue:.2g} ({_TEST_NAMES[s.test]})",
+                          f"[{style}]{s.status}[/]")
         out.print(table)
     err.print(("[bold red]DRIFT[/] " if report.alarm else "[green]ok[/] ") + escape(report.summary()),
               highlight=False, soft_wrap=True)

@@ -7,14 +7,26 @@ request logs a few numbers about the query and its answer (:data:`SIGNALS`, comp
 system was known to be good (:class:`DriftReference`, :class:`RollingWindow`).
 
 Two tests compare a signal's two windows (:func:`compare_windows`), and a signal *drifts* only when both
-agree, so neither a noisy small-sample PSI nor a large sample's tiny KS p-value alone pages anyone:
+agree, so neither a noisy small-sample PSI nor a large sample's tiny p-value alone pages anyone:
 
 * the Population Stability Index, the credit-scoring convention for a shifted score distribution
   (Siddiqi, "Credit Risk Scorecards", 2006; its sampling distribution: Yurdakul, "Statistical Properties
   of Population Stability Index", Western Michigan University, 2018) — an effect size: how far the
-  shares of the reference's quantile bins moved (:func:`population_stability_index`);
-* the two-sample Kolmogorov–Smirnov test (:func:`scipy.stats.ks_2samp`) — the evidence: how unlikely so
-  large a gap between the two empirical distributions is if both windows come from one distribution.
+  shares of a set of bins moved (:func:`population_stability_index`);
+* a two-sample test — the evidence: how unlikely so large a difference is if both windows come from one
+  distribution.
+
+Which bins and which test depend on the signal's kind (:data:`SIGNAL_KINDS`), declared per signal because
+both tests assume something about the values:
+
+* a *continuous* signal (the scores) gets the reference's quantile bins and the Kolmogorov–Smirnov test
+  (:func:`scipy.stats.ks_2samp`), which need no assumption about the signal's range or shape;
+* a *discrete* signal (word counts, mean rank changes, out-of-vocabulary shares: few distinct values, and
+  ``oov_rate`` mostly zeros) breaks both. Its quantile edges collapse onto a few values and leave lumpy bins
+  whose shares swing with a handful of queries, and KS's p-value assumes no ties (with ties it comes out
+  too large, so it misses real shifts). It gets its observed values as categories instead, adjacent ones
+  pooled until every expected count is at least 5 (:func:`category_edges`), a chi-square test of
+  homogeneity over them (:func:`chi_square_homogeneity`), and PSI over the same categories.
 
 A drift is a reason to look (new users, a new product area, a broken tokenizer, a changed model), not a
 verdict on quality: that still takes a gold-set evaluation.
@@ -29,6 +41,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import bm25s
@@ -51,11 +64,26 @@ SignalName = Literal["query_words", "oov_rate", "first_stage_top1", "reranker_to
                      "rank_change"]
 SIGNALS: tuple[str, ...] = get_args(SignalName)
 DriftStatus = Literal["ok", "drift", "not enough data"]
+#: how a signal's values are distributed, which decides how its windows are compared (see the module docstring)
+SignalKind = Literal["continuous", "discrete"]
+#: the two-sample test that gave a comparison's evidence: Kolmogorov–Smirnov or chi-square of homogeneity
+EvidenceTest = Literal["ks", "chi2"]
+#: each signal's kind, declared rather than guessed from the values: a window of whole-number scores or a
+#: continuous signal's few values would fool a guess, and the same signal must get the same test every time.
+#: ``oov_rate`` is a share of a query's few terms (k/n for small n), mostly 0; ``rank_change`` a mean of
+#: whole rank moves over a few results. A signal missing here is compared as continuous.
+SIGNAL_KINDS: Mapping[str, SignalKind] = MappingProxyType({
+    "query_words": "discrete", "oov_rate": "discrete", "first_stage_top1": "continuous",
+    "reranker_top1": "continuous", "reranker_margin": "continuous", "rank_change": "discrete",
+})
 
 #: the only endpoint whose requests carry a query and a ranking of the index
 SEARCH_ENDPOINT = "/v1/search"
 #: quantile bins of the reference window that PSI compares (the scorecard convention is 10)
 DEFAULT_BINS = 10
+#: the smallest expected count per category of the chi-square test: the usual condition for its p-value
+#: (Cochran, "Some methods for strengthening the common χ² tests", Biometrics 10, 1954)
+MIN_EXPECTED_COUNT = 5.0
 #: the share an empty bin is given, so PSI's logarithm stays finite (a common choice in scorecard practice)
 PSI_EPSILON = 1e-4
 #: most values per signal a saved reference keeps (PSI's noise from the reference is then ~(B-1)/5000)
@@ -157,15 +185,17 @@ def query_signals(query: str, response: SearchResponse, vocabulary: QueryVocabul
 # ---------------------------------------------------------------------------------------------- tests
 @dataclass(frozen=True, slots=True)
 class DriftThresholds:
-    """When a signal drifts: PSI at least ``psi`` *and* KS p-value below ``ks_alpha``.
+    """When a signal drifts: PSI at least ``psi`` *and* the two-sample test's p-value below ``ks_alpha``.
 
     The usual PSI reading is < 0.1 no shift, 0.1–0.25 a moderate one, > 0.25 a major one (Siddiqi 2006).
     0.2 sits in the upper half of "moderate": a shift worth a look before it is major. PSI measured on
-    samples is noisy, though: with B bins, two windows of n and m values from the *same* distribution
-    give about (B−1)·(1/n + 1/m) on average (Yurdakul 2018), 0.36 at n = m = 50. Requiring the KS test
-    too keeps small windows from alarming on noise, and requiring PSI keeps a large window's significant
-    but negligible shift (KS p ≈ 0 for a 1% move over 10⁵ requests) from alarming. Below ``min_samples``
-    values in either window, neither test is computed.
+    samples is noisy, though: with B bins (or categories), two windows of n and m values from the *same*
+    distribution give about (B−1)·(1/n + 1/m) on average (Yurdakul 2018), 0.36 at n = m = 50. Requiring
+    the two-sample test too keeps small windows from alarming on noise, and requiring PSI keeps a large
+    window's significant but negligible shift (p ≈ 0 for a 1% move over 10⁵ requests) from alarming.
+    Below ``min_samples`` values in either window, neither test is computed. ``ks_alpha`` is the
+    significance level of whichever test the signal's kind gets (KS or chi-square); it keeps its name
+    because the JSON report and ``--ks-alpha`` on the command line carry it.
     """
 
     psi: float = 0.2
@@ -176,7 +206,7 @@ class DriftThresholds:
         if not (math.isfinite(self.psi) and self.psi > 0):
             raise DriftError(f"the PSI threshold must be a positive number (got {self.psi}); 0.2 is usual")
         if not 0 < self.ks_alpha < 1:
-            raise DriftError(f"the KS significance level must be between 0 and 1 (got {self.ks_alpha}); "
+            raise DriftError(f"the significance level must be between 0 and 1 (got {self.ks_alpha}); "
                              "0.01 is usual")
         if self.min_samples < 2:
             raise DriftError(f"min_samples must be at least 2 (got {self.min_samples}); 50 is usual")
@@ -202,29 +232,95 @@ def quantile_edges(reference: Sequence[float], bins: int = DEFAULT_BINS) -> np.n
     return np.unique(np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
 
 
+def _counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Number of ``values`` in each bin ``(edge[i-1], edge[i]]``, with open outer bins."""
+    return np.bincount(np.searchsorted(edges, values, side="left"), minlength=edges.size + 1)
+
+
 def _shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Share of ``values`` in each bin ``(edge[i-1], edge[i]]``, with open outer bins."""
-    counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=edges.size + 1)
-    return counts / max(values.size, 1)
+    return _counts(values, edges) / max(values.size, 1)
 
 
 def population_stability_index(reference: Sequence[float], current: Sequence[float], bins: int = DEFAULT_BINS,
-                               epsilon: float = PSI_EPSILON) -> float:
-    """PSI = Σ (c − r) · ln(c / r) over the reference's quantile bins (:func:`quantile_edges`).
+                               epsilon: float = PSI_EPSILON, *, edges: Sequence[float] | None = None) -> float:
+    """PSI = Σ (c − r) · ln(c / r) over the reference's quantile bins (:func:`quantile_edges`), or ``edges``.
 
     ``r`` and ``c`` are the shares of the reference and current values in a bin; an empty bin's share is
     raised to ``epsilon`` so the logarithm stays finite. Bins are right-closed with open outer bins, so
-    current values beyond the reference's range land in the outermost bins.
+    current values beyond the reference's range land in the outermost bins. A discrete signal passes its
+    pooled categories (:func:`category_edges`) as ``edges``, so PSI and the chi-square test see one binning.
     """
-    edges = quantile_edges(reference, bins)
+    edges = quantile_edges(reference, bins) if edges is None else np.asarray(edges, dtype=np.float64)
     expected = np.maximum(_shares(_finite(reference), edges), epsilon)
     actual = np.maximum(_shares(_finite(current), edges), epsilon)
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
+def category_edges(reference: Sequence[float], current: Sequence[float], bins: int = DEFAULT_BINS,
+                   min_expected: float = MIN_EXPECTED_COUNT) -> np.ndarray:
+    """The inner edges of a discrete signal's categories: its observed values, adjacent ones pooled.
+
+    Every value seen in either window is a category, in order; a category too rare is pooled with the
+    next ones until the group is frequent enough, and a rare remainder at the top joins the last group.
+    Frequent enough means two things: an expected count of at least ``min_expected`` in the smaller
+    window if both windows shared one distribution (the chi-square test's condition), and at least a
+    ``bins``-th of both windows' values, so a signal with many distinct values (``rank_change`` over a
+    long result list) gets at most ``bins`` categories and its PSI no more sampling noise than a
+    continuous signal's (see :class:`DriftThresholds`). Pooling neighbours rather than all rare values
+    keeps the order: a long query's rare word count joins other long queries, not short ones. Groups are
+    right-closed intervals with open outer ones, as for :func:`population_stability_index`. Values of
+    both windows make the categories, so a value common only in the current window gets a category of its
+    own rather than vanishing into a reference bin. No edges (one group) when the windows together are
+    too few or too uniform to split.
+    """
+    if bins < 2:
+        raise DriftError(f"PSI needs at least 2 bins (got {bins}); 10 is usual")
+    ref, cur = _finite(reference), _finite(current)
+    if not (ref.size and cur.size):
+        return np.empty(0)
+    # a cell's expected count is n_window · group_total / n_both, smallest in the smaller window
+    need = max(min_expected * (ref.size + cur.size) / min(ref.size, cur.size), (ref.size + cur.size) / bins)
+    values, counts = np.unique(np.concatenate([ref, cur]), return_counts=True)
+    edges: list[float] = []
+    total = 0
+    for value, count in zip(values, counts, strict=True):
+        total += int(count)
+        if total >= need:
+            edges.append(float(value))
+            total = 0
+    # the last closed group's edge goes: the values above it (too few for a group of their own) join it,
+    # and with none above it, its edge would only bound an empty open bin
+    return np.asarray(edges[:-1], dtype=np.float64)
+
+
+def chi_square_homogeneity(reference: Sequence[float], current: Sequence[float],
+                           edges: Sequence[float]) -> tuple[float, float]:
+    """Chi-square statistic and p-value of "both windows share one distribution" over ``edges``'s groups.
+
+    The test for a discrete signal: it compares the two windows' counts per category
+    (:func:`scipy.stats.chi2_contingency` on the 2 × categories table), so ties are what it expects rather
+    than a violated assumption, as they are for KS. Its p-value holds when every expected count is at
+    least 5, which :func:`category_edges` ensures; a 2 × 2 table gets Yates's continuity correction, as
+    scipy applies it, which errs towards no alarm. One category is no evidence of a difference: (0, 1).
+    """
+    edges = np.asarray(edges, dtype=np.float64)
+    if not edges.size:
+        return 0.0, 1.0
+    table = np.vstack([_counts(_finite(reference), edges), _counts(_finite(current), edges)])
+    result = stats.chi2_contingency(table)
+    return float(result.statistic), float(result.pvalue)
+
+
 @dataclass(frozen=True, slots=True)
 class SignalDrift:
-    """One signal's comparison. The test values are None (never zeros) when a window is too small."""
+    """One signal's comparison. The test values are None (never zeros) when a window is too small.
+
+    ``psi`` is over the bins of the signal's kind (quantile bins or pooled categories); ``test``,
+    ``statistic`` and ``pvalue`` are the two-sample test that decided, with ``pvalue`` compared with the
+    significance level. ``ks_statistic`` and ``ks_pvalue`` are the KS test's for every signal, so a
+    dashboard that plots them keeps its series; for a discrete signal they are informational only (KS's
+    p-value is too large with ties).
+    """
 
     name: str
     n_reference: int
@@ -235,6 +331,9 @@ class SignalDrift:
     reference_median: float | None
     current_median: float | None
     status: DriftStatus
+    test: EvidenceTest
+    statistic: float | None
+    pvalue: float | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -262,7 +361,7 @@ class DriftReport:
 
     def summary(self) -> str:
         """One line: the drifting signals with their evidence, then the others by status."""
-        drifted = [f"{s.name} (PSI {s.psi:.2f}, KS p={s.ks_pvalue:.2g})" for s in self.signals
+        drifted = [f"{s.name} (PSI {s.psi:.2f}, {_TEST_LABEL[s.test]} p={s.pvalue:.2g})" for s in self.signals
                    if s.status == "drift"]
         parts = [f"drift in {', '.join(drifted)}" if drifted else "no drift"]
         if ok := self.with_status("ok"):
@@ -276,20 +375,35 @@ class DriftReport:
                 "signals": {signal.name: signal.to_dict() for signal in self.signals}}
 
 
+_TEST_LABEL: dict[EvidenceTest, str] = {"ks": "KS", "chi2": "chi2"}
+
+
 def _compare(name: str, reference: np.ndarray, current: np.ndarray, thresholds: DriftThresholds) -> SignalDrift:
     medians = tuple(float(np.median(v)) if v.size else None for v in (reference, current))
+    test: EvidenceTest = "chi2" if SIGNAL_KINDS.get(name, "continuous") == "discrete" else "ks"
     if min(reference.size, current.size) < thresholds.min_samples:
-        return SignalDrift(name, reference.size, current.size, None, None, None, *medians, "not enough data")
-    psi = population_stability_index(reference, current)
+        return SignalDrift(name, reference.size, current.size, None, None, None, *medians, "not enough data",
+                           test, None, None)
     ks = stats.ks_2samp(reference, current)
-    drifted = psi >= thresholds.psi and ks.pvalue < thresholds.ks_alpha
-    return SignalDrift(name, reference.size, current.size, psi, float(ks.statistic), float(ks.pvalue), *medians,
-                       "drift" if drifted else "ok")
+    ks_statistic, ks_pvalue = float(ks.statistic), float(ks.pvalue)
+    if test == "chi2":
+        edges = category_edges(reference, current)
+        psi = population_stability_index(reference, current, edges=edges)
+        statistic, pvalue = chi_square_homogeneity(reference, current, edges)
+    else:
+        psi = population_stability_index(reference, current)
+        statistic, pvalue = ks_statistic, ks_pvalue
+    drifted = psi >= thresholds.psi and pvalue < thresholds.ks_alpha
+    return SignalDrift(name, reference.size, current.size, psi, ks_statistic, ks_pvalue, *medians,
+                       "drift" if drifted else "ok", test, statistic, pvalue)
 
 
 def compare_windows(reference: Mapping[str, Sequence[float]], current: Mapping[str, Sequence[float]],
                     thresholds: DriftThresholds = DriftThresholds()) -> DriftReport:
-    """Compare every signal present in either window (non-finite values are ignored), in :data:`SIGNALS` order."""
+    """Compare every signal present in either window (non-finite values are ignored), in :data:`SIGNALS` order.
+
+    Each signal gets the bins and the test of its kind in :data:`SIGNAL_KINDS`.
+    """
     names = [name for name in SIGNALS if name in reference or name in current]
     names += sorted((set(reference) | set(current)) - set(SIGNALS))
     return DriftReport(tuple(_compare(name, _finite(reference.get(name, ())), _finite(current.get(name, ())),

@@ -48,6 +48,9 @@ class ServingMetrics:
         self.ready = Gauge("rankwise_ready", "1 once the model is loaded and warmed", registry=r)
         self.model_swaps = Counter("rankwise_model_swaps", "Registry alias changes followed without a restart",
                                    ["role", "outcome"], registry=r)
+        self.same_version = Gauge("rankwise_same_version", "1 when the canary serves production's version, or an "
+                                  "experiment arm another arm's (the comparison compares a model with itself)",
+                                  ["role"], registry=r)
         self.served_by = Counter("rankwise_served", "Responses by the model version and experiment arm that "
                                  "produced them", ["model", "arm"], registry=r)
         self.shadow = Counter("rankwise_shadow", "Shadow-model work: requests offered, scored, dropped (queue "
@@ -65,8 +68,12 @@ class ServingMetrics:
                                "window vs the reference window", ["signal"], registry=r)
         self.drift_ks_pvalue = Gauge("rankwise_drift_ks_pvalue", "Two-sample Kolmogorov-Smirnov p-value of a traffic "
                                      "signal: recent window vs the reference window", ["signal"], registry=r)
-        self.drift_alarm = Gauge("rankwise_drift_alarm", "1 when a traffic signal drifted (PSI and KS both past their "
-                                 "thresholds), 0 when not, -1 when a window is too small to tell", ["signal"], registry=r)
+        self.drift_pvalue = Gauge("rankwise_drift_pvalue", "p-value of the test that decides whether a traffic signal "
+                                  "drifted: chi-square for discrete signals, Kolmogorov-Smirnov for continuous ones",
+                                  ["signal", "test"], registry=r)
+        self.drift_alarm = Gauge("rankwise_drift_alarm", "1 when a traffic signal drifted (PSI and the two-sample "
+                                 "test both past their thresholds), 0 when not, -1 when a window is too small to "
+                                 "tell", ["signal"], registry=r)
         self.monitor_metric = Gauge("rankwise_monitor_metric", "The latest scheduled gold-set evaluation, per metric",
                                     ["metric"], registry=r)
         self.monitor_alarm = Gauge("rankwise_monitor_alarm", "Scheduled evaluation vs the previous run: 1 alarm, "

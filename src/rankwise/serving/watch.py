@@ -64,6 +64,8 @@ class DriftWatch:
             if signal.psi is not None and signal.ks_pvalue is not None:
                 self.metrics.drift_psi.labels(signal.name).set(signal.psi)
                 self.metrics.drift_ks_pvalue.labels(signal.name).set(signal.ks_pvalue)
+            if signal.pvalue is not None:
+                self.metrics.drift_pvalue.labels(signal.name, signal.test).set(signal.pvalue)
         if report.alarm:
             log.warning("traffic drift: %s", report.summary())
 
