@@ -1,11 +1,11 @@
 """What an interleaving experiment costs a search: p50/p99 of ``/v1/search`` with and without one.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/experiment_latency.py [--requests 60] [--model small|minilm]
-        [--baseline-src OTHER/src]
+        [--traffic 0.2] [--baseline-src OTHER/src]
 
-Three servers on the bundled sample KB, side by side: production alone, a second model alone (the slower
-arm's own cost), and production interleaved with that model (``mode = "interleave"``, every request in the
-experiment). One client sends the same fresh queries to each in turn (round-robin, so drifting load hits
+Four servers on the bundled sample KB, side by side: production alone, a second model alone (the slower
+arm's own cost), production interleaved with that model (``mode = "interleave"``, every request in the
+experiment), and the same experiment enrolling only ``--traffic`` of the requests (``traffic = 0.2``). One client sends the same fresh queries to each in turn (round-robin, so drifting load hits
 all alike); every query is new to every server, so no score is cached. With ``--baseline-src`` a fourth
 server runs the interleaving experiment on another checkout's code (e.g. before the arms ran concurrently).
 The target: interleaved p50 within 1.2× of the slower arm served alone.
@@ -37,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=60, help="searches per server")
     parser.add_argument("--model", choices=["small", "minilm"], default="small")
+    parser.add_argument("--traffic", type=float, default=0.2, help="share of requests the partial experiment enrols")
     parser.add_argument("--baseline-src", type=Path, default=None)
     args = parser.parse_args()
     cpu = cpu_description()
@@ -59,12 +60,15 @@ def main() -> None:
     experiment.write_text('name = "latency"\nmode = "interleave"\nunit = "request"\n'
                           '[[arms]]\nname = "production"\nreranker = "v1"\n'
                           '[[arms]]\nname = "candidate"\nreranker = "v2"\n')
+    partial = work / "partial.toml"
+    partial.write_text(experiment.read_text().replace('unit = "request"\n', f'unit = "request"\ntraffic = {args.traffic}\n'))
     common = ["--index", str(index.path), "--registry", str(registry.root), "--backend", "auto", "--audit", "none",
               "--feedback-db", "none", "--timeout-ms", "60000", "--cache-size", "0"]
     setups: dict[str, tuple[list[str], Path | None]] = {
         "production alone": (["--reranker", "v1"], None),
         "candidate alone": (["--reranker", "v2"], None),
         "interleaved": (["--reranker", "v1", "--experiment", str(experiment)], None),
+        f"interleaved on {args.traffic:.0%} of requests": (["--reranker", "v1", "--experiment", str(partial)], None),
     }
     if args.baseline_src is not None:
         setups["interleaved (baseline code)"] = (["--reranker", "v1", "--experiment", str(experiment)],
@@ -104,7 +108,7 @@ def main() -> None:
               f"p50 = {row['p50_vs_slower_arm']:.2f}× the slower arm alone")
     write_json("experiment_latency.json", {
         "what": f"/v1/search on the sample KB, k 10, one client, {args.requests} fresh queries per server, "
-                f"score cache off, model {args.model}, backend auto",
+                f"score cache off, model {args.model}, backend auto; partial experiment traffic {args.traffic}",
         "cpu": cpu, "baseline_src": str(args.baseline_src) if args.baseline_src else None, "servers": rows})
 
 

@@ -365,3 +365,29 @@ def test_evaluate_rejects_bad_options(kb_index: Index) -> None:
         evaluate(kb_index, gold, first_stages=["bm25"], baseline="bm25", settings=PipelineSettings(retrieve_k=10))
     with pytest.raises(QueryError, match="unknown first stage 'bm42'; choose bm25, dense, hybrid"):
         evaluate(kb_index, gold, first_stages=["bm42"])
+
+
+def test_a_reranker_that_caches_passages_is_timed_cold_for_every_system(kb_index: Index) -> None:
+    from rankwise.rerank.bi_encoder import BiEncoderReranker
+
+    class Observed(BiEncoderReranker):
+        """Records how many of each call's passages came from the cache (the scores are the real ones)."""
+
+        def __init__(self) -> None:
+            super().__init__("minilm", backend="torch")
+            self.cached: list[float] = []
+
+        def score(self, query, texts):  # type: ignore[no-untyped-def]
+            scores = super().score(query, texts)
+            self.cached.append(scores.stats["cached"])
+            return scores
+
+    gold = kb_goldset().prepare(known_documents=set(kb_index.passage_doc_ids))
+    reranker = Observed()
+    report = evaluate(kb_index, gold, first_stages=["bm25", "dense"], reranker=reranker, n_resamples=100,
+                      settings=PipelineSettings(rerank_k=5))
+    per_system = len(gold.queries) + 1  # one warm-up call, then each query
+    bm25, dense = reranker.cached[1:per_system], reranker.cached[per_system + 1:]
+    # the dense system's first query meets passages the BM25 system embedded: cold only if the cache was emptied
+    assert bm25[0] == 0 and dense[0] == 0
+    assert "timed cold" in report.config["latency_note"]

@@ -26,6 +26,7 @@ from rankwise.experiments import (
     bucket,
     credit,
     dcg_at_k,
+    enrolled,
     load_experiment,
     ndcg_at_k,
     paired_bootstrap,
@@ -170,6 +171,23 @@ def test_different_experiments_assign_independently() -> None:
     one, two = _experiment(name="one"), _experiment(name="two")
     same = sum(assign(one, f"u{i}").name == assign(two, f"u{i}").name for i in range(4_000)) / 4_000
     assert 0.45 < same < 0.55  # hashing with the experiment's name: the treatment users differ each time
+
+
+def test_a_traffic_share_enrols_that_share_of_units_without_picking_their_arms() -> None:
+    experiment = Experiment.from_dict({"name": "part", "mode": "ab", "traffic": 0.2, "arms": _arms(0.5, 0.5)})
+    ids = [f"id-{i}" for i in range(20_000)]
+    inside = [i for i in ids if enrolled(experiment, i)]
+    assert abs(len(inside) / len(ids) - 0.2) < 0.015
+    arms = Counter(assign(experiment, i).name for i in inside)  # its own hash: enrolled units still split evenly
+    assert abs(arms["arm0"] / len(inside) - 0.5) < 0.03, arms
+    assert all(enrolled(_experiment(), i) for i in ids[:100])  # traffic defaults to everyone
+
+
+@pytest.mark.parametrize("traffic", [0, 1.5, "half", True])
+def test_a_bad_traffic_share_is_one_line(traffic: object) -> None:
+    with pytest.raises(ExperimentError) as err:
+        Experiment.from_dict({"name": "x", "mode": "interleave", "traffic": traffic, "arms": _arms(0.5, 0.5)})
+    assert str(err.value).startswith("experiment: traffic: must be a number in (0, 1]") and "\n" not in str(err.value)
 
 
 def test_assignment_rejects_interleave_mode_and_empty_ids() -> None:

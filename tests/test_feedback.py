@@ -457,6 +457,8 @@ def test_a_store_written_by_an_older_schema_is_upgraded_in_place(tmp_path: Path)
     with sqlite3.connect(path) as db:  # what schema 1 looked like: no signals column
         db.execute("ALTER TABLE requests DROP COLUMN signals")
         db.execute("DROP TABLE policy")  # nor the retention policy (schema 3)
+        db.execute("ALTER TABLE requests DROP COLUMN other_model")  # nor schema 4's columns
+        db.execute("ALTER TABLE shadow DROP COLUMN outcome")
         db.execute("PRAGMA user_version = 1")
     with SQLiteFeedbackStore(path) as store:
         kept = store.get_request("r1")
@@ -466,7 +468,7 @@ def test_a_store_written_by_an_older_schema_is_upgraded_in_place(tmp_path: Path)
     with SQLiteFeedbackStore(path) as store:
         assert store.get_request("r2").signals == {"query_words": 2.0}
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
 
 
 def test_export_applies_the_retention_a_stopped_server_did_not_and_purge_says_what_it_removed(tmp_path: Path) -> None:

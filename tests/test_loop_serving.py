@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -148,9 +149,12 @@ def test_shadow_scores_requests_off_the_critical_path(loop_server: Server, refer
 
 def test_a_shadow_that_fails_to_load_leaves_production_serving(registry: Path, tmp_path: Path,
                                                                references: dict[str, list[float]]) -> None:
-    srv = Server(["--reranker", "v1", "--registry", str(registry), "--backend", "torch", "--shadow",
-                  str(tmp_path / "missing-model"), "--feedback-db", str(tmp_path / "f.sqlite"), "--audit", "none",
-                  "--open-metrics"], tmp_path / "server.log")
+    broken = tmp_path / "broken-model"  # it exists, so the server starts; it cannot load, so it is left out
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    srv = Server(["--reranker", "v1", "--registry", str(registry), "--backend", "torch", "--shadow", str(broken),
+                  "--feedback-db", str(tmp_path / "f.sqlite"), "--audit", "none", "--open-metrics"],
+                 tmp_path / "server.log")
     try:
         with srv.client() as client:
             assert _assert_from(_rerank(client).json(), references) == "v1"
@@ -230,6 +234,30 @@ def test_interleaving_credits_clicks_to_the_arm_that_contributed(registry: Path,
     assert json.loads(report.stdout)["recommendation"]["decision"] == "switch"
 
 
+def test_an_interleaving_experiment_on_a_share_of_traffic_leaves_the_rest_to_production(
+        registry: Path, tmp_path: Path, references: dict[str, list[float]]) -> None:
+    experiment = tmp_path / "part.toml"
+    experiment.write_text('name = "part"\nmode = "interleave"\ntraffic = 0.5\n'
+                          '[[arms]]\nname = "old"\nreranker = "v1"\n[[arms]]\nname = "new"\nreranker = "v2"\n')
+    srv = Server(["--reranker", "v1", "--registry", str(registry), "--backend", "torch", "--experiment",
+                  str(experiment), "--feedback-db", "none", "--audit", "none"], tmp_path / "server.log")
+    seen: dict[str, set[bool]] = {}
+    try:
+        with srv.client() as client:
+            for user in range(20):
+                for _ in range(2):
+                    body = client.post("/v1/rerank", headers={"X-Rankwise-User": f"u{user}"},
+                                       json={"query": QUERY, "documents": TEXTS, "raw_scores": True}).json()
+                    interleaved = body["meta"]["experiment"] is not None
+                    if not interleaved:  # outside the experiment: production's own ranking and name
+                        assert _assert_from(body, references) == "v1"
+                    seen.setdefault(f"u{user}", set()).add(interleaved)
+    finally:
+        srv.stop()
+    assert all(len(kinds) == 1 for kinds in seen.values()), "enrolment is sticky per user"
+    assert 3 <= sum(True in kinds for kinds in seen.values()) <= 17  # about half of 20 users
+
+
 def test_a_canary_share_is_sticky_per_user(registry: Path, tmp_path: Path, references: dict[str, list[float]]) -> None:
     srv = Server(["--reranker", "production", "--registry", str(registry), "--backend", "torch", "--canary", "50%",
                   "--audit", "none", "--feedback-db", "none"], tmp_path / "server.log")
@@ -295,6 +323,42 @@ def test_promotion_and_rollback_are_followed_under_load_without_failed_requests(
     assert metrics[("rankwise_model_swaps_total", (("outcome", "swapped"), ("role", "production")))] == 2
 
 
+def test_names_follow_promotions_per_request_and_an_arm_serving_productions_version_is_flagged(
+        registry: Path, tmp_path: Path, references: dict[str, list[float]]) -> None:
+    root = tmp_path / "registry"
+    shutil.copytree(registry, root)  # promoted here without moving the module's registry
+    srv = Server(["--reranker", "production", "--registry", str(root), "--backend", "torch", "--canary", "50%",
+                  "--follow-interval", "0.2s", "--audit", "none", "--feedback-db", "none", "--open-metrics"],
+                 tmp_path / "server.log")
+
+    def served() -> tuple[set[str], dict[str, str], float]:
+        with srv.client() as client:
+            names = set()
+            for n in range(24):  # sticky per user: 24 users reach both the canary and production
+                body = client.post("/v1/rerank", json={"query": QUERY, "documents": TEXTS, "raw_scores": True},
+                                   headers={"X-Rankwise-User": f"user-{n}"}).json()
+                _assert_from(body, references)
+                names.add(body["meta"]["model"])
+            models = client.get("/readyz").json()["models"]
+        same = srv.metrics()[("rankwise_same_version", (("role", "canary"),))]
+        return names, models, same
+
+    try:
+        assert served() == ({"v1 (production)", "v2 (candidate)"},
+                            {"production": "v1 (production)", "canary": "v2 (candidate)"}, 0)
+        Registry(root).promote("v2", forced=True)  # production and candidate now name the same version
+        promoted = ({"v2 (production)", "v2 (candidate)"}, {"production": "v2 (production)", "canary": "v2 (candidate)"},
+                    1)
+        eventually(lambda: served() == promoted, what="answers named after the promotion", timeout=60)
+        Registry(root).rollback()
+        eventually(lambda: served()[0] == {"v1 (production)", "v2 (candidate)"}, what="names after the rollback",
+                   timeout=60)
+        assert served()[2] == 0
+    finally:
+        srv.stop()
+    assert "canary serves v2, the version production also serves" in srv.log.read_text()
+
+
 # ---------------------------------------------------------------------------------------------- failures
 def test_an_unavailable_feedback_store_rejects_feedback_with_503_and_keeps_serving(
         loop_server: Server, references: dict[str, list[float]]) -> None:
@@ -326,6 +390,12 @@ def test_an_unavailable_feedback_store_rejects_feedback_with_503_and_keeps_servi
     ({"experiment": 'name = "x"\n[[arms]]\nname = "a"\nreranker = "v1"\nshare = 0.5\n'
                     '[[arms]]\nname = "b"\nreranker = "v9"\nshare = 0.5\n'}, "v9"),
     ({"experiment": "name = \n"}, "experiment.toml"),
+    ({"experiment": 'name = "x"\n[[arms]]\nname = "a"\nreranker = "v1"\nshare = 0.5\n'
+                    '[[arms]]\nname = "b"\nreranker = "./no-such-model"\nshare = 0.5\n'}, "no-such-model"),
+    # an unknown model stops the server whatever role it was named for
+    ({"args": ["--shadow", "v9"]}, "v9"),
+    ({"args": ["--shadow", "./no-such-model"]}, "no-such-model"),
+    ({"args": ["--canary", "10%", "--canary-model", "v9"]}, "v9"),
     ({"args": ["--canary", "150%"]}, "--canary"),
     ({"args": ["--retention", "forever"]}, "--retention"),
     ({"args": ["--log-queries", "all"]}, "query logging"),

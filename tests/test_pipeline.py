@@ -44,7 +44,7 @@ def test_reranked_results_show_both_signals(kb_index: Index, tiny_cross_encoder:
     assert prov.embedding_sha256 == kb_index.manifest.embedding["sha256"]
     assert {"first_stage", "rerank", "total"} <= set(response.timings_ms)
     d = response.to_dict()
-    assert set(d) == {"query", "results", "provenance", "timings_ms"}
+    assert set(d) == {"query", "warnings", "results", "provenance", "timings_ms"}
     assert set(d["results"][0]["reranker"]) == {"rank", "score", "raw_score"}
 
 
@@ -69,6 +69,7 @@ def test_filters_restrict_candidates(kb_index: Index) -> None:
     response = Pipeline(kb_index, first_stage="hybrid").search("rotate credentials", filters={"category": "billing"})
     assert {r.doc_id for r in response.results} <= {"refund-annual", "refund-monthly"}
     assert Pipeline(kb_index).search("x", filters={"category": "nothing"}).results == []
+    assert response.warnings == []
     # a key no document has is a typo, not an empty result — unless asked for
     with pytest.raises(QueryError, match=r"unknown metadata filter key\(s\) categroy; this index's documents have category"):
         Pipeline(kb_index).search("x", filters={"categroy": "billing"})
@@ -127,3 +128,14 @@ def test_bad_settings_are_refused_where_they_are_made(kb_index: Index, fields: d
     assert str(refused.value) == message
     with pytest.raises(QueryError, match="must|unknown"):  # the keywords are checked the same way
         Pipeline(kb_index, **fields)
+
+
+def test_filters_that_match_nothing_say_why(kb_index: Index) -> None:
+    wrong_case = Pipeline(kb_index).search("reset MFA", filters={"category": "Security"})
+    assert wrong_case.results == [] and wrong_case.warnings == [
+        ('no document has category = "Security" (values are matched exactly; category has "billing", "finance", '
+         '"research", "runbook", "security")')]
+    apart = Pipeline(kb_index).search("reset MFA", filters={"category": ["nope", "security"]})
+    assert apart.results and apart.warnings == []  # one of the values matches: nothing to explain
+    lexical = Pipeline(kb_index, first_stage="bm25").search("zzzzqqq", filters={"category": "security"})
+    assert lexical.results == [] and lexical.warnings == []  # the filter matches documents; the query does not

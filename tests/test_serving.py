@@ -273,6 +273,10 @@ def test_search_returns_the_cli_json_objects(admin: httpx.Client, kb_index: Inde
             {k: v for k, v in exp.items() if k not in ("score", "reranker")}
     filtered = admin.post("/v1/search", json={"query": "reset", "filters": {"category": "security"}}).json()
     assert {r["metadata"]["category"] for r in filtered["results"]} == {"security"}
+    assert filtered["warnings"] == []
+    wrong_case = admin.post("/v1/search", json={"query": "reset", "filters": {"category": "Security"}}).json()
+    assert wrong_case["results"] == [] and wrong_case["warnings"][0].startswith(
+        'no document has category = "Security" (values are matched exactly; category has "billing"')
 
 
 def test_search_rerank_fusion_per_request(admin: httpx.Client, kb_index: Index,

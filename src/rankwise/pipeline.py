@@ -131,11 +131,19 @@ class Pipeline:
         scores = self.rerank(query, candidates)
         if scores is not None:
             timings["rerank"] = (time.perf_counter() - t1) * 1000
-        return self.respond(query, candidates, scores, k=k, timings=timings, started=t0)
+        return self.respond(query, candidates, scores, k=k, timings=timings, started=t0,
+                            warnings=self.warnings(candidates, filters))
 
     def retrieve(self, query: str, filters: dict[str, Any] | None = None) -> list[Candidate]:
         """The first stage's top ``retrieve_k`` candidates, best first."""
         return self.first_stage.retrieve(validate_query(query), self.retrieve_k, filters)
+
+    def warnings(self, candidates: Sequence[Candidate], filters: dict[str, Any] | None) -> list[str]:
+        """What the caller should be told about an answer: why it is empty when the filters match no
+        document (a value in the wrong case, a combination nobody has), rather than an empty list alone."""
+        if not filters or candidates or self.index.docstore.rows_matching(filters).size:
+            return []
+        return [self.index.docstore.why_nothing_matches(filters)]
 
     def rerank(self, query: str, candidates: Sequence[Candidate]) -> RerankScores | None:
         """The reranker's scores for the first ``rerank_k`` candidates (``None`` without a reranker)."""
@@ -145,7 +153,8 @@ class Pipeline:
         return self.reranker.score(validate_query(query), [c.passage.full_text for c in head])
 
     def respond(self, query: str, candidates: Sequence[Candidate], scores: RerankScores | None, *, k: int = 10,
-                timings: dict[str, float] | None = None, started: float | None = None) -> SearchResponse:
+                timings: dict[str, float] | None = None, started: float | None = None,
+                warnings: Sequence[str] = ()) -> SearchResponse:
         """The response for ``candidates`` ordered by ``scores`` (of the first ``len(scores.raw)`` of them).
 
         ``scores=None`` answers in first-stage order, with no reranker in the provenance (what the server
@@ -170,7 +179,8 @@ class Pipeline:
             timings["total"] = (time.perf_counter() - started) * 1000
         num_reranked = 0 if scores is None else len(scores.raw)
         provenance = self._provenance(len(candidates), num_reranked, 0 if scores is None else scores.truncated)
-        return SearchResponse(query=query, results=results, provenance=provenance, timings_ms=timings)
+        return SearchResponse(query=query, results=results, provenance=provenance, timings_ms=timings,
+                              warnings=list(warnings))
 
     def _order(self, candidates: Sequence[Candidate], scores: RerankScores | None
                ) -> list[tuple[Candidate, RerankerScore | None, float]]:

@@ -143,10 +143,13 @@ class SearchResponse:
     results: list[SearchResult]
     provenance: Provenance
     timings_ms: dict[str, float]
+    #: what a user should know about this answer (e.g. why filters matched nothing); empty when all is well
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "query": self.query,
+            "warnings": list(self.warnings),
             "results": [r.to_dict() for r in self.results],
             "provenance": asdict(self.provenance),
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},

@@ -6,6 +6,7 @@ import json
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -123,6 +124,8 @@ def search(
         typer.echo(response.to_json())
     else:
         print_response(response)
+        for warning in response.warnings:
+            err.print(f"[yellow]notice:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 def print_response(response: SearchResponse) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -150,12 +151,15 @@ def list_models(registry: RegistryOpt = None) -> None:
     aliases: dict[str, list[str]] = {}
     for alias, version in reg.aliases().items():
         aliases.setdefault(version, []).append(alias)
-    table = Table(title=f"models in {reg.root}")
-    for col in ("version", "aliases", "created", "base model", "val nDCG@10", "sha256"):
-        table.add_column(col)
+    # fits 80 columns: the base model (often a long path) folds, nothing else is cut
+    table = Table(box=box.SIMPLE_HEAD, title=f"models in {reg.root}")
+    for col in ("version", "aliases", "created (UTC)", "base model", "val nDCG@10", "sha256"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("version", "created (UTC)", "sha256"),
+                         min_width=len("production,") if col == "aliases" else None)
     for v in reg.versions():
         val = v.card.validation_ndcg10
-        table.add_row(v.version, ", ".join(aliases.get(v.version, [])), str(v.card.created_at),
+        created = "—" if v.card.created_at is None else v.card.created_at[:16].replace("T", " ")
+        table.add_row(v.version, ", ".join(aliases.get(v.version, [])), created,
                       str(v.card.base_model), "—" if val is None else f"{val:.4f}",
                       v.weights_sha256[:12])
     out.print(table)

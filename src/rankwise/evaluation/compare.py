@@ -84,7 +84,7 @@ from rankwise.options import (
     choose_many,
 )
 from rankwise.pipeline import MAX_QUERY_CHARS, Pipeline, latency_percentiles
-from rankwise.rerank.base import Reranker, declared_fusion
+from rankwise.rerank.base import PassageCaching, Reranker, declared_fusion
 from rankwise.storage import atomic_write_text
 from rankwise.types import SearchResult
 
@@ -301,8 +301,10 @@ def evaluate(
         "rerank_fusion": declared_fusion(reranker) if rerank_fusion is None else rerank_fusion,
         "seed": seed, "n_resamples": n_resamples, "confidence": 0.95,
         "holm_family": "per metric: every system compared with the baseline",
-        "latency_note": ("a first stage and its '+reranker' variant share one first-stage call per query; "
-                         "the first stage's total is that call's first-stage time") if reranker else
+        "latency_note": (("a first stage and its '+reranker' variant share one first-stage call per query; "
+                          "the first stage's total is that call's first-stage time")
+                         + ("; the reranker's passage cache is emptied before each system, so each is timed cold"
+                            if isinstance(reranker, PassageCaching) else "")) if reranker else
                         "total is Pipeline.search wall time per query",
         "versions": {"rankwise": rankwise.__version__, "ir_measures": ir_measures.__version__,
                      "python": platform.python_version()},
@@ -332,6 +334,8 @@ def _run_pipelines(index: Index, goldset: PreparedGoldSet, first_stages: Sequenc
     for fs in first_stages:
         pipeline = Pipeline(index, reranker, settings=replace(settings, first_stage=fs))
         _warm_up(pipeline, items[0][1])
+        if isinstance(reranker, PassageCaching):  # or the first system would pay for every later one's passages
+            reranker.clear_cache()
         reranked = fs + RERANKED_SUFFIX
         names = [fs, reranked] if reranker is not None else [fs]
         for name in names:

@@ -12,7 +12,7 @@ interleaving, the statistics that decide between versions, and rank agreement fo
 from __future__ import annotations
 
 from rankwise.experiments.agreement import Agreement, agreement, dcg_at_k, ndcg_at_k
-from rankwise.experiments.assignment import assign, bucket
+from rankwise.experiments.assignment import assign, bucket, enrolled
 from rankwise.experiments.config import (
     ASSIGNMENT_UNITS,
     EXPERIMENT_MODES,
@@ -45,6 +45,6 @@ __all__ = [
     "ASSIGNMENT_UNITS", "EXPERIMENT_MODES", "INTERLEAVED_ARM", "Agreement", "Arm", "AssignmentUnit",
     "ComparisonResult", "Decision", "Experiment", "ExperimentError", "ExperimentMode", "Interval",
     "MeanDifference", "Outcome", "PairedDifference", "ProportionTest", "Recommendation", "SignTest", "Team",
-    "agreement", "assign", "bootstrap_mean_difference", "bucket", "credit", "dcg_at_k", "load_experiment",
+    "agreement", "assign", "bootstrap_mean_difference", "bucket", "credit", "dcg_at_k", "enrolled", "load_experiment",
     "ndcg_at_k", "paired_bootstrap", "recommend", "sign_test", "team_draft", "two_proportion",
 ]

@@ -25,6 +25,13 @@ def bucket(experiment_name: str, unit_value: str) -> float:
     return int.from_bytes(digest[:8], "big") / _SCALE
 
 
+def enrolled(experiment: Experiment, unit_value: str) -> bool:
+    """Whether ``unit_value`` is in the experiment's ``traffic`` share. Hashed apart from the arm choice
+    (another salt), so enrolment does not pick arms: with ``traffic = 0.5`` and two equal arms, the enrolled
+    units still split evenly."""
+    return experiment.traffic >= 1.0 or bucket(f"{experiment.name}#traffic", unit_value) < experiment.traffic
+
+
 def assign(experiment: Experiment, unit_value: str) -> Arm:
     """The arm ``unit_value`` (a user id, key id or request id, as ``experiment.unit`` says) belongs to.
 

@@ -6,6 +6,7 @@ so the server, the report and the person reading the results agree on arms, shar
     name = "v4-vs-v3"
     mode = "ab"            # ab | interleave
     unit = "user"          # user | key | request: what assignment is sticky on
+    traffic = 0.2          # optional: the share of users (keys, requests) in the experiment; default 1
     [[arms]]
     name = "control"
     reranker = "production"   # a registry alias or version, a model directory, or "none"
@@ -20,6 +21,9 @@ so the server, the report and the person reading the results agree on arms, shar
 * ``mode = "interleave"`` needs exactly two arms and ignores shares: every request gets one team-draft
   interleaved list of both arms' rankings (Radlinski, Kurup & Joachims, CIKM 2008), the first arm playing
   team "a" and the second team "b" (see :mod:`rankwise.experiments.interleave`).
+* ``traffic`` enrols only that share of the units (sticky, by a hash independent of the arm's); the rest is
+  served as if there were no experiment (production, or the canary). Interleaving scores both arms on each
+  enrolled request, so on a busy server a share keeps that cost off most of the traffic.
 
 Each arm may override the pipeline settings ``first_stage``, ``rerank_k`` and ``rerank_fusion`` (the
 values of :mod:`rankwise.options`). Whether the named rerankers exist is checked by the server when it loads
@@ -54,7 +58,7 @@ ASSIGNMENT_UNITS: tuple[AssignmentUnit, ...] = get_args(AssignmentUnit)
 #: the arm label a logged request carries when its list interleaves both arms
 INTERLEAVED_ARM = "interleaved"
 SHARE_TOLERANCE = 1e-6
-_EXPERIMENT_KEYS = ("name", "mode", "unit", "arms")
+_EXPERIMENT_KEYS = ("name", "mode", "unit", "arms", "traffic")
 T = TypeVar("T", bound=str)
 _ARM_KEYS = ("name", "reranker", "share", "first_stage", "rerank_k", "rerank_fusion")
 
@@ -92,6 +96,8 @@ class Experiment:
     mode: ExperimentMode
     unit: AssignmentUnit
     arms: tuple[Arm, ...]
+    #: the share of units enrolled; the others are served outside the experiment
+    traffic: float = 1.0
 
     def arm(self, name: str) -> Arm:
         """The arm called ``name`` (one-line error naming the arms otherwise)."""
@@ -128,7 +134,11 @@ class Experiment:
             if arm.name in seen:
                 raise ExperimentError(f"{source}: arms[{i}].name: duplicate arm name '{arm.name}'")
             seen.add(arm.name)
-        return cls(name=name, mode=mode, unit=unit, arms=arms)
+        traffic = data.get("traffic", 1.0)
+        if isinstance(traffic, bool) or not isinstance(traffic, int | float) or not 0.0 < traffic <= 1.0:
+            raise ExperimentError(f"{source}: traffic: must be a number in (0, 1] (the share of "
+                                  f"{unit}s in the experiment), got {traffic!r}")
+        return cls(name=name, mode=mode, unit=unit, arms=arms, traffic=float(traffic))
 
 
 def load_experiment(path: str | Path) -> Experiment:

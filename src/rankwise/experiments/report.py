@@ -18,9 +18,10 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -41,7 +42,7 @@ from rankwise.experiments.stats import (
     two_proportion,
 )
 from rankwise.feedback.clicks import ClickModel
-from rankwise.feedback.events import FeedbackEvent, LoggedRequest, by_request
+from rankwise.feedback.events import FeedbackEvent, LoggedRequest, ShadowRecord, by_request
 from rankwise.feedback.store import FeedbackStore
 
 #: what counts as a click (click, copy, a long dwell): the same rule the gold-set export labels by
@@ -65,9 +66,17 @@ def gain(events: Iterable[FeedbackEvent]) -> float:
 
 @dataclass(frozen=True, slots=True)
 class ArmSummary:
+    """One arm's traffic and what users did with it. For an interleaved arm, ``requests`` is every
+    interleaved list (each showed both arms) and the clicks and thumbs are those on its own documents."""
+
     arm: str
+    #: the served names (version and alias) that answered the arm's requests
     models: tuple[str, ...]
     requests: int
+    #: the arm's share of the experiment's answered requests (for interleaving: 1, every list holds both)
+    share: float
+    #: answers in first-stage order because the latency budget ran out: not in the comparison
+    degraded: int
     ctr_at_k: float
     clicked_at_k: int
     thumbs_up: int
@@ -94,7 +103,7 @@ class ArmComparison:
 @dataclass(frozen=True, slots=True)
 class ExperimentReport:
     experiment: str
-    mode: str
+    mode: Literal["ab", "interleave", "canary"]
     k: int
     arms: list[ArmSummary] = field(default_factory=list)
     comparisons: list[ArmComparison] = field(default_factory=list)
@@ -103,12 +112,18 @@ class ExperimentReport:
     events: int = 0
 
 
+#: a rule for which of a request's feedback events count for an arm (every one in A/B; interleaving: only
+#: those on the documents the arm contributed)
+_Owns = Callable[[LoggedRequest, FeedbackEvent], bool]
+
+
 def experiment_report(store: FeedbackStore, experiment: Experiment, *, since: str | None = None, k: int = 5,
                       alpha: float = 0.05) -> ExperimentReport:
     """Per-arm metrics, significance and a recommendation for ``experiment`` over the logged traffic."""
     if k < 1:
         raise ExperimentError("--k must be at least 1")
-    requests = [r for r in store.requests(since=since, experiment=experiment.name) if not r.degraded]
+    logged = list(store.requests(since=since, experiment=experiment.name))
+    requests = [r for r in logged if not r.degraded]
     if not requests:
         raise ExperimentError(f"no answered requests of experiment '{experiment.name}' in the query log"
                               + (f" since {since}" if since else "") + "; serve it with --experiment and a "
@@ -124,37 +139,79 @@ def experiment_report(store: FeedbackStore, experiment: Experiment, *, since: st
             wins[credit(teams, clicked)] += 1
         test = sign_test(wins["a"], wins["b"], wins["tie"])
         verdict = recommend(test, alpha=alpha, treatment="b", metric=f"share of interleaving wins of '{b}'")
-        return ExperimentReport(experiment.name, "interleave", k, [_arm_summary(a, requests, events, k)],
-                                interleaving=test, recommendation=verdict, events=n_events)
-    arms = [_arm_summary(arm.name, [r for r in requests if r.arm == arm.name], events, k) for arm in experiment.arms]
-    control_requests = [r for r in requests if r.arm == arms[0].arm]
+        degraded = len(logged) - len(requests)
+        arms = [_arm_summary(name, requests, events, k, share=1.0, degraded=degraded, owns=_contributed_by(name),
+                             model=(lambda r: r.model) if name == a else (lambda r: r.other_model))
+                for name in (a, b)]
+        return ExperimentReport(experiment.name, "interleave", k, arms, interleaving=test, recommendation=verdict,
+                                events=n_events)
+    groups = [(arm.name, [r for r in logged if r.arm == arm.name]) for arm in experiment.arms]
+    return _split_traffic_report(experiment.name, "ab", groups, events, k, alpha, n_events)
+
+
+def canary_report(store: FeedbackStore, *, since: str | None = None, k: int = 5,
+                  alpha: float = 0.05) -> ExperimentReport:
+    """Production against the canary over the logged traffic outside experiments: the canary is an A/B test
+    whose treatment gets ``--canary`` of the callers, read with the same tests and the same rule."""
+    if k < 1:
+        raise ExperimentError("--k must be at least 1")
+    logged = [r for r in store.requests(since=since) if r.experiment is None and r.arm in (None, "canary")]
+    if not any(r.arm == "canary" for r in logged):
+        raise ExperimentError("no canary requests in the query log" + (f" since {since}" if since else "")
+                              + "; serve with --canary 10% (and --canary-model) and a --feedback-db, then send "
+                              "traffic")
+    answered = [r.request_id for r in logged if not r.degraded]
+    events = by_request(store.events(since=since, request_ids=answered))
+    groups = [("production", [r for r in logged if r.arm is None]), ("canary", [r for r in logged if r.arm == "canary"])]
+    return _split_traffic_report("canary", "canary", groups, events, k, alpha, sum(len(v) for v in events.values()))
+
+
+def _split_traffic_report(name: str, mode: Literal["ab", "canary"], groups: Sequence[tuple[str, list[LoggedRequest]]],
+                          events: dict[str, list[FeedbackEvent]], k: int, alpha: float,
+                          n_events: int) -> ExperimentReport:
+    """Arms that each answered their own share of the traffic: every later arm against the first."""
+    answered = {arm: [r for r in logged if not r.degraded] for arm, logged in groups}
+    total = sum(len(v) for v in answered.values())
+    arms = [_arm_summary(arm, answered[arm], events, k, share=len(answered[arm]) / total if total else 0.0,
+                         degraded=len(logged) - len(answered[arm])) for arm, logged in groups]
+    control = arms[0]
     comparisons = []
     for arm in arms[1:]:
-        ctr = (two_proportion(arms[0].clicked_at_k, arms[0].requests, arm.clicked_at_k, arm.requests)
-               if arms[0].requests and arm.requests else None)
-        latency = _latency_difference(control_requests, [r for r in requests if r.arm == arm.arm])
+        ctr = (two_proportion(control.clicked_at_k, control.requests, arm.clicked_at_k, arm.requests)
+               if control.requests and arm.requests else None)
+        latency = _latency_difference(answered[control.arm], answered[arm.arm])
         verdict = (recommend(ctr, alpha=alpha, treatment="b", metric=f"CTR@{k}") if ctr is not None else
-                   Recommendation("inconclusive", f"arm '{arms[0].arm if not arms[0].requests else arm.arm}' has no requests yet"))
-        comparisons.append(ArmComparison(arms[0].arm, arm.arm, ctr, latency, verdict))
+                   Recommendation("inconclusive", f"arm '{control.arm if not control.requests else arm.arm}' has no "
+                                                  "requests yet"))
+        comparisons.append(ArmComparison(control.arm, arm.arm, ctr, latency, verdict))
     overall = comparisons[0].recommendation if len(comparisons) == 1 else None
-    return ExperimentReport(experiment.name, "ab", k, arms, comparisons, recommendation=overall, events=n_events)
+    return ExperimentReport(name, mode, k, arms, comparisons, recommendation=overall, events=n_events)
 
 
-def _arm_summary(arm: str, requests: Sequence[LoggedRequest], events: dict[str, list[FeedbackEvent]],
-                 k: int) -> ArmSummary:
+def _contributed_by(arm: str) -> _Owns:
+    def owns(request: LoggedRequest, event: FeedbackEvent) -> bool:
+        result = request.result_for(event.doc_id)
+        return result is not None and result.arm == arm
+    return owns
+
+
+def _arm_summary(arm: str, requests: Sequence[LoggedRequest], events: dict[str, list[FeedbackEvent]], k: int, *,
+                 share: float, degraded: int, owns: _Owns | None = None,
+                 model: Callable[[LoggedRequest], str | None] = lambda r: r.model) -> ArmSummary:
     clicked = abandoned = up = down = 0
     for request in requests:
-        own = events.get(request.request_id, [])
+        every = events.get(request.request_id, [])
+        own = [e for e in every if owns is None or owns(request, e)]
         if any(positive(e) and e.rank <= k for e in own):
             clicked += 1
-        if not any(positive(e) for e in own):
+        if not any(positive(e) for e in every):
             abandoned += 1
         up += sum(e.signal == "thumbs_up" for e in own)
         down += sum(e.signal == "thumbs_down" for e in own)
     latencies = [r.latency_ms for r in requests if r.latency_ms is not None]
     n = len(requests)
-    return ArmSummary(arm, tuple(sorted({r.model or "none" for r in requests})), n, clicked / n if n else 0.0,
-                      clicked, up, down, abandoned / n if n else 0.0,
+    return ArmSummary(arm, tuple(sorted({model(r) or "none" for r in requests})), n, share, degraded,
+                      clicked / n if n else 0.0, clicked, up, down, abandoned / n if n else 0.0,
                       float(np.percentile(latencies, 50)) if latencies else None,
                       float(np.percentile(latencies, 99)) if latencies else None)
 
@@ -184,15 +241,26 @@ class Mean:
 class ShadowSummary:
     production_model: str
     shadow_model: str
+    #: requests the shadow scored: what every comparison below is over
     requests: int
     kendall_tau: Mean | None
-    top5_overlap: Mean
-    shadow_ms_p50: float
+    top5_overlap: Mean | None
+    shadow_ms_p50: float | None
     #: documents that moved most often by the largest distance: ``(doc_id, production_rank, shadow_rank)``
     largest_moves: list[tuple[str, str, int, int]]
     judged_requests: int
     ndcg: PairedDifference | None  # shadow − production on requests with feedback
     recommendation: Recommendation
+    #: requests offered to the shadow (sampled by ``--shadow-share``), and what became of those not scored
+    offered: int = 0
+    unscored: dict[str, int] = field(default_factory=dict)
+    #: answered, reranked requests production served in the same period (the shadow could have seen them)
+    eligible: int = 0
+
+    @property
+    def coverage(self) -> float:
+        """The share of production's traffic the comparison covers."""
+        return self.requests / self.eligible if self.eligible else 0.0
 
 
 def _mean(values: Sequence[float]) -> Mean:
@@ -203,18 +271,44 @@ def _mean(values: Sequence[float]) -> Mean:
     return Mean(float(data.mean()), int(data.size), low, high)
 
 
+def _answered_while_offered(store: FeedbackStore, production: str, offered: Sequence[ShadowRecord]) -> int:
+    """Requests ``production`` answered (not degraded) between the first and the last request offered to the
+    shadow: what the shadow could have seen while it ran."""
+    def served_at(record: ShadowRecord) -> str:
+        request = store.get_request(record.request_id)
+        return request.time if request is not None else record.time  # purged since: the record's own time
+
+    # records are written within the shadow's age limit of their request: the ends of the list bound the period
+    first = min(served_at(r) for r in offered[:_ENDS])
+    last = max(served_at(r) for r in offered[-_ENDS:])
+    count = 0
+    for request in store.requests(since=first):
+        if request.time > last:
+            break
+        count += request.model == production and not request.degraded
+    return count
+
+
+#: shadow records read at each end of a period to find when its first and last offered requests were served
+_ENDS = 50
+
+
 def shadow_report(store: FeedbackStore, *, since: str | None = None, k: int = 5,
                   alpha: float = 0.05) -> list[ShadowSummary]:
-    """One summary per (production model, shadow model) pair seen in the shadow records."""
+    """One summary per (production model, shadow model) pair seen in the shadow records, with the share of
+    production's traffic it covers: requests the shadow scored over those production answered while it ran."""
     records = store.shadow_records(since=since)
     if not records:
         raise ExperimentError("no shadow records in the feedback store" + (f" since {since}" if since else "")
                               + "; serve with --shadow NAME and a --feedback-db, then send traffic")
-    groups: dict[tuple[str, str], list] = defaultdict(list)
+    groups: dict[tuple[str, str], list[ShadowRecord]] = defaultdict(list)
     for record in records:
         groups[(record.production_model, record.shadow_model)].append(record)
     out = []
-    for (production, shadow), group in groups.items():
+    for (production, shadow), offered in groups.items():
+        group = [r for r in offered if r.outcome == "scored"]
+        unscored = Counter(r.outcome for r in offered if r.outcome != "scored")
+        eligible = _answered_while_offered(store, production, offered)
         ids = [r.request_id for r in group]
         events = by_request(store.events(request_ids=ids))
         prod_scores, shadow_scores = [], []
@@ -243,8 +337,9 @@ def shadow_report(store: FeedbackStore, *, since: str | None = None, k: int = 5,
                     moves[doc] = (abs(after - before), record.request_id, before, after)
         top_moves = sorted(moves.items(), key=lambda item: -item[1][0])[:5]
         out.append(ShadowSummary(production, shadow, len(group), _mean(taus) if taus else None,
-                                 _mean([r.top5_overlap for r in group]),
-                                 float(np.percentile([r.shadow_ms for r in group], 50)),
+                                 _mean([r.top5_overlap for r in group]) if group else None,
+                                 float(np.percentile([r.shadow_ms for r in group], 50)) if group else None,
                                  [(doc, rid, before, after) for doc, (_, rid, before, after) in top_moves],
-                                 len(prod_scores), ndcg, verdict))
+                                 len(prod_scores), ndcg, verdict, offered=len(offered), unscored=dict(unscored),
+                                 eligible=max(eligible, len(group))))
     return out

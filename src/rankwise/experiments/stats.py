@@ -117,8 +117,9 @@ class SignTest:
         """a's share of the wins minus an even split: positive when a wins more often."""
         return self.share_a - 0.5
 
-    def summary(self) -> str:
-        return (f"wins a {self.wins_a} · b {self.wins_b} · ties {self.ties}: a's share {self.share_a:.1%}, "
+    def summary(self, names: tuple[str, str] = ("a", "b")) -> str:
+        a, b = names
+        return (f"wins {a} {self.wins_a} · {b} {self.wins_b} · ties {self.ties}: {a}'s share {self.share_a:.1%}, "
                 f"{self.interval.summary(100, '%', signed=False)}, sign test p = {self.p_value:.3g}")
 
 
@@ -142,9 +143,10 @@ class MeanDifference:
     def units(self) -> int:
         return min(self.n_a, self.n_b)
 
-    def summary(self) -> str:
-        return (f"mean a {self.mean_a:.4g} (n={self.n_a}) vs b {self.mean_b:.4g} (n={self.n_b}): "
-                f"a − b {self.difference:+.4g}, {self.interval.summary()}, Welch p = {self.p_value:.3g}")
+    def summary(self, names: tuple[str, str] = ("a", "b")) -> str:
+        a, b = names
+        return (f"mean {a} {self.mean_a:.4g} (n={self.n_a}) vs {b} {self.mean_b:.4g} (n={self.n_b}): "
+                f"{a} − {b} {self.difference:+.4g}, {self.interval.summary()}, Welch p = {self.p_value:.3g}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +168,9 @@ class PairedDifference:
     def units(self) -> int:
         return self.n
 
-    def summary(self) -> str:
-        return (f"mean a {self.mean_a:.4g} vs b {self.mean_b:.4g} on {self.n} requests: a − b "
+    def summary(self, names: tuple[str, str] = ("a", "b")) -> str:
+        a, b = names
+        return (f"mean {a} {self.mean_a:.4g} vs {b} {self.mean_b:.4g} on {self.n} requests: {a} − {b} "
                 f"{self.difference:+.4g}, {self.interval.summary()}, randomization p = {self.p_value:.3g}")
 
 

@@ -20,6 +20,10 @@ FEEDBACK_SIGNALS: tuple[str, ...] = get_args(FeedbackSignal)
 QueryLogging = Literal["none", "hash", "text"]
 QUERY_LOGGING: tuple[str, ...] = get_args(QueryLogging)
 
+#: what became of a request offered to the shadow model: scored, or dropped (its queue was full, or it waited
+#: past its age limit while production was busy), or the shadow failed on it
+ShadowOutcome = Literal["scored", "dropped_queue_full", "dropped_stale", "failed"]
+
 
 def _stamp() -> str:
     """Request-level records keep milliseconds: many land within a second, and their order matters."""
@@ -57,6 +61,8 @@ class LoggedRequest:
     #: label-free numbers about the query and its answer (query length, out-of-vocabulary rate, first-stage
     #: top-1 score, reranker top-1 score and margin, rank changes) that drift monitoring compares over time
     signals: dict[str, float] = field(default_factory=dict)
+    #: interleaving: the second arm's model (``model`` is the first arm's), so reports name both
+    other_model: str | None = None
 
     def result_for(self, doc_id: str | None = None, rank: int | None = None) -> LoggedResult | None:
         """The returned result a feedback event points at (by document id or by rank), or None."""
@@ -96,6 +102,9 @@ class ShadowRecord:
     shadow_ranking: tuple[tuple[str, float], ...]
     shadow_ms: float = 0.0
     time: str = field(default_factory=_stamp)
+    #: what became of the offered request: only ``scored`` rows carry a ranking; the others are kept so a
+    #: report can say how much of the traffic its comparison covers and why the rest is missing
+    outcome: ShadowOutcome = "scored"
 
 
 def by_request(events: Iterable[FeedbackEvent]) -> dict[str, list[FeedbackEvent]]:

@@ -55,7 +55,9 @@ AddOutcome = Literal["stored", "duplicate"]
 
 #: ``PRAGMA application_id`` of a rankwise feedback database ("rkfb")
 APPLICATION_ID = 0x726B6662
-SCHEMA_VERSION = 3  # 2: requests.signals (label-free drift signals); 3: the server's retention policy
+#: 2: requests.signals (label-free drift signals); 3: the server's retention policy; 4: requests.other_model
+#: (interleaving's second arm) and shadow.outcome (dropped and failed offers are kept, for coverage)
+SCHEMA_VERSION = 4
 #: how many recent requests :meth:`SQLiteFeedbackStore.get_request` finds without the database
 RECENT_REQUESTS = 10_000
 #: most rows the writer thread commits in one transaction
@@ -87,7 +89,8 @@ CREATE TABLE IF NOT EXISTS requests (
     latency_ms REAL,
     degraded INTEGER NOT NULL,
     results TEXT NOT NULL,
-    signals TEXT NOT NULL DEFAULT '{{}}'
+    signals TEXT NOT NULL DEFAULT '{{}}',
+    other_model TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_time ON requests(time);
 CREATE INDEX IF NOT EXISTS requests_experiment ON requests(experiment, time);
@@ -113,7 +116,8 @@ CREATE TABLE IF NOT EXISTS shadow (
     top5_overlap REAL NOT NULL,
     largest_moves TEXT NOT NULL,
     shadow_ranking TEXT NOT NULL,
-    shadow_ms REAL NOT NULL
+    shadow_ms REAL NOT NULL,
+    outcome TEXT NOT NULL DEFAULT 'scored'
 );
 CREATE INDEX IF NOT EXISTS shadow_time ON shadow(time);
 CREATE INDEX IF NOT EXISTS shadow_request ON shadow(request_id);
@@ -160,7 +164,9 @@ _KIND = DatabaseKind("feedback database", APPLICATION_ID, SCHEMA_VERSION, _SCHEM
                      wrong_file_fix="pass a new or existing feedback database path",
                      locked_fix="stop the other writer or retry",
                      full_fix="free space or purge old rows with a shorter retention",
-                     migrations={1: "ALTER TABLE requests ADD COLUMN signals TEXT NOT NULL DEFAULT '{}'", 2: _POLICY})
+                     migrations={1: "ALTER TABLE requests ADD COLUMN signals TEXT NOT NULL DEFAULT '{}'", 2: _POLICY,
+                                 3: "ALTER TABLE requests ADD COLUMN other_model TEXT; "
+                                    "ALTER TABLE shadow ADD COLUMN outcome TEXT NOT NULL DEFAULT 'scored'"})
 
 
 class FeedbackStore(Protocol):

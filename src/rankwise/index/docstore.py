@@ -161,6 +161,30 @@ class DocStore:
         return frozenset(key for (key,) in self._query(
             "SELECT DISTINCT j.key FROM documents d, json_each(d.metadata) j"))
 
+    def why_nothing_matches(self, filters: dict[str, Any], examples: int = 5) -> str:
+        """One line on why ``filters`` match no document: the values no document has (with a few that
+        exist: filter values are compared exactly, so ``security`` does not match ``Security``), or, when
+        each value exists on its own, that no document has them all at once."""
+        missing = []
+        for key, value in filters.items():
+            wanted = value if isinstance(value, list) else [value]
+            path = f'$."{key}"'
+            found = {v for (v,) in self._query(
+                f"SELECT DISTINCT json_extract(metadata, ?) FROM documents WHERE json_extract(metadata, ?) IN "
+                f"({','.join('?' * len(wanted))})", [path, path, *wanted])}
+            absent = [v for v in wanted if v not in found]
+            if absent:
+                known = [v for (v,) in self._query(
+                    "SELECT DISTINCT json_extract(metadata, ?) AS v FROM documents WHERE v IS NOT NULL ORDER BY v "
+                    f"LIMIT {examples + 1}", [path])]
+                shown = ", ".join(json.dumps(v, ensure_ascii=False) for v in known[:examples])
+                more = ", …" if len(known) > examples else ""
+                missing.append(f"no document has {key} = {' or '.join(json.dumps(v, ensure_ascii=False) for v in absent)}"
+                               f" (values are matched exactly; {key} has {shown}{more})")
+        if missing:
+            return "; ".join(missing)
+        return f"no document has all of {json.dumps(filters, ensure_ascii=False)} at once"
+
     def rows_matching(self, filters: dict[str, Any]) -> np.ndarray:
         """Passage rows whose document metadata equals every ``key: value`` in ``filters``.
 

@@ -186,6 +186,17 @@ class WindowedReranker(Reranker, BackendReporting, Protocol):
 
 
 @runtime_checkable
+class PassageCaching(Protocol):
+    """A reranker that keeps per-passage work between calls (a bi-encoder's passage vectors), so the first
+    query that meets a passage pays for it and later ones do not. Whoever times it must say which it timed:
+    evaluation empties the cache before each system, so every system is timed cold, alike."""
+
+    def clear_cache(self) -> None:
+        """Forget what was kept (scores do not change; only the next calls' cost does)."""
+        ...
+
+
+@runtime_checkable
 class FusionDeclaring(Protocol):
     """A reranker whose training chose, on its held-out queries, how its ranks combine with the first stage's
     (``none``: by the reranker alone; ``rrf``: reciprocal rank fusion with the first stage's ranks)."""

@@ -86,6 +86,10 @@ class BiEncoderReranker:
             key["int8_calibration"] = calibration_digest(self.path)
         return key
 
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
     def score(self, query: str, texts: Sequence[str]) -> RerankScores:
         if not texts:
             empty = np.empty(0, dtype=np.float32)

@@ -15,6 +15,7 @@ from typing import Any
 
 from rankwise.errors import ModelError, QueryError
 from rankwise.inference.backends import BACKEND_CHOICES, BackendChoice
+from rankwise.models import resolve_model
 from rankwise.options import choose
 from rankwise.registry import Registry, names_registry
 from rankwise.rerank.base import Reranker
@@ -74,6 +75,24 @@ def load_reranker(spec: str | None, options: LoadOptions = LoadOptions(), *, reg
         arguments.setdefault("name", f"{entry.version} ({spec})" if spec != entry.version else entry.version)
         return _load(entry.path, arguments)
     return _load(spec, arguments)
+
+
+def check_reranker_exists(spec: str | None, options: LoadOptions = LoadOptions()) -> None:
+    """Refuse, in one :class:`ModelError` line, a spec that names nothing: an unknown registry name or
+    version, a directory that does not exist or holds no model, a hub id that is not in the local cache.
+
+    Loads nothing. A server checks every model it is asked for (production, canary, experiment arms,
+    shadow) this way before loading any, so a typo stops it at start whatever role the name was given
+    for; a model that exists but cannot load or score is a different failure, which the role's fallback
+    handles (a canary or arm serves production's model, a shadow is left out) and ``/readyz`` names.
+    """
+    if spec is None or spec.strip().lower() in ("", "none"):
+        return
+    spec = spec.strip()
+    if names_registry(spec):
+        Registry(options.registry).get(spec)
+    else:
+        resolve_model(spec)
 
 
 #: what a bi-encoder reranker accepts; the cross-encoder's window options do not apply to it

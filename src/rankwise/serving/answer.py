@@ -76,8 +76,8 @@ def after_answer(state: ServingState, request: Request, answered: Answered) -> N
     _log_served(state, request, answered, signals)
     if state.shadow is not None and model is not None and answered.scored is not None:
         ids, texts = [doc for doc, _ in answered.scored], [text for _, text in answered.scored]
-        state.shadow.offer(ShadowJob(request.state.request_id, answered.query, ids, texts, model.name,
-                                     time.perf_counter()))
+        served_as = answered.route.label or model.name
+        state.shadow.offer(ShadowJob(request.state.request_id, answered.query, ids, texts, served_as, time.perf_counter()))
 
 
 def query_sha(state: ServingState, query: str) -> str | None:
@@ -99,10 +99,11 @@ def _log_served(state: ServingState, request: Request, answered: Answered, signa
     model, query = answered.model, answered.query
     entry = LoggedRequest(
         request_id=request.state.request_id, endpoint=_LOGGED_AS[answered.endpoint], results=tuple(answered.logged),
-        model=model.name if model else None, model_sha256=model.sha256 if model else None,
+        model=answered.route.label if model else None, model_sha256=model.sha256 if model else None,
         key_id=request.state.key_id, user_id=answered.user_id or request.state.user_id,
         query=query if mode == "text" else None, query_sha256=answered.query_sha256,
         experiment=answered.route.experiment, arm=answered.route.arm, degraded=answered.degraded, signals=signals,
+        other_model=answered.route.other_label if answered.route.other is not None else None,
         latency_ms=(time.perf_counter() - request.state.started) * 1000)
     try:
         state.feedback.log_request(entry)

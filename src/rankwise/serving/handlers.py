@@ -70,7 +70,7 @@ async def _rerank(state: ServingState, body: Any, request: Request, api_version:
             raise ApiError(404, f"experiment arm '{route.arm}' serves no reranker; /v1/rerank needs one")
         model = route.model
         digest = query_sha(state, query)
-        request.state.audit.update(reranker=model.name, reranker_sha256=model.sha256, query_sha256=digest)
+        request.state.audit.update(reranker=route.label, reranker_sha256=model.sha256, query_sha256=digest)
         scoring = [_score_texts(model.service, query, texts, deadline, body.max_tokens_per_doc)]
         if route.other is not None and route.arms is not None:  # interleaved: both arms at once, one budget
             scoring.append(_score_texts(route.other.service, query, texts, deadline, body.max_tokens_per_doc))
@@ -108,7 +108,7 @@ async def _rerank(state: ServingState, body: Any, request: Request, api_version:
         scored=None if first.degraded else [(str(i), texts[i]) for i in first.order]))
     warnings = ["the latency budget ran out before reranking finished: results are in input order, unscored"
                 ] if first.degraded else []
-    meta = {"api_version": {"version": api_version}, "billed_units": {"search_units": 1}, "model": model.name,
+    meta = {"api_version": {"version": api_version}, "billed_units": {"search_units": 1}, "model": route.label,
             "model_sha256": model.sha256, "degraded": first.degraded, "warnings": warnings,
             "cache_hits": first.cache_hits, "num_split": first.num_split, "experiment": _experiment_info(route, teams),
             "cost": cost, "timings_ms": {k: round(v, 3) for k, v in timings.items()}}
@@ -141,7 +141,7 @@ async def search(state: ServingState, body: Any, request: Request) -> JSONRespon
     with router.lease(_unit(request, body.user_id)) if router else contextlib.nullcontext(Route(None)) as route:
         model = route.model
         if model is not None:
-            request.state.audit.update(reranker=model.name, reranker_sha256=model.sha256)
+            request.state.audit.update(reranker=route.label, reranker_sha256=model.sha256)
 
         asked = PipelineSettings(body.first_stage, body.retrieve_k, body.rerank_k, body.rerank_fusion)
 
@@ -171,6 +171,7 @@ async def search(state: ServingState, body: Any, request: Request) -> JSONRespon
         scored=outcome.reranked if model is not None and outcome.reranked else None))
     warnings = ["the latency budget ran out before reranking finished: results are in first-stage order"
                 ] if outcome.degraded else []
+    warnings += payload.pop("warnings")
     return JSONResponse({"id": request.state.request_id, "request_id": request.state.request_id,
                          "degraded": outcome.degraded, "warnings": warnings,
                          "experiment": _experiment_info(route, teams), "cost": cost, **payload},
@@ -234,7 +235,7 @@ async def healthz(state: ServingState) -> Health:
 async def readyz(state: ServingState, request: Request) -> JSONResponse:
     detail = _is_admin(state, request)
     production = state.router.production if state.router else None
-    models = {role: m.name for role, m in state.router.models().items()} if state.router else {}
+    models = state.router.labels() if state.router else {}
     problems = dict(state.router.problems) if state.router else {}
     ready, reason = state.ready, None if state.ready else state.not_ready_reason
     if state.data_problems and state.index is not None:
@@ -254,7 +255,7 @@ async def readyz(state: ServingState, request: Request) -> JSONResponse:
         if state.shadow.problem:
             problems["shadow"] = state.shadow.problem
     body = Readiness(ready=ready, reason=reason,
-                     reranker=production.name if production and detail else None,
+                     reranker=models.get("production") if production and detail else None,
                      reranker_sha256=production.sha256 if production and detail else None,
                      index_fingerprint=state.index.fingerprint if state.index and detail else None,
                      models=models or None if detail else None, problems=problems or None if detail else None)

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from rankwise.errors import ModelError
-from rankwise.experiments import Experiment, assign, bucket
+from rankwise.experiments import Experiment, assign, bucket, enrolled
 from rankwise.options import PipelineSettings
 from rankwise.registry import Registry, names_registry
 from rankwise.rerank.base import Reranker, backend_label
@@ -76,8 +76,12 @@ class Route:
     model: ServedModel | None  # the model whose ranking is served (for interleaving: arm a)
     arm: str | None = None
     experiment: str | None = None
-    #: interleaving only: the second arm's model and both arm names (a, b)
+    #: what answers, logs and the audit call the model for this request: its version and the alias it
+    #: was reached by right now (``v3 (production)``), so a promotion renames it on the next request
+    label: str | None = None
+    #: interleaving only: the second arm's model, its served name and both arm names (a, b)
     other: ServedModel | None = None
+    other_label: str | None = None
     arms: tuple[str, str] | None = None
     #: the pipeline settings of the arm (and of the second arm); unset ones are the server's
     settings: PipelineSettings = field(default_factory=PipelineSettings)
@@ -113,6 +117,7 @@ class ModelRouter:
         self.problems: dict[str, str] = {}  # role → why its newest version is not served (readiness detail)
         self._failed: dict[str, str] = {}  # role → the version that failed, not retried until the alias moves
         self._names: set[str] = set()
+        self._same_version: dict[str, bool] = {}
         specs: dict[str, str] = {"production": production}
         if rollout.canary_share > 0:
             specs["canary"] = rollout.canary
@@ -226,21 +231,40 @@ class ModelRouter:
 
     def _route(self, unit: str) -> Route:
         experiment = self.experiment
-        if experiment is not None:
+        if experiment is not None and enrolled(experiment, unit):
             if experiment.mode == "interleave":
                 a, b = experiment.arms
-                return Route(self._arm_model(a.name), "interleaved", experiment.name, self._arm_model(b.name),
-                             (a.name, b.name), a.settings, b.settings)
+                return Route(self._arm_model(a.name), "interleaved", experiment.name, self._label(f"arm:{a.name}"),
+                             other=self._arm_model(b.name), other_label=self._label(f"arm:{b.name}"),
+                             arms=(a.name, b.name), settings=a.settings, other_settings=b.settings)
             arm = assign(experiment, unit)
-            return Route(self._arm_model(arm.name), arm.name, experiment.name, settings=arm.settings)
+            return Route(self._arm_model(arm.name), arm.name, experiment.name, self._label(f"arm:{arm.name}"),
+                         settings=arm.settings)
         if "canary" in self._slots and bucket("canary", unit) < self.rollout.canary_share:
-            return Route(self._slots["canary"][1], "canary")
+            return Route(self._slots["canary"][1], "canary", label=self._label("canary"))
         production = self._slots.get("production")
-        return Route(production[1] if production else None, None)
+        return Route(production[1] if production else None, None, label=self._label("production"))
 
     def _arm_model(self, arm: str) -> ServedModel | None:
         slot = self._slots.get(f"arm:{arm}")
         return slot[1] if slot else None
+
+    def _label(self, role: str) -> str | None:
+        """The served name of ``role``'s model right now (call with the lock held): ``v3 (production)`` for a
+        registry alias, the version or the model's name otherwise; a role that fell back is production's."""
+        slot = self._slots.get(role)
+        if slot is None:
+            return None
+        spec, model = slot
+        production = self._slots.get("production")
+        if role in self._failed and production is not None and model is production[1]:
+            spec = production[0]  # production answers this role's requests
+        return f"{model.key} ({spec})" if names_registry(spec) and spec != model.key else model.name
+
+    def labels(self) -> dict[str, str]:
+        """Role → served name, right now (for /readyz)."""
+        with self._lock:
+            return {role: label for role in self._slots if (label := self._label(role)) is not None}
 
     # ------------------------------------------------------------------ loading and following
     def _resolve(self, spec: str) -> str:
@@ -257,7 +281,8 @@ class ModelRouter:
                 model.slots += 1
                 return model
         # a registry spec loads the version it resolved to (the alias may move again meanwhile)
-        named = {"name": key if key == spec else f"{key} ({spec})"} if names_registry(spec) else {}
+        # named by its version alone: the alias it is reached by is the route's, and changes with promotions
+        named = {"name": key} if names_registry(spec) else {}
         reranker = load_reranker(key, self.load, registry=self.registry, **named)
         if reranker is None:
             raise ModelError(f"'{spec}' names no reranker; pass a registry name or a model directory")
@@ -324,12 +349,36 @@ class ModelRouter:
         threading.Thread(target=model.batcher.close, name="rankwise-retire", daemon=True).start()
 
     def _publish_info(self) -> None:
+        self._check_same_versions()
         production = self.production
         self.metrics.model.info({
             **self.info,
             "reranker": production.name if production else "none",
             "reranker_sha256": production.sha256 if production else "none",
             "reranker_backend": backend_label(production.reranker if production else None),
-            **{f"{role.replace(':', '_')}_reranker": m.name for role, m in self.models().items() if role != "production"},
+            **{f"{role.replace(':', '_')}_reranker": label for role, label in self.labels().items()
+               if role != "production"},
         })
+
+    def _check_same_versions(self) -> None:
+        """Warn (log and metric) when a canary serves production's version, or an arm another arm's: typically
+        after a promotion made production and candidate the same version, so the comparison compares a model
+        with itself. A role that fell back to production is reported by its problem instead."""
+        with self._lock:
+            slots = {role: model for role, (_, model) in self._slots.items()}
+            failed = set(self._failed)
+        for role, model in slots.items():
+            if role == "production":
+                continue
+            # what the role is compared with: the canary with production, an arm with the other arms (an arm
+            # serving production's version is the usual control)
+            rivals = ["production"] if role == "canary" else [r for r in slots if r.startswith("arm:") and r != role]
+            others = [other for other in rivals if slots[other] is model]
+            same = bool(others) and role not in failed
+            was = self._same_version.get(role, False)
+            self.metrics.same_version.labels(role).set(int(same))
+            self._same_version[role] = same
+            if same and not was:
+                log.warning("%s serves %s, the version %s also serves: it compares a model with itself",
+                            role, model.key, " and ".join(others))
 

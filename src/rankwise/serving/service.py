@@ -156,7 +156,8 @@ class SearchService:
         timings = {"first_stage": (time.perf_counter() - t0) * 1000}
         head = candidates[: pipeline.rerank_k]
         if rerank is None or not head:
-            return SearchOutcome(pipeline.respond(query, candidates, None, k=k, timings=timings, started=t0), False, None)
+            return SearchOutcome(pipeline.respond(query, candidates, None, k=k, timings=timings, started=t0,
+                                                  warnings=pipeline.warnings(candidates, filters)), False, None)
         coro = rerank.score(query, [c.passage.full_text for c in head], deadline=deadline)
         try:
             scored = asyncio.run_coroutine_threadsafe(coro, loop).result()

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rankwise.experiments import agreement
-from rankwise.feedback.events import ShadowRecord
+from rankwise.feedback.events import ShadowOutcome, ShadowRecord
 from rankwise.feedback.store import FeedbackStore
 from rankwise.rerank.base import Reranker, rank_order
 from rankwise.rerank.loading import LoadOptions, load_reranker
@@ -97,7 +97,7 @@ class ShadowRunner:
         try:
             self._queue.put_nowait(job)
         except queue.Full:
-            self.metrics.shadow.labels("dropped_queue_full").inc()
+            self._record_unscored(job, "dropped_queue_full")
 
     # ------------------------------------------------------------------ worker thread
     def _drain_one(self) -> None:
@@ -115,7 +115,16 @@ class ShadowRunner:
                 if problem != self.problem:  # the first of a kind in full, then only the count: a shadow
                     log.exception("shadow scoring failed")  # that cannot score fails on every request
                 self.problem = problem
-                self.metrics.shadow.labels("failed").inc()
+                self._record_unscored(job, "failed")
+
+    def _record_unscored(self, job: ShadowJob, outcome: ShadowOutcome) -> None:
+        """Count an offered request the shadow did not score, and keep it in the store: a report's
+        comparison covers only the scored ones, and must say how many were not, and why."""
+        self.metrics.shadow.labels(outcome).inc()
+        if self.store is not None and self.reranker is not None:
+            self.store.record_shadow(ShadowRecord(
+                request_id=job.request_id, production_model=job.production_model, shadow_model=self.reranker.name,
+                kendall_tau=None, top5_overlap=0.0, largest_moves=(), shadow_ranking=(), outcome=outcome))
 
     def _wait_idle(self, job: ShadowJob) -> bool:
         """Wait until production is idle; False if the job went stale meanwhile."""
@@ -131,7 +140,7 @@ class ShadowRunner:
         raw: list[float] = []
         for start in range(0, len(job.texts), self.chunk):
             if not self._wait_idle(job):
-                self.metrics.shadow.labels("dropped_stale").inc()
+                self._record_unscored(job, "dropped_stale")
                 return
             raw.extend(float(x) for x in self.reranker.score(job.query, job.texts[start:start + self.chunk]).raw)
         order = rank_order(raw)

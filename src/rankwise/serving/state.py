@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from rankwise.experiments import Experiment, load_experiment
 from rankwise.feedback.store import FeedbackStore, SQLiteFeedbackStore
 from rankwise.index import Index
+from rankwise.rerank.loading import check_reranker_exists
 from rankwise.serving.audit import AuditLog, SQLiteAuditLog
 from rankwise.serving.auth import KeyStore, RateLimiter
 from rankwise.serving.cache import ScoreCache, open_score_cache
@@ -73,6 +74,8 @@ def load_state(config: ServeConfig) -> ServingState:
         state.index = Index(config.index)
     if config.rollout.experiment is not None:
         state.experiment = load_experiment(config.rollout.experiment)
+    for spec in _model_specs(config, state.experiment):  # a typo stops the server whatever role it names
+        check_reranker_exists(spec, config.load)
     state.feedback = open_feedback_store(config.loop, metrics)
     info = {"index_fingerprint": state.index.fingerprint if state.index else "none",
             "embedding_model": str((state.index.manifest.embedding or {}).get("model", "none")) if state.index else "none",
@@ -97,6 +100,18 @@ def load_state(config: ServeConfig) -> ServingState:
     if config.audit is not None:
         state.audit = SQLiteAuditLog(config.audit)
     return state
+
+
+def _model_specs(config: ServeConfig, experiment: Experiment | None) -> list[str]:
+    """Every model the configuration asks the server to load, whatever its role."""
+    specs = [config.reranker] if config.reranker is not None else []
+    if config.rollout.canary_share > 0:
+        specs.append(config.rollout.canary)
+    if experiment is not None:
+        specs += [arm.reranker for arm in experiment.arms]
+    if config.shadow is not None:
+        specs.append(config.shadow.model)
+    return specs
 
 
 def open_feedback_store(loop: LoopSettings, metrics: ServingMetrics) -> FeedbackStore | None:
