@@ -158,5 +158,7 @@ def test_the_production_loop_end_to_end(tmp_path: Path) -> None:
             body = client.post("/v1/search", json={"query": "reset MFA", "user_id": "ops"}).json()
             assert body["experiment"]["arm"] == "interleaved" and set(body["experiment"]["teams"]) <= {
                 "production", "candidate"}
+            timings = body["timings_ms"]  # both arms retrieve alike: one first stage, shared
+            assert timings["first_stage"] == timings["candidate_first_stage"], timings
     finally:
         srv.stop()

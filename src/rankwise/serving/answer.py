@@ -99,7 +99,7 @@ def _log_served(state: ServingState, request: Request, answered: Answered, signa
     model, query = answered.model, answered.query
     entry = LoggedRequest(
         request_id=request.state.request_id, endpoint=_LOGGED_AS[answered.endpoint], results=tuple(answered.logged),
-        model=answered.route.label if model else None, model_sha256=model.sha256 if model else None,
+        model=(answered.route.label or model.name) if model else None, model_sha256=model.sha256 if model else None,
         key_id=request.state.key_id, user_id=answered.user_id or request.state.user_id,
         query=query if mode == "text" else None, query_sha256=answered.query_sha256,
         experiment=answered.route.experiment, arm=answered.route.arm, degraded=answered.degraded, signals=signals,

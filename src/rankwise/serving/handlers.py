@@ -37,7 +37,7 @@ from rankwise.serving.errors import ApiError
 from rankwise.serving.guard import bearer_token
 from rankwise.serving.models import Route, ServedModel
 from rankwise.serving.schemas import FeedbackReceipt, FeedbackRequest, Health, Readiness
-from rankwise.serving.service import BudgetExceeded, RerankService, SearchOutcome
+from rankwise.serving.service import BudgetExceeded, RerankService, Retrieved, SearchOutcome
 from rankwise.serving.state import ServingState
 from rankwise.types import SearchResponse
 
@@ -145,9 +145,16 @@ async def search(state: ServingState, body: Any, request: Request) -> JSONRespon
 
         asked = PipelineSettings(body.first_stage, body.retrieve_k, body.rerank_k, body.rerank_fusion)
 
+        service = state.search
+        shared: Retrieved | None = None
+        if route.arms is not None and service.retrieves_alike(asked.over(route.settings),
+                                                               asked.over(route.other_settings)):
+            # interleaved arms that retrieve alike share one first stage; only their rerankers differ
+            shared = await run_in_threadpool(service.retrieve, query, asked.over(route.settings), body.filters)
+
         def run(served: ServedModel | None, arm: PipelineSettings) -> SearchOutcome:
-            return state.search.search(query, served.service if served else None, k=body.k, filters=body.filters,
-                                       settings=asked.over(arm), deadline=deadline, loop=loop)
+            return service.search(query, served.service if served else None, k=body.k, filters=body.filters,
+                                  settings=asked.over(arm), deadline=deadline, loop=loop, retrieved=shared)
 
         searches = [run_in_threadpool(run, model, route.settings)]
         if route.arms is not None:  # interleaved: both arms at once (worker threads, one batcher each), one budget

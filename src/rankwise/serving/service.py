@@ -28,7 +28,7 @@ from rankwise.retrieval.first_stage import FirstStage, FirstStageSettings
 from rankwise.serving.batcher import Expired, MicroBatcher
 from rankwise.serving.cache import CacheUnavailable, Entry, ScoreCache, score_keys
 from rankwise.serving.metrics import ServingMetrics
-from rankwise.types import SearchResponse
+from rankwise.types import Candidate, SearchResponse
 
 log = logging.getLogger("rankwise.serving")
 
@@ -123,6 +123,15 @@ class SearchOutcome:
     cost: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Retrieved:
+    """A first stage's answer: what both arms of an interleaved request share when they retrieve alike."""
+
+    candidates: list[Candidate]
+    started: float  # time.perf_counter() when retrieval began (the request's total counts from there)
+    first_stage_ms: float
+
+
 class SearchService:
     """``/v1/search``: the pipeline's public steps, with scoring through a :class:`RerankService`.
 
@@ -144,16 +153,32 @@ class SearchService:
         with self._lock:
             FirstStage(self.index, FirstStageSettings(method=self.pipeline.first_stage)).retrieve("warm up", 1)
 
-    def search(self, query: str, rerank: RerankService | None, *, k: int, settings: PipelineSettings,
-               filters: dict[str, Any], deadline: float, loop: asyncio.AbstractEventLoop) -> SearchOutcome:
-        """Run on a worker thread (it blocks on the first stage and on scoring); unset settings are the server's."""
-        t0 = time.perf_counter()
-        chosen = settings.over(self.pipeline)
-        pipeline = Pipeline(self.index, rerank.reranker if rerank is not None else None, settings=chosen,
+    def retrieves_alike(self, a: PipelineSettings, b: PipelineSettings) -> bool:
+        """Whether two settings (over the server's) ask the first stage for the same candidates."""
+        a, b = a.over(self.pipeline), b.over(self.pipeline)
+        return (a.first_stage, a.retrieve_k) == (b.first_stage, b.retrieve_k)
+
+    def retrieve(self, query: str, settings: PipelineSettings, filters: dict[str, Any]) -> Retrieved:
+        """The first stage alone (on a worker thread), for a caller that scores its candidates twice."""
+        started = time.perf_counter()
+        pipeline = Pipeline(self.index, settings=settings.over(self.pipeline),
                             allow_unknown_filters=self.allow_unknown_filters)
         with self._lock:
             candidates = pipeline.retrieve(query, filters)
-        timings = {"first_stage": (time.perf_counter() - t0) * 1000}
+        return Retrieved(candidates, started, (time.perf_counter() - started) * 1000)
+
+    def search(self, query: str, rerank: RerankService | None, *, k: int, settings: PipelineSettings,
+               filters: dict[str, Any], deadline: float, loop: asyncio.AbstractEventLoop,
+               retrieved: Retrieved | None = None) -> SearchOutcome:
+        """Run on a worker thread (it blocks on the first stage and on scoring); unset settings are the server's.
+        ``retrieved``: candidates already found with these settings' first stage (not retrieved again)."""
+        chosen = settings.over(self.pipeline)
+        pipeline = Pipeline(self.index, rerank.reranker if rerank is not None else None, settings=chosen,
+                            allow_unknown_filters=self.allow_unknown_filters)
+        if retrieved is None:
+            retrieved = self.retrieve(query, settings, filters)
+        candidates, t0 = retrieved.candidates, retrieved.started
+        timings = {"first_stage": retrieved.first_stage_ms}
         head = candidates[: pipeline.rerank_k]
         if rerank is None or not head:
             return SearchOutcome(pipeline.respond(query, candidates, None, k=k, timings=timings, started=t0,
