@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 
 from rankwise.cli.common import (
     DEFAULT_STORE,
@@ -259,12 +260,13 @@ def audit_cmd(
     if as_json:
         typer.echo(json.dumps(rows, ensure_ascii=False))
         return
-    table = Table(title=f"{len(rows)} newest audit rows in {path}")
+    # fits 80 columns: fixed-width cells never wrap, the free-text ones fold
+    table = Table(box=box.SIMPLE_HEAD, title=f"{len(rows)} newest audit rows in {path}")
     for column in ("time (UTC)", "request", "key", "endpoint", "status", "reranker", "index", "top results", "ms"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column in ("time (UTC)", "request", "reranker", "index", "ms"))
     for r in rows:
         top = ", ".join(str(x.get("doc_id", x.get("index"))) for x in r["results"][:3])
-        table.add_row(r["time"][:19].replace("T", " "), r["request_id"][:8], r["key_id"] or "—",
+        table.add_row(r["time"][5:19].replace("T", " "), r["request_id"][:8], r["key_id"] or "—",
                       r["endpoint"].removeprefix("/v1/"), str(r["status"]) + (" degraded" if r["degraded"] else ""),
                       (r["reranker_sha256"] or "—")[:8], (r["index_fingerprint"] or "—")[:8],
                       top + ("…" if len(r["results"]) > 3 else ""), f"{r['latency_ms']:.0f}")
