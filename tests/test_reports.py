@@ -51,8 +51,11 @@ def test_the_shadow_report_says_how_much_traffic_it_covers_and_why_the_rest_is_m
     for request in requests:
         store.log_request(request)
     offered = [r for n, r in enumerate(requests) if n % 2 == 0 or n == 19]  # sampled: 9 were never offered
-    for n, request in enumerate(offered):  # 11 offered: 3 scored, 5 + 2 dropped, 1 failed
-        outcome = "scored" if n < 3 else "dropped_queue_full" if n < 8 else "dropped_stale" if n < 10 else "failed"
+    # 11 offered: 3 scored, 5 + 2 dropped, 1 failed; recorded as a server does, drops at once and the first
+    # requests' scores last (the shadow scores while later requests are being dropped)
+    outcomes = ["scored"] * 3 + ["dropped_queue_full"] * 5 + ["dropped_stale"] * 2 + ["failed"]
+    for n in [*range(3, 11), 0, 1, 2]:
+        request, outcome = offered[n], outcomes[n]
         scored = outcome == "scored"
         store.record_shadow(ShadowRecord(
             request.request_id, PRODUCTION, CANDIDATE, kendall_tau=0.5 if scored else None,

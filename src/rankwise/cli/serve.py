@@ -261,9 +261,11 @@ def audit_cmd(
         typer.echo(json.dumps(rows, ensure_ascii=False))
         return
     # fits 80 columns: fixed-width cells never wrap, the free-text ones fold
-    table = Table(box=box.SIMPLE_HEAD, title=f"{len(rows)} newest audit rows in {path}")
+    table = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
+                  title=f"{len(rows)} newest audit rows in {path}")
     for column in ("time (UTC)", "request", "key", "endpoint", "status", "reranker", "index", "top results", "ms"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("time (UTC)", "request", "reranker", "index", "ms"))
+        table.add_column(column, overflow="fold",
+                         no_wrap=column in ("time (UTC)", "request", "endpoint", "reranker", "index", "ms"))
     for r in rows:
         top = ", ".join(str(x.get("doc_id", x.get("index"))) for x in r["results"][:3])
         table.add_row(r["time"][5:19].replace("T", " "), r["request_id"][:8], r["key_id"] or "—",

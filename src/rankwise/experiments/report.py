@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Literal
 
 import numpy as np
@@ -273,24 +274,24 @@ def _mean(values: Sequence[float]) -> Mean:
 
 def _answered_while_offered(store: FeedbackStore, production: str, offered: Sequence[ShadowRecord]) -> int:
     """Requests ``production`` answered (not degraded) between the first and the last request offered to the
-    shadow: what the shadow could have seen while it ran."""
-    def served_at(record: ShadowRecord) -> str:
-        request = store.get_request(record.request_id)
-        return request.time if request is not None else record.time  # purged since: the record's own time
+    shadow: what the shadow could have seen while it ran. One pass over the query log from shortly before
+    the first record (a record is written at most the shadow's age limit after its request)."""
+    ids = {r.request_id for r in offered}
+    start = datetime.fromisoformat(min(r.time for r in offered)) - _RECORD_DELAY
+    served: list[tuple[str, bool]] = []  # (time, production answered it), in time order
+    first = last = None
+    for request in store.requests(since=start.isoformat(timespec="milliseconds")):
+        served.append((request.time, request.model == production and not request.degraded))
+        if request.request_id in ids:
+            first = request.time if first is None else first
+            last = request.time
+    if first is None or last is None:  # the offered requests were purged since: count what was offered
+        return len(offered)
+    return max(len(offered), sum(1 for time, eligible in served if eligible and first <= time <= last))
 
-    # records are written within the shadow's age limit of their request: the ends of the list bound the period
-    first = min(served_at(r) for r in offered[:_ENDS])
-    last = max(served_at(r) for r in offered[-_ENDS:])
-    count = 0
-    for request in store.requests(since=first):
-        if request.time > last:
-            break
-        count += request.model == production and not request.degraded
-    return count
 
-
-#: shadow records read at each end of a period to find when its first and last offered requests were served
-_ENDS = 50
+#: how much earlier than its shadow record a request may have been served (the shadow drops older jobs)
+_RECORD_DELAY = timedelta(minutes=5)
 
 
 def shadow_report(store: FeedbackStore, *, since: str | None = None, k: int = 5,
