@@ -147,6 +147,28 @@ def test_shadow_scores_requests_off_the_critical_path(loop_server: Server, refer
     assert summary["kendall_tau"]["value"] < 0.999
 
 
+def test_without_a_reranker_a_shadow_is_compared_with_the_first_stage(kb_index: Index, registry: Path,
+                                                                      tmp_path: Path) -> None:
+    """The first model's situation: nothing promoted yet, the candidate measured against what is served."""
+    db = tmp_path / "f.sqlite"
+    srv = Server(["--index", str(kb_index.path), "--registry", str(registry), "--backend", "torch", "--shadow", "v2",
+                  "--feedback-db", str(db), "--audit", "none", "--open-metrics"], tmp_path / "server.log")
+    try:
+        with srv.client() as client:
+            for n in range(6):
+                body = client.post("/v1/search", json={"query": f"{QUERY} {n}", "k": 5}).json()
+                assert body["provenance"]["reranker"] == "none"
+            eventually(lambda: srv.metrics().get(("rankwise_shadow_total", (("outcome", "scored"),)), 0) >= 6,
+                       what="the shadow scored every search", timeout=60)
+    finally:
+        srv.stop()
+    report = _rankwise("shadow", "report", "--feedback-db", str(db), "--json")
+    assert report.returncode == 0, report.stderr
+    (summary,) = json.loads(report.stdout)
+    assert (summary["production_model"], summary["shadow_model"]) == ("first stage", "v2")
+    assert summary["requests"] == 6 and summary["coverage"] == 1.0
+
+
 def test_a_shadow_that_fails_to_load_leaves_production_serving(registry: Path, tmp_path: Path,
                                                                references: dict[str, list[float]]) -> None:
     broken = tmp_path / "broken-model"  # it exists, so the server starts; it cannot load, so it is left out

@@ -92,7 +92,8 @@ def serve(
     feedback_db: FeedbackDbOpt = DEFAULT_STORE,
     retention: RetentionOpt = None,
     shadow: Annotated[str | None, typer.Option(help="A second reranker (registry name or path) that scores "
-                                                    "sampled requests off the critical path.")] = None,
+                                                    "sampled requests off the critical path; without --reranker, it "
+                                                    "is compared with the first stage.")] = None,
     shadow_share: Annotated[str, typer.Option(help="Share of requests offered to the shadow, e.g. 25%.")] = "100%",
     shadow_chunk: Annotated[int, typer.Option(help="Documents the shadow scores between checks for production "
                                                    "work (bounds the delay it can add).")] = 2,

@@ -43,7 +43,7 @@ from rankwise.experiments.stats import (
     two_proportion,
 )
 from rankwise.feedback.clicks import ClickModel
-from rankwise.feedback.events import FeedbackEvent, LoggedRequest, ShadowRecord, by_request
+from rankwise.feedback.events import FIRST_STAGE_MODEL, FeedbackEvent, LoggedRequest, ShadowRecord, by_request
 from rankwise.feedback.store import FeedbackStore
 
 #: what counts as a click (click, copy, a long dwell): the same rule the gold-set export labels by
@@ -281,7 +281,7 @@ def _answered_while_offered(store: FeedbackStore, production: str, offered: Sequ
     served: list[tuple[str, bool]] = []  # (time, production answered it), in time order
     first = last = None
     for request in store.requests(since=start.isoformat(timespec="milliseconds")):
-        served.append((request.time, request.model == production and not request.degraded))
+        served.append((request.time, (request.model or FIRST_STAGE_MODEL) == production and not request.degraded))
         if request.request_id in ids:
             first = request.time if first is None else first
             last = request.time

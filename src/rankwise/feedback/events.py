@@ -25,6 +25,10 @@ QUERY_LOGGING: tuple[str, ...] = get_args(QueryLogging)
 ShadowOutcome = Literal["scored", "dropped_queue_full", "dropped_stale", "failed"]
 
 
+#: what the query log and shadow records call a ranking no reranker made (a server without ``--reranker``)
+FIRST_STAGE_MODEL = "first stage"
+
+
 def _stamp() -> str:
     """Request-level records keep milliseconds: many land within a second, and their order matters."""
     return utc_now("milliseconds")

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from starlette.requests import Request
 
-from rankwise.feedback.events import LoggedRequest, LoggedResult
+from rankwise.feedback.events import FIRST_STAGE_MODEL, LoggedRequest, LoggedResult
 from rankwise.serving.models import Route, ServedModel
 from rankwise.serving.shadow import ShadowJob
 from rankwise.serving.state import ServingState
@@ -74,9 +74,9 @@ def after_answer(state: ServingState, request: Request, answered: Answered) -> N
     signals = (state.drift.observe(answered.query, answered.observed)
                if state.drift is not None and answered.observed is not None else {})
     _log_served(state, request, answered, signals)
-    if state.shadow is not None and model is not None and answered.scored is not None:
+    if state.shadow is not None and answered.scored is not None:
         ids, texts = [doc for doc, _ in answered.scored], [text for _, text in answered.scored]
-        served_as = answered.route.label or model.name
+        served_as = answered.route.label or (model.name if model is not None else FIRST_STAGE_MODEL)
         state.shadow.offer(ShadowJob(request.state.request_id, answered.query, ids, texts, served_as, time.perf_counter()))
 
 

@@ -234,8 +234,10 @@ class ServeConfig:
             raise ServeConfigError("--drift-reference watches /v1/search traffic: pass --index too")
         if self.monitor.every_s is not None and (self.index is None or self.monitor.history is None):
             raise ServeConfigError("scheduled evaluation needs --index (what is evaluated) and a --monitor-history")
-        if self.reranker is None and (self.shadow is not None or self.rollout.canary_share or self.rollout.experiment):
-            raise ServeConfigError("--shadow, --canary and --experiment compare rerankers: pass --reranker too")
+        if self.reranker is None and (self.rollout.canary_share or self.rollout.experiment):
+            raise ServeConfigError("--canary and --experiment split traffic between rerankers: pass --reranker too")
+        if self.reranker is None and self.shadow is not None and self.index is None:
+            raise ServeConfigError("a shadow without --reranker compares with the first stage: pass --index too")
         if self.keys is None and not is_loopback(self.host):
             raise ServeConfigError(f"refusing to serve on {self.host} without authentication: pass --keys FILE "
                                    "(create keys with `rankwise keys add`) or bind to 127.0.0.1")

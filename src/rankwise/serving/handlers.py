@@ -175,7 +175,7 @@ async def search(state: ServingState, body: Any, request: Request) -> JSONRespon
         logged=[LoggedResult(r.doc_id, r.rank, r.score, teams[i] if teams else None)
                 for i, r in enumerate(response.results)],
         user_id=body.user_id, observed=None if outcome.degraded else response,
-        scored=outcome.reranked if model is not None and outcome.reranked else None))
+        scored=outcome.reranked or None))
     warnings = ["the latency budget ran out before reranking finished: results are in first-stage order"
                 ] if outcome.degraded else []
     warnings += payload.pop("warnings")

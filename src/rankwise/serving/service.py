@@ -14,7 +14,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +132,14 @@ class Retrieved:
     first_stage_ms: float
 
 
+def _one_per_document(head: Sequence[Candidate], order: Iterable[int]) -> list[tuple[str, str]]:
+    """``(doc_id, text)`` of ``head`` in ``order``, each document once (at its best passage)."""
+    best: dict[str, str] = {}
+    for i in order:
+        best.setdefault(head[i].passage.doc_id, head[i].passage.full_text)
+    return list(best.items())
+
+
 class SearchService:
     """``/v1/search``: the pipeline's public steps, with scoring through a :class:`RerankService`.
 
@@ -181,8 +189,10 @@ class SearchService:
         timings = {"first_stage": retrieved.first_stage_ms}
         head = candidates[: pipeline.rerank_k]
         if rerank is None or not head:
-            return SearchOutcome(pipeline.respond(query, candidates, None, k=k, timings=timings, started=t0,
-                                                  warnings=pipeline.warnings(candidates, filters)), False, None)
+            response = pipeline.respond(query, candidates, None, k=k, timings=timings, started=t0,
+                                        warnings=pipeline.warnings(candidates, filters))
+            # what a shadow compares with when no reranker serves: the first stage's order of the same head
+            return SearchOutcome(response, False, None, _one_per_document(head, range(len(head))))
         coro = rerank.score(query, [c.passage.full_text for c in head], deadline=deadline)
         try:
             scored = asyncio.run_coroutine_threadsafe(coro, loop).result()
@@ -190,7 +200,5 @@ class SearchService:
             return SearchOutcome(pipeline.respond(query, candidates, None, k=k, timings=timings, started=t0), True, None)
         scores = RerankScores(raw=scored.raw, calibrated=scored.calibrated, truncated=sum(scored.split))
         response = pipeline.respond(query, candidates, scores, k=k, timings=timings | scored.timings_ms, started=t0)
-        best: dict[str, str] = {}
-        for i in rank_order(scored.raw):
-            best.setdefault(head[i].passage.doc_id, head[i].passage.full_text)
-        return SearchOutcome(response, False, scored.cache_hits, list(best.items()), scored.cost)
+        return SearchOutcome(response, False, scored.cache_hits, _one_per_document(head, rank_order(scored.raw)),
+                             scored.cost)

@@ -88,8 +88,9 @@ def load_state(config: ServeConfig) -> ServingState:
         state.model_names = {str(config.reranker), *config.served_model_names}
     else:
         metrics.model.info({**info, "reranker": "none", "reranker_sha256": "none", "reranker_backend": "none"})
-    if config.shadow is not None and state.router is not None:
-        state.shadow = ShadowRunner(config.shadow, config.load, metrics, state.feedback, state.router.busy)
+    if config.shadow is not None:  # without a reranker, the shadow is compared with the first stage's order
+        busy = state.router.busy if state.router is not None else _never_busy
+        state.shadow = ShadowRunner(config.shadow, config.load, metrics, state.feedback, busy)
     if state.index is not None:
         state.search = SearchService(state.index, config.pipeline, allow_unknown_filters=config.allow_unknown_filters)
         if state.feedback is not None or config.monitor.drift_reference is not None:
@@ -100,6 +101,11 @@ def load_state(config: ServeConfig) -> ServingState:
     if config.audit is not None:
         state.audit = SQLiteAuditLog(config.audit)
     return state
+
+
+def _never_busy() -> bool:
+    """A server without a reranker has no batcher for the shadow to wait for."""
+    return False
 
 
 def _model_specs(config: ServeConfig, experiment: Experiment | None) -> list[str]:
