@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,8 @@ def test_an_interleaving_report_has_a_row_per_arm_naming_its_model_and_crediting
 
 
 def test_a_canary_report_compares_the_canary_with_production_like_an_ab_test(store: SQLiteFeedbackStore) -> None:
+    for n in range(5):  # before the canary started: not its control
+        store.log_request(replace(_request(f"b{n}", model="v11 (production)"), time="2026-01-01T00:00:00.000+00:00"))
     for n in range(30):
         canary = n % 3 == 0
         request = _request(f"c{n:02d}", arm="canary" if canary else None, model=CANDIDATE if canary else PRODUCTION)

@@ -153,11 +153,14 @@ def experiment_report(store: FeedbackStore, experiment: Experiment, *, since: st
 def canary_report(store: FeedbackStore, *, since: str | None = None, k: int = 5,
                   alpha: float = 0.05) -> ExperimentReport:
     """Production against the canary over the logged traffic outside experiments: the canary is an A/B test
-    whose treatment gets ``--canary`` of the callers, read with the same tests and the same rule."""
+    whose treatment gets ``--canary`` of the callers, read with the same tests and the same rule. The period
+    starts at the first canary request: production's traffic from before the canary ran is no control."""
     if k < 1:
         raise ExperimentError("--k must be at least 1")
     logged = [r for r in store.requests(since=since) if r.experiment is None and r.arm in (None, "canary")]
-    if not any(r.arm == "canary" for r in logged):
+    started = next((r.time for r in logged if r.arm == "canary"), None)
+    logged = [r for r in logged if started is not None and r.time >= started]
+    if not logged:
         raise ExperimentError("no canary requests in the query log" + (f" since {since}" if since else "")
                               + "; serve with --canary 10% (and --canary-model) and a --feedback-db, then send "
                               "traffic")
