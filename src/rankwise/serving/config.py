@@ -3,7 +3,7 @@
 Every limit the server enforces lives here so it can be read, logged and tested in one place. The settings
 are grouped by the component that uses them (:class:`ServeConfig` holds one frozen part per component), so
 each component is handed only its part, and each part checks its own values when it is made; what involves
-several parts (a shadow needs a reranker, drift needs an index) is checked by :class:`ServeConfig`.
+several parts (a canary needs a reranker, drift needs an index) is checked by :class:`ServeConfig`.
 """
 
 from __future__ import annotations
