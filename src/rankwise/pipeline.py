@@ -98,23 +98,22 @@ class Pipeline:
         self.settings = replace(chosen, rerank_fusion=fused)
         self.index = index
         self.reranker = reranker
-        self._retrieve_k: int = chosen.retrieve_k
-        self._rerank_k: int = chosen.rerank_k
         self.first_stage = FirstStage(index, FirstStageSettings(
             method=method, fusion=fusion, alpha=alpha, granularity=granularity,
             allow_unknown_filters=allow_unknown_filters))
 
+    # the resolved settings, read as the plain values they are once resolved (every field is set in __init__)
     @property
     def retrieve_k(self) -> int:
-        return self._retrieve_k
+        return self.settings.retrieve_k  # type: ignore[return-value]
 
     @property
     def rerank_k(self) -> int:
-        return self._rerank_k
+        return self.settings.rerank_k  # type: ignore[return-value]
 
     @property
     def rerank_fusion(self) -> RerankFusion:
-        return self.settings.rerank_fusion  # type: ignore[return-value]  # resolved in __init__
+        return self.settings.rerank_fusion  # type: ignore[return-value]
 
     @property
     def name(self) -> str:

@@ -168,9 +168,14 @@ class SearchService:
 
     def retrieve(self, query: str, settings: PipelineSettings, filters: dict[str, Any]) -> Retrieved:
         """The first stage alone (on a worker thread), for a caller that scores its candidates twice."""
+        return self._retrieve(self._pipeline(None, settings), query, filters)
+
+    def _pipeline(self, rerank: RerankService | None, settings: PipelineSettings) -> Pipeline:
+        return Pipeline(self.index, rerank.reranker if rerank is not None else None,
+                        settings=settings.over(self.pipeline), allow_unknown_filters=self.allow_unknown_filters)
+
+    def _retrieve(self, pipeline: Pipeline, query: str, filters: dict[str, Any]) -> Retrieved:
         started = time.perf_counter()
-        pipeline = Pipeline(self.index, settings=settings.over(self.pipeline),
-                            allow_unknown_filters=self.allow_unknown_filters)
         with self._lock:
             candidates = pipeline.retrieve(query, filters)
         return Retrieved(candidates, started, (time.perf_counter() - started) * 1000)
@@ -180,11 +185,9 @@ class SearchService:
                retrieved: Retrieved | None = None) -> SearchOutcome:
         """Run on a worker thread (it blocks on the first stage and on scoring); unset settings are the server's.
         ``retrieved``: candidates already found with these settings' first stage (not retrieved again)."""
-        chosen = settings.over(self.pipeline)
-        pipeline = Pipeline(self.index, rerank.reranker if rerank is not None else None, settings=chosen,
-                            allow_unknown_filters=self.allow_unknown_filters)
+        pipeline = self._pipeline(rerank, settings)
         if retrieved is None:
-            retrieved = self.retrieve(query, settings, filters)
+            retrieved = self._retrieve(pipeline, query, filters)
         candidates, t0 = retrieved.candidates, retrieved.started
         timings = {"first_stage": retrieved.first_stage_ms}
         head = candidates[: pipeline.rerank_k]
