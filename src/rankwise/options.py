@@ -71,6 +71,12 @@ DEFAULT_PIPELINE = PipelineSettings(first_stage="hybrid", retrieve_k=100, rerank
 stays the reranker's declared one)."""
 
 
+def no_reranker(spec: str | None) -> bool:
+    """Whether a reranker spec asks for none: unset, empty or ``none`` in any case — read the same way by the
+    CLI, the server's roles and experiment arms, and every loader."""
+    return spec is None or spec.strip().lower() in ("", "none")
+
+
 def choose_many(spec: str | Sequence[str], allowed: Sequence[T], what: str) -> list[T]:
     """A comma list (or sequence) of values from ``allowed``, de-duplicated in order; at least one."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)

@@ -166,9 +166,10 @@ def training_card(spec: str, registry: Path | None) -> tuple[str, ModelCard] | N
     with a ``model_card.json`` (what the leakage guard reads); ``None`` for other models. A card that is there
     but unreadable is a one-line :class:`ModelError` naming the file, not a skipped check: the guard exists to
     catch what would otherwise go unnoticed."""
+    from rankwise.options import no_reranker
     from rankwise.registry import CARD, Registry, names_registry, read_card
 
-    if spec.strip().lower() in ("", "none"):
+    if no_reranker(spec):
         return None
     if names_registry(spec):
         entry = Registry(registry).get(spec)

@@ -122,7 +122,7 @@ def serve(
     prelude(allow_download)
     import uvicorn
 
-    from rankwise.options import PipelineSettings, parse_duration, parse_share
+    from rankwise.options import PipelineSettings, no_reranker, parse_duration, parse_share
     from rankwise.rerank.loading import LoadOptions
     from rankwise.serving.app import create_app
     from rankwise.serving.config import (
@@ -142,7 +142,7 @@ def serve(
     shadowing = ShadowSettings(model=shadow or "", share=parse_share(shadow_share, "--shadow-share"),
                                chunk=shadow_chunk)
     config = ServeConfig(
-        index=index_dir, reranker=None if reranker.strip().lower() in ("", "none") else reranker, host=host,
+        index=index_dir, reranker=None if no_reranker(reranker) else reranker, host=host,
         port=port, keys=keys, audit=_audit_path(audit), timeout_ms=timeout_ms, open_metrics=open_metrics,
         served_model_names=tuple(served_model_name), accept_any_model_name=accept_any_model_name,
         allow_unknown_filters=allow_unknown_filters,

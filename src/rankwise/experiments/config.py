@@ -134,11 +134,9 @@ class Experiment:
             if arm.name in seen:
                 raise ExperimentError(f"{source}: arms[{i}].name: duplicate arm name '{arm.name}'")
             seen.add(arm.name)
-        traffic = data.get("traffic", 1.0)
-        if isinstance(traffic, bool) or not isinstance(traffic, int | float) or not 0.0 < traffic <= 1.0:
-            raise ExperimentError(f"{source}: traffic: must be a number in (0, 1] (the share of "
-                                  f"{unit}s in the experiment), got {traffic!r}")
-        return cls(name=name, mode=mode, unit=unit, arms=arms, traffic=float(traffic))
+        traffic = _fraction(data.get("traffic", 1.0), _field(source, "traffic"),
+                            f" (the share of {unit}s in the experiment)")
+        return cls(name=name, mode=mode, unit=unit, arms=arms, traffic=traffic)
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -195,16 +193,18 @@ def _shares(raw_arms: list[Mapping[str, Any]], mode: ExperimentMode, source: str
         missing = ", ".join(f"arms[{i}]" for i, g in enumerate(given) if not g)
         raise ExperimentError(f"{source}: {missing}: no share; give every arm a share, or none for an "
                               "equal split")
-    shares = []
-    for i, raw in enumerate(raw_arms):
-        share = raw["share"]
-        if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 < share <= 1.0:
-            raise ExperimentError(f"{source}: arms[{i}].share: must be a number in (0, 1], got {share!r}")
-        shares.append(float(share))
+    shares = [_fraction(raw["share"], _field(f"{source}: arms[{i}]", "share")) for i, raw in enumerate(raw_arms)]
     total = math.fsum(shares)
     if abs(total - 1.0) > SHARE_TOLERANCE:
         raise ExperimentError(f"{source}: arms: shares sum to {total:.10g}, not 1; make them add up to 1")
     return shares
+
+
+def _fraction(value: object, where: str, meaning: str = "") -> float:
+    """``value`` as a share of traffic, in (0, 1]; otherwise one line naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value <= 1.0:
+        raise ExperimentError(f"{where}: must be a number in (0, 1]{meaning}, got {value!r}")
+    return float(value)
 
 
 def _no_unknown_keys(data: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:

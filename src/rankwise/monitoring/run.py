@@ -27,7 +27,7 @@ from rankwise.evaluation.metrics import parse_metrics
 from rankwise.index import Index
 from rankwise.monitoring.history import DEFAULT_NAME, MonitorError, MonitorRecord, new_record_id
 from rankwise.monitoring.slices import slice_means, slice_members
-from rankwise.options import DEFAULT_PIPELINE, PipelineSettings
+from rankwise.options import DEFAULT_PIPELINE, PipelineSettings, no_reranker
 from rankwise.registry import Registry, names_registry
 from rankwise.rerank.base import BackendReporting, Reranker, declared_fusion
 from rankwise.rerank.loading import LoadOptions, load_reranker
@@ -54,9 +54,9 @@ class ResolvedReranker:
 
 def resolve_reranker(spec: str, options: LoadOptions | None = None) -> ResolvedReranker | None:
     """Load the reranker ``spec`` names (``None`` for ``none``), pinning a registry alias to one version."""
-    text = spec.strip()
-    if text.lower() in ("", "none"):
+    if no_reranker(spec):
         return None
+    text = spec.strip()
     options = options or LoadOptions()
     if names_registry(text):
         store = Registry(options.registry)

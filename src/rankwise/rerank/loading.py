@@ -16,7 +16,7 @@ from typing import Any
 from rankwise.errors import ModelError, QueryError
 from rankwise.inference.backends import BACKEND_CHOICES, BackendChoice
 from rankwise.models import resolve_model
-from rankwise.options import choose
+from rankwise.options import choose, no_reranker
 from rankwise.registry import Registry, names_registry
 from rankwise.rerank.base import Reranker
 
@@ -58,7 +58,7 @@ def load_reranker(spec: str | None, options: LoadOptions = LoadOptions(), *, reg
     the reranker's constructor (``name``, ``threads``, window options…); ``backend``, ``device`` and
     ``max_length`` given there replace ``options``' (``load_reranker(path, backend="torch")`` in a script).
     """
-    if spec is None or spec.strip().lower() in ("", "none"):
+    if no_reranker(spec):
         return None
     given = {name: extra.pop(name) for name in _OPTION_FIELDS if name in extra}
     if given:
@@ -86,7 +86,7 @@ def check_reranker_exists(spec: str | None, options: LoadOptions = LoadOptions()
     for; a model that exists but cannot load or score is a different failure, which the role's fallback
     handles (a canary or arm serves production's model, a shadow is left out) and ``/readyz`` names.
     """
-    if spec is None or spec.strip().lower() in ("", "none"):
+    if no_reranker(spec):
         return
     spec = spec.strip()
     if names_registry(spec):

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from rankwise.errors import ModelError
 from rankwise.experiments import Experiment, assign, bucket, enrolled
-from rankwise.options import PipelineSettings
+from rankwise.options import PipelineSettings, no_reranker
 from rankwise.registry import Registry, names_registry
 from rankwise.rerank.base import Reranker, backend_label
 from rankwise.rerank.loading import LoadOptions, load_reranker
@@ -123,7 +123,7 @@ class ModelRouter:
             specs["canary"] = rollout.canary
         if experiment is not None:
             for arm in experiment.arms:
-                if arm.reranker.strip().lower() not in ("", "none"):
+                if not no_reranker(arm.reranker):
                     specs[f"arm:{arm.name}"] = arm.reranker
         keys = {role: self._resolve(spec) for role, spec in specs.items()}  # every name checked before any load
         for role, spec in specs.items():
