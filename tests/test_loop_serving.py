@@ -55,8 +55,11 @@ def _version(body: dict[str, Any]) -> str:
     return body["meta"]["model"].split()[0]
 
 
-def _rerank(client: httpx.Client, **extra: Any) -> httpx.Response:
-    return client.post("/v1/rerank", json={"query": QUERY, "documents": TEXTS, "raw_scores": True, **extra})
+def _rerank(client: httpx.Client, user: str | None = None, **extra: Any) -> httpx.Response:
+    """QUERY × TEXTS with raw scores, as ``user`` (experiments and canaries stick to the X-Rankwise-User)."""
+    headers = {"X-Rankwise-User": user} if user is not None else None
+    return client.post("/v1/rerank", headers=headers,
+                       json={"query": QUERY, "documents": TEXTS, "raw_scores": True, **extra})
 
 
 def _assert_from(body: dict[str, Any], references: dict[str, list[float]]) -> str:
@@ -202,9 +205,7 @@ def test_ab_assignment_is_sticky_per_user_and_reported(registry: Path, tmp_path:
         with srv.client() as client:
             for user in range(16):
                 for _ in range(2):
-                    body = client.post(
-                        "/v1/rerank", headers={"X-Rankwise-User": f"user-{user}"},
-                        json={"query": QUERY, "documents": TEXTS, "raw_scores": True, "top_n": 3}).json()
+                    body = _rerank(client, f"user-{user}", top_n=3).json()
                     version = _assert_from(body, references)
                     arm = body["meta"]["experiment"]["arm"]
                     assert (arm, version) in {("control", "v1"), ("treatment", "v2")}
@@ -268,8 +269,7 @@ def test_an_interleaving_experiment_on_a_share_of_traffic_leaves_the_rest_to_pro
         with srv.client() as client:
             for user in range(20):
                 for _ in range(2):
-                    body = client.post("/v1/rerank", headers={"X-Rankwise-User": f"u{user}"},
-                                       json={"query": QUERY, "documents": TEXTS, "raw_scores": True}).json()
+                    body = _rerank(client, f"u{user}").json()
                     interleaved = body["meta"]["experiment"] is not None
                     if not interleaved:  # outside the experiment: production's own ranking and name
                         assert _assert_from(body, references) == "v1"
@@ -288,8 +288,7 @@ def test_a_canary_share_is_sticky_per_user(registry: Path, tmp_path: Path, refer
         with srv.client() as client:
             for user in range(12):
                 for _ in range(2):
-                    body = client.post("/v1/rerank", headers={"X-Rankwise-User": f"u{user}"},
-                                       json={"query": QUERY, "documents": TEXTS, "raw_scores": True}).json()
+                    body = _rerank(client, f"u{user}").json()
                     version = _assert_from(body, references)
                     arm = (body["meta"]["experiment"] or {}).get("arm")
                     assert (version, arm) in {("v1", None), ("v2", "canary")}  # candidate v2 serves the canary
@@ -357,8 +356,7 @@ def test_names_follow_promotions_per_request_and_an_arm_serving_productions_vers
         with srv.client() as client:
             names = set()
             for n in range(24):  # sticky per user: 24 users reach both the canary and production
-                body = client.post("/v1/rerank", json={"query": QUERY, "documents": TEXTS, "raw_scores": True},
-                                   headers={"X-Rankwise-User": f"user-{n}"}).json()
+                body = _rerank(client, f"user-{n}").json()
                 _assert_from(body, references)
                 names.add(body["meta"]["model"])
             models = client.get("/readyz").json()["models"]
@@ -496,8 +494,7 @@ def test_a_model_that_cannot_score_is_refused_and_a_failing_canary_falls_back_to
             assert ready.status_code == 200, ready.text
             assert "cannot serve" in ready.json()["problems"]["canary"]
             for user in range(12):
-                response = client.post("/v1/rerank", headers={"X-Rankwise-User": f"u{user}"},
-                                       json={"query": QUERY, "documents": TEXTS, "raw_scores": True})
+                response = _rerank(client, f"u{user}")
                 assert response.status_code == 200, response.text
                 assert _assert_from(response.json(), references) == "v1"
 
