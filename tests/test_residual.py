@@ -162,7 +162,7 @@ def test_continuing_production_keeps_its_kind_and_what_it_learned_where_a_restar
 def test_the_recipe_follows_the_data_and_every_option_the_user_sets_wins() -> None:
     from rankwise.training.recipe import choose_recipe
 
-    few, many = choose_recipe(40, 300), choose_recipe(2000, 5000)
+    few, many = choose_recipe(40, 300), choose_recipe(300, 5000)
     assert few.architecture == "bi-encoder" and not few.residual and few.loss == "softmax"
     no_vectors = choose_recipe(40, 300, has_dense=False)
     assert (no_vectors.architecture, no_vectors.residual) == ("cross-encoder", False)

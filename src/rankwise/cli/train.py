@@ -66,6 +66,7 @@ def train(
     architecture: Annotated[str | None, typer.Option(help="bi-encoder (a domain-tuned copy of the embedding model) | cross-encoder (a residual over the dense cosine unless --no-residual). Default: the recipe's (a bi-encoder where the index has vectors), or the continued model's kind.")] = None,
     loss: Annotated[str | None, typer.Option(help="bce | lambda | listnet | softmax (default: the recipe's)")] = None,
     residual: Annotated[bool | None, typer.Option("--residual/--no-residual", help="Cross-encoder: learn a correction added to the index's dense cosine, starting at zero, so an untrained model ranks like the dense first stage (default: the recipe's).")] = None,
+    freeze_passages: Annotated[bool | None, typer.Option("--freeze-passages/--no-freeze-passages", help="Bi-encoder: tune the query side only, against passages embedded once by a frozen copy of the starting model (default: the recipe's, from a few hundred judged queries).")] = None,
     negatives: Annotated[str, typer.Option(help="Negatives per query by source.")] = DEFAULT_NEGATIVES,
     depth: Annotated[int, typer.Option(help="Mine first-stage negatives from this many candidates.")] = 30,
     skip_top: Annotated[int, typer.Option(help="Skip the first N candidates (likely unjudged positives).")] = 0,
@@ -104,7 +105,7 @@ def train(
     reg = _registry(registry)
     settings = SessionSettings(
         base_model=base_model, architecture=choose(architecture, ARCHITECTURES, "architecture") if architecture else None,
-        loss=loss, residual=residual, negatives=negatives, depth=depth, skip_top=skip_top, margin=margin,
+        loss=loss, residual=residual, frozen_passages=freeze_passages, negatives=negatives, depth=depth, skip_top=skip_top, margin=margin,
         rounds=rounds, max_positives=max_positives, title_queries=title_queries,
         validation_fraction=validation_fraction, replay=replay, epochs=epochs, max_steps=max_steps,
         train_seconds=train_seconds, batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,

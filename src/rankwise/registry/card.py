@@ -253,6 +253,8 @@ class ModelCard(_Section):
     metrics: CardMetrics | None = _known(CardMetrics)  # noqa: RUF009 - _known returns a dataclasses.field
     recipe: Mapping[str, Any] | None = _known(_object)
     residual: Mapping[str, Any] | None = _known(_object)
+    #: a bi-encoder with frozen passages: where its passage encoder lives and what it was copied from
+    passage_encoder: Mapping[str, Any] | None = _known(_object)
     hyperparameters: Mapping[str, Any] | None = _known(_object)
     training: Mapping[str, Any] | None = _known(_object)
 

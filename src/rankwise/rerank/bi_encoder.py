@@ -15,6 +15,10 @@ Passages are embedded independently of the query, so their vectors are kept in a
 keyed by the passage text: a knowledge base's pages come back as candidates for many queries, and a
 cached page costs a dot product instead of a forward pass. Only the query is embedded on every call.
 
+A bi-encoder trained with frozen passages (``rankwise train --freeze-passages``, the recipe's choice for
+hundreds of judged queries) declares a ``passage_encoder`` subdirectory: passages are embedded by that
+frozen copy of the first stage's model and only queries by the tuned one, which is how it was trained.
+
 A trained model directory declares its kind in ``rankwise_reranker.json`` (see
 :mod:`rankwise.rerank.declaration`); directories without it are cross-encoders, as every hub reranker is.
 """
@@ -64,9 +68,14 @@ class BiEncoderReranker:
         self.path = resolve_model(model)
         self.weights_sha256 = weights_sha256(self.path)
         # a loader that already read the declaration (to choose the kind) hands it over
-        self.declared_fusion: RerankFusion = (declaration or read_declaration(self.path)).fusion or "none"
+        declared = declaration or read_declaration(self.path)
+        self.declared_fusion: RerankFusion = declared.fusion or "none"
         self.embedder = Embedder(str(self.path), backend=backend, device=device, threads=threads,
                                  max_seq_length=max_length, reranking=True)
+        #: what embeds the passages: the tuned model itself, or the frozen passage encoder it declares
+        self.passage_embedder = self.embedder if declared.passage_encoder is None else Embedder(
+            str(self.path / declared.passage_encoder), backend=backend, device=device, threads=threads,
+            max_seq_length=max_length, reranking=True)
         self.backend_decision = self.embedder.backend_decision
         backend_name = self.backend_decision.backend
         self.name = name or (str(model) if backend_name == "torch" else f"{model}[{backend_name}]")
@@ -80,8 +89,11 @@ class BiEncoderReranker:
 
     def scoring_key(self) -> ScoringKey:
         info = self.embedder.info
+        # the weights hash covers the passage encoder too (it lives inside the model directory)
         key: dict[str, object] = {"kind": "bi-encoder", "weights_sha256": self.weights_sha256,
                                   "backend": info.backend, "max_length": info.max_seq_length}
+        if self.passage_embedder is not self.embedder:
+            key["passage_max_length"] = self.passage_embedder.info.max_seq_length
         if info.backend == "openvino-int8":  # static int8 scales come from the calibration windows
             key["int8_calibration"] = calibration_digest(self.path)
         return key
@@ -100,15 +112,22 @@ class BiEncoderReranker:
             for k in cached:
                 self._cache.move_to_end(k)
         missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in cached}  # a repeated text once
-        vectors, tokens = self.embedder.encode_counted([query, *missing.values()])
-        fresh = dict(zip(missing, vectors[1:], strict=True))
+        if self.passage_embedder is self.embedder:  # one forward pass for the query and the new passages
+            vectors, tokens = self.embedder.encode_counted([query, *missing.values()])
+            query_vector, passage_vectors = vectors[0], vectors[1:]
+        else:
+            query_vectors, tokens = self.embedder.encode_counted([query])
+            passage_vectors, passage_tokens = (self.passage_embedder.encode_counted(list(missing.values()))
+                                               if missing else (query_vectors[:0], 0))
+            query_vector, tokens = query_vectors[0], tokens + passage_tokens
+        fresh = dict(zip(missing, passage_vectors, strict=True))
         if self.cache_size:
             with self._lock:
                 self._cache.update(fresh)
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
         found = {**fresh, **cached}
-        raw = (np.stack([found[k] for k in keys]) @ vectors[0]).astype(np.float32)
+        raw = (np.stack([found[k] for k in keys]) @ query_vector).astype(np.float32)
         return RerankScores(raw=raw, calibrated=self.calibrate(raw),
                             stats={"pairs": float(len(texts)), "cached": float(sum(k in cached for k in keys)),
                                    "tokens": float(tokens)})

@@ -1,5 +1,6 @@
-"""What a trained model directory declares about itself in ``rankwise_reranker.json``: its kind and, for
-a residual reranker, the first-stage signal its learned correction is added to.
+"""What a trained model directory declares about itself in ``rankwise_reranker.json``: its kind, for a
+residual reranker the first-stage signal its learned correction is added to, and for a bi-encoder whose
+passage side was kept frozen the subdirectory holding that passage encoder.
 
 Directories without the file are plain cross-encoders, which is what every hub reranker is. The file is
 written by ``rankwise train`` and read by every loader (CLI, Python API, server), so a model is scored
@@ -21,6 +22,8 @@ RerankerKind = Literal["cross-encoder", "bi-encoder"]
 RERANKER_KINDS: tuple[RerankerKind, ...] = get_args(RerankerKind)
 #: written by ``rankwise train`` into every model directory it saves
 KIND_FILE = "rankwise_reranker.json"
+#: where a bi-encoder trained with frozen passages keeps the passage encoder, inside its model directory
+PASSAGE_ENCODER_DIR = "passage_encoder"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +51,17 @@ class ResidualBase:
 @dataclass(frozen=True, slots=True)
 class Declaration:
     """``fusion``: how this model's ranks combine with the first stage's when nothing else is asked for,
-    chosen by training on its held-out validation queries (None: it was not chosen, order by the model)."""
+    chosen by training on its held-out validation queries (None: it was not chosen, order by the model).
+
+    ``passage_encoder``: a bi-encoder whose passages are embedded by this subdirectory's model (a frozen
+    copy of the model it was trained from) while queries go through the tuned model at the top level;
+    None embeds both sides with the tuned model.
+    """
 
     kind: RerankerKind
     residual: ResidualBase | None = None
     fusion: RerankFusion | None = None
+    passage_encoder: str | None = None
 
 
 def write_declaration(model_dir: str | Path, declaration: Declaration) -> None:
@@ -61,6 +70,8 @@ def write_declaration(model_dir: str | Path, declaration: Declaration) -> None:
         data["residual"] = asdict(declaration.residual)
     if declaration.fusion is not None:
         data["fusion"] = declaration.fusion
+    if declaration.passage_encoder is not None:
+        data["passage_encoder"] = declaration.passage_encoder
     atomic_write_text(Path(model_dir) / KIND_FILE, json.dumps(data) + "\n")
 
 
@@ -77,6 +88,7 @@ def read_declaration(model_dir: str | Path) -> Declaration:
         data = json.loads(file.read_text())
         kind = data.get("kind")
         fusion = data.get("fusion")
+        passage_encoder = data.get("passage_encoder")
         residual = data.get("residual")
         base = None if residual is None else ResidualBase(
             embedder=str(residual["embedder"]), embedder_sha256=str(residual["embedder_sha256"]),
@@ -89,7 +101,12 @@ def read_declaration(model_dir: str | Path) -> Declaration:
         raise ModelError(f"{file}: only a cross-encoder can declare a residual base, over the dense cosine")
     if fusion is not None and fusion not in RERANK_FUSIONS:
         raise ModelError(f"{file} declares fusion {fusion!r}; rankwise knows {', '.join(RERANK_FUSIONS)}")
-    return Declaration(kind, base, fusion)
+    if passage_encoder is not None and (kind != "bi-encoder" or not isinstance(passage_encoder, str)
+                                        or Path(passage_encoder).name != passage_encoder
+                                        or not (file.parent / passage_encoder).is_dir()):
+        raise ModelError(f"{file}: 'passage_encoder' must name a subdirectory of a bi-encoder's model directory "
+                         f"(got {passage_encoder!r})")
+    return Declaration(kind, base, fusion, passage_encoder)
 
 
 def reranker_kind(model_dir: str | Path) -> RerankerKind:

@@ -6,7 +6,8 @@ cross-encoder from a bare backbone must first learn relevance itself (see ``benc
 
 Loss: softmax cross-entropy of the positive against the group's mined negatives *and* every other
 document of the batch (sentence-transformers' ``MultipleNegativesRankingLoss``, the standard recipe for
-embedding fine-tuning with hard negatives). Checkpointing, exact resume, validation nDCG@10 with
+embedding fine-tuning with hard negatives). With ``frozen_passages`` only the query side is tuned, against
+passage vectors embedded once (:mod:`rankwise.training.frozen_passages`). Checkpointing, exact resume, validation nDCG@10 with
 early stopping and the wall-clock budget are the cross-encoder trainer's (:mod:`rankwise.training.finetune`).
 """
 
@@ -18,7 +19,8 @@ from typing import Any
 
 from rankwise.errors import QueryError
 from rankwise.models import resolve_model
-from rankwise.rerank.declaration import write_reranker_kind
+from rankwise.rerank.declaration import Declaration, write_declaration
+from rankwise.training import frozen_passages
 from rankwise.training.finetune import (
     VALIDATION_NAME,
     StepClock,
@@ -44,8 +46,7 @@ def train_bi_encoder(
 ) -> TrainingResult:
     """Train from ``config.base_model`` (an embedding model), checkpointing and resuming like the
     cross-encoder trainer; the best model by validation nDCG@10 is saved to ``output_dir/final``."""
-    rows = _train_rows(train)
-    if not rows["anchor"]:
+    if not any(g.positives for g in train):
         raise QueryError("no training groups: no judged query has a positive document in the index")
     output, checkpoints = prepare_run(config, output_dir)
     from datasets import Dataset
@@ -61,24 +62,36 @@ def train_bi_encoder(
     serving_length = model.max_seq_length
     model.max_seq_length = config.max_length
     evaluator = None
-    if validation:
-        evaluator = RerankingEvaluator(samples=validation_samples(validation), at_k=10, name=VALIDATION_NAME,
-                                       batch_size=32, write_csv=False)
+    encoder = frozen_passages.passage_encoder_of(config.base_model)
+    if config.frozen_passages:
+        vectors = frozen_passages.PassageVectors(encoder, [*train, *validation])
+        rows, loss = frozen_passages.frozen_rows(train, vectors), frozen_passages.frozen_passage_loss(model, vectors)
+        if validation:
+            evaluator = frozen_passages.frozen_passage_evaluator(validation_samples(validation), vectors,
+                                                                 VALIDATION_NAME)
+    else:
+        rows, loss = _train_rows(train), MultipleNegativesRankingLoss(model)
+        if not rows["anchor"]:
+            raise QueryError("no training groups: no judged query has both a positive and a negative document")
+        if validation:
+            evaluator = RerankingEvaluator(samples=validation_samples(validation), at_k=10, name=VALIDATION_NAME,
+                                           batch_size=32, write_csv=False)
     args = training_arguments(config, checkpoints, validate=evaluator is not None,
                               arguments=SentenceTransformerTrainingArguments)
     # the model card's widget example, set here so the trainer does not sample one behind a progress bar
-    first = next(g for g in train if g.positives and g.negatives)
+    first = next(g for g in train if g.positives)
     model.model_card_data.widget = [{"source_sentence": first.query,
                                      "sentences": [first.positives[0], *first.negatives[:2]]}]
     clock = StepClock()
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=Dataset.from_dict(rows), loss=MultipleNegativesRankingLoss(model),
+        model=model, args=args, train_dataset=Dataset.from_dict(rows), loss=loss,
         evaluator=evaluator, callbacks=callbacks_for(config, clock, validate=evaluator is not None))
     seconds, last = run_resumable(trainer, checkpoints, show_progress=show_progress)
     final = output / "final"
     model.max_seq_length = serving_length
     model.save(str(final))
-    write_reranker_kind(final, "bi-encoder")
+    kept = frozen_passages.keep_passage_encoder(encoder, final) if config.frozen_passages else None
+    write_declaration(final, Declaration("bi-encoder", passage_encoder=kept))
     return finish(trainer, config, output, final, seconds, last, clock)
 
 

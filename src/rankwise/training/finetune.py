@@ -80,6 +80,9 @@ class TrainingConfig:
     residual_over: str | None = None
     #: continuing a residual reranker: the base it was trained over, kept as it is (not refitted)
     residual_base: ResidualBase | None = None
+    #: bi-encoder only: tune the query side and embed passages with a frozen copy of the base model
+    #: (see :mod:`rankwise.training.frozen_passages`)
+    frozen_passages: bool = False
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -100,6 +103,8 @@ class TrainingConfig:
         if (self.residual_over or self.residual_base) and self.architecture != "cross-encoder":
             raise QueryError("a bi-encoder is already a residual of the embedding model it copies; --residual "
                              "applies to a cross-encoder")
+        if self.frozen_passages and self.architecture != "bi-encoder":
+            raise QueryError("frozen passages are a bi-encoder's: a cross-encoder reads query and passage together")
         if (self.residual_over or self.residual_base) and self.loss not in ("softmax", "bce"):
             raise QueryError(f"a residual reranker trains with --loss softmax or bce (got {self.loss})")
 

@@ -24,10 +24,12 @@ from typing import Any, Protocol
 
 from rankwise.errors import QueryError
 from rankwise.index import Index
+from rankwise.models import weights_sha256
 from rankwise.registry import CardMetrics, ModelCard, Registry, TrainingData, Validation
 from rankwise.rerank.declaration import read_declaration
 from rankwise.training.data import JudgedQueries, group_stats
 from rankwise.training.finetune import Architecture, TrainingConfig, TrainingResult
+from rankwise.training.frozen_passages import passage_encoder_of
 from rankwise.training.leakage import query_digests
 from rankwise.training.negatives import TrainingGroup, mine_groups, parse_negative_mix, title_groups
 from rankwise.training.recipe import DEFAULT_BUDGET_S, DEFAULT_NEGATIVES, Recipe, choose_recipe
@@ -62,6 +64,7 @@ class SessionSettings:
     architecture: Architecture | None = None
     loss: str | None = None
     residual: bool | None = None
+    frozen_passages: bool | None = None
     negatives: str = DEFAULT_NEGATIVES
     depth: int = 30
     skip_top: int = 0
@@ -115,6 +118,9 @@ class Session:
         absolute paths, so a model continued later, from another directory, can replay them.
         """
         declared = read_declaration(self.model_dir)
+        passage_encoder = None if declared.passage_encoder is None else {
+            "directory": declared.passage_encoder, "copied_from": str(passage_encoder_of(self.begin)),
+            "weights_sha256": weights_sha256(self.model_dir / declared.passage_encoder)}
         replayed_texts = (self.replayed.queries.texts
                           if self.replayed is not None and self.replayed.queries is not None else [])
         training_data = TrainingData(
@@ -126,7 +132,7 @@ class Session:
         return ModelCard(
             base_model=settings.base_model or self.begin, continued_from=self.start.parent,
             training_data=training_data, recipe=self.recipe.to_dict(),
-            residual=asdict(declared.residual) if declared.residual else None,
+            residual=asdict(declared.residual) if declared.residual else None, passage_encoder=passage_encoder,
             hyperparameters=self.summary.get("config"),
             metrics=CardMetrics(validation=Validation(
                 ndcg10=self.result.best_validation_ndcg10,
@@ -148,14 +154,19 @@ def train_session(index: Index, judged: JudgedQueries, settings: SessionSettings
     recipe = choose_recipe(len(train_part.qrels), index.manifest.num_documents,
                            budget_s=s.train_seconds or DEFAULT_BUDGET_S, has_dense=index.has_dense)
     if start.parent is not None:
-        recipe = recipe.continuing(start.architecture, start.residual is not None, start.parent)
+        recipe = recipe.continuing(start.architecture, start.residual is not None, start.parent,
+                                   start.frozen_passages)
     if s.residual is False and start.residual is not None:
         raise QueryError(f"'{s.base_model}' is {start.parent}, a residual reranker: continuing it keeps its "
                          "residual base; drop --no-residual, or start from a backbone")
+    if s.frozen_passages is False and start.frozen_passages:
+        raise QueryError(f"'{s.base_model}' is {start.parent}, a bi-encoder with frozen passages: continuing it "
+                         "keeps its passage encoder; drop --no-freeze-passages, or start from a backbone")
     recipe = recipe.overridden(architecture=start.architecture if s.architecture else None, residual=s.residual,
                                loss=s.loss, max_steps=-1 if s.epochs is not None and s.max_steps is None else s.max_steps,
                                batch_size=s.batch_size, learning_rate=s.learning_rate, max_length=s.max_length,
-                               eval_steps=s.eval_steps, max_positives=s.max_positives)
+                               eval_steps=s.eval_steps, max_positives=s.max_positives,
+                               frozen_passages=s.frozen_passages)
     if recipe.residual and start.residual is None and not index.has_dense:
         raise QueryError(f"a residual reranker adds a correction to the dense cosine, and {index.path} has no "
                          "vectors; build it with an embedding model or pass --no-residual")

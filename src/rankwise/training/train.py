@@ -23,12 +23,14 @@ from rankwise.training.negatives import TrainingGroup
 @dataclass(frozen=True, slots=True)
 class StartingPoint:
     """The model training starts from: ``path`` to load, the ``architecture`` trained, ``parent``, the
-    registry version continued (None for a backbone), and the parent's residual base, kept by its child."""
+    registry version continued (None for a backbone), and the parent's residual base or frozen passage
+    encoder, kept by its child."""
 
     path: str
     architecture: Architecture
     parent: str | None = None
     residual: ResidualBase | None = None
+    frozen_passages: bool = False
 
 
 def starting_point(base_model: str, architecture: Architecture | None = None,
@@ -43,7 +45,8 @@ def starting_point(base_model: str, architecture: Architecture | None = None,
     if architecture is not None and architecture != kind:
         raise QueryError(f"'{base_model}' is {entry.version}, a {kind}: continuing it trains a {kind}; drop "
                          f"--architecture {architecture}, or start a {architecture} from a backbone")
-    return StartingPoint(str(entry.path), kind, entry.version, declared.residual)
+    return StartingPoint(str(entry.path), kind, entry.version, declared.residual,
+                         declared.passage_encoder is not None)
 
 
 def train_reranker(train: Sequence[TrainingGroup], validation: Sequence[TrainingGroup], config: TrainingConfig,
