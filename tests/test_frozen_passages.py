@@ -124,3 +124,24 @@ def test_continuing_a_frozen_passage_model_keeps_its_passage_encoder(tmp_path: P
                                     "copied_from": str(parent.path / PASSAGE_ENCODER_DIR),
                                     "weights_sha256": weights_sha256(resolve_model("minilm"))}
     assert card.continued_from == "v1" and card.recipe["frozen_passages"] is True
+
+
+def test_the_verdict_judges_held_out_queries_whose_answers_training_never_had_apart(
+        kb_index: Index, trained: tuple[Path, list[TrainingGroup]]) -> None:
+    from rankwise.training.data import JudgedQueries
+    from rankwise.training.verdict import judge_against_first_stage
+
+    model_dir, _ = trained
+    held_out = JudgedQueries(QUERIES, {q: QRELS[q] for q in ("q1", "q5")})
+    # q1's answer (refund-annual) was a training query's answer too; q5's (refund-monthly) was not
+    taught = JudgedQueries(QUERIES, {"q4": QRELS["q4"], "q9": {"refund-annual": 1}})
+    verdict = judge_against_first_stage(kb_index, held_out, model_dir, rerank_k=8, trained=taught)
+    alone = judge_against_first_stage(kb_index, JudgedQueries(QUERIES, {"q5": QRELS["q5"]}), model_dir, rerank_k=8)
+    assert verdict is not None and alone is not None and verdict.unseen_queries == 1
+    assert alone.unseen_queries == 0 and alone.unseen_model_value is None  # nothing to tell apart without training
+    single = judge_against_first_stage(kb_index, JudgedQueries(QUERIES, {"q5": QRELS["q5"]}), model_dir,
+                                       rerank_k=8, trained=taught)
+    assert single is not None and verdict.unseen_first_stage_value == pytest.approx(single.first_stage_value)
+    assert "on the 1 whose answers no training query had" in verdict.message
+    everything = JudgedQueries(QUERIES, {"q9": {"refund-annual": 1, "refund-monthly": 1}})
+    assert judge_against_first_stage(kb_index, held_out, model_dir, rerank_k=8, trained=everything).unseen_queries == 0

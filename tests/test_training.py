@@ -285,6 +285,9 @@ def test_the_verdict_says_plainly_when_a_model_loses_to_its_first_stage() -> Non
     tie = TrainingVerdict("bm25", 3, model_value=0.5, first_stage_value=0.5, p_value=1.0)
     assert tie.message.startswith("do not promote"), "no gain is no reason to promote"
     assert TrainingVerdict("hybrid", 12, 0.85, 0.79, 0.04).message.startswith("beats the first stage")
+    apart = TrainingVerdict("hybrid", 12, 0.85, 0.79, 0.04, unseen_queries=4, unseen_model_value=0.61,
+                            unseen_first_stage_value=0.70)
+    assert apart.message.endswith("; on the 4 whose answers no training query had: 0.61 vs 0.70")
 
 
 def test_a_time_budget_stops_training_early_and_keeps_a_validated_model(tmp_path: Path, kb_index: Index) -> None:

@@ -205,7 +205,8 @@ def train_session(index: Index, judged: JudgedQueries, settings: SessionSettings
               or train_reranker(train_groups + replay_groups + pseudo, val_groups, config, output))
     summary = result.summary()
     with say.stage("validating against the first stage…"):
-        verdict = judge_against_first_stage(index, val_part, result.model_dir, rerank_k=s.depth)
+        verdict = judge_against_first_stage(index, val_part, result.model_dir, rerank_k=s.depth,
+                                            trained=train_part)
         declare_serving_order(result.model_dir, verdict)
     return Session(start=start, begin=begin, recipe=recipe, judged=judged, validation=val_part,
                    train_groups=train_groups, validation_groups=val_groups, pseudo_groups=pseudo,

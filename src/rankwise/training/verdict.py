@@ -10,6 +10,12 @@ The same queries choose how the model is served by default: by its own scores, o
 stage's ranks (RRF). A reranker trained on a few hundred queries often helps most fused — its mistakes
 and the first stage's differ — and sometimes only alone; which one is a measurement, not a guess, and
 the model directory declares it (:func:`declare_serving_order`) so every front end serves it that way.
+
+One corpus serves training and validation, so a held-out query can share its answer with a training
+query; a domain model learns those documents as well as the queries. The verdict says separately how the
+model does on the held-out queries whose answers no training query had — the only ones that show how it
+treats documents nobody judged for it (on SciFact both bi-encoders gain overall and lose on those, see
+``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from rankwise.evaluation.compare import RERANKED_SUFFIX, evaluate
 from rankwise.evaluation.goldset import GoldSet, Judgement
@@ -45,6 +53,11 @@ class TrainingVerdict:
     fusion: RerankFusion = "none"
     #: the model's value with the other ordering
     other_value: float | None = None
+    #: the held-out queries none of whose relevant documents a training query had as relevant, and the
+    #: model's and the first stage's values on them (None: no training queries were given, or none such)
+    unseen_queries: int = 0
+    unseen_model_value: float | None = None
+    unseen_first_stage_value: float | None = None
 
     @property
     def beats_first_stage(self) -> bool:
@@ -57,6 +70,9 @@ class TrainingVerdict:
         versus = (f"validation {self.metric} {self.model_value:.2f} ({self.first_stage} + this model, {how}{other}) vs "
                   f"{self.first_stage} alone {self.first_stage_value:.2f} over {self.queries} held-out queries "
                   f"(randomization p = {self.p_value:.2g})")
+        if self.unseen_model_value is not None and self.unseen_first_stage_value is not None:
+            versus += (f"; on the {self.unseen_queries} whose answers no training query had: "
+                       f"{self.unseen_model_value:.2f} vs {self.unseen_first_stage_value:.2f}")
         if not self.beats_first_stage:
             return f"do not promote: {versus}; the model is worse than what it would rerank"
         return f"beats the first stage: {versus}"
@@ -66,9 +82,11 @@ class TrainingVerdict:
 
 
 def judge_against_first_stage(index: Index, validation: JudgedQueries, model_dir: Path, *, rerank_k: int,
-                              first_stage: str | None = None, backend: str = "torch") -> TrainingVerdict | None:
+                              first_stage: str | None = None, backend: str = "torch",
+                              trained: JudgedQueries | None = None) -> TrainingVerdict | None:
     """Score ``model_dir`` reranking the first stage's top ``rerank_k`` on ``validation``; None without
-    validation queries. ``first_stage`` defaults to hybrid (BM25 where the index has no vectors)."""
+    validation queries. ``first_stage`` defaults to hybrid (BM25 where the index has no vectors).
+    ``trained``: the queries the model was trained on, to judge the unseen-answer queries apart."""
     if not validation.qrels:
         return None
     stage = first_stage or ("hybrid" if index.has_dense else "bm25")
@@ -79,13 +97,19 @@ def judge_against_first_stage(index: Index, validation: JudgedQueries, model_dir
     assert loaded is not None  # a model directory always loads as a reranker (or raises)
     reranker = _ScoredOnce(loaded)
     system = stage + RERANKED_SUFFIX
+    answered = {d for docs in (trained.qrels if trained else {}).values() for d, grade in docs.items() if grade > 0}
+    unseen = sorted(q for q, docs in gold.qrels.items()
+                    if trained is not None and not any(g > 0 and d in answered for d, g in docs.items()))
     verdicts = []
     for fusion in ("rrf", "none"):
         report = evaluate(index, gold, first_stages=[stage], reranker=reranker, metrics=[METRIC], baseline=stage,
                           settings=PipelineSettings(rerank_k=rerank_k, rerank_fusion=fusion), n_resamples=1000)
-        verdicts.append(TrainingVerdict(stage, len(gold.queries), report.scores[system][METRIC],
-                                        report.scores[stage][METRIC],
-                                        report.comparison(system).metrics[METRIC].p_randomization, fusion=fusion))
+        model, base = report.per_query[system][METRIC], report.per_query[stage][METRIC]
+        verdicts.append(TrainingVerdict(
+            stage, len(gold.queries), report.scores[system][METRIC], report.scores[stage][METRIC],
+            report.comparison(system).metrics[METRIC].p_randomization, fusion=fusion, unseen_queries=len(unseen),
+            unseen_model_value=float(np.mean([model[q] for q in unseen])) if unseen else None,
+            unseen_first_stage_value=float(np.mean([base[q] for q in unseen])) if unseen else None))
     fused, alone = verdicts
     best, other = (alone, fused) if alone.model_value > fused.model_value else (fused, alone)
     return replace(best, other_value=other.model_value)
