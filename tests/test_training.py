@@ -15,7 +15,7 @@ from rankwise.inference.calibration import CALIBRATION_FILE, read_calibration
 from rankwise.rerank.declaration import read_declaration
 from rankwise.training.data import JudgedQueries
 from rankwise.training.finetune import TrainingConfig, train_cross_encoder
-from rankwise.training.negatives import mine_groups, parse_negative_mix, title_groups
+from rankwise.training.negatives import lead_sentence_groups, mine_groups, parse_negative_mix, title_groups
 
 QUERIES = {"q1": "refund annual plan", "q2": "contractor mfa reset", "q3": "rotate postgres credentials",
            "q4": "customer churn q4", "q5": "monthly plan refund"}
@@ -86,6 +86,27 @@ def test_title_groups_pair_each_title_with_its_own_untitled_body(kb_index: Index
         assert g.positives == (doc.text,), "the positive is the body alone: the title would give the answer away"
         assert doc.id not in g.negative_ids and 1 <= len(g.negative_ids) <= 3
         assert g.negatives == tuple(by_id[n].text for n in g.negative_ids), "negatives are untitled too"
+
+
+def test_lead_sentence_groups_ask_a_documents_first_sentence_of_the_rest(tmp_path: Path) -> None:
+    from rankwise.types import Document
+
+    docs = [Document(f"d{i}", f"{lead} {rest}", title) for i, (title, lead, rest) in enumerate([
+        ("Annual refunds", "Annual plans are refunded pro rata within 30 days.", "Ask the billing team by email."),
+        ("Monthly plans", "Monthly plans are never refunded at all.", "Cancel before the next billing date."),
+        ("MFA resets", "Contractors reset MFA through their sponsor.", "The IT desk confirms the identity first."),
+        ("Short lead", "Too short.", "This document's lead has under four words, so it asks nothing."),
+        ("One sentence", "This document is a single sentence with no rest.", ""),
+    ])]
+    index = Index.build(docs, tmp_path / "index", embedding_model=None)
+    groups = lead_sentence_groups(index, mix={"bm25": 2, "random": 1}, depth=8, seed=2)
+    assert [g.query_id for g in groups] == ["lead:d0", "lead:d1", "lead:d2"]
+    for g, doc in zip(groups, docs, strict=False):
+        assert doc.text.startswith(g.query) and g.query.endswith(".")
+        assert g.positives == (f"{doc.title}\n{doc.text.removeprefix(g.query).strip()}",), "the lead is cut out"
+        assert doc.id not in g.negative_ids and g.negatives
+    assert [g.query_id for g in lead_sentence_groups(index, mix={"bm25": 1}, limit=2, seed=2)] in (
+        [["lead:d0", "lead:d1"], ["lead:d0", "lead:d2"], ["lead:d1", "lead:d2"]])
 
 
 def test_negative_mix_parsing() -> None:

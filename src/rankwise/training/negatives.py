@@ -10,8 +10,9 @@ suspiciously high-scoring candidates (likely unjudged positives) with a margin f
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Collection, Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rankwise.errors import QueryError
 from rankwise.index import Index
@@ -135,6 +136,43 @@ def title_groups(
     queries = {f"title:{ids[0]}": title for title, ids in by_title.items()}
     qrels = {f"title:{ids[0]}": dict.fromkeys(ids, 1) for ids in by_title.values()}
     return mine_groups(index, queries, qrels, mix=mix, depth=depth, seed=seed, with_titles=False)
+
+
+def lead_sentence_groups(
+    index: Index,
+    *,
+    mix: Mapping[str, int],
+    depth: int = 30,
+    limit: int | None = None,
+    seed: int = 42,
+) -> list[TrainingGroup]:
+    """Pseudo-queries from the corpus itself: a document's first sentence is a query answered by the rest.
+
+    Why: titles are one kind of free query; a lead sentence ("Vitamin D deficiency is common in …") is the
+    other a corpus of abstracts or articles always has, longer and closer to how people ask. The sentence
+    is cut from its own positive, so the model cannot learn to match a query copied into the passage; the
+    title stays. Documents whose lead is under four words or is the whole text get none. ``limit``: at most
+    this many documents, a seeded sample (a large corpus need not give every document a query).
+    """
+    leads: dict[str, tuple[str, str]] = {}  # document → (its lead, its positive text: title and the rest)
+    for doc_id in sorted(set(index.passage_doc_ids)):
+        doc = index.docstore.document(doc_id)
+        if doc is None:
+            continue
+        match = _LEAD.match(doc.text.strip())
+        if match and len(match.group(1).split()) >= 4 and match.group(2).strip():
+            rest = match.group(2).strip()
+            leads[doc_id] = (match.group(1).strip(), f"{doc.title}\n{rest}" if doc.title else rest)
+    chosen = sorted(leads)
+    if limit is not None and limit < len(chosen):
+        chosen = sorted(random.Random(seed).sample(chosen, limit))
+    queries = {f"lead:{d}": leads[d][0] for d in chosen}
+    groups = mine_groups(index, queries, {f"lead:{d}": {d: 1} for d in chosen}, mix=mix, depth=depth, seed=seed)
+    return [replace(g, positives=(leads[g.query_id.removeprefix("lead:")][1],)) for g in groups]
+
+
+#: a document's first sentence (up to the first . ! or ? followed by a space) and what follows it
+_LEAD = re.compile(r"(.+?[.!?])\s+(.*)", re.DOTALL)
 
 
 def _ranked_positives(judged: Mapping[str, int], rankings: Iterable[Sequence[Candidate]]) -> list[str]:
