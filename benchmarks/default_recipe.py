@@ -75,7 +75,7 @@ def main() -> None:
     setup_environment()
     console = Console(stderr=True)
 
-    from rankwise.evaluation import GoldSet, evaluate
+    from rankwise.evaluation import GoldSet
     from rankwise.index import Index
     from rankwise.rerank.base import backend_label, declared_fusion
     from rankwise.rerank.loading import load_reranker
@@ -107,19 +107,8 @@ def main() -> None:
     splits = {}
     for label, qrels_dir, split in evaluations:
         gold = GoldSet.from_beir(qrels_dir, split).prepare(known_documents=set(index.passage_doc_ids))
-        t0 = time.perf_counter()
-        report = evaluate(index, gold, first_stages=["hybrid"], reranker=reranker, metrics=METRICS,
-                          baseline="hybrid", n_resamples=10_000)
-        comparison = report.comparison("hybrid+reranker").metrics
-        splits[label] = {
-            "queries": len(gold.queries), "seconds": round(time.perf_counter() - t0, 1),
-            "first_stage": {m: round(report.scores["hybrid"][m], 4) for m in METRICS},
-            "reranked": {m: round(report.scores["hybrid+reranker"][m], 4) for m in METRICS},
-            "p_randomization": {m: round(comparison[m].p_randomization, 5) for m in METRICS},
-            "p_holm": {m: round(comparison[m].p_randomization_holm, 5) for m in METRICS},
-            "wins_losses": {m: [comparison[m].wins, comparison[m].losses] for m in METRICS},
-            "answers_seen_in_training": _seen_split(report, gold.qrels, judged.qrels),
-        }
+        row, report = against_hybrid(index, gold, reranker)
+        splits[label] = {**row, "answers_seen_in_training": _seen_split(report, gold.qrels, judged.qrels)}
         console.print(f"  {label}: {splits[label]}")
     payload: dict[str, Any] = {
         "domain": args.domain, "cpu": cpu_description(), "recipe": recipe.to_dict(), "budget_s": args.budget_s,
@@ -133,6 +122,25 @@ def main() -> None:
     }
     name = f"default_recipe_{args.domain}{'_' + args.tag if args.tag else ''}.json"
     write_json(name, payload)
+
+
+def against_hybrid(index: Any, gold: Any, reranker: Any) -> tuple[dict[str, Any], Any]:
+    """Hybrid top 100 against the same lists reranked as served, on one prepared gold set: the table row
+    (values, paired randomization p with Holm across the metrics, wins/losses) and the report."""
+    from rankwise.evaluation import evaluate
+
+    started = time.perf_counter()
+    report = evaluate(index, gold, first_stages=["hybrid"], reranker=reranker, metrics=METRICS,
+                      baseline="hybrid", n_resamples=10_000)
+    comparison = report.comparison("hybrid+reranker").metrics
+    return {
+        "queries": len(gold.queries), "seconds": round(time.perf_counter() - started, 1),
+        "first_stage": {m: round(report.scores["hybrid"][m], 4) for m in METRICS},
+        "reranked": {m: round(report.scores["hybrid+reranker"][m], 4) for m in METRICS},
+        "p_randomization": {m: round(comparison[m].p_randomization, 5) for m in METRICS},
+        "p_holm": {m: round(comparison[m].p_randomization_holm, 5) for m in METRICS},
+        "wins_losses": {m: [comparison[m].wins, comparison[m].losses] for m in METRICS},
+    }, report
 
 
 def _seen_split(report: Any, qrels: dict[str, dict[str, int]], trained: dict[str, dict[str, int]]

@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from common import BENCH_CACHE, cpu_description, setup_environment, write_json
-from default_recipe import BEIR, DOMAINS
+from default_recipe import BEIR, DOMAINS, against_hybrid
 from rich.console import Console
 
 #: judged datasets trained on: name → BEIR directory (its ``train`` split)
 SOURCES = {"scifact": BEIR / "scifact", "nfcorpus": BEIR / "nfcorpus"}
-METRICS = ["nDCG@5", "nDCG@10"]
 
 
 def main() -> None:
@@ -167,7 +165,7 @@ def _int8_size(model_dir: Path) -> float | None:
 
 def _evaluate(model_dir: Path, console: Console) -> dict[str, Any]:
     """The starting reranker on each domain's held-out split(s), before any domain training."""
-    from rankwise.evaluation import GoldSet, evaluate
+    from rankwise.evaluation import GoldSet
     from rankwise.index import Index
     from rankwise.rerank.loading import load_reranker
 
@@ -178,16 +176,7 @@ def _evaluate(model_dir: Path, console: Console) -> dict[str, Any]:
         index = Index(index_dir) if (index_dir / "manifest.json").is_file() else Index.build(source, index_dir)
         for label, qrels_dir, split in evaluations:
             gold = GoldSet.from_beir(qrels_dir, split).prepare(known_documents=set(index.passage_doc_ids))
-            started = time.perf_counter()
-            report = evaluate(index, gold, first_stages=["hybrid"], reranker=reranker, metrics=METRICS,
-                              baseline="hybrid", n_resamples=10_000)
-            comparison = report.comparison("hybrid+reranker").metrics
-            out[f"{domain}/{label}"] = {
-                "queries": len(gold.queries), "seconds": round(time.perf_counter() - started, 1),
-                "first_stage": {m: round(report.scores["hybrid"][m], 4) for m in METRICS},
-                "reranked": {m: round(report.scores["hybrid+reranker"][m], 4) for m in METRICS},
-                "p_randomization": {m: round(comparison[m].p_randomization, 5) for m in METRICS},
-            }
+            out[f"{domain}/{label}"], _report = against_hybrid(index, gold, reranker)
             console.print(f"{domain}/{label}: {out[f'{domain}/{label}']}")
     return out
 
