@@ -92,6 +92,11 @@ def test_the_recipe_freezes_passages_from_a_few_hundred_judged_queries() -> None
     assert (crossed.architecture, crossed.residual, crossed.frozen_passages) == ("cross-encoder", True, False)
     assert not many.overridden(residual=True).frozen_passages
     assert few.overridden(frozen_passages=True).frozen_passages
+    # the kind, when decided (--freeze-passages/--no-freeze-passages), brings the numbers measured for it
+    whole = choose_recipe(2000, 5000, frozen_passages=False)
+    assert (whole.frozen_passages, whole.batch_size, whole.learning_rate, whole.max_positives) == (
+        False, few.batch_size, few.learning_rate, few.max_positives)
+    assert choose_recipe(100, 300, frozen_passages=True).batch_size == many.batch_size
     continued = few.continuing("bi-encoder", False, "v2", frozen_passages=True)
     assert continued.frozen_passages and "continues v2, a bi-encoder with frozen passages" in continued.explain()
 

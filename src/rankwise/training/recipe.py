@@ -102,7 +102,7 @@ class Recipe:
 
 
 def choose_recipe(train_queries: int, documents: int, *, budget_s: float | None = DEFAULT_BUDGET_S,
-                  has_dense: bool = True) -> Recipe:
+                  has_dense: bool = True, frozen_passages: bool | None = None) -> Recipe:
     """The recipe for ``train_queries`` judged training queries over ``documents`` pages.
 
     The kind: a bi-encoder — a domain-tuned copy of the index's embedding model — wherever the index has
@@ -112,8 +112,14 @@ def choose_recipe(train_queries: int, documents: int, *, budget_s: float | None 
     query side is tuned, against passages embedded once: several times the steps in the same minutes, which
     the larger sets need (NFCorpus did not move in 138 whole-model steps). Without vectors there is no
     first-stage model to start from: a cross-encoder from the backbone.
+
+    ``frozen_passages`` decides that instead of the number of queries (the user's ``--freeze-passages``, or
+    the kind of a model being continued), so the steps, batch and learning rate are the ones measured for
+    the kind that is trained.
     """
-    if has_dense and train_queries >= FROZEN_PASSAGES_FROM:
+    if frozen_passages is None:
+        frozen_passages = train_queries >= FROZEN_PASSAGES_FROM
+    if has_dense and frozen_passages:
         batch = 32
         # about twelve passes: where validation peaked on SciFact and NFCorpus (early stopping ends sooner)
         steps = min(max(math.ceil(12 * train_queries / batch), 200), 1500)

@@ -151,11 +151,18 @@ def train_session(index: Index, judged: JudgedQueries, settings: SessionSettings
     start = starting_point(s.base_model or "minilm", s.architecture, registry)
     mix = parse_negative_mix(s.negatives)
     train_part, val_part = judged.split(s.validation_fraction, s.seed)
-    recipe = choose_recipe(len(train_part.qrels), index.manifest.num_documents,
-                           budget_s=s.train_seconds or DEFAULT_BUDGET_S, has_dense=index.has_dense)
+    # the kind decides the recipe's numbers: a continued model's own, a cross-encoder asked for, or the data's
     if start.parent is not None:
-        recipe = recipe.continuing(start.architecture, start.residual is not None, start.parent,
-                                   start.frozen_passages)
+        frozen = start.frozen_passages or bool(s.frozen_passages and start.architecture == "bi-encoder")
+    elif s.architecture == "cross-encoder" or s.residual:
+        frozen = False
+    else:
+        frozen = s.frozen_passages
+    recipe = choose_recipe(len(train_part.qrels), index.manifest.num_documents,
+                           budget_s=s.train_seconds or DEFAULT_BUDGET_S, has_dense=index.has_dense,
+                           frozen_passages=frozen)
+    if start.parent is not None:
+        recipe = recipe.continuing(start.architecture, start.residual is not None, start.parent, bool(frozen))
     if s.residual is False and start.residual is not None:
         raise QueryError(f"'{s.base_model}' is {start.parent}, a residual reranker: continuing it keeps its "
                          "residual base; drop --no-residual, or start from a backbone")
