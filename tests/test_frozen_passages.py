@@ -96,7 +96,8 @@ def test_the_recipe_freezes_passages_from_a_few_hundred_judged_queries() -> None
     whole = choose_recipe(2000, 5000, frozen_passages=False)
     assert (whole.frozen_passages, whole.batch_size, whole.learning_rate, whole.max_positives) == (
         False, few.batch_size, few.learning_rate, few.max_positives)
-    assert choose_recipe(100, 300, frozen_passages=True).batch_size == many.batch_size
+    forced = choose_recipe(100, 300, frozen_passages=True)
+    assert forced.batch_size == many.batch_size and "as asked" in forced.explain() and "as asked" not in many.explain()
     continued = few.continuing("bi-encoder", False, "v2", frozen_passages=True)
     assert continued.frozen_passages and "continues v2, a bi-encoder with frozen passages" in continued.explain()
 

@@ -117,17 +117,23 @@ def choose_recipe(train_queries: int, documents: int, *, budget_s: float | None 
     the kind of a model being continued), so the steps, batch and learning rate are the ones measured for
     the kind that is trained.
     """
+    asked = frozen_passages is not None
     if frozen_passages is None:
         frozen_passages = train_queries >= FROZEN_PASSAGES_FROM
     if has_dense and frozen_passages:
         batch = 32
         # about twelve passes: where validation peaked on SciFact and NFCorpus (early stopping ends sooner)
         steps = min(max(math.ceil(12 * train_queries / batch), 200), 1500)
+        why = (("a bi-encoder with frozen passages, as asked: the query side of the index's embedding model is "
+                "tuned alone, against passages embedded once (chosen by default from "
+                f"{FROZEN_PASSAGES_FROM} judged queries; with fewer it overfitted on the domains measured)")
+               if asked else
+               (f"a bi-encoder with frozen passages: {train_queries} judged queries are enough to tune the query "
+                "side of the index's embedding model alone, against passages embedded once — many more steps per "
+                f"CPU minute than tuning both sides (below {FROZEN_PASSAGES_FROM} queries it overfits; both sides "
+                "are tuned then)"))
         reasons = (
-            (f"a bi-encoder with frozen passages: {train_queries} judged queries are enough to tune the query side "
-             "of the index's embedding model alone, against passages embedded once — many more steps per CPU "
-             f"minute than tuning both sides (below {FROZEN_PASSAGES_FROM} queries it overfits; both sides are "
-             "tuned then)"),
+            why,
             ("every positive of a query counts: the softmax runs over every passage of the run, so many "
              "positives cost nothing"),
             (f"{steps} steps: about twelve passes over {train_queries} training queries, stopped early when "
