@@ -108,7 +108,7 @@ def main() -> None:
     for label, qrels_dir, split in evaluations:
         gold = GoldSet.from_beir(qrels_dir, split).prepare(known_documents=set(index.passage_doc_ids))
         row, report = against_hybrid(index, gold, reranker)
-        splits[label] = {**row, "answers_seen_in_training": _seen_split(report, gold.qrels, judged.qrels)}
+        splits[label] = {**row, "answers_seen_in_training": _seen_split(report, gold.qrels, judged)}
         console.print(f"  {label}: {splits[label]}")
     payload: dict[str, Any] = {
         "domain": args.domain, "cpu": cpu_description(), "recipe": recipe.to_dict(), "budget_s": args.budget_s,
@@ -143,17 +143,15 @@ def against_hybrid(index: Any, gold: Any, reranker: Any) -> tuple[dict[str, Any]
     }, report
 
 
-def _seen_split(report: Any, qrels: dict[str, dict[str, int]], trained: dict[str, dict[str, int]]
-                ) -> dict[str, Any]:
+def _seen_split(report: Any, qrels: dict[str, dict[str, int]], trained: Any) -> dict[str, Any]:
     """nDCG@10 on the test queries one of whose relevant documents a training query also had as relevant
     ("seen") and on the rest ("unseen"): on one corpus a domain model learns its documents as well as its
     queries, and only the unseen part says how it does on documents nobody judged for it."""
     from rankwise.evaluation.significance import randomization_test
 
-    answered = {d for judged in trained.values() for d, grade in judged.items() if grade > 0}
-    seen = {q for q, judged in qrels.items() if any(g > 0 and d in answered for d, g in judged.items())}
+    unseen = trained.unseen_answers(qrels)
     out: dict[str, Any] = {}
-    for label, ids in (("seen", sorted(seen)), ("unseen", sorted(set(qrels) - seen))):
+    for label, ids in (("seen", sorted(set(qrels) - set(unseen))), ("unseen", unseen)):
         if not ids:
             out[label] = {"queries": 0}
             continue

@@ -62,8 +62,8 @@ def train_bi_encoder(
     serving_length = model.max_seq_length
     model.max_seq_length = config.max_length
     evaluator = None
-    encoder = frozen_passages.passage_encoder_of(config.base_model)
-    if config.frozen_passages:
+    encoder = frozen_passages.passage_encoder_of(config.base_model) if config.frozen_passages else None
+    if encoder is not None:
         vectors = frozen_passages.PassageVectors(encoder, [*train, *validation])
         rows, loss = frozen_passages.frozen_rows(train, vectors), frozen_passages.frozen_passage_loss(model, vectors)
         if validation:
@@ -90,7 +90,7 @@ def train_bi_encoder(
     final = output / "final"
     model.max_seq_length = serving_length
     model.save(str(final))
-    kept = frozen_passages.keep_passage_encoder(encoder, final) if config.frozen_passages else None
+    kept = None if encoder is None else frozen_passages.keep_passage_encoder(encoder, final)
     write_declaration(final, Declaration("bi-encoder", passage_encoder=kept))
     return finish(trainer, config, output, final, seconds, last, clock)
 

@@ -39,6 +39,15 @@ class JudgedQueries:
         prepared = gold.prepare(known_documents=known_documents)
         return cls(dict(prepared.queries), {q: dict(r) for q, r in prepared.qrels.items()})
 
+    def unseen_answers(self, qrels: Mapping[str, Mapping[str, int]]) -> list[str]:
+        """The queries of ``qrels`` none of whose relevant documents is relevant to a query judged here.
+
+        One corpus serves training and evaluation, so a held-out query often shares its answer with a
+        training query; only the others show how a model treats documents nobody judged for it.
+        """
+        answered = {d for docs in self.qrels.values() for d, grade in docs.items() if grade > 0}
+        return sorted(q for q, docs in qrels.items() if not any(g > 0 and d in answered for d, g in docs.items()))
+
     def split(self, validation_fraction: float, seed: int) -> tuple[JudgedQueries, JudgedQueries]:
         """Hold out a seeded random fraction of *queries* (never pairs of one query on both sides)."""
         ids = sorted(self.qrels)

@@ -51,9 +51,6 @@ class PassageVectors:
         embedder = Embedder(str(encoder), reranking=True)
         self.matrix = np.asarray(embedder.encode(texts, show_progress=True), dtype=np.float32)
 
-    def __len__(self) -> int:
-        return len(self.row)
-
 
 def frozen_rows(groups: Sequence[TrainingGroup], vectors: PassageVectors) -> dict[str, list[Any]]:
     """One row per query: its text and the rows of its positives (padded with -1 to one width)."""

@@ -97,9 +97,7 @@ def judge_against_first_stage(index: Index, validation: JudgedQueries, model_dir
     assert loaded is not None  # a model directory always loads as a reranker (or raises)
     reranker = _ScoredOnce(loaded)
     system = stage + RERANKED_SUFFIX
-    answered = {d for docs in (trained.qrels if trained else {}).values() for d, grade in docs.items() if grade > 0}
-    unseen = sorted(q for q, docs in gold.qrels.items()
-                    if trained is not None and not any(g > 0 and d in answered for d, g in docs.items()))
+    unseen = [] if trained is None else trained.unseen_answers(gold.qrels)
     verdicts = []
     for fusion in ("rrf", "none"):
         report = evaluate(index, gold, first_stages=[stage], reranker=reranker, metrics=[METRIC], baseline=stage,
