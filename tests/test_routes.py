@@ -121,4 +121,4 @@ def test_the_servers_own_damaged_data_is_a_503_that_names_no_path_and_shows_in_r
         problems = ready.json()["problems"]
         assert any(str(index.path) in detail for detail in problems.values()), problems  # the operator's view
         docstore.write_bytes(intact)  # repaired: ready again, the problem gone
-        assert client.get("/readyz").status_code == 200 and not client.get("/readyz").json().get("problems")
+        assert client.get("/readyz").status_code == 200 and not client.get("/readyz").json().get("problems"), client.get("/readyz").text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -29,7 +30,7 @@ from rankwise.cli.common import (
     out,
     prelude,
 )
-from rankwise.errors import QueryError
+from rankwise.errors import CorpusError, QueryError
 from rankwise.types import SearchResponse
 
 app = typer.Typer()
@@ -38,8 +39,18 @@ app = typer.Typer()
 @app.command()
 @friendly_errors
 def index(
-    source: Annotated[str, typer.Argument(help="BEIR dir, .jsonl/.csv file, or a directory of .txt/.md/.html.")],
     index_dir: IndexOpt,
+    source: Annotated[str | None, typer.Argument(
+        help="BEIR dir, .jsonl/.csv file, or a directory of .txt/.md/.html (with --update: the documents to "
+             "add or replace).")] = None,
+    update: Annotated[bool, typer.Option(
+        "--update", help="Add or replace SOURCE's documents by id, keeping the rest (the index's own settings).")] = False,
+    delete: Annotated[list[str] | None, typer.Option(
+        "--delete", help="Remove this document id (repeatable); implies --update.")] = None,
+    deletions: Annotated[Path | None, typer.Option(
+        help="Remove the document ids in this file (one per line); implies --update.")] = None,
+    rollback: Annotated[bool, typer.Option(
+        "--rollback", help="Make the version the last build or update replaced live again.")] = False,
     embedding_model: Annotated[str, typer.Option(help="Bi-encoder: local dir or hub id.")] = "minilm",
     no_dense: Annotated[bool, typer.Option("--no-dense", help="Lexical-only index (no vectors).")] = False,
     passage_tokens: Annotated[int, typer.Option(help="Max tokens per passage.")] = 256,
@@ -48,13 +59,25 @@ def index(
         help="Bi-encoder inference; auto: fastest for this CPU; torch: exact fp32 (torch-bf16 is reranker-only).")] = "auto",
     allow_download: AllowDownload = False,
 ) -> None:
-    """Build or update an index (atomic; unchanged passages keep their vectors)."""
+    """Build, update or roll back an index (atomic; unchanged passages keep their vectors; the replaced
+    version is kept as INDEX.previous)."""
     prelude(allow_download)
     from rankwise.corpus.chunking import ChunkingSettings
-    from rankwise.index import Index
+    from rankwise.index import Index, rollback_index, update_index
     from rankwise.index.dense import Embedder
+    from rankwise.index.update import read_deletions
 
-    chunking = ChunkingSettings(max_tokens=passage_tokens, overlap=overlap)
+    removed = [*(delete or []), *(read_deletions(deletions) if deletions is not None else [])]
+    if rollback:
+        if source is not None or update or removed:
+            raise CorpusError("--rollback takes only --index: it swaps in the version kept beside the index")
+        back = rollback_index(index_dir)
+        out.print(f"[green]rolled back[/] {index_dir} to {back.manifest.num_documents} documents, fingerprint "
+                  f"{back.fingerprint} (built {back.manifest.created_at}); the version rolled back from is now "
+                  f"{index_dir}.previous")
+        return
+    if source is None and not removed:
+        raise CorpusError("nothing to do: give a SOURCE to index, --delete/--deletions to remove documents, or --rollback")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bars:
         tasks: dict[str, Any] = {}
@@ -64,11 +87,25 @@ def index(
                 tasks[stage] = bars.add_task(stage, total=total)
             bars.update(tasks[stage], completed=done, total=total)
 
-        embedder = None if no_dense else Embedder(embedding_model, backend=embedding_backend)  # type: ignore[arg-type]
-        built = Index.build(source, index_dir, embedding_model=None if no_dense else embedding_model,
-                            chunking=chunking, progress=progress, embedder=embedder)
+        if update or removed:
+            built, summary = update_index(index_dir, source, delete=removed, progress=progress)
+        else:
+            chunking = ChunkingSettings(max_tokens=passage_tokens, overlap=overlap)
+            embedder = None if no_dense else Embedder(embedding_model, backend=embedding_backend)  # type: ignore[arg-type]
+            built = Index.build(source, index_dir, embedding_model=None if no_dense else embedding_model,  # type: ignore[arg-type]
+                                chunking=chunking, progress=progress, embedder=embedder)
+            summary = None
     m = built.manifest
     stats = m.stats
+    if summary is not None:
+        missing = (f"; not in the index: {', '.join(summary.not_found[:5])}"
+                   + (" …" if len(summary.not_found) > 5 else "")) if summary.not_found else ""
+        changes = (f"{summary.added} added, {summary.changed} changed, {summary.unchanged} unchanged, "
+                   f"{summary.deleted} deleted{missing}")
+        if not summary.changes_anything:
+            out.print(f"[yellow]unchanged[/] {index_dir}: {changes}; fingerprint {m.fingerprint}")
+            return
+        out.print(f"[green]updated[/] {index_dir}: {changes}")
     out.print(f"[green]indexed[/] {m.num_documents} documents → {m.num_passages} passages in {index_dir} "
               f"({stats.get('build_seconds')} s; embedded {stats.get('embedded')}, reused {stats.get('reused')}"
               + (f", {stats['passages_per_second']} passages/s" if stats.get("passages_per_second") else "")

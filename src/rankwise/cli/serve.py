@@ -102,8 +102,9 @@ def serve(
     canary_model: Annotated[str, typer.Option(help="What the canary share is served with.")] = "candidate",
     experiment: Annotated[Path | None, typer.Option(help="Experiment file (TOML/JSON): A/B arms with traffic "
                                                          "shares, or team-draft interleaving of two arms.")] = None,
-    follow_interval: Annotated[str, typer.Option(help="How often registry aliases are re-read, so promote and "
-                                                      "rollback take effect without a restart; 0 pins.")] = "2s",
+    follow_interval: Annotated[str, typer.Option(help="How often registry aliases and the index are re-read, so "
+                                                      "promote, rollback and index updates take effect without a "
+                                                      "restart; 0 pins.")] = "2s",
     drift_reference: Annotated[Path | None, typer.Option(help="Reference window of traffic signals (from "
                                                               "`rankwise monitor drift --save-reference`): "
                                                               "exports drift gauges.")] = None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,17 @@ class DocStore:
             return None
         doc_id, text, title, metadata = rows[0]
         return Document(id=doc_id, text=text, title=title, metadata=self._metadata_object(doc_id, metadata))
+
+    def documents(self, page: int = 1000) -> Iterator[Document]:
+        """Every document, in the order it was indexed, read a page at a time (an update re-reads them all)."""
+        last = 0
+        while True:
+            rows = self._query("SELECT rowid, doc_id, text, title, metadata FROM documents WHERE rowid > ? "
+                               "ORDER BY rowid LIMIT ?", (last, page))
+            for last, doc_id, text, title, metadata in rows:
+                yield Document(id=doc_id, text=text, title=title, metadata=self._metadata_object(doc_id, metadata))
+            if len(rows) < page:
+                return
 
     def metadata(self, doc_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         if not doc_ids:

@@ -49,7 +49,7 @@ DOCSTORE, BM25_DIR, VECTORS = INDEX_ENTRIES
 Progress = Callable[[str, int, int | None], None]
 
 
-def _no_progress(stage: str, done: int, total: int | None) -> None:
+def no_progress(stage: str, done: int, total: int | None) -> None:
     return None
 
 
@@ -165,6 +165,19 @@ class Index:
             raise QueryError(f"index '{self.path}' was built without dense vectors (--no-dense); "
                              "use --first-stage bm25 or rebuild with dense vectors")
 
+    def preload(self) -> Index:
+        """Read every part that is read lazily from the index directory now (BM25, vectors).
+
+        A server swapping in a new version calls it first: those parts are read by path, and once a later
+        update has renamed this version's directory a lazy read would find the next version's files. The
+        query encoder is loaded from the model's own directory (and checked against this manifest), so it
+        may stay lazy.
+        """
+        _ = self.passage_doc_ids, self.bm25
+        if self.has_dense:
+            _ = self.vectors
+        return self
+
     def close(self) -> None:
         self.docstore.close()
 
@@ -178,12 +191,15 @@ class Index:
         embedding_model: str | None = "minilm",
         chunking: ChunkingSettings | None = None,
         bm25: BM25Settings | None = None,
-        progress: Progress = _no_progress,
+        progress: Progress = no_progress,
         embedder: Embedder | None = None,
+        label: str | None = None,
     ) -> Index:
         """Build (or rebuild) the index at ``path`` from a corpus source or an iterable of documents.
 
         ``embedding_model=None`` builds a lexical-only index (no vectors, ``dense``/``hybrid`` refused).
+        ``label`` names the source in the manifest (default: the path, or ``<documents>``). The index this
+        build replaces is kept as ``NAME.previous`` (see :mod:`rankwise.index.update`).
         """
         path = Path(path)
         started = time.perf_counter()
@@ -191,7 +207,7 @@ class Index:
         if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not looks_like_index(path))):
             raise IndexNotFoundError(f"'{path}' exists and is not a rankwise index; refusing to overwrite it, "
                                      "choose an empty or new directory")
-        label = str(source) if isinstance(source, (str, Path)) else "<documents>"
+        label = label or (str(source) if isinstance(source, (str, Path)) else "<documents>")
         documents = load_documents(source) if isinstance(source, (str, Path)) else iter(source)
         if embedder is None and embedding_model is not None:
             embedder = Embedder(embedding_model)

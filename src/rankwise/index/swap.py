@@ -5,10 +5,15 @@ then makes it the live ``NAME``:
 
 * On Linux, ``renameat2(RENAME_EXCHANGE)`` (called through ``ctypes``) swaps the two directories in one
   atomic step: at every instant ``NAME`` is either the complete old index or the complete new one. The old
-  index, now under the build's name, is deleted afterwards.
+  index, now under the build's name, becomes ``NAME.previous`` (what a rollback returns to), and the one
+  before it is deleted.
 * Where the exchange is unavailable (another OS, an old C library, a filesystem that refuses it) two
   renames do the job: ``NAME`` → ``.NAME.old-PID-HEX``, then the build → ``NAME``. A crash between them
   leaves no ``NAME``; :func:`recover_interrupted_swap` puts the old index back.
+
+:func:`swap_with_previous` exchanges ``NAME`` and ``NAME.previous`` the same way, so a rollback is as atomic
+as a build, and a second one returns to the version rolled back from. A crash after a swap but before the
+replaced index is renamed ``NAME.previous`` loses only the rollback target, never the live index.
 
 Recovery runs when an index is opened and when a build starts. Every leftover name carries the pid of the
 process that made it (and, on Linux, that process's start time, so that after a reboot or a container
@@ -71,8 +76,13 @@ def exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
+def previous_version(path: Path) -> Path:
+    """Where the index a build replaced is kept: ``NAME.previous``, beside it and visible (it takes disk)."""
+    return path.with_name(f"{path.name}.previous")
+
+
 def replace_directory(new: Path, path: Path) -> None:
-    """Make the complete directory ``new`` the live ``path``; the previous ``path`` is deleted afterwards.
+    """Make the complete directory ``new`` the live ``path``; the replaced ``path`` becomes its previous version.
 
     ``new`` must be a sibling of ``path``. On return ``new`` no longer exists. On an exception the previous
     ``path`` is still in place (or, for a crash, is put back by :func:`recover_interrupted_swap`).
@@ -83,16 +93,30 @@ def replace_directory(new: Path, path: Path) -> None:
         _fsync_directory(path.parent)
         checkpoint("index:swapped")
         return
-    old = path.parent / f".{path.name}.old-{_owner()}-{uuid.uuid4().hex[:8]}"
+    replaced = _put_in_place(new, path)
+    checkpoint("index:swapped")
+    _keep_as_previous(replaced, path)
+
+
+def swap_with_previous(path: Path) -> None:
+    """Exchange the live ``path`` and ``NAME.previous`` (a rollback; once more, a roll forward)."""
+    previous = previous_version(path)
+    replaced = _put_in_place(previous, path)
+    if replaced != previous:
+        os.rename(replaced, previous)
+        _fsync_directory(path.parent)
+
+
+def _put_in_place(new: Path, path: Path) -> Path:
+    """Make ``new`` the live ``path`` (one exchange, or two renames); returns where the replaced one is now.
+
+    Between the two renames ``path`` does not exist: a crash there leaves the replaced index under a
+    ``.NAME.old-*`` name, which the next open renames back.
+    """
     if exchange(new, path):
         _fsync_directory(path.parent)
-        checkpoint("index:swapped")
-        # ``new`` now holds the previous index: name it as such, so that if this process dies while
-        # deleting it, the next open (not only the next build) removes the rest
-        with contextlib.suppress(OSError):
-            os.rename(new, old)
-        shutil.rmtree(old if old.exists() else new, ignore_errors=True)
-        return
+        return new
+    old = path.parent / f".{path.name}.old-{_owner()}-{uuid.uuid4().hex[:8]}"
     os.rename(path, old)
     try:
         checkpoint("index:old-moved")
@@ -102,8 +126,22 @@ def replace_directory(new: Path, path: Path) -> None:
             os.rename(old, path)
         raise
     _fsync_directory(path.parent)
-    checkpoint("index:swapped")
-    shutil.rmtree(old, ignore_errors=True)
+    return old
+
+
+def _keep_as_previous(replaced: Path, path: Path) -> None:
+    """Name the index just replaced ``NAME.previous``, deleting the one kept before it.
+
+    The one deleted is first renamed to a ``.NAME.old-*`` leftover, so a crash while deleting it leaves
+    something the next open removes, never a half-deleted ``NAME.previous`` a rollback would refuse.
+    """
+    previous = previous_version(path)
+    if previous.exists():
+        discard = path.parent / f".{path.name}.old-{_owner()}-{uuid.uuid4().hex[:8]}"
+        os.rename(previous, discard)
+        shutil.rmtree(discard, ignore_errors=True)
+    os.rename(replaced, previous)
+    _fsync_directory(path.parent)
 
 
 def recover_interrupted_swap(path: Path) -> None:

@@ -210,6 +210,8 @@ def _lifespan(state: ServingState) -> Callable[[FastAPI], contextlib.AbstractAsy
             state.shadow.start()
         if state.monitor is not None:
             state.monitor.start()
+        if state.follower is not None:
+            state.follower.start()
         retention = asyncio.create_task(_purge_expired(state))
         warm = asyncio.create_task(_warm_up(state))
         try:

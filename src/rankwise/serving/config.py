@@ -144,14 +144,14 @@ class ShadowSettings:
 @dataclass(frozen=True, slots=True)
 class RolloutSettings:
     """Which reranker answers whom besides production (a canary or an experiment's arms), and how promptly
-    the server follows a registry alias that moves."""
+    the server follows a registry alias that moves or an index that is rebuilt, updated or rolled back."""
 
     #: serve this share of callers (sticky by user/key) with ``canary`` instead of production
     canary: str = "candidate"
     canary_share: float = 0.0
     #: an experiment definition (A/B arms or interleaving), see :mod:`rankwise.experiments`
     experiment: Path | None = None
-    #: how often registry aliases are re-read (seconds); 0 pins the versions loaded at start
+    #: how often registry aliases and the index's manifest are re-read (seconds); 0 pins the versions loaded at start
     follow_interval_s: float = 2.0
 
     def __post_init__(self) -> None:

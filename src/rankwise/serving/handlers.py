@@ -130,11 +130,12 @@ def _scoped_event_id(request: Request, event_id: str) -> str:
 async def search(state: ServingState, body: Any, request: Request) -> JSONResponse:
     """First stage (bm25 | dense | hybrid) over the index, then the reranker over the top candidates;
     each result carries both scores, its rank movement and provenance."""
-    if state.search is None or state.index is None:
+    service = state.search  # read once: this request answers from this index version, whatever swaps in meanwhile
+    if service is None:
         raise ApiError(404, "this server has no index; start it with --index DIR")
     query = validate_query(body.query)
     digest = query_sha(state, query)
-    request.state.audit.update(index_fingerprint=state.index.fingerprint, query_sha256=digest)
+    request.state.audit.update(index_fingerprint=service.index.fingerprint, query_sha256=digest)
     deadline = _deadline(state, request, body.timeout_ms)
     loop = asyncio.get_running_loop()
     router = state.router
@@ -145,7 +146,6 @@ async def search(state: ServingState, body: Any, request: Request) -> JSONRespon
 
         asked = PipelineSettings(body.first_stage, body.retrieve_k, body.rerank_k, body.rerank_fusion)
 
-        service = state.search
         shared: Retrieved | None = None
         if route.arms is not None and service.retrieves_alike(asked.over(route.settings),
                                                                asked.over(route.other_settings)):

@@ -48,6 +48,9 @@ class ServingMetrics:
         self.ready = Gauge("rankwise_ready", "1 once the model is loaded and warmed", registry=r)
         self.model_swaps = Counter("rankwise_model_swaps", "Registry alias changes followed without a restart",
                                    ["role", "outcome"], registry=r)
+        self.index_swaps = Counter("rankwise_index_swaps", "New index versions (rebuilt, updated, rolled back) "
+                                   "followed without a restart, by outcome", ["outcome"], registry=r)
+        self.index = Info("rankwise_index", "The index version being served", registry=r)
         self.same_version = Gauge("rankwise_same_version", "1 when the canary serves production's version, or an "
                                   "experiment arm another arm's (the comparison compares a model with itself)",
                                   ["role"], registry=r)

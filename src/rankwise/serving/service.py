@@ -157,7 +157,8 @@ class SearchService:
         self._lock = threading.Lock()
 
     def warm(self) -> None:
-        """Load the first stage's lazy parts (BM25, vectors, query encoder) before traffic arrives."""
+        """Load the index's lazy parts (BM25, vectors, query encoder) and run one search before traffic arrives."""
+        self.index.preload()
         with self._lock:
             FirstStage(self.index, FirstStageSettings(method=self.pipeline.first_stage)).retrieve("warm up", 1)
 

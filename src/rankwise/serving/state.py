@@ -17,6 +17,7 @@ from rankwise.serving.audit import AuditLog, SQLiteAuditLog
 from rankwise.serving.auth import KeyStore, RateLimiter
 from rankwise.serving.cache import ScoreCache, open_score_cache
 from rankwise.serving.config import LoopSettings, ServeConfig
+from rankwise.serving.index_follow import IndexFollower
 from rankwise.serving.metrics import ServingMetrics
 from rankwise.serving.models import ModelRouter
 from rankwise.serving.service import SearchService
@@ -40,6 +41,7 @@ class ServingState:
     experiment: Experiment | None = None
     drift: DriftWatch | None = None
     monitor: ScheduledMonitor | None = None
+    follower: IndexFollower | None = None
     ready: bool = False
     not_ready_reason: str = "warming up"
     #: names a request's ``model`` may use for the served reranker, besides each loaded version's own
@@ -47,8 +49,26 @@ class ServingState:
     #: the latest failure of the server's own data by error kind (a damaged index…), shown in /readyz
     data_problems: dict[str, str] = field(default_factory=dict)
 
+    def use_index(self, index: Index) -> None:
+        """Serve ``index`` from the next request on, once it is warm.
+
+        A request reads :attr:`search` once and keeps that service (and its index) until it answers, so
+        requests in flight finish on the version they started with. The replaced version is not closed here
+        for the same reason: it is released when the last request holding it is done.
+        """
+        search = SearchService(index, self.config.pipeline, allow_unknown_filters=self.config.allow_unknown_filters)
+        search.warm()
+        if self.drift is not None:
+            self.drift.use_index(index)
+        if self.monitor is not None:
+            self.monitor.use_index(index)
+        self.index, self.search = index, search
+        self.metrics.index.info(index_info(index))
+
     def close(self) -> None:
         """Stop the worker threads (the cache is async and closed by the app's lifespan)."""
+        if self.follower is not None:
+            self.follower.close()
         if self.monitor is not None:
             self.monitor.close()
         if self.shadow is not None:
@@ -98,9 +118,19 @@ def load_state(config: ServeConfig) -> ServingState:
         if config.monitor.every_s is not None:
             state.monitor = ScheduledMonitor(config.monitor, state.index, metrics, reranker=config.reranker,
                                              load=config.load, pipeline=config.pipeline)
+        metrics.index.info(index_info(state.index))
+        if config.rollout.follow_interval_s > 0:
+            state.follower = IndexFollower(config.index, state.index, config.rollout.follow_interval_s,  # type: ignore[arg-type]
+                                           metrics, state.use_index)
     if config.audit is not None:
         state.audit = SQLiteAuditLog(config.audit)
     return state
+
+
+def index_info(index: Index) -> dict[str, str]:
+    m = index.manifest
+    return {"fingerprint": m.fingerprint, "documents": str(m.num_documents), "passages": str(m.num_passages),
+            "built_at": m.created_at}
 
 
 def _never_busy() -> bool:

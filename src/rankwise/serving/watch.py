@@ -47,6 +47,10 @@ class DriftWatch:
         self.reference = DriftReference.load(reference) if reference is not None else None
         self.window = RollingWindow(settings.drift_window)
 
+    def use_index(self, index: Index) -> None:
+        """Out-of-vocabulary rates against a new index version from now on (the reference stays)."""
+        self.vocabulary = QueryVocabulary.from_index(index)
+
     def observe(self, query: str, response: SearchResponse) -> dict[str, float]:
         """The request's signals (logged with it), added to the rolling window."""
         signals = query_signals(query, response, self.vocabulary)
@@ -95,7 +99,8 @@ class ScheduledMonitor:
         self.pipeline = pipeline
         self.index = index
         self.metrics = metrics
-        self.gold = GoldSet.load(settings.goldset).prepare(known_documents=set(index.passage_doc_ids))
+        self.goldset = GoldSet.load(settings.goldset)
+        self.gold = self.goldset.prepare(known_documents=set(index.passage_doc_ids))
         SQLiteMonitorHistory(self.history).close()  # a bad path stops the server now, not in a day
         metrics.monitor_alarm.set(_STATUS["inconclusive"])  # until a run says otherwise
         self._stop = threading.Event()
@@ -103,6 +108,11 @@ class ScheduledMonitor:
 
     def start(self) -> None:
         self._thread.start()
+
+    def use_index(self, index: Index) -> None:
+        """Evaluate on a new index version from the next run on, judged on the documents it has."""
+        gold = self.goldset.prepare(known_documents=set(index.passage_doc_ids))
+        self.index, self.gold = index, gold
 
     def close(self) -> None:
         self._stop.set()
