@@ -10,7 +10,7 @@ answer is ``respond`` without scores, not a pipeline with its reranker removed.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -121,26 +121,40 @@ class Pipeline:
         method = self.first_stage.settings.method
         return method if self.reranker is None else f"{method}+{self.reranker.name}"
 
-    def search(self, query: str, k: int = 10, filters: dict[str, Any] | None = None) -> SearchResponse:
-        """Retrieve, rerank and return the top ``k`` results with both signals and provenance."""
+    def search(self, query: str, k: int = 10, filters: dict[str, Any] | None = None,
+               groups: Collection[str] | None = None) -> SearchResponse:
+        """Retrieve, rerank and return the top ``k`` results with both signals and provenance.
+
+        ``groups``: search as a caller in these groups — only public documents and those whose access list
+        names one of them are considered (None: every document; see :meth:`retrieve`).
+        """
         t0 = time.perf_counter()
-        candidates = self.retrieve(query, filters)
+        candidates = self.retrieve(query, filters, groups)
         timings = {"first_stage": (time.perf_counter() - t0) * 1000}
         t1 = time.perf_counter()
         scores = self.rerank(query, candidates)
         if scores is not None:
             timings["rerank"] = (time.perf_counter() - t1) * 1000
         return self.respond(query, candidates, scores, k=k, timings=timings, started=t0,
-                            warnings=self.warnings(candidates, filters))
+                            warnings=self.warnings(candidates, filters, groups))
 
-    def retrieve(self, query: str, filters: dict[str, Any] | None = None) -> list[Candidate]:
-        """The first stage's top ``retrieve_k`` candidates, best first."""
-        return self.first_stage.retrieve(validate_query(query), self.retrieve_k, filters)
+    def retrieve(self, query: str, filters: dict[str, Any] | None = None,
+                 groups: Collection[str] | None = None) -> list[Candidate]:
+        """The first stage's top ``retrieve_k`` candidates, best first, among the documents ``groups`` may
+        see: the reranker only ever scores what the caller is allowed to read."""
+        return self.first_stage.retrieve(validate_query(query), self.retrieve_k, filters, groups)
 
-    def warnings(self, candidates: Sequence[Candidate], filters: dict[str, Any] | None) -> list[str]:
+    def warnings(self, candidates: Sequence[Candidate], filters: dict[str, Any] | None,
+                 groups: Collection[str] | None = None) -> list[str]:
         """What the caller should be told about an answer: why it is empty when the filters match no
-        document (a value in the wrong case, a combination nobody has), rather than an empty list alone."""
-        if not filters or candidates or self.index.docstore.rows_matching(filters).size:
+        document (a value in the wrong case, a combination nobody has), rather than an empty list alone.
+        A caller restricted to ``groups`` is only told that nothing it may see matches: the explanation
+        quotes metadata values, which may be those of documents it may not see."""
+        if not filters or candidates:
+            return []
+        if groups is not None:
+            return [f"no document visible to {', '.join(sorted(groups)) or 'public access'} matches these filters"]
+        if self.index.docstore.rows_matching(filters).size:
             return []
         return [self.index.docstore.why_nothing_matches(filters)]
 

@@ -200,6 +200,8 @@ def load_reranker_option(spec: str, *, registry: Path | None, backend: str, devi
 
 IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index directory.")]
 AllowDownload = Annotated[bool, typer.Option("--allow-download", help="Allow fetching hub models (off: offline only).")]
+GroupsOpt = Annotated[list[str] | None, typer.Option(
+    "--group", help="Only public documents and those whose `groups` metadata names this group (repeatable).")]
 RerankerOpt = Annotated[str, typer.Option(help="Cross-encoder: registry name (production, candidate, v3), local dir, "
                                                "cached hub id, or 'none'.")]
 RegistryOpt = Annotated[Path | None, typer.Option("--registry", help="Model registry dir (default: $RANKWISE_REGISTRY "

@@ -18,6 +18,7 @@ from rankwise.cli.common import (
     FirstStageOpt,
     FirstStagesOpt,
     GoldsetOpt,
+    GroupsOpt,
     IndexOpt,
     LimitQueries,
     MaxLength,
@@ -152,6 +153,7 @@ def label(
     backend: BackendOpt = "auto",
     device: DeviceOpt = "cpu",
     registry: RegistryOpt = None,
+    group: GroupsOpt = None,
     allow_download: AllowDownload = False,
 ) -> None:
     """Write a labelling sheet (CSV + JSONL) of each query's current top-k documents."""
@@ -166,7 +168,8 @@ def label(
     pipeline = Pipeline(Index(index_dir), ranker, first_stage=first_stage)
     with progress_bars() as bars:
         task = bars.add_task("retrieving", total=len(texts))
-        rows = build_sheet(pipeline, texts, k=k, progress=lambda done, _: bars.update(task, completed=done))
+        rows = build_sheet(pipeline, texts, k=k, progress=lambda done, _: bars.update(task, completed=done),
+                           groups=group)
     csv_path, jsonl_path = write_sheet(rows, out_dir)
     out.print(f"[green]wrote[/] {len(rows)} rows for {len(texts)} queries to {csv_path} and {jsonl_path}\n"
               "Give each annotator a copy; they fill in 'label' (e.g. 0 = not relevant … 3 = perfect) and their "

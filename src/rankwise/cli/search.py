@@ -17,6 +17,7 @@ from rankwise.cli.common import (
     BackendOpt,
     DeviceOpt,
     FirstStageOpt,
+    GroupsOpt,
     IndexOpt,
     MaxLength,
     RegistryOpt,
@@ -142,6 +143,7 @@ def search(
     registry: RegistryOpt = None,
     filter_: Annotated[list[str], typer.Option("--filter", help="Metadata filter key=value (repeatable).")] = [],  # noqa: B006
     allow_unknown_filters: AllowUnknownFilters = False,
+    group: GroupsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     allow_download: AllowDownload = False,
 ) -> None:
@@ -156,7 +158,7 @@ def search(
     pipeline = Pipeline(idx, ranker, first_stage=first_stage, retrieve_k=retrieve_k, rerank_k=rerank_k,
                         rerank_fusion=rerank_fusion, fusion=fusion, alpha=alpha,  # type: ignore[arg-type]
                         granularity=granularity, allow_unknown_filters=allow_unknown_filters)  # type: ignore[arg-type]
-    response = pipeline.search(query, k=k, filters=_parse_filters(filter_))
+    response = pipeline.search(query, k=k, filters=_parse_filters(filter_), groups=group)
     if as_json:
         typer.echo(response.to_json())
     else:

@@ -19,6 +19,7 @@ from rankwise.cli.common import (
     DeviceOpt,
     FeedbackDbOpt,
     FirstStageOpt,
+    GroupsOpt,
     MaxLength,
     RegistryOpt,
     RerankerOpt,
@@ -195,11 +196,12 @@ def keys_add(
     tenant: Annotated[str | None, typer.Option(help="The application the key belongs to: keys of one tenant "
                                                     "may send feedback on each other's requests (a front end's "
                                                     "feedback key on its backend's searches).")] = None,
+    group: GroupsOpt = None,
 ) -> None:
     """Create a key and print its secret once (only a hash is stored)."""
     from rankwise.serving.auth import KeyStore
 
-    key, token = KeyStore(keys_file).add(role, name=name, rate_per_s=rate, burst=burst, tenant=tenant)
+    key, token = KeyStore(keys_file).add(role, name=name, rate_per_s=rate, burst=burst, tenant=tenant, groups=group)
     err.print(f"created key {key.id} with role(s) {', '.join(key.roles)}; the secret is shown only now:",
               highlight=False)
     typer.echo(token)
@@ -213,7 +215,8 @@ def keys_list(keys_file: KeysFile) -> None:
     for key in KeyStore(keys_file).list():
         limit = f"{key.rate_per_s or 'default'}/s burst {key.burst or 'default'}"
         tenant = f"  tenant {key.tenant}" if key.tenant else ""
-        out.print(f"{key.id}  {','.join(key.roles):<18} {limit:<28} {key.created}  {key.name}{tenant}",
+        groups = f"  groups {','.join(key.groups)}" if key.groups is not None else ""
+        out.print(f"{key.id}  {','.join(key.roles):<18} {limit:<28} {key.created}  {key.name}{tenant}{groups}",
                   highlight=False)
 
 @keys_app.command("revoke")
@@ -270,7 +273,8 @@ def audit_cmd(
                          no_wrap=column in ("time (UTC)", "request", "endpoint", "reranker", "index", "ms"))
     for r in rows:
         top = ", ".join(str(x.get("doc_id", x.get("index"))) for x in r["results"][:3])
-        table.add_row(r["time"][5:19].replace("T", " "), r["request_id"][:8], r["key_id"] or "—",
+        who = (r["key_id"] or "—") + (f" as {','.join(r['groups']) or 'public'}" if r["groups"] is not None else "")
+        table.add_row(r["time"][5:19].replace("T", " "), r["request_id"][:8], who,
                       r["endpoint"].removeprefix("/v1/"), str(r["status"]) + (" degraded" if r["degraded"] else ""),
                       (r["reranker_sha256"] or "—")[:8], (r["index_fingerprint"] or "—")[:8],
                       top + ("…" if len(r["results"]) > 3 else ""), f"{r['latency_ms']:.0f}")

@@ -17,7 +17,7 @@ import csv
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -49,13 +49,15 @@ SHEET_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(SheetRow))
 
 
 def build_sheet(pipeline: Pipeline, queries: Mapping[str, str], k: int = 20,
-                progress: Callable[[int, int], None] | None = None) -> list[SheetRow]:
-    """The top ``k`` documents of each query, as the pipeline ranks them today."""
+                progress: Callable[[int, int], None] | None = None,
+                groups: Collection[str] | None = None) -> list[SheetRow]:
+    """The top ``k`` documents of each query, as the pipeline ranks them today; with ``groups``, among the
+    documents those groups may see (a sheet for annotators who may only read those)."""
     if k <= 0:
         raise EvaluationError(f"--k must be positive (got {k})")
     rows: list[SheetRow] = []
     for done, (qid, text) in enumerate(queries.items(), start=1):
-        for r in pipeline.search(text, k=k).results:
+        for r in pipeline.search(text, k=k, groups=groups).results:
             rows.append(SheetRow(qid, text, r.rank, r.doc_id, r.title, r.snippet))
         if progress is not None:
             progress(done, len(queries))

@@ -35,6 +35,13 @@ CREATE INDEX passages_doc ON passages(doc_id);
 """
 
 
+#: the metadata field that is a document's access list: a group name or a list of them. A document without
+#: it (or with ``null``) is public; one with an empty list is seen only by callers without restrictions.
+ACCESS_FIELD = "groups"
+#: how many distinct group sets' visible rows are kept (the index never changes once built)
+_VISIBLE_CACHE = 256
+
+
 class DocStore:
     """Read/write access to ``docstore.sqlite``; thread-safe for the read paths a server uses.
 
@@ -50,6 +57,7 @@ class DocStore:
             raise corrupt(path, "the file is missing")
         self.path = path
         self._lock = threading.Lock()
+        self._visible: dict[frozenset[str], np.ndarray] = {}
         try:
             self._conn = connect(path, check_same_thread=False, read_only=not create)
             if create:
@@ -195,6 +203,25 @@ class DocStore:
         if missing:
             return "; ".join(missing)
         return f"no document has all of {json.dumps(filters, ensure_ascii=False)} at once"
+
+    def rows_visible_to(self, groups: frozenset[str]) -> np.ndarray:
+        """Passage rows a caller in ``groups`` may see: public documents, and those whose access list
+        (:data:`ACCESS_FIELD`) names one of the groups. Sorted, and cached per group set."""
+        cached = self._visible.get(groups)
+        if cached is not None:
+            return cached
+        path = f'$."{ACCESS_FIELD}"'
+        names = sorted(groups)
+        sql = ("SELECT p.row FROM passages p JOIN documents d USING(doc_id) "
+               "WHERE coalesce(json_type(d.metadata, ?), 'null') = 'null'"
+               + (f" OR EXISTS (SELECT 1 FROM json_each(d.metadata, ?) g WHERE g.value IN ({','.join('?' * len(names))}))"
+                  if names else "") + " ORDER BY p.row")
+        params = [path, path, *names] if names else [path]
+        rows = np.array([r for (r,) in self._query(sql, params)], dtype=np.int64)
+        if len(self._visible) >= _VISIBLE_CACHE:
+            self._visible.pop(next(iter(self._visible)))
+        self._visible[groups] = rows
+        return rows
 
     def rows_matching(self, filters: dict[str, Any]) -> np.ndarray:
         """Passage rows whose document metadata equals every ``key: value`` in ``filters``.

@@ -8,6 +8,7 @@ Language Modeling", SIGIR 2019), which is also the passage the reranker reads.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,8 +66,14 @@ class FirstStage:
         if self.settings.method != "dense":
             index.bm25  # noqa: B018
 
-    def retrieve(self, query: str, k: int, filters: dict[str, Any] | None = None) -> list[Candidate]:
-        """The top ``k`` candidates (documents or passages), best first."""
+    def retrieve(self, query: str, k: int, filters: dict[str, Any] | None = None,
+                 groups: Collection[str] | None = None) -> list[Candidate]:
+        """The top ``k`` candidates (documents or passages), best first.
+
+        ``groups``: the caller's groups, or None for a caller who may see every document. Documents the
+        caller may not see are excluded inside both retrievers, before anything is ranked or reranked, so
+        they cannot show up, push a visible document down or leave a gap in the ranks.
+        """
         if k <= 0:
             raise QueryError(f"retrieve_k must be positive (got {k})")
         if filters and not self.settings.allow_unknown_filters:
@@ -77,6 +84,9 @@ class FirstStage:
                                  + (", ".join(known[:20]) if known else "no metadata")
                                  + " (allow_unknown_filters / --allow-unknown-filters to match nothing instead)")
         allowed = self.index.docstore.rows_matching(filters) if filters else None
+        if groups is not None:
+            visible = self.index.docstore.rows_visible_to(frozenset(groups))
+            allowed = visible if allowed is None else np.intersect1d(allowed, visible, assume_unique=True)
         if allowed is not None and allowed.size == 0:
             return []
         fetch = self._passages_to_fetch(k)

@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS requests (
     results TEXT NOT NULL,
     error TEXT,
     prev_hash TEXT,
-    row_hash TEXT
+    row_hash TEXT,
+    groups TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_time ON requests(time);
 CREATE INDEX IF NOT EXISTS requests_key ON requests(key_id, time);
@@ -67,6 +68,9 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: rows cannot be deleted'
 """
 _COLUMNS = ("request_id", "time", "key_id", "endpoint", "status", "reranker", "reranker_sha256",
             "index_fingerprint", "query_sha256", "degraded", "cache_hits", "latency_ms", "results", "error")
+#: columns added after rows were first chained: part of a row's hash only when set, so rows written before
+#: they existed verify unchanged (and a value written into such a row later breaks its hash)
+_LATER_COLUMNS = ("groups",)
 
 
 #: longest stored text field: error messages can echo client input (an unknown model name, a bad field)
@@ -95,6 +99,8 @@ class AuditRecord:
     #: ``[{"doc_id": ..., "score": ...}]`` for search, ``[{"index": ..., "score": ...}]`` for rerank
     results: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    #: the groups the request searched as (sorted); None: it was not restricted (or returned no documents)
+    groups: list[str] | None = None
 
 
 def _recognise(conn: sqlite3.Connection) -> bool:
@@ -104,9 +110,9 @@ def _recognise(conn: sqlite3.Connection) -> bool:
 
 
 def _adopt(conn: sqlite3.Connection) -> None:
-    """Bring such a log to the current schema: the hash-chain columns (its old rows stay unchained)."""
+    """Bring such a log to the current schema: the hash-chain and later columns (its old rows stay unchained)."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
-    for column in ("prev_hash", "row_hash"):
+    for column in ("prev_hash", "row_hash", *_LATER_COLUMNS):
         if column not in columns:
             conn.execute(f"ALTER TABLE requests ADD COLUMN {column} TEXT")
 
@@ -114,9 +120,10 @@ def _adopt(conn: sqlite3.Connection) -> None:
 #: the audit log's file mark in SQLite's application_id ("rkau"): another database passed as --audit is refused
 AUDIT_APPLICATION_ID = 0x726B6175
 AUDIT_KIND = DatabaseKind(
-    "audit database", AUDIT_APPLICATION_ID, 1, _SCHEMA + f"PRAGMA application_id = {AUDIT_APPLICATION_ID};\nPRAGMA user_version = 1;\n",
+    "audit database", AUDIT_APPLICATION_ID, 2, _SCHEMA + f"PRAGMA application_id = {AUDIT_APPLICATION_ID};\nPRAGMA user_version = 2;\n",
     AuditError,    wrong_file_fix="choose another --audit path", locked_fix="stop the other process that holds it",
-    full_fix="free disk space or pass another --audit path", recognise=_recognise, adopt=_adopt)
+    full_fix="free disk space or pass another --audit path", recognise=_recognise, adopt=_adopt,
+    migrations={1: "ALTER TABLE requests ADD COLUMN groups TEXT"})
 
 
 class AuditLog(Protocol):
@@ -184,13 +191,13 @@ class SQLiteAuditLog:
 
     def _write(self, batch: Sequence[AuditRecord]) -> None:
         """Chain and commit one batch (on the writer thread): one transaction, one fsync."""
-        names = (*_COLUMNS, "prev_hash", "row_hash")
+        names = (*_COLUMNS, *_LATER_COLUMNS, "prev_hash", "row_hash")
         sql = f"INSERT INTO requests ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
         rows, head = [], self._head
         for rec in batch:
-            row = _row(rec)
-            row_hash = chain_hash(head, row)
-            rows.append((*row, head, row_hash))
+            row, later = _row(rec)
+            row_hash = chain_hash(head, _hashed(row, later))
+            rows.append((*row, *later, head, row_hash))
             head = row_hash
         try:
             with self._conn:
@@ -200,15 +207,22 @@ class SQLiteAuditLog:
             log.exception("could not write %d audit rows to %s", len(batch), self.path)
 
 
-def _row(rec: AuditRecord) -> tuple[Any, ...]:
+def _row(rec: AuditRecord) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The values of :data:`_COLUMNS` and of :data:`_LATER_COLUMNS`, as stored."""
     data = asdict(rec)
+    data["groups"] = json.dumps(rec.groups, ensure_ascii=False) if rec.groups is not None else None
     data["degraded"] = int(rec.degraded)
     data["results"] = json.dumps(rec.results, ensure_ascii=False)
     for name in ("error", "reranker", "key_id"):
         value = data[name]
         if isinstance(value, str) and len(value) > MAX_TEXT:
             data[name] = value[:MAX_TEXT] + f"… ({len(value)} characters)"
-    return tuple(data[c] for c in _COLUMNS)
+    return tuple(data[c] for c in _COLUMNS), tuple(data[c] for c in _LATER_COLUMNS)
+
+
+def _hashed(row: tuple[Any, ...], later: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What a row's link covers: its first columns, and the later ones when any of them is set."""
+    return (*row, *later) if any(value is not None for value in later) else row
 
 
 def chain_hash(prev_hash: str, row: tuple[Any, ...]) -> str:
@@ -249,10 +263,12 @@ def verify_chain(path: Path) -> ChainReport:
         raise AuditError(f"no audit database at '{path}'; pass the --audit path the server was started with")
     conn = open_database(Path(path), AUDIT_KIND, timeout=10, read_only=True)
     try:
-        cursor = conn.execute(f"SELECT seq, {', '.join(_COLUMNS)}, prev_hash, row_hash FROM requests ORDER BY seq")
+        cursor = conn.execute(f"SELECT seq, {', '.join(_selected(conn))}, prev_hash, row_hash FROM requests "
+                              "ORDER BY seq")
         head, rows, unchained, started = GENESIS, 0, 0, False
         for seq, *values in cursor:
-            row, prev_hash, row_hash = tuple(values[:-2]), values[-2], values[-1]
+            columns, prev_hash, row_hash = tuple(values[:-2]), values[-2], values[-1]
+            row = _hashed(columns[:len(_COLUMNS)], columns[len(_COLUMNS):])
             if row_hash is None and not started:
                 unchained += 1
                 continue
@@ -269,6 +285,12 @@ def verify_chain(path: Path) -> ChainReport:
     finally:
         conn.close()
     return ChainReport(rows, unchained, head)
+
+
+def _selected(conn: sqlite3.Connection) -> list[str]:
+    """Every column of a row, NULL for a later one a log opened read-only has not been upgraded to hold."""
+    present = {r[1] for r in conn.execute("PRAGMA table_info(requests)")}
+    return [*_COLUMNS, *(c if c in present else "NULL" for c in _LATER_COLUMNS)]
 
 
 def parse_since(value: str, now: datetime | None = None) -> str:
@@ -291,13 +313,11 @@ def read_audit(path: Path, *, since: str | None = None, key_id: str | None = Non
     if key_id:
         clauses.append("key_id = ?")
         params.append(key_id)
-    sql = f"SELECT {', '.join(_COLUMNS)} FROM requests"
-    if clauses:
-        sql += " WHERE " + " AND ".join(clauses)
-    sql += " ORDER BY seq DESC LIMIT ?"
+    where = " WHERE " + " AND ".join(clauses) if clauses else ""
     params.append(limit)
     conn = open_database(Path(path), AUDIT_KIND, timeout=10, read_only=True)
     try:
+        sql = f"SELECT {', '.join(_selected(conn))} FROM requests{where} ORDER BY seq DESC LIMIT ?"
         rows = conn.execute(sql, params).fetchall()
     except sqlite3.DatabaseError as err:
         raise AuditError(f"'{path}' is not a readable rankwise audit database ({err})") from err
@@ -305,8 +325,9 @@ def read_audit(path: Path, *, since: str | None = None, key_id: str | None = Non
         conn.close()
     out = []
     for row in rows:
-        item = dict(zip(_COLUMNS, row, strict=True))
+        item = dict(zip((*_COLUMNS, *_LATER_COLUMNS), row, strict=True))
         item["degraded"] = bool(item["degraded"])
         item["results"] = json.loads(item["results"])
+        item["groups"] = json.loads(item["groups"]) if item["groups"] is not None else None
         out.append(item)
     return out

@@ -48,6 +48,8 @@ class ApiKey:
     #: the application the key belongs to: keys of one tenant (a backend's search key, its front end's
     #: feedback key) may send feedback on each other's requests; a key without one, only on its own
     tenant: str | None = None
+    #: the groups whose documents the key may search (with public documents); None: every document
+    groups: tuple[str, ...] | None = None
 
     def allows(self, role: str) -> bool:
         return role in self.roles or "admin" in self.roles
@@ -72,7 +74,8 @@ class KeyStore:
 
     # ------------------------------------------------------------------ admin (CLI)
     def add(self, roles: list[str], *, name: str = "", rate_per_s: float | None = None,
-            burst: int | None = None, tenant: str | None = None) -> tuple[ApiKey, str]:
+            burst: int | None = None, tenant: str | None = None,
+            groups: list[str] | None = None) -> tuple[ApiKey, str]:
         """Create a key; returns it and the full token (show it once, it is not stored)."""
         unknown = sorted(set(roles) - set(ROLES))
         if not roles or unknown:
@@ -85,7 +88,7 @@ class KeyStore:
         secret = secrets.token_urlsafe(32)
         key = ApiKey(id=key_id, name=name, roles=tuple(dict.fromkeys(roles)), sha256=_hash(secret),
                      created=utc_now(), rate_per_s=rate_per_s, burst=burst,
-                     tenant=tenant or None)
+                     tenant=tenant or None, groups=tuple(dict.fromkeys(groups)) if groups is not None else None)
         keys[key_id] = key
         self._write(keys)
         return key, f"rk_{key_id}_{secret}"
@@ -134,7 +137,9 @@ class KeyStore:
     def _read(self) -> dict[str, ApiKey]:
         try:
             data = json.loads(self.path.read_text())
-            keys = [ApiKey(**{**k, "roles": tuple(k["roles"])}) for k in data["keys"]]
+            keys = [ApiKey(**{**k, "roles": tuple(k["roles"]),
+                              "groups": tuple(k["groups"]) if k.get("groups") is not None else None})
+                    for k in data["keys"]]
         except FileNotFoundError as err:
             raise KeyFileError(f"keys file '{self.path}' does not exist; create a key with "
                                f"`rankwise keys add --keys {self.path} --role rerank`") from err

@@ -127,6 +127,20 @@ def _scoped_event_id(request: Request, event_id: str) -> str:
     return f"tenant:{key.tenant}:{event_id}" if key.tenant is not None else f"key:{key.id}:{event_id}"
 
 
+def _search_groups(request: Request, asked: list[str] | None) -> frozenset[str] | None:
+    """The groups a search runs as: those the request names (a gateway passing its user's), which must be
+    among the key's own, or else the key's; None (every document) for a key without groups or an open server."""
+    key: ApiKey | None = getattr(request.state, "api_key", None)  # set by the guard on every API route
+    allowed = key.groups if key is not None else None
+    if asked is None:
+        return frozenset(allowed) if allowed is not None else None
+    outside = sorted(set(asked) - set(allowed)) if allowed is not None else []
+    if outside:
+        raise ApiError(403, f"this key may not search as group(s) {', '.join(outside)}; its groups are "
+                       f"{', '.join(allowed) or 'none (public documents only)'}")  # type: ignore[arg-type]
+    return frozenset(asked)
+
+
 async def search(state: ServingState, body: Any, request: Request) -> JSONResponse:
     """First stage (bm25 | dense | hybrid) over the index, then the reranker over the top candidates;
     each result carries both scores, its rank movement and provenance."""
@@ -135,7 +149,9 @@ async def search(state: ServingState, body: Any, request: Request) -> JSONRespon
         raise ApiError(404, "this server has no index; start it with --index DIR")
     query = validate_query(body.query)
     digest = query_sha(state, query)
-    request.state.audit.update(index_fingerprint=service.index.fingerprint, query_sha256=digest)
+    groups = _search_groups(request, body.groups)
+    request.state.audit.update(index_fingerprint=service.index.fingerprint, query_sha256=digest,
+                               groups=sorted(groups) if groups is not None else None)
     deadline = _deadline(state, request, body.timeout_ms)
     loop = asyncio.get_running_loop()
     router = state.router
@@ -150,10 +166,10 @@ async def search(state: ServingState, body: Any, request: Request) -> JSONRespon
         if route.arms is not None and service.retrieves_alike(asked.over(route.settings),
                                                                asked.over(route.other_settings)):
             # interleaved arms that retrieve alike share one first stage; only their rerankers differ
-            shared = await run_in_threadpool(service.retrieve, query, asked.over(route.settings), body.filters)
+            shared = await run_in_threadpool(service.retrieve, query, asked.over(route.settings), body.filters, groups)
 
         def run(served: ServedModel | None, arm: PipelineSettings) -> SearchOutcome:
-            return service.search(query, served.service if served else None, k=body.k, filters=body.filters,
+            return service.search(query, served.service if served else None, k=body.k, filters=body.filters, groups=groups,
                                   settings=asked.over(arm), deadline=deadline, loop=loop, retrieved=shared)
 
         searches = [run_in_threadpool(run, model, route.settings)]

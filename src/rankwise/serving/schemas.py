@@ -104,6 +104,7 @@ def _refuse_surrogates(value: Any, path: tuple[str | int, ...]) -> None:
 
 
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+GroupName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=NON_BLANK)]
 
 
 class FeedbackRequest(_Strict):
@@ -218,6 +219,10 @@ def request_models(limits: Limits, filter_keys: Collection[str] | None = None,
         filters: dict[Annotated[str, StringConstraints(pattern=FILTER_KEY)], FilterValue] = Field(
             default_factory=dict, json_schema_extra={"additionalProperties": False, **names},
             description="Metadata key = value (a list: any of).")
+        groups: list[GroupName] | None = Field(
+            None, max_length=256, description="Search as a user in these groups (a gateway passes the signed-in "
+            "user's): only public documents and those whose `groups` metadata names one of them are searched. "
+            "Within the key's own groups; default: the key's groups (a key without groups: every document).")
         timeout_ms: TimeoutMs | None = Field(None,
                                        description="Latency budget; when it runs out the first-stage order is "
                                        "returned with `degraded = true`.")

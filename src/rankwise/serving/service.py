@@ -167,34 +167,37 @@ class SearchService:
         a, b = a.over(self.pipeline), b.over(self.pipeline)
         return (a.first_stage, a.retrieve_k) == (b.first_stage, b.retrieve_k)
 
-    def retrieve(self, query: str, settings: PipelineSettings, filters: dict[str, Any]) -> Retrieved:
+    def retrieve(self, query: str, settings: PipelineSettings, filters: dict[str, Any],
+                 groups: frozenset[str] | None) -> Retrieved:
         """The first stage alone (on a worker thread), for a caller that scores its candidates twice."""
-        return self._retrieve(self._pipeline(None, settings), query, filters)
+        return self._retrieve(self._pipeline(None, settings), query, filters, groups)
 
     def _pipeline(self, rerank: RerankService | None, settings: PipelineSettings) -> Pipeline:
         return Pipeline(self.index, rerank.reranker if rerank is not None else None,
                         settings=settings.over(self.pipeline), allow_unknown_filters=self.allow_unknown_filters)
 
-    def _retrieve(self, pipeline: Pipeline, query: str, filters: dict[str, Any]) -> Retrieved:
+    def _retrieve(self, pipeline: Pipeline, query: str, filters: dict[str, Any],
+                  groups: frozenset[str] | None) -> Retrieved:
         started = time.perf_counter()
         with self._lock:
-            candidates = pipeline.retrieve(query, filters)
+            candidates = pipeline.retrieve(query, filters, groups)
         return Retrieved(candidates, started, (time.perf_counter() - started) * 1000)
 
     def search(self, query: str, rerank: RerankService | None, *, k: int, settings: PipelineSettings,
-               filters: dict[str, Any], deadline: float, loop: asyncio.AbstractEventLoop,
-               retrieved: Retrieved | None = None) -> SearchOutcome:
+               filters: dict[str, Any], groups: frozenset[str] | None, deadline: float,
+               loop: asyncio.AbstractEventLoop, retrieved: Retrieved | None = None) -> SearchOutcome:
         """Run on a worker thread (it blocks on the first stage and on scoring); unset settings are the server's.
-        ``retrieved``: candidates already found with these settings' first stage (not retrieved again)."""
+        ``groups``: what the caller may see (None: everything). ``retrieved``: candidates already found with
+        these settings' first stage and groups (not retrieved again)."""
         pipeline = self._pipeline(rerank, settings)
         if retrieved is None:
-            retrieved = self._retrieve(pipeline, query, filters)
+            retrieved = self._retrieve(pipeline, query, filters, groups)
         candidates, t0 = retrieved.candidates, retrieved.started
         timings = {"first_stage": retrieved.first_stage_ms}
         head = candidates[: pipeline.rerank_k]
         if rerank is None or not head:
             response = pipeline.respond(query, candidates, None, k=k, timings=timings, started=t0,
-                                        warnings=pipeline.warnings(candidates, filters))
+                                        warnings=pipeline.warnings(candidates, filters, groups))
             # what a shadow compares with when no reranker serves: the first stage's order of the same head
             return SearchOutcome(response, False, None, _one_per_document(head, range(len(head))))
         coro = rerank.score(query, [c.passage.full_text for c in head], deadline=deadline)
