@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev,integrations]'
+	$(BIN)/pip install -q -e '.[dev,integrations,postgres]'
 	touch $@
 
 demo: venv

@@ -75,7 +75,8 @@ SHELL_VARIABLES = {"day": "2025-01-31"}
 METAVARIABLES = {"DIR": "kb-index", "BEIR_DIR": "beir/scifact", "SOURCE": "docs/", "QUERY": "reset MFA",
                  "N": "20", "NAME": "app", "DEVICE": "cpu", "PATH": "models/cross-encoder",
                  "HUB_ID": "org/cross-encoder", "KEY_ID": "k-1", "RECORD_ID": "r-1",
-                 "DOC_ID": "old-page", "FILE": "deletions.txt", "GROUP": "finance"}
+                 "DOC_ID": "old-page", "FILE": "deletions.txt", "GROUP": "finance",
+                 "URL": "postgresql://rankwise@db/rankwise"}
 #: "and other options": dropped before parsing
 ELLIPSES = {"...", "…"}
 

@@ -18,7 +18,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "rankwise"
 #: each package may import only the ones at or below its own level (front ends at the top)
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"types", "options", "jsonl", "models", "faults", "sqlite_files", "storage", "clock", "batched_writer"},
+    {"types", "options", "jsonl", "models", "faults", "sqlite_files", "storage", "clock", "batched_writer",
+     "postgres"},  # connecting to the shared store and migrating it; psycopg imported only when one is named
     {"verified_files"},  # sha256 checks remembered per file identity; writes its sidecars through storage
     {"corpus"},  # loaders and chunking; inference calibrates static int8 on the bundled corpus
     {"inference"},

@@ -32,6 +32,7 @@ from rich.progress import (
 )
 
 from rankwise.errors import RankwiseError
+from rankwise.postgres import PostgresStore, StoreError
 
 if TYPE_CHECKING:
     from rankwise.evaluation.goldset import GoldSet, LabelScale, PreparedGoldSet
@@ -68,6 +69,22 @@ RetentionOpt = Annotated[str | None, typer.Option(help="Delete query-log rows (a
 FeedbackDbOpt = Annotated[str, typer.Option(
     "--feedback-db", help="Query log and feedback store (SQLite): a path, 'default' (the user data "
                           "directory) or 'none' (serve: no query log, no /v1/feedback).")]
+
+
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", help="Shared PostgreSQL store (postgresql://user@host/db) for several replicas: the audit log.")]
+
+
+def audit_location(audit: str, store: str | None) -> Path | PostgresStore | None:
+    """Where the audit log is: ``--audit none`` turns it off; with ``--store`` it is in PostgreSQL (an
+    explicit ``--audit PATH`` beside ``--store`` is refused: two places for one log); else a SQLite path."""
+    if audit.lower() == "none":
+        return None
+    if store is not None:
+        if audit != DEFAULT_STORE:
+            raise StoreError(f"--audit {audit} and --store both say where the audit log goes; drop one")
+        return PostgresStore(store)
+    return store_path(audit, "audit.sqlite")
 
 
 def store_path(value: str, default_name: str) -> Path | None:

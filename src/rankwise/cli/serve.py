@@ -4,7 +4,7 @@ and audit log. The heavy serving imports (FastAPI, uvicorn, torch) happen only w
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -27,20 +27,21 @@ from rankwise.cli.common import (
     RerankK,
     RetentionOpt,
     RetrieveK,
+    StoreOpt,
+    audit_location,
     err,
     friendly_errors,
     out,
     prelude,
     store_path,
 )
+from rankwise.postgres import PostgresStore
 
 app = typer.Typer()
 
 
 
 
-def _audit_path(value: str) -> Path | None:
-    return store_path(value, "audit.sqlite")
 
 
 @app.command()
@@ -63,7 +64,9 @@ def serve(
     cache_ttl: Annotated[int, typer.Option(help="Redis entry lifetime, seconds.")] = 7 * 24 * 3600,
     keys: Annotated[Path | None, typer.Option(help="API keys file (from `rankwise keys add`); "
                                                    "without it the server is open, loopback only.")] = None,
-    audit: Annotated[str, typer.Option(help="Audit SQLite path, 'default' (user data dir) or 'none'.")] = DEFAULT_STORE,
+    audit: Annotated[str, typer.Option(help="Audit SQLite path, 'default' (user data dir; with --store: the "
+                                                "store) or 'none'.")] = DEFAULT_STORE,
+    store: StoreOpt = None,
     timeout_ms: Annotated[int, typer.Option(help="Default latency budget per request.")] = 30_000,
     batching: Annotated[bool, typer.Option("--batching/--no-batching", help="Cross-request micro-batching.")] = True,
     batch_wait_ms: Annotated[float, typer.Option(help="Longest a round waits for more requests.")] = 2.0,
@@ -145,7 +148,7 @@ def serve(
                                chunk=shadow_chunk)
     config = ServeConfig(
         index=index_dir, reranker=None if no_reranker(reranker) else reranker, host=host,
-        port=port, keys=keys, audit=_audit_path(audit), timeout_ms=timeout_ms, open_metrics=open_metrics,
+        port=port, keys=keys, audit=audit_location(audit, store), timeout_ms=timeout_ms, open_metrics=open_metrics,
         served_model_names=tuple(served_model_name), accept_any_model_name=accept_any_model_name,
         allow_unknown_filters=allow_unknown_filters,
         pipeline=PipelineSettings(first_stage, retrieve_k, rerank_k, rerank_fusion),  # type: ignore[arg-type]
@@ -234,13 +237,23 @@ app.add_typer(audit_app, name="audit")
 AuditOpt = Annotated[str, typer.Option(help="Audit SQLite path, or 'default'.")]
 
 
-def _existing_audit(audit: str) -> Path:
+def _existing_audit(audit: str, store: str | None) -> Path | PostgresStore:
     from rankwise.serving.audit import AuditError
 
-    path = _audit_path(audit)
-    if path is None:
+    where = audit_location(audit, store)
+    if where is None:
         raise AuditError("--audit none has nothing to show; pass the --audit path the server was started with")
-    return path
+    return where
+
+
+def _read_audit(where: Path | PostgresStore, **options: Any) -> list[dict[str, Any]]:
+    if isinstance(where, PostgresStore):
+        from rankwise.serving.audit_postgres import read_audit_postgres
+
+        return read_audit_postgres(where, **options)
+    from rankwise.serving.audit import read_audit
+
+    return read_audit(where, **options)
 
 
 @audit_app.callback()
@@ -248,6 +261,7 @@ def _existing_audit(audit: str) -> Path:
 def audit_cmd(
     ctx: typer.Context,
     audit: AuditOpt = DEFAULT_STORE,
+    store: StoreOpt = None,
     since: Annotated[str | None, typer.Option(help="Only newer rows: 30m, 2h, 7d or an ISO time.")] = None,
     key: Annotated[str | None, typer.Option(help="Only this key id.")] = None,
     limit: Annotated[int, typer.Option(help="Most rows, newest first.")] = 50,
@@ -258,10 +272,8 @@ def audit_cmd(
         return
     from rich.table import Table
 
-    from rankwise.serving.audit import read_audit
-
-    path = _existing_audit(audit)
-    rows = read_audit(path, since=since, key_id=key, limit=limit)
+    path = _existing_audit(audit, store)
+    rows = _read_audit(path, since=since, key_id=key, limit=limit)
     if as_json:
         typer.echo(json.dumps(rows, ensure_ascii=False))
         return
@@ -283,12 +295,17 @@ def audit_cmd(
 
 @audit_app.command("verify")
 @friendly_errors
-def audit_verify(audit: AuditOpt = DEFAULT_STORE) -> None:
+def audit_verify(audit: AuditOpt = DEFAULT_STORE, store: StoreOpt = None) -> None:
     """Recompute the log's hash chain: exit 0 if every row follows from the one before, 1 at the first break."""
-    from rankwise.serving.audit import verify_chain
+    where = _existing_audit(audit, store)
+    if isinstance(where, PostgresStore):
+        from rankwise.serving.audit_postgres import verify_chain_postgres
 
-    path = _existing_audit(audit)
-    report = verify_chain(path)
+        report = verify_chain_postgres(where)
+    else:
+        from rankwise.serving.audit import verify_chain
+
+        report = verify_chain(where)
     unchained = f" ({report.unchained} older rows predate the chain)" if report.unchained else ""
     if not report.ok:
         err.print(f"[bold red]audit log tampered:[/] row seq {report.broken_at}: {report.reason}; "

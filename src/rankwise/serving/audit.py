@@ -23,7 +23,7 @@ import json
 import logging
 import secrets
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -150,7 +150,45 @@ class AuditLog(Protocol):
         ...
 
 
-class SQLiteAuditLog:
+class QueuedAuditLog:
+    """What every store of the log shares: rows queued for a writer thread, and the keyed query hash.
+
+    ``write`` chains and commits a batch on the writer thread; ``where`` names the store in messages, and
+    ``wait_fix`` says what to check when queued rows are not taken in time.
+    """
+
+    def __init__(self, secret: bytes, write: Callable[[Sequence[AuditRecord]], None], where: str,
+                 wait_fix: str) -> None:
+        self._secret = secret
+        self._where = where
+        self._wait_fix = wait_fix
+        self._rows: BatchedWriter[AuditRecord] = BatchedWriter(write, name="rankwise-audit")
+
+    def record(self, rec: AuditRecord) -> None:
+        """Queue one row; the writer thread chains and commits it with whatever else queued up."""
+        self._rows.put(rec)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Return once every row recorded before the call is committed (readers of the log wait on it)."""
+        try:
+            self._rows.flush(timeout)
+        except WriterTimeout:
+            raise AuditError(f"the audit database {self._where} did not take queued rows within {timeout:g}s; "
+                             f"{self._wait_fix}") from None
+
+    def query_digest(self, query: str) -> str:
+        """HMAC-SHA256 of the query under this log's secret (equal queries match, guesses cannot be checked)."""
+        return hmac.new(self._secret, query.encode(), hashlib.sha256).hexdigest()
+
+    def _stop_writer(self) -> bool:
+        """Commit what is queued and stop the writer; False (and logged) when it did not stop."""
+        if self._rows.close():
+            return True
+        log.error("the audit writer for %s did not stop; rows still queued are lost", self._where)
+        return False
+
+
+class SQLiteAuditLog(QueuedAuditLog):
     """The audit log in one SQLite file: ``record()`` is non-blocking; a background thread inserts and commits."""
 
     def __init__(self, path: Path) -> None:
@@ -163,42 +201,18 @@ class SQLiteAuditLog:
             self._conn.close()
             raise failure(err, self.path, AUDIT_KIND, 10, "reading its last row") from None
         self._head = last[0] if last else GENESIS
-        self._secret = _load_secret(self.path.with_name(self.path.name + ".key"))
-        self._rows: BatchedWriter[AuditRecord] = BatchedWriter(self._write, name="rankwise-audit")
-
-    def record(self, rec: AuditRecord) -> None:
-        """Queue one row; the writer thread chains and commits it with whatever else queued up."""
-        self._rows.put(rec)
-
-    def flush(self, timeout: float = 30.0) -> None:
-        """Return once every row recorded before the call is committed (readers of the log wait on it)."""
-        try:
-            self._rows.flush(timeout)
-        except WriterTimeout:
-            raise AuditError(f"the audit database '{self.path}' did not take queued rows within {timeout:g}s; "
-                             "check that its disk is responsive") from None
-
-    def query_digest(self, query: str) -> str:
-        """HMAC-SHA256 of the query under this log's secret (equal queries match, guesses cannot be checked)."""
-        return hmac.new(self._secret, query.encode(), hashlib.sha256).hexdigest()
+        super().__init__(_load_secret(self.path.with_name(self.path.name + ".key")), self._write, f"'{self.path}'",
+                         "check that its disk is responsive")
 
     def close(self) -> None:
         """Commit what is queued, then close the database."""
-        if self._rows.close():
+        if self._stop_writer():
             self._conn.close()
-        else:
-            log.error("the audit writer for %s did not stop; rows still queued are lost", self.path)
 
     def _write(self, batch: Sequence[AuditRecord]) -> None:
         """Chain and commit one batch (on the writer thread): one transaction, one fsync."""
-        names = (*_COLUMNS, *_LATER_COLUMNS, "prev_hash", "row_hash")
-        sql = f"INSERT INTO requests ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
-        rows, head = [], self._head
-        for rec in batch:
-            row, later = _row(rec)
-            row_hash = chain_hash(head, _hashed(row, later))
-            rows.append((*row, *later, head, row_hash))
-            head = row_hash
+        sql = f"INSERT INTO requests ({', '.join(STORED_COLUMNS)}) VALUES ({', '.join('?' * len(STORED_COLUMNS))})"
+        rows, head = chained_rows(batch, self._head)
         try:
             with self._conn:
                 self._conn.executemany(sql, rows)
@@ -265,26 +279,57 @@ def verify_chain(path: Path) -> ChainReport:
     try:
         cursor = conn.execute(f"SELECT seq, {', '.join(_selected(conn))}, prev_hash, row_hash FROM requests "
                               "ORDER BY seq")
-        head, rows, unchained, started = GENESIS, 0, 0, False
-        for seq, *values in cursor:
-            columns, prev_hash, row_hash = tuple(values[:-2]), values[-2], values[-1]
-            row = _hashed(columns[:len(_COLUMNS)], columns[len(_COLUMNS):])
-            if row_hash is None and not started:
-                unchained += 1
-                continue
-            started = True
-            rows += 1
-            if prev_hash != head:
-                return ChainReport(rows, unchained, head, seq, "its prev_hash does not match the row before it "
-                                   "(a row was deleted or inserted)")
-            if row_hash != chain_hash(prev_hash, row):
-                return ChainReport(rows, unchained, head, seq, "its contents do not match its hash (the row was edited)")
-            head = row_hash
+        return check_chain(cursor)
     except sqlite3.DatabaseError as err:
         raise AuditError(f"'{path}' is not a readable rankwise audit database ({err})") from err
     finally:
         conn.close()
+
+
+def check_chain(stored: Iterable[Sequence[Any]]) -> ChainReport:
+    """The chain check over ``(seq, *COLUMNS, *LATER_COLUMNS, prev_hash, row_hash)`` rows in ``seq`` order,
+    whichever database they come from."""
+    head, rows, unchained, started = GENESIS, 0, 0, False
+    for seq, *values in stored:
+        columns, prev_hash, row_hash = tuple(values[:-2]), values[-2], values[-1]
+        row = _hashed(columns[:len(_COLUMNS)], columns[len(_COLUMNS):])
+        if row_hash is None and not started:
+            unchained += 1
+            continue
+        started = True
+        rows += 1
+        if prev_hash != head:
+            return ChainReport(rows, unchained, head, seq, "its prev_hash does not match the row before it "
+                               "(a row was deleted or inserted)")
+        if row_hash != chain_hash(prev_hash, row):
+            return ChainReport(rows, unchained, head, seq, "its contents do not match its hash (the row was edited)")
+        head = row_hash
     return ChainReport(rows, unchained, head)
+
+
+def chained_rows(batch: Sequence[AuditRecord], head: str) -> tuple[list[tuple[Any, ...]], str]:
+    """``batch`` as stored rows (``*COLUMNS, *LATER_COLUMNS, prev_hash, row_hash``) chained after ``head``,
+    and the new head."""
+    rows = []
+    for rec in batch:
+        row, later = _row(rec)
+        row_hash = chain_hash(head, _hashed(row, later))
+        rows.append((*row, *later, head, row_hash))
+        head = row_hash
+    return rows, head
+
+
+#: the stored columns in insert order
+STORED_COLUMNS = (*_COLUMNS, *_LATER_COLUMNS, "prev_hash", "row_hash")
+
+
+def decoded(values: Sequence[Any]) -> dict[str, Any]:
+    """One row of ``(*COLUMNS, *LATER_COLUMNS)`` as ``rankwise audit`` shows it (JSON fields decoded)."""
+    item = dict(zip((*_COLUMNS, *_LATER_COLUMNS), values, strict=True))
+    item["degraded"] = bool(item["degraded"])
+    item["results"] = json.loads(item["results"])
+    item["groups"] = json.loads(item["groups"]) if item["groups"] is not None else None
+    return item
 
 
 def _selected(conn: sqlite3.Connection) -> list[str]:
@@ -298,23 +343,28 @@ def parse_since(value: str, now: datetime | None = None) -> str:
     return since_timestamp(value, now, error=AuditError)
 
 
-def read_audit(path: Path, *, since: str | None = None, key_id: str | None = None,
-               limit: int = 100) -> list[dict[str, Any]]:
-    """Newest rows first, as dicts (``results`` decoded)."""
-    if not Path(path).is_file():
-        raise AuditError(f"no audit database at '{path}'; pass the --audit path the server was started with")
+def row_filter(since: str | None, key_id: str | None, limit: int, *, mark: str) -> tuple[str, list[Any]]:
+    """The ``WHERE`` clause (or "") and parameters of ``rankwise audit``'s options, the limit last; ``mark`` is
+    the database's parameter placeholder."""
     if limit <= 0:
         raise AuditError("--limit must be positive")
     clauses: list[str] = []
     params: list[Any] = []
     if since:
-        clauses.append("time >= ?")
+        clauses.append(f"time >= {mark}")
         params.append(parse_since(since))
     if key_id:
-        clauses.append("key_id = ?")
+        clauses.append(f"key_id = {mark}")
         params.append(key_id)
-    where = " WHERE " + " AND ".join(clauses) if clauses else ""
-    params.append(limit)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), [*params, limit]
+
+
+def read_audit(path: Path, *, since: str | None = None, key_id: str | None = None,
+               limit: int = 100) -> list[dict[str, Any]]:
+    """Newest rows first, as dicts (``results`` decoded)."""
+    if not Path(path).is_file():
+        raise AuditError(f"no audit database at '{path}'; pass the --audit path the server was started with")
+    where, params = row_filter(since, key_id, limit, mark="?")
     conn = open_database(Path(path), AUDIT_KIND, timeout=10, read_only=True)
     try:
         sql = f"SELECT {', '.join(_selected(conn))} FROM requests{where} ORDER BY seq DESC LIMIT ?"
@@ -323,11 +373,4 @@ def read_audit(path: Path, *, since: str | None = None, key_id: str | None = Non
         raise AuditError(f"'{path}' is not a readable rankwise audit database ({err})") from err
     finally:
         conn.close()
-    out = []
-    for row in rows:
-        item = dict(zip((*_COLUMNS, *_LATER_COLUMNS), row, strict=True))
-        item["degraded"] = bool(item["degraded"])
-        item["results"] = json.loads(item["results"])
-        item["groups"] = json.loads(item["groups"]) if item["groups"] is not None else None
-        out.append(item)
-    return out
+    return [decoded(row) for row in rows]

@@ -16,6 +16,7 @@ from rankwise.errors import RankwiseError
 from rankwise.feedback.events import QUERY_LOGGING, QueryLogging
 from rankwise.options import DEFAULT_PIPELINE, PipelineSettings, choose
 from rankwise.pipeline import MAX_QUERY_CHARS
+from rankwise.postgres import PostgresStore
 from rankwise.rerank.loading import LoadOptions
 
 
@@ -201,7 +202,8 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     keys: Path | None = None
-    audit: Path | None = None
+    #: a SQLite file, the shared PostgreSQL store (``--store``), or None for no audit log
+    audit: Path | PostgresStore | None = None
     timeout_ms: int = 30_000
     #: serve /metrics without a key even when keys are on (for scrapers that cannot send a bearer token)
     open_metrics: bool = False

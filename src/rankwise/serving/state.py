@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from rankwise.experiments import Experiment, load_experiment
 from rankwise.feedback.store import FeedbackStore, SQLiteFeedbackStore
 from rankwise.index import Index
+from rankwise.postgres import PostgresStore
 from rankwise.rerank.loading import check_reranker_exists
 from rankwise.serving.audit import AuditLog, SQLiteAuditLog
 from rankwise.serving.auth import KeyStore, RateLimiter
@@ -122,7 +123,11 @@ def load_state(config: ServeConfig) -> ServingState:
         if config.rollout.follow_interval_s > 0:
             state.follower = IndexFollower(config.index, state.index, config.rollout.follow_interval_s,  # type: ignore[arg-type]
                                            metrics, state.use_index)
-    if config.audit is not None:
+    if isinstance(config.audit, PostgresStore):
+        from rankwise.serving.audit_postgres import PostgresAuditLog  # psycopg only where a store is named
+
+        state.audit = PostgresAuditLog(config.audit)
+    elif config.audit is not None:
         state.audit = SQLiteAuditLog(config.audit)
     return state
 

@@ -1,0 +1,100 @@
+"""PostgreSQL as the store several replicas share: one way to connect, and versioned migrations.
+
+rankwise's embedded stores are SQLite files, one per process's disk; a deployment with several replicas
+behind a load balancer points them at one PostgreSQL database instead (``--store postgresql://...``), so
+their audit rows land in one hash-chained log. ``psycopg`` is an optional dependency
+(``pip install 'rankwise[postgres]'``); nothing imports it until a PostgreSQL URL is given.
+
+Each component (``audit``...) owns its tables and keeps its schema version in ``rankwise_schema``;
+:func:`migrate` runs the missing steps in order, each in its own transaction, under an advisory lock, so
+replicas starting together do not race. A database whose version is newer than this rankwise knows is
+refused rather than written with an older schema's assumptions.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rankwise.errors import RankwiseError
+
+if TYPE_CHECKING:
+    import psycopg
+
+SCHEMES = ("postgresql://", "postgres://")
+
+
+class StoreError(RankwiseError):
+    """The PostgreSQL store cannot be reached, or holds a schema this rankwise cannot use."""
+
+
+def is_postgres_url(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(SCHEMES)
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connect(url: str, *, timeout_s: float = 10.0) -> psycopg.Connection:
+    """A connection to ``url`` (autocommit: work that must be atomic runs in ``with conn.transaction()``), or a
+    one-line :class:`StoreError` saying what failed."""
+    try:
+        import psycopg
+    except ImportError:
+        raise StoreError("a postgresql:// store needs psycopg: pip install 'rankwise[postgres]'") from None
+    try:
+        return psycopg.connect(url, connect_timeout=max(1, round(timeout_s)), autocommit=True)
+    except psycopg.Error as err:
+        raise StoreError(f"cannot connect to {redacted(url)} ({one_line(err)})") from None
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def advisory_key(name: str) -> int:
+    """A stable 32-bit key for ``pg_advisory_xact_lock`` from a name."""
+    return zlib.crc32(f"rankwise:{name}".encode()) - 2**31
+
+
+def migrate(conn: psycopg.Connection, component: str, steps: Sequence[str]) -> None:
+    """Bring ``component``'s tables to version ``len(steps)``: step ``i`` takes version ``i`` to ``i + 1``."""
+    with conn.transaction():
+        conn.execute("CREATE TABLE IF NOT EXISTS rankwise_schema (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+    while True:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key(f"migrate:{component}"),))
+            row = conn.execute("SELECT version FROM rankwise_schema WHERE component = %s", (component,)).fetchone()
+            version = row[0] if row else 0
+            if version > len(steps):
+                raise StoreError(f"the {component} tables are at schema version {version}, newer than this rankwise "
+                                 f"knows ({len(steps)}); upgrade rankwise")
+            if version == len(steps):
+                return
+            conn.execute(steps[version])
+            conn.execute("INSERT INTO rankwise_schema (component, version) VALUES (%s, %s) "
+                         "ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version", (component, version + 1))
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresStore:
+    """Where a store lives when it is in PostgreSQL (``--store postgresql://...``) rather than a SQLite file."""
+
+    url: str
+
+    def __post_init__(self) -> None:
+        if not is_postgres_url(self.url):
+            raise StoreError(f"--store takes a postgresql://user@host/database URL (got {self.url!r})")
+
+    def __str__(self) -> str:
+        return redacted(self.url)

