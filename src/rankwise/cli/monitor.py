@@ -38,6 +38,7 @@ from rankwise.cli.common import (
     RerankFusionOpt,
     RerankK,
     RetrieveK,
+    StoreOpt,
     StrictOpt,
     err,
     evaluation_progress,
@@ -230,7 +231,7 @@ _TEST_NAMES = {"ks": "KS", "chi2": "χ²"}
 @monitor_app.command("drift")
 @friendly_errors
 def drift(
-    feedback_db: FeedbackDbOpt = DEFAULT_STORE,
+    feedback_db: FeedbackDbOpt = DEFAULT_STORE, shared: StoreOpt = None,
     since: Annotated[str | None, typer.Option(help="Current window: traffic newer than this (30m, 2h, 7d or an "
                                                    "ISO time).")] = "1d",
     until: Annotated[str | None, typer.Option(help="Current window: traffic older than this.")] = None,
@@ -252,7 +253,7 @@ def drift(
     from rankwise.monitoring.drift import DriftError, DriftReference, DriftThresholds, signals_from_store
 
     thresholds = DriftThresholds(psi=psi, ks_alpha=ks_alpha, min_samples=min_samples)
-    store = open_feedback_store(feedback_db)
+    store = open_feedback_store(feedback_db, shared)
     try:
         if save_reference is not None:
             saved = DriftReference.from_store(store, since, until)

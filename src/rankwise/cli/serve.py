@@ -33,6 +33,7 @@ from rankwise.cli.common import (
     friendly_errors,
     out,
     prelude,
+    store_location,
     store_path,
 )
 from rankwise.postgres import PostgresStore
@@ -154,7 +155,7 @@ def serve(
         pipeline=PipelineSettings(first_stage, retrieve_k, rerank_k, rerank_fusion),  # type: ignore[arg-type]
         load=LoadOptions(backend=backend, device=device, max_length=max_length, registry=registry),  # type: ignore[arg-type]
         cache=CacheSettings(url=cache, size=cache_size, ttl_s=cache_ttl),
-        loop=LoopSettings(feedback=store_path(feedback_db, FEEDBACK_DB), log_queries=log_queries,  # type: ignore[arg-type]
+        loop=LoopSettings(feedback=store_location(feedback_db, store, "--feedback-db", FEEDBACK_DB), log_queries=log_queries,  # type: ignore[arg-type]
                           retention_s=parse_duration(retention, "--retention") if retention else None),
         shadow=shadowing if shadow is not None else None,
         rollout=RolloutSettings(

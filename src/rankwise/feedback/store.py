@@ -143,9 +143,9 @@ PRAGMA user_version = {SCHEMA_VERSION};
 COMMIT;
 """
 
-_REQUEST_COLUMNS = tuple(f.name for f in fields(LoggedRequest))
-_EVENT_COLUMNS = tuple(f.name for f in fields(FeedbackEvent))
-_SHADOW_COLUMNS = tuple(f.name for f in fields(ShadowRecord))
+REQUEST_COLUMNS = tuple(f.name for f in fields(LoggedRequest))
+EVENT_COLUMNS = tuple(f.name for f in fields(FeedbackEvent))
+SHADOW_COLUMNS = tuple(f.name for f in fields(ShadowRecord))
 
 
 def _insert(table: str, columns: tuple[str, ...]) -> str:
@@ -221,13 +221,128 @@ class FeedbackStore(Protocol):
     def close(self) -> None: ...
 
 
+class RecentRequests:
+    """The most recent logged requests, in memory: feedback can arrive before the writer thread commits the
+    request it is about (a user clicks within milliseconds of the answer), so lookups read here first."""
+
+    def __init__(self, size: int = RECENT_REQUESTS) -> None:
+        self._size = size
+        self._items: OrderedDict[str, LoggedRequest] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, req: LoggedRequest) -> None:
+        with self._lock:
+            self._items[req.request_id] = req
+            self._items.move_to_end(req.request_id)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def get(self, request_id: str) -> LoggedRequest | None:
+        with self._lock:
+            return self._items.get(request_id)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def forget_before(self, cutoff: str) -> None:
+        """Drop what a purge deleted from the store."""
+        with self._lock:
+            for request_id in [k for k, req in self._items.items() if req.time < cutoff]:
+                del self._items[request_id]
+
+
+def same_event(stored: tuple[Any, ...], event: FeedbackEvent) -> AddOutcome:
+    """``"duplicate"`` when the stored row with ``event``'s id is the same event (everything but ``time``, the
+    arrival time, which differs on a retry, is equal); :class:`FeedbackConflict` otherwise."""
+    found = FeedbackEvent(**dict(zip(EVENT_COLUMNS, stored, strict=True)))
+    if replace(found, time=event.time) != event:
+        # nothing of the stored event is said: it may be another caller's
+        raise FeedbackConflict(f"event_id '{event.event_id}' was already used for a different event; send a "
+                               "new event_id for a new event")
+    return "duplicate"
+
+
 def since_timestamp(value: str, now: datetime | None = None) -> str:
     """A ``--since``/``--until`` value as the UTC text rows are compared with (see :func:`rankwise.options.since_timestamp`)."""
     return options.since_timestamp(value, now, error=FeedbackStoreError)
 
 
-class SQLiteFeedbackStore:
+class StoreCommon:
+    """What every store does alike: the reads it answers with the same SQL (it names its ``requests`` and
+    ``policy`` tables, its parameter placeholder and page size, and supplies ``_select``, ``_check_open`` and
+    ``flush``), and how its writer thread reports rows it could not store."""
+
+    _write_problem: str | None
+    _on_lost: Callable[[int], None] | None
+    _requests_table: str
+    _policy_table: str
+    _mark: str
+    _page: int
+    _recent: RecentRequests
+    _rows: BatchedWriter[LoggedRequest | ShadowRecord]
+
+    def log_request(self, req: LoggedRequest) -> None:
+        """Remember the request for :meth:`get_request` at once and queue it for the writer thread."""
+        self._check_open()
+        self._recent.add(req)
+        self._rows.put(req)
+
+    def record_shadow(self, rec: ShadowRecord) -> None:
+        """Queue a shadow comparison for the writer thread."""
+        self._check_open()
+        self._rows.put(rec)
+
+    def _select(self, sql: str, params: Collection[Any], doing: str) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+    def flush(self, timeout: float = 30.0) -> None:
+        raise NotImplementedError
+
+    def get_request(self, request_id: str) -> LoggedRequest | None:
+        """The logged request (recent ones from memory, even before they are committed), or None."""
+        recent = self._recent.get(request_id)
+        if recent is not None:
+            return recent
+        rows = self._select(f"SELECT {', '.join(REQUEST_COLUMNS)} FROM {self._requests_table} "
+                            f"WHERE request_id = {self._mark}", (request_id,), "reading a logged request")
+        return request_of(rows[0]) if rows else None
+
+    def requests(self, since: str | None = None, until: str | None = None,
+                 experiment: str | None = None) -> Iterator[LoggedRequest]:
+        """Logged requests in time order, read a page at a time (keyset pagination: no cursor stays open)."""
+        self._check_open()
+        sql, params = requests_query(self._requests_table, self._mark, since, until, experiment, self._page)
+        self.flush()
+        return pages(lambda query, values: self._select(query, values, "reading logged requests"), sql, params)
+
+    def retention(self) -> float | None:
+        """The retention the last server recorded, in seconds, or None."""
+        rows = self._select(f"SELECT value FROM {self._policy_table} WHERE name = 'retention_s'", (),
+                            "reading its retention")
+        return float(rows[0][0]) if rows else None
+
+    def _lost(self, problem: str, rows: int) -> None:
+        """Say a failure once per kind (not once per batch), keep it for ``health``, count the rows lost."""
+        if problem != self._write_problem:
+            log.error("%s", problem)
+        self._write_problem = problem
+        if self._on_lost is not None:
+            self._on_lost(rows)
+
+    def _writes_again(self, where: str) -> None:
+        """A batch was committed: say so once if writes had been failing, and clear the problem."""
+        if self._write_problem is not None:
+            log.warning("%s takes writes again", where)
+        self._write_problem = None
+
+
+class SQLiteFeedbackStore(StoreCommon):
     """:class:`FeedbackStore` on one SQLite file (created on first use); see the module docstring."""
+
+    _requests_table, _policy_table, _mark, _page = "requests", "policy", "?", _BATCH
 
     def __init__(self, path: str | Path, *, timeout: float = 10.0, recent: int = RECENT_REQUESTS,
                  on_lost: Callable[[int], None] | None = None) -> None:
@@ -242,9 +357,7 @@ class SQLiteFeedbackStore:
         self._on_lost = on_lost
         self._write_problem: str | None = None
         self._lock = threading.Lock()
-        self._recent: OrderedDict[str, LoggedRequest] = OrderedDict()
-        self._recent_size = recent
-        self._recent_lock = threading.Lock()
+        self._recent = RecentRequests(recent)
         self._rows: BatchedWriter[LoggedRequest | ShadowRecord] = BatchedWriter(
             self._write, name="rankwise-feedback", max_batch=_BATCH)
 
@@ -262,20 +375,6 @@ class SQLiteFeedbackStore:
         return failure(err, self.path, _KIND, self.timeout, doing)
 
     # ------------------------------------------------------------------ the request path (non-blocking)
-    def log_request(self, req: LoggedRequest) -> None:
-        """Remember the request for :meth:`get_request` at once and queue it for the writer thread."""
-        self._check_open()
-        with self._recent_lock:
-            self._recent[req.request_id] = req
-            self._recent.move_to_end(req.request_id)
-            while len(self._recent) > self._recent_size:
-                self._recent.popitem(last=False)
-        self._rows.put(req)
-
-    def record_shadow(self, rec: ShadowRecord) -> None:
-        self._check_open()
-        self._rows.put(rec)
-
     def health(self) -> str | None:
         """What is wrong with the store right now, or None: the file deleted or replaced under it (rows
         would go to a file nobody reads), or the writer's last batch failed (e.g. a corrupted file)."""
@@ -301,10 +400,6 @@ class SQLiteFeedbackStore:
             except sqlite3.Error as err:
                 raise self._error(err, "recording its retention") from None
 
-    def retention(self) -> float | None:
-        rows = self._select("SELECT value FROM policy WHERE name = 'retention_s'", (), "reading its retention")
-        return float(rows[0][0]) if rows else None
-
     def check_integrity(self) -> None:
         """Refuse a damaged file in one line (``PRAGMA quick_check``): run it before serving on a file."""
         rows = self._select("PRAGMA quick_check", (), "checking it")
@@ -329,8 +424,8 @@ class SQLiteFeedbackStore:
         # an acknowledged event must be readable later: refuse it while the path names another file or none
         if problem := self._file_problem():
             raise FeedbackStoreError(problem)
-        row = tuple(asdict(event)[c] for c in _EVENT_COLUMNS)
-        sql = _insert("events", _EVENT_COLUMNS) + " ON CONFLICT (event_id) DO NOTHING"
+        row = tuple(asdict(event)[c] for c in EVENT_COLUMNS)
+        sql = _insert("events", EVENT_COLUMNS) + " ON CONFLICT (event_id) DO NOTHING"
         # one budget for the whole call: waiting for the other callers, then for SQLite's lock; otherwise each
         # of N callers queued behind a locked file waits N times the timeout
         deadline = time.monotonic() + self.timeout
@@ -347,7 +442,7 @@ class SQLiteFeedbackStore:
                 with self._conn:
                     inserted = self._conn.execute(sql, row).rowcount == 1
                     found = None if inserted else self._conn.execute(
-                        f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events WHERE event_id = ?",
+                        f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE event_id = ?",
                         (event.event_id,)).fetchone()
             except sqlite3.Error as err:
                 raise self._error(err, "storing a feedback event") from None
@@ -356,14 +451,7 @@ class SQLiteFeedbackStore:
                 with contextlib.suppress(sqlite3.Error):  # the connection's own timeout again, for other calls
                     self._conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             self._lock.release()
-        if found is None:
-            return "stored"
-        stored = FeedbackEvent(**dict(zip(_EVENT_COLUMNS, found, strict=True)))
-        if replace(stored, time=event.time) != event:
-            # nothing of the stored event is said: it may be another caller's
-            raise FeedbackConflict(f"event_id '{event.event_id}' was already used for a different event; send a "
-                                   "new event_id for a new event")
-        return "duplicate"
+        return "stored" if found is None else same_event(found, event)
 
     def purge(self, older_than: str) -> int:
         """Delete requests logged before ``older_than`` with their events and shadow rows, and older orphans.
@@ -386,46 +474,15 @@ class SQLiteFeedbackStore:
                     self._conn.execute("DELETE FROM retention")
             except sqlite3.Error as err:
                 raise self._error(err, f"purging rows older than {older_than}") from None
-        with self._recent_lock:
-            for request_id in [k for k, req in self._recent.items() if req.time < cutoff]:
-                del self._recent[request_id]
+        self._recent.forget_before(cutoff)
         return deleted
 
     # ------------------------------------------------------------------ reads
-    def get_request(self, request_id: str) -> LoggedRequest | None:
-        """The logged request (recent ones from memory, even before they are committed), or None."""
-        with self._recent_lock:
-            recent = self._recent.get(request_id)
-        if recent is not None:
-            return recent
-        rows = self._select(f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM requests WHERE request_id = ?",
-                            (request_id,), "reading a logged request")
-        return _request(rows[0]) if rows else None
-
-    def requests(self, since: str | None = None, until: str | None = None,
-                 experiment: str | None = None) -> Iterator[LoggedRequest]:
-        """Logged requests in time order, read a page at a time (keyset pagination: no cursor stays open)."""
-        self._check_open()
-        clauses, params = _window("time", since, until)
-        if experiment is not None:
-            clauses.append("experiment = ?")
-            params.append(experiment)
-        self.flush()
-        sql = f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM requests WHERE " + " AND ".join(
-            [*clauses, "(time, request_id) > (?, ?)"]) + f" ORDER BY time, request_id LIMIT {_BATCH}"
-        return self._pages(sql, params)
-
-    def _pages(self, sql: str, params: list[Any]) -> Iterator[LoggedRequest]:
-        after = ("", "")
-        while rows := self._select(sql, (*params, *after), "reading logged requests"):
-            yield from (_request(row) for row in rows)
-            after = (rows[-1][_REQUEST_COLUMNS.index("time")], rows[-1][0])
-
     def events(self, since: str | None = None,
                request_ids: Collection[str] | None = None) -> list[FeedbackEvent]:
         """Feedback events in the order they were received, optionally only those on ``request_ids``."""
-        clauses, params = _window("time", since, None)
-        sql = f"SELECT time, rowid, {', '.join(_EVENT_COLUMNS)} FROM events"
+        clauses, params = window("time", since, None)
+        sql = f"SELECT time, rowid, {', '.join(EVENT_COLUMNS)} FROM events"
         if request_ids is None:
             chunks: list[list[str]] = [[]]
         else:
@@ -437,16 +494,16 @@ class SQLiteFeedbackStore:
             found += self._select(sql + (" WHERE " + " AND ".join(where) if where else ""), (*params, *chunk),
                                   "reading feedback events")
         found.sort(key=lambda row: row[:2])  # arrival order, across chunks too
-        return [FeedbackEvent(**dict(zip(_EVENT_COLUMNS, row[2:], strict=True))) for row in found]
+        return [FeedbackEvent(**dict(zip(EVENT_COLUMNS, row[2:], strict=True))) for row in found]
 
     def shadow_records(self, since: str | None = None) -> list[ShadowRecord]:
         """Shadow comparisons in the order they were recorded."""
         self.flush()
-        clauses, params = _window("time", since, None)
-        rows = self._select(f"SELECT {', '.join(_SHADOW_COLUMNS)} FROM shadow"
+        clauses, params = window("time", since, None)
+        rows = self._select(f"SELECT {', '.join(SHADOW_COLUMNS)} FROM shadow"
                             + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY rowid",
                             params, "reading shadow records")
-        return [_shadow(row) for row in rows]
+        return [shadow_of(row) for row in rows]
 
     def _select(self, sql: str, params: Collection[Any], doing: str) -> list[tuple[Any, ...]]:
         self._check_open()
@@ -491,10 +548,10 @@ class SQLiteFeedbackStore:
                 try:
                     with self._writer:
                         # a request id is generated per answer; a repeat is the same request logged twice
-                        self._writer.executemany(_insert("requests", _REQUEST_COLUMNS) + " ON CONFLICT DO NOTHING",
-                                                 [_request_row(req) for req in requests])
-                        self._writer.executemany(_insert("shadow", _SHADOW_COLUMNS),
-                                                 [_shadow_row(rec) for rec in shadows])
+                        self._writer.executemany(_insert("requests", REQUEST_COLUMNS) + " ON CONFLICT DO NOTHING",
+                                                 [request_row(req) for req in requests])
+                        self._writer.executemany(_insert("shadow", SHADOW_COLUMNS),
+                                                 [shadow_row(rec) for rec in shadows])
                     break
                 except sqlite3.OperationalError as busy:
                     # another process holding the file (a backup, an export's write) is waited out: the rows
@@ -505,57 +562,71 @@ class SQLiteFeedbackStore:
             self._lost(f"the feedback database '{self.path}' cannot be written ({type(error).__name__}: "
                        f"{str(error)[:200]}); logged requests are being lost", len(rows))
             return
-        if self._write_problem is not None:
-            log.warning("the feedback database '%s' takes writes again", self.path)
-        self._write_problem = None
-
-    def _lost(self, problem: str, rows: int) -> None:
-        """Say a failure once per kind (not once per batch), keep it for ``health``, count the rows lost."""
-        if problem != self._write_problem:
-            log.error("%s", problem)
-        self._write_problem = problem
-        if self._on_lost is not None:
-            self._on_lost(rows)
+        self._writes_again(f"the feedback database '{self.path}'")
 
 
-def _window(column: str, since: str | None, until: str | None) -> tuple[list[str], list[Any]]:
+
+def window(column: str, since: str | None, until: str | None, mark: str = "?") -> tuple[list[str], list[Any]]:
+    """Clauses and parameters for ``since <= column < until``; ``mark`` is the database's placeholder."""
     clauses: list[str] = []
     params: list[Any] = []
     if since is not None:
-        clauses.append(f"{column} >= ?")
+        clauses.append(f"{column} >= {mark}")
         params.append(since_timestamp(since))
     if until is not None:
-        clauses.append(f"{column} < ?")
+        clauses.append(f"{column} < {mark}")
         params.append(since_timestamp(until))
     return clauses, params
 
 
-def _request_row(req: LoggedRequest) -> tuple[Any, ...]:
+def requests_query(table: str, mark: str, since: str | None, until: str | None, experiment: str | None,
+                   page: int) -> tuple[str, list[Any]]:
+    """One page of logged requests in time order after a ``(time, request_id)`` keyset (its two parameters
+    last), and the parameters before them. Built eagerly, so a bad ``since`` fails at the call."""
+    clauses, params = window("time", since, until, mark)
+    if experiment is not None:
+        clauses.append(f"experiment = {mark}")
+        params.append(experiment)
+    sql = f"SELECT {', '.join(REQUEST_COLUMNS)} FROM {table} WHERE " + " AND ".join(
+        [*clauses, f"(time, request_id) > ({mark}, {mark})"]) + f" ORDER BY time, request_id LIMIT {page}"
+    return sql, params
+
+
+def pages(select: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]], sql: str,
+          params: list[Any]) -> Iterator[LoggedRequest]:
+    """Logged requests a page at a time (keyset pagination: no cursor stays open between pages)."""
+    after = ("", "")
+    while rows := select(sql, (*params, *after)):
+        yield from (request_of(row) for row in rows)
+        after = (rows[-1][REQUEST_COLUMNS.index("time")], rows[-1][0])
+
+
+def request_row(req: LoggedRequest) -> tuple[Any, ...]:
     data = asdict(req)
     data["degraded"] = int(req.degraded)
     data["results"] = json.dumps([{k: v for k, v in r.items() if v is not None} for r in data["results"]],
                                  ensure_ascii=False, separators=(",", ":"))
     data["signals"] = json.dumps(req.signals, separators=(",", ":"))
-    return tuple(data[c] for c in _REQUEST_COLUMNS)
+    return tuple(data[c] for c in REQUEST_COLUMNS)
 
 
-def _request(row: tuple[Any, ...]) -> LoggedRequest:
-    data = dict(zip(_REQUEST_COLUMNS, row, strict=True))
+def request_of(row: tuple[Any, ...]) -> LoggedRequest:
+    data = dict(zip(REQUEST_COLUMNS, row, strict=True))
     data["degraded"] = bool(data["degraded"])
     data["results"] = tuple(LoggedResult(**r) for r in json.loads(data["results"]))
     data["signals"] = {str(k): float(v) for k, v in json.loads(data["signals"]).items()}
     return LoggedRequest(**data)
 
 
-def _shadow_row(rec: ShadowRecord) -> tuple[Any, ...]:
+def shadow_row(rec: ShadowRecord) -> tuple[Any, ...]:
     data = asdict(rec)
     for name in ("largest_moves", "shadow_ranking"):
         data[name] = json.dumps(data[name], ensure_ascii=False, separators=(",", ":"))
-    return tuple(data[c] for c in _SHADOW_COLUMNS)
+    return tuple(data[c] for c in SHADOW_COLUMNS)
 
 
-def _shadow(row: tuple[Any, ...]) -> ShadowRecord:
-    data = dict(zip(_SHADOW_COLUMNS, row, strict=True))
+def shadow_of(row: tuple[Any, ...]) -> ShadowRecord:
+    data = dict(zip(SHADOW_COLUMNS, row, strict=True))
     data["largest_moves"] = tuple((str(d), int(a), int(b)) for d, a, b in json.loads(data["largest_moves"]))
     data["shadow_ranking"] = tuple((str(d), float(s)) for d, s in json.loads(data["shadow_ranking"]))
     return ShadowRecord(**data)

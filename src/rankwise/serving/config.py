@@ -110,8 +110,9 @@ class CacheSettings:
 class LoopSettings:
     """The feedback loop's server side: the query log and feedback store, and what it keeps for how long."""
 
-    #: the query log and feedback store (SQLite); None keeps no query log and refuses feedback (404)
-    feedback: Path | None = None
+    #: the query log and feedback store (a SQLite file or the shared PostgreSQL store); None keeps no query
+    #: log and refuses feedback (404)
+    feedback: Path | PostgresStore | None = None
     #: how much of each query the query log keeps: nothing, a keyed hash (the default), or the text
     log_queries: QueryLogging = "hash"
     #: delete query-log rows (and their feedback and shadow rows) older than this many seconds

@@ -160,9 +160,18 @@ def open_feedback_store(loop: LoopSettings, metrics: ServingMetrics) -> Feedback
     is refused now, not found by failing writes."""
     if loop.feedback is None:
         return None
-    store = SQLiteFeedbackStore(loop.feedback, on_lost=metrics.query_log_errors.inc)
+    store: FeedbackStore
+    if isinstance(loop.feedback, PostgresStore):
+        from rankwise.feedback.store_postgres import (
+            PostgresFeedbackStore,  # psycopg only where a store is named
+        )
+
+        store = PostgresFeedbackStore(loop.feedback, on_lost=metrics.query_log_errors.inc)
+    else:
+        store = sqlite = SQLiteFeedbackStore(loop.feedback, on_lost=metrics.query_log_errors.inc)
     try:
-        store.check_integrity()
+        if not isinstance(loop.feedback, PostgresStore):
+            sqlite.check_integrity()
         store.set_retention(loop.retention_s)  # so `feedback export` after a stop applies it too
     except Exception:
         store.close()
