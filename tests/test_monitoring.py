@@ -26,10 +26,11 @@ from rankwise.monitoring import (
     to_html,
 )
 from rankwise.monitoring.check import check
-from rankwise.monitoring.history import new_record_id
+from rankwise.monitoring.history import new_record_id, open_history
 from rankwise.monitoring.run import resolve_reranker
 from rankwise.monitoring.slices import read_query_tags
 from rankwise.options import PipelineSettings
+from rankwise.postgres import PostgresStore, connect
 from rankwise.rerank.loading import LoadOptions
 
 #: three queries per KB document (each judged relevant to it alone), with gold-set tags
@@ -264,12 +265,20 @@ def test_a_changed_goldset_is_announced_and_only_common_queries_compared(kb_inde
     assert "gold set changed" in result.summary()
 
 
-def test_the_30_day_reference_is_the_run_closest_to_a_month_earlier(runs, tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def history_at(request: pytest.FixtureRequest, tmp_path: Path) -> Path | PostgresStore:
+    """Where a new history goes: a SQLite file, or the shared PostgreSQL store (same SQL, same checks)."""
+    if request.param == "sqlite":
+        return tmp_path / "h.sqlite"
+    return PostgresStore(request.getfixturevalue("postgres").database("monitor"))
+
+
+def test_the_30_day_reference_is_the_run_closest_to_a_month_earlier(runs, history_at: Path | PostgresStore) -> None:
     same = runs[0]
     dated = [replace(same, id=new_record_id(), time=t) for t in (
         "2026-08-01T03:00:00+00:00", "2026-09-02T03:00:00+00:00", "2026-09-25T03:00:00+00:00",
         "2026-10-02T03:00:00+00:00")]
-    with SQLiteMonitorHistory(tmp_path / "h.sqlite") as history:
+    with open_history(history_at) as history:
         for r in reversed(dated):  # stored out of order: records come back by time
             history.append(r)
         assert [r.id for r in history.records()] == [r.id for r in dated]
@@ -277,9 +286,9 @@ def test_the_30_day_reference_is_the_run_closest_to_a_month_earlier(runs, tmp_pa
     assert result.reference_id == dated[1].id and "vs 30-day run 2026-09-02" in result.summary()
 
 
-def test_a_pinned_baseline_is_the_reference_and_the_latest_pin_wins(runs, tmp_path: Path) -> None:
+def test_a_pinned_baseline_is_the_reference_and_the_latest_pin_wins(runs, history_at: Path | PostgresStore) -> None:
     first, second, degraded = runs
-    with SQLiteMonitorHistory(tmp_path / "h.sqlite") as history:
+    with open_history(history_at) as history:
         for r in runs:
             history.append(r)
         with pytest.raises(MonitorError, match="no baseline pinned for 'default'"):
@@ -293,8 +302,16 @@ def test_a_pinned_baseline_is_the_reference_and_the_latest_pin_wins(runs, tmp_pa
         assert check(history, reference="baseline").status == "inconclusive"  # the latest run is the baseline
         with pytest.raises(MonitorError, match="no run 'abcdef'"):
             history.pin_baseline("abcdef")
-    # append-only, enforced by SQLite itself
-    conn = sqlite3.connect(tmp_path / "h.sqlite")
+    # append-only, enforced by the database itself
+    if isinstance(history_at, PostgresStore):
+        pg = connect(history_at.url)
+        for sql in ("UPDATE monitor_runs SET name = 'x'", "DELETE FROM monitor_runs", "DELETE FROM monitor_pins",
+                    "TRUNCATE monitor_runs CASCADE"):
+            with pytest.raises(Exception, match="append-only"):
+                pg.execute(sql)
+        pg.close()
+        return
+    conn = sqlite3.connect(history_at)
     for sql in ("UPDATE runs SET name = 'x'", "DELETE FROM runs", "DELETE FROM pins"):
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             conn.execute(sql)

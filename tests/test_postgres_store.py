@@ -90,6 +90,16 @@ def test_query_log_rows_cannot_be_updated_or_deleted_outside_the_purge(postgres:
         assert log.purge("1d") == 3
 
 
+def test_a_missing_monitoring_history_is_refused_not_read_as_empty(postgres: Postgres) -> None:
+    from rankwise.monitoring.history import MonitorError, open_history
+
+    store = PostgresStore(postgres.database("monitor"))
+    with pytest.raises(MonitorError, match="no monitoring history in"):
+        open_history(store, create=False)
+    result = _rankwise("monitor", "list", "--store", store.url)
+    assert result.returncode != 0 and result.stderr.startswith("error: no monitoring history in")
+
+
 def test_bad_store_urls_and_schemas_are_one_line_errors(postgres: Postgres) -> None:
     with pytest.raises(StoreError, match="postgresql://"):
         PostgresStore("mysql://db")

@@ -73,7 +73,7 @@ FeedbackDbOpt = Annotated[str, typer.Option(
 
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", help="Shared PostgreSQL store (postgresql://user@host/db) for several replicas: the audit log, "
-                    "the query log and feedback.")]
+                    "the query log and feedback, the monitoring history.")]
 
 
 def store_location(value: str, store: str | None, flag: str, default_name: str) -> Path | PostgresStore | None:

@@ -48,10 +48,11 @@ from rankwise.cli.common import (
     out,
     prelude,
     prepare_goldset,
-    store_path,
+    store_location,
     warn,
     warn_leakage,
 )
+from rankwise.postgres import PostgresStore
 
 app = typer.Typer()
 monitor_app = typer.Typer(help="Scheduled evaluation on a gold set, with drift alarms.", no_args_is_help=True)
@@ -62,14 +63,14 @@ HistoryOpt = Annotated[str, typer.Option(
 NameOpt = Annotated[str, typer.Option(help="Monitor name: one history holds several configurations apart.")]
 
 
-def _history_path(value: str) -> Path:
+def _history_at(value: str, shared: str | None) -> Path | PostgresStore:
     from rankwise.monitoring.history import MonitorError
 
-    path = store_path(value, MONITOR_DB)
-    if path is None:
+    where = store_location(value, shared, "--history", MONITOR_DB)
+    if where is None:
         raise MonitorError("--history none keeps no history, so there is nothing to record or check; pass a "
                            "path or 'default'")
-    return path
+    return where
 
 
 @monitor_app.command("run")
@@ -92,6 +93,7 @@ def run(
     metrics: Annotated[str, typer.Option(help="ir_measures names, comma-separated (MRR@10 is RR@10).")]
     = "nDCG@5,nDCG@10,R@20,RR@10",
     history: HistoryOpt = DEFAULT_STORE,
+    shared: StoreOpt = None,
     name: NameOpt = "default",
     slice_by: Annotated[list[str] | None, typer.Option(
         "--slice-by", help="Also slice by this document metadata key of each query's relevant documents "
@@ -104,7 +106,7 @@ def run(
     prelude(allow_download)
     from rankwise.evaluation.metrics import parse_metrics
     from rankwise.index import Index
-    from rankwise.monitoring.history import SQLiteMonitorHistory
+    from rankwise.monitoring.history import open_history
     from rankwise.monitoring.run import monitor_run, resolve_reranker
     from rankwise.monitoring.slices import check_slice_keys, read_query_tags
     from rankwise.options import PipelineSettings
@@ -115,8 +117,8 @@ def run(
     metric_names = parse_metrics(metrics)
     settings = PipelineSettings(first_stage, retrieve_k, rerank_k, rerank_fusion)  # type: ignore[arg-type]
     load = LoadOptions(backend=backend, device=device, max_length=max_length, registry=registry)  # type: ignore[arg-type]
-    path = _history_path(history)
-    with SQLiteMonitorHistory(path) as store:
+    path = _history_at(history, shared)
+    with open_history(path) as store:
         gold = load_goldset(dataset, split, goldset, queries)
         tags = None
         if goldset is not None and goldset.suffix.lower() == ".jsonl":  # a gold-set JSONL may tag its queries
@@ -141,6 +143,7 @@ def run(
 @friendly_errors
 def check_cmd(
     history: HistoryOpt = DEFAULT_STORE,
+    shared: StoreOpt = None,
     name: NameOpt = "default",
     reference: Annotated[str, typer.Option(
         help="Compare the latest run with: previous | 30d (the run closest to 30 days earlier) | baseline "
@@ -161,11 +164,11 @@ def check_cmd(
 ) -> None:
     """Compare the latest run with its reference; exit 1 on an alarm."""
     from rankwise.monitoring.check import check
-    from rankwise.monitoring.history import SQLiteMonitorHistory
+    from rankwise.monitoring.history import open_history
     from rankwise.options import parse_share
 
     share = parse_share(max_drop, "--max-drop")
-    with SQLiteMonitorHistory(_history_path(history), create=False) as store:
+    with open_history(_history_at(history, shared), create=False) as store:
         result = check(store, name=name, reference=reference, metric=metric, max_drop=share, alpha=alpha,
                        min_queries=min_queries, slices=slices)
         records = store.records(name) if html_path else []
@@ -193,11 +196,12 @@ def pin(
     record_id: Annotated[str, typer.Argument(
         help="Run id (or its first characters) to compare later runs with.")],
     history: HistoryOpt = DEFAULT_STORE,
+    shared: StoreOpt = None,
 ) -> None:
     """Pin a run as its monitor's baseline (`check --reference baseline`); the latest pin wins."""
-    from rankwise.monitoring.history import SQLiteMonitorHistory
+    from rankwise.monitoring.history import open_history
 
-    with SQLiteMonitorHistory(_history_path(history), create=False) as store:
+    with open_history(_history_at(history, shared), create=False) as store:
         record = store.pin_baseline(record_id)
     out.print(f"pinned run {record.id} ({record.time}) as the baseline of '{record.name}'", highlight=False,
               soft_wrap=True)
@@ -207,12 +211,13 @@ def pin(
 @friendly_errors
 def list_cmd(
     history: HistoryOpt = DEFAULT_STORE,
+    shared: StoreOpt = None,
     name: Annotated[str | None, typer.Option(help="Only this monitor's runs (default: all of them).")] = None,
 ) -> None:
     """The recorded runs, oldest first, one a line: id (for `pin`), time, setup, metrics."""
-    from rankwise.monitoring.history import SQLiteMonitorHistory
+    from rankwise.monitoring.history import open_history
 
-    with SQLiteMonitorHistory(_history_path(history), create=False) as store:
+    with open_history(_history_at(history, shared), create=False) as store:
         records = store.records(name)
         pinned = {b.id for n in store.names() if (b := store.baseline(n)) is not None}
     for r in records:

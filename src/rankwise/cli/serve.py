@@ -34,7 +34,6 @@ from rankwise.cli.common import (
     out,
     prelude,
     store_location,
-    store_path,
 )
 from rankwise.postgres import PostgresStore
 
@@ -165,7 +164,8 @@ def serve(
         monitor=MonitorSettings(
             drift_reference=drift_reference, drift_window=drift_window,
             every_s=parse_duration(monitor_every, "--monitor-every") if monitor_every else None,
-            goldset=monitor_goldset, history=store_path(monitor_history, MONITOR_DB)),
+            goldset=monitor_goldset,
+            history=store_location(monitor_history, store, "--monitor-history", MONITOR_DB)),
         batching=BatchingSettings(enabled=batching, max_wait_ms=batch_wait_ms, max_tokens=batch_tokens,
                                   max_requests=batch_requests),
         limits=Limits(max_documents=max_documents, max_document_chars=max_document_chars,

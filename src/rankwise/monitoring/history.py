@@ -5,8 +5,8 @@ judge a change without re-running anything: the per-query values (paired tests n
 texts (to show which queries got worse), the gold set's fingerprint (to notice a changed yardstick) and
 the full serving configuration with the reranker's resolved version and weights digest (to say *what*
 changed). :class:`MonitorHistory` is the protocol the checks read; :class:`SQLiteMonitorHistory` implements
-it on one SQLite file, and a shared database (PostgreSQL, with the record as JSONB) would implement the
-same few methods.
+it on one SQLite file and :class:`~rankwise.monitoring.history_postgres.PostgresMonitorHistory` in the
+shared PostgreSQL store, both through the same SQL (:class:`HistoryQueries`).
 
 Why the store is shaped like this:
 
@@ -36,6 +36,7 @@ from typing import Any, Protocol, Self
 
 from rankwise.clock import utc_now
 from rankwise.errors import RankwiseError
+from rankwise.postgres import PostgresStore
 from rankwise.sqlite_files import DatabaseKind, failure, open_database
 
 #: ``PRAGMA application_id`` of a rankwise monitoring history ("rkmo")
@@ -208,20 +209,24 @@ class MonitorHistory(Protocol):
     def close(self) -> None: ...
 
 
-class SQLiteMonitorHistory:
-    """:class:`MonitorHistory` on one SQLite file; see the module docstring.
+class HistoryQueries:
+    """The history's reads and writes in the SQL every store speaks: a store names its ``runs`` and ``pins``
+    tables and its parameter placeholder, says where it is (``_where``, for messages), and supplies
+    ``_execute`` (a read) and ``_write`` (one statement in one transaction)."""
 
-    ``create=False`` (what checks use) refuses a missing file instead of creating an empty history: a
-    typo in ``--history`` must not turn into "no runs, nothing to alarm about".
-    """
+    _runs: str
+    _pins: str
+    _mark: str
+    _where: str
 
-    def __init__(self, path: str | Path, *, create: bool = True, timeout: float = 10.0) -> None:
-        self.path = Path(path)
-        self.timeout = timeout
-        if not create and not self.path.is_file():
-            raise MonitorError(f"no monitoring history at '{self.path}'; record a run first with `rankwise "
-                               f"monitor run ... --history {self.path}`, or pass the right --history")
-        self._conn = open_database(self.path, _KIND, timeout=self.timeout, create=create)
+    def _execute(self, sql: str, params: tuple[Any, ...], doing: str) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _write(self, sql: str, params: tuple[Any, ...], doing: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
 
     def __enter__(self) -> Self:
         return self
@@ -229,6 +234,92 @@ class SQLiteMonitorHistory:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.close()
+
+    # ------------------------------------------------------------------ writes
+    def append(self, record: MonitorRecord) -> None:
+        """Store ``record`` in one transaction (serialised first, so a bad value writes nothing)."""
+        record = replace(record, time=parse_time(record.time).isoformat(timespec="seconds"))
+        text = json.dumps(record.to_dict(), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        m = self._mark
+        self._write(f"INSERT INTO {self._runs} (id, name, time, record) VALUES ({m}, {m}, {m}, {m})",
+                    (record.id, record.name, record.time, text), "recording a run")
+
+    def pin_baseline(self, record_id: str) -> MonitorRecord:
+        record = self.get(record_id)
+        m = self._mark
+        self._write(f"INSERT INTO {self._pins} (name, record_id, time) VALUES ({m}, {m}, {m})",
+                    (record.name, record.id, utc_now()), "pinning a baseline")
+        return record
+
+    # ------------------------------------------------------------------ reads
+    def records(self, name: str | None = None) -> list[MonitorRecord]:
+        where, params = self._of(name)
+        rows = self._execute(f"SELECT id, record FROM {self._runs} {where} ORDER BY time, seq", params,
+                             "reading the runs")
+        return [self._record(*row) for row in rows]
+
+    def latest(self, name: str | None = None) -> MonitorRecord | None:
+        where, params = self._of(name)
+        rows = self._execute(f"SELECT id, record FROM {self._runs} {where} ORDER BY time DESC, seq DESC LIMIT 1",
+                             params, "reading the latest run")
+        return self._record(*rows[0]) if rows else None
+
+    def get(self, record_id: str) -> MonitorRecord:
+        text = record_id.strip().lower()
+        if len(text) < MIN_ID_PREFIX or not all(c in "0123456789abcdef" for c in text):
+            raise MonitorError(f"'{record_id}' is not a run id; pass the id `rankwise monitor run` printed "
+                               f"(its first {MIN_ID_PREFIX} characters at least; `rankwise monitor list` "
+                               "shows them)")
+        m = self._mark
+        rows = self._execute(f"SELECT id, record FROM {self._runs} WHERE id >= {m} AND id < {m} ORDER BY seq LIMIT 2",
+                             (text, text + "g"), "reading a run")
+        if not rows:
+            raise MonitorError(f"no run '{record_id}' in the monitoring history {self._where}; "
+                               "`rankwise monitor list` shows the runs")
+        exact = [row for row in rows if row[0] == text]
+        if len(rows) > 1 and not exact:
+            raise MonitorError(f"'{record_id}' is the start of more than one run id; pass more of it")
+        return self._record(*(exact or rows)[0])
+
+    def names(self) -> list[str]:
+        rows = self._execute(f"SELECT DISTINCT name FROM {self._runs} ORDER BY name", (), "reading monitor names")
+        return [name for (name,) in rows]
+
+    def baseline(self, name: str) -> MonitorRecord | None:
+        rows = self._execute(f"SELECT r.id, r.record FROM {self._pins} p JOIN {self._runs} r ON r.id = p.record_id "
+                             f"WHERE p.name = {self._mark} ORDER BY p.seq DESC LIMIT 1", (name,),
+                             "reading the baseline")
+        return self._record(*rows[0]) if rows else None
+
+    def _record(self, record_id: str, text: str) -> MonitorRecord:
+        try:
+            return MonitorRecord.from_dict(json.loads(text))
+        except (TypeError, ValueError, AttributeError) as err:
+            raise MonitorError(f"run '{record_id}' in the monitoring history {self._where} cannot be read "
+                               f"({err}); it was written by another rankwise version or damaged") from None
+
+    def _of(self, name: str | None) -> tuple[str, tuple[str, ...]]:
+        """The WHERE clause selecting one monitor's runs (none: every monitor's)."""
+        return (f"WHERE name = {self._mark}", (name,)) if name is not None else ("", ())
+
+
+class SQLiteMonitorHistory(HistoryQueries):
+    """:class:`MonitorHistory` on one SQLite file; see the module docstring.
+
+    ``create=False`` (what checks use) refuses a missing file instead of creating an empty history: a
+    typo in ``--history`` must not turn into "no runs, nothing to alarm about".
+    """
+
+    _runs, _pins, _mark = "runs", "pins", "?"
+
+    def __init__(self, path: str | Path, *, create: bool = True, timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self._where = f"'{self.path}'"
+        if not create and not self.path.is_file():
+            raise MonitorError(f"no monitoring history at '{self.path}'; record a run first with `rankwise "
+                               f"monitor run ... --history {self.path}`, or pass the right --history")
+        self._conn = open_database(self.path, _KIND, timeout=self.timeout, create=create)
 
     def __repr__(self) -> str:
         return f"SQLiteMonitorHistory('{self.path}')"
@@ -253,66 +344,12 @@ class SQLiteMonitorHistory:
         except sqlite3.Error as err:
             raise self._error(err, doing) from None
 
-    # ------------------------------------------------------------------ writes
-    def append(self, record: MonitorRecord) -> None:
-        """Store ``record`` in one transaction (serialised first, so a bad value writes nothing)."""
-        record = replace(record, time=parse_time(record.time).isoformat(timespec="seconds"))
-        text = json.dumps(record.to_dict(), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        self._write("INSERT INTO runs (id, name, time, record) VALUES (?, ?, ?, ?)",
-                    (record.id, record.name, record.time, text), "recording a run")
 
-    def pin_baseline(self, record_id: str) -> MonitorRecord:
-        record = self.get(record_id)
-        self._write("INSERT INTO pins (name, record_id, time) VALUES (?, ?, ?)",
-                    (record.name, record.id, utc_now()), "pinning a baseline")
-        return record
+def open_history(where: Path | PostgresStore, *, create: bool = True) -> SQLiteMonitorHistory | Any:
+    """The history at ``where``: a SQLite file, or the shared PostgreSQL store (``--store``), whose module
+    (and psycopg) is imported only when one is named."""
+    if isinstance(where, PostgresStore):
+        from rankwise.monitoring.history_postgres import PostgresMonitorHistory
 
-    # ------------------------------------------------------------------ reads
-    def records(self, name: str | None = None) -> list[MonitorRecord]:
-        where, params = _of(name)
-        rows = self._execute(f"SELECT id, record FROM runs {where} ORDER BY time, seq", params,
-                             "reading the runs")
-        return [self._record(*row) for row in rows]
-
-    def latest(self, name: str | None = None) -> MonitorRecord | None:
-        where, params = _of(name)
-        rows = self._execute(f"SELECT id, record FROM runs {where} ORDER BY time DESC, seq DESC LIMIT 1",
-                             params, "reading the latest run")
-        return self._record(*rows[0]) if rows else None
-
-    def get(self, record_id: str) -> MonitorRecord:
-        text = record_id.strip().lower()
-        if len(text) < MIN_ID_PREFIX or not all(c in "0123456789abcdef" for c in text):
-            raise MonitorError(f"'{record_id}' is not a run id; pass the id `rankwise monitor run` printed "
-                               f"(its first {MIN_ID_PREFIX} characters at least; `rankwise monitor list` "
-                               "shows them)")
-        rows = self._execute("SELECT id, record FROM runs WHERE id >= ? AND id < ? ORDER BY seq LIMIT 2",
-                             (text, text + "g"), "reading a run")
-        if not rows:
-            raise MonitorError(f"no run '{record_id}' in the monitoring history '{self.path}'; "
-                               "`rankwise monitor list` shows the runs")
-        exact = [row for row in rows if row[0] == text]
-        if len(rows) > 1 and not exact:
-            raise MonitorError(f"'{record_id}' is the start of more than one run id; pass more of it")
-        return self._record(*(exact or rows)[0])
-
-    def names(self) -> list[str]:
-        rows = self._execute("SELECT DISTINCT name FROM runs ORDER BY name", (), "reading monitor names")
-        return [name for (name,) in rows]
-
-    def baseline(self, name: str) -> MonitorRecord | None:
-        rows = self._execute("SELECT r.id, r.record FROM pins p JOIN runs r ON r.id = p.record_id "
-                             "WHERE p.name = ? ORDER BY p.seq DESC LIMIT 1", (name,), "reading the baseline")
-        return self._record(*rows[0]) if rows else None
-
-    def _record(self, record_id: str, text: str) -> MonitorRecord:
-        try:
-            return MonitorRecord.from_dict(json.loads(text))
-        except (TypeError, ValueError, AttributeError) as err:
-            raise MonitorError(f"run '{record_id}' in the monitoring history '{self.path}' cannot be read "
-                               f"({err}); it was written by another rankwise version or damaged") from None
-
-
-def _of(name: str | None) -> tuple[str, tuple[str, ...]]:
-    """The WHERE clause selecting one monitor's runs (none: every monitor's)."""
-    return ("WHERE name = ?", (name,)) if name is not None else ("", ())
+        return PostgresMonitorHistory(where, create=create)
+    return SQLiteMonitorHistory(where, create=create)

@@ -177,7 +177,7 @@ class MonitorSettings:
     #: evaluate the serving configuration on ``goldset`` this often, recording runs in ``history``
     every_s: float | None = None
     goldset: Path | None = None
-    history: Path | None = None
+    history: Path | PostgresStore | None = None
 
     def __post_init__(self) -> None:
         if self.drift_window < 50:

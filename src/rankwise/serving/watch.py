@@ -89,7 +89,7 @@ class ScheduledMonitor:
     def __init__(self, settings: MonitorSettings, index: Index, metrics: ServingMetrics, *, reranker: str | None,
                  load: LoadOptions, pipeline: PipelineSettings) -> None:
         from rankwise.evaluation.goldset import GoldSet
-        from rankwise.monitoring.history import SQLiteMonitorHistory
+        from rankwise.monitoring.history import open_history
 
         assert settings.every_s is not None and settings.goldset is not None and settings.history is not None
         self.every_s = settings.every_s
@@ -101,7 +101,7 @@ class ScheduledMonitor:
         self.metrics = metrics
         self.goldset = GoldSet.load(settings.goldset)
         self.gold = self.goldset.prepare(known_documents=set(index.passage_doc_ids))
-        SQLiteMonitorHistory(self.history).close()  # a bad path stops the server now, not in a day
+        open_history(self.history).close()  # a bad path or store stops the server now, not in a day
         metrics.monitor_alarm.set(_STATUS["inconclusive"])  # until a run says otherwise
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rankwise-monitor", daemon=True)
@@ -125,13 +125,13 @@ class ScheduledMonitor:
     def run_once(self) -> None:
         """One evaluation → record → check, with its outcome in the metrics (failures included)."""
         from rankwise.monitoring.check import check
-        from rankwise.monitoring.history import SQLiteMonitorHistory
+        from rankwise.monitoring.history import open_history
         from rankwise.monitoring.run import monitor_run, resolve_reranker
 
         try:
             reranker = resolve_reranker(self.reranker or "none", self.load)
             record = monitor_run(self.index, self.gold, name=MONITOR_NAME, settings=self.pipeline, reranker=reranker)
-            with SQLiteMonitorHistory(self.history) as history:
+            with open_history(self.history) as history:
                 history.append(record)
                 result = check(history, name=MONITOR_NAME)
         except Exception:  # counted and logged; the next interval tries again
