@@ -26,7 +26,7 @@ demo: venv
 TESTS ?=
 
 test: venv
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(TESTS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=25 $(TESTS)
 
 test-avx2: venv
 	$(AVX2) HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(TESTS)
