@@ -166,6 +166,18 @@ def test_a_rollback_killed_midway_leaves_a_complete_index(live: Path, rename: bo
     assert not [p.name for p in live.parent.iterdir() if p.name.startswith(".kb.")]
 
 
+def test_an_update_killed_after_its_swap_leaves_no_older_version_to_roll_back_to(
+        live: Path, tmp_path: Path) -> None:
+    v1 = update_index(live, [ADDED])[0].fingerprint  # the KB is now kept as the previous version
+    change = tmp_path / "change.jsonl"
+    change.write_text(json.dumps({"id": CHANGED.id, "title": CHANGED.title, "text": CHANGED.text}) + "\n")
+    result = _rankwise("index", str(change), "-i", str(live), "--update", crash_at="index:swapped")
+    assert result.returncode == CRASH_EXIT, result.stderr
+    assert Index(live).fingerprint != v1  # the new version is live
+    with pytest.raises(IndexNotFoundError, match="no previous version"):  # not the KB: that would skip v1
+        rollback_index(live)
+
+
 def test_a_version_held_by_a_reader_keeps_answering_after_newer_ones_replace_it(live: Path) -> None:
     held = Index(live).preload()
     update_index(live, [ADDED])

@@ -26,7 +26,8 @@ from rankwise.monitoring import (
     to_html,
 )
 from rankwise.monitoring.check import check
-from rankwise.monitoring.history import new_record_id, open_history
+from rankwise.monitoring.histories import open_history
+from rankwise.monitoring.history import new_record_id
 from rankwise.monitoring.run import resolve_reranker
 from rankwise.monitoring.slices import read_query_tags
 from rankwise.options import PipelineSettings

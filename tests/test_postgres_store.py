@@ -91,7 +91,8 @@ def test_query_log_rows_cannot_be_updated_or_deleted_outside_the_purge(postgres:
 
 
 def test_a_missing_monitoring_history_is_refused_not_read_as_empty(postgres: Postgres) -> None:
-    from rankwise.monitoring.history import MonitorError, open_history
+    from rankwise.monitoring.histories import open_history
+    from rankwise.monitoring.history import MonitorError
 
     store = PostgresStore(postgres.database("monitor"))
     with pytest.raises(MonitorError, match="no monitoring history in"):
@@ -100,11 +101,37 @@ def test_a_missing_monitoring_history_is_refused_not_read_as_empty(postgres: Pos
     assert result.returncode != 0 and result.stderr.startswith("error: no monitoring history in")
 
 
+def test_a_nul_character_a_client_sends_costs_no_row_in_either_store(postgres: Postgres, tmp_path: Path) -> None:
+    from rankwise.feedback import FeedbackEvent, LoggedRequest, LoggedResult, SQLiteFeedbackStore
+
+    store = PostgresStore(postgres.database("nul"))
+    audit = PostgresAuditLog(store)
+    audit.record(AuditRecord("r-ok", "/v1/rerank", 200, 1.0))
+    audit.record(AuditRecord("r-nul", "/v1/rerank", 404, 1.0, error="unknown model 'x\x00y'"))
+    audit.flush()
+    audit.close()
+    assert [r["request_id"] for r in read_audit_postgres(store)] == ["r-nul", "r-ok"] and verify_chain_postgres(store).ok
+    for log in (PostgresFeedbackStore(store), SQLiteFeedbackStore(tmp_path / "f.db")):
+        with log:
+            log.log_request(LoggedRequest("q-nul", "/v1/search", (LoggedResult("a", 1, 0.9),), user_id="u\x00"))
+            log.log_request(LoggedRequest("q-ok", "/v1/search", (LoggedResult("a", 1, 0.9),)))
+            event = FeedbackEvent("e\x00", "q-nul", "click", "a", 1)
+            assert log.add_event(event) == "stored" and log.add_event(event) == "duplicate"
+            assert sorted(r.request_id for r in log.requests()) == ["q-nul", "q-ok"]
+            assert log.get_request("q-nul") is not None
+
+
 def test_bad_store_urls_and_schemas_are_one_line_errors(postgres: Postgres) -> None:
     with pytest.raises(StoreError, match="postgresql://"):
         PostgresStore("mysql://db")
-    with pytest.raises(StoreError, match="cannot connect to postgresql://u:\\*\\*\\*@127.0.0.1:1/x"):
+    with pytest.raises(StoreError, match="cannot connect to postgresql://u:\\*\\*\\*@127.0.0.1:1/x") as refused:
         PostgresAuditLog(PostgresStore("postgresql://u:secret@127.0.0.1:1/x"))
+    assert "secret" not in str(refused.value)
+    with pytest.raises(StoreError) as malformed:  # libpq quotes a malformed password back
+        PostgresAuditLog(PostgresStore("postgresql://u:se%zzcret@127.0.0.1:1/x"))
+    assert "se%zzcret" not in str(malformed.value) and "postgresql://" in str(malformed.value)
+    with pytest.raises(StoreError, match="got postgresql\\+psycopg://\\)$"):
+        PostgresStore("postgresql+psycopg://u:secret@h/db")
     url = postgres.database("audit")
     with connect(url) as conn:
         migrate(conn, "audit", ["SELECT 1", "SELECT 1"])  # a newer rankwise was here

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from rankwise.errors import RankwiseError
@@ -35,14 +35,25 @@ def is_postgres_url(value: object) -> bool:
 
 
 def redacted(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    from urllib.parse import urlsplit, urlunsplit
+    """The URL without its password (in the user part or a ``password=`` parameter), for messages and logs."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+        query = urlencode([(k, "***" if k.lower() == "password" else v)
+                           for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="/*")
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return "the PostgreSQL URL given (unparsable)"
+
+
+#: bounds on a session, so a replica cut off mid-transaction cannot hold the audit chain's lock for hours,
+#: and no statement waits without end; keepalives notice a dead peer
+_SESSION = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+            "options": "-c lock_timeout=30s -c idle_in_transaction_session_timeout=60s -c statement_timeout=300s"}
 
 
 def connect(url: str, *, timeout_s: float = 10.0) -> psycopg.Connection:
@@ -53,9 +64,22 @@ def connect(url: str, *, timeout_s: float = 10.0) -> psycopg.Connection:
     except ImportError:
         raise StoreError("a postgresql:// store needs psycopg: pip install 'rankwise[postgres]'") from None
     try:
-        return psycopg.connect(url, connect_timeout=max(1, round(timeout_s)), autocommit=True)
+        return psycopg.connect(url, connect_timeout=max(1, round(timeout_s)), autocommit=True, **_SESSION)
     except psycopg.Error as err:
-        raise StoreError(f"cannot connect to {redacted(url)} ({one_line(err)})") from None
+        raise StoreError(f"cannot connect to {redacted(url)} ({_scrubbed(one_line(err), url)})") from None
+
+
+def _scrubbed(message: str, url: str) -> str:
+    """``message`` with the URL's password taken out (libpq quotes a malformed one back)."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    for secret in {password, unquote(password)} if password else ():
+        message = message.replace(secret, "***")
+    return message
 
 
 def one_line(err: BaseException) -> str:
@@ -69,7 +93,8 @@ def advisory_key(name: str) -> int:
 
 def migrate(conn: psycopg.Connection, component: str, steps: Sequence[str]) -> None:
     """Bring ``component``'s tables to version ``len(steps)``: step ``i`` takes version ``i`` to ``i + 1``."""
-    with conn.transaction():
+    with conn.transaction():  # two replicas creating it at once would collide in the catalog: one at a time
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key("migrate"),))
         conn.execute("CREATE TABLE IF NOT EXISTS rankwise_schema (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
     while True:
         with conn.transaction():
@@ -90,11 +115,12 @@ def migrate(conn: psycopg.Connection, component: str, steps: Sequence[str]) -> N
 class PostgresStore:
     """Where a store lives when it is in PostgreSQL (``--store postgresql://...``) rather than a SQLite file."""
 
-    url: str
+    url: str = field(repr=False)  # may hold a password
 
     def __post_init__(self) -> None:
         if not is_postgres_url(self.url):
-            raise StoreError(f"--store takes a postgresql://user@host/database URL (got {self.url!r})")
+            scheme = self.url.split("://", 1)[0] + "://" if "://" in self.url else "no scheme"
+            raise StoreError(f"--store takes a postgresql://user@host/database URL (got {scheme})")
 
     def __str__(self) -> str:
         return redacted(self.url)

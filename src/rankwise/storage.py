@@ -57,3 +57,13 @@ def fsync_directory(directory: str | Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def storable_text(value: object) -> object:
+    """``value`` with NUL characters replaced by U+FFFD when it is a string, else as it is.
+
+    PostgreSQL's text cannot hold NUL, and a client can put one in any string it sends (a user id, a model
+    name an error message echoes): stored as it came, one such value would fail the whole batch of rows it
+    was written with. Both stores store the replacement, so a row reads (and hashes) the same in either.
+    """
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value

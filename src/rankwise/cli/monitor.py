@@ -106,7 +106,7 @@ def run(
     prelude(allow_download)
     from rankwise.evaluation.metrics import parse_metrics
     from rankwise.index import Index
-    from rankwise.monitoring.history import open_history
+    from rankwise.monitoring.histories import open_history
     from rankwise.monitoring.run import monitor_run, resolve_reranker
     from rankwise.monitoring.slices import check_slice_keys, read_query_tags
     from rankwise.options import PipelineSettings
@@ -164,7 +164,7 @@ def check_cmd(
 ) -> None:
     """Compare the latest run with its reference; exit 1 on an alarm."""
     from rankwise.monitoring.check import check
-    from rankwise.monitoring.history import open_history
+    from rankwise.monitoring.histories import open_history
     from rankwise.options import parse_share
 
     share = parse_share(max_drop, "--max-drop")
@@ -199,7 +199,7 @@ def pin(
     shared: StoreOpt = None,
 ) -> None:
     """Pin a run as its monitor's baseline (`check --reference baseline`); the latest pin wins."""
-    from rankwise.monitoring.history import open_history
+    from rankwise.monitoring.histories import open_history
 
     with open_history(_history_at(history, shared), create=False) as store:
         record = store.pin_baseline(record_id)
@@ -215,7 +215,7 @@ def list_cmd(
     name: Annotated[str | None, typer.Option(help="Only this monitor's runs (default: all of them).")] = None,
 ) -> None:
     """The recorded runs, oldest first, one a line: id (for `pin`), time, setup, metrics."""
-    from rankwise.monitoring.history import open_history
+    from rankwise.monitoring.histories import open_history
 
     with open_history(_history_at(history, shared), create=False) as store:
         records = store.records(name)

@@ -48,6 +48,7 @@ from rankwise.batched_writer import BatchedWriter, WriterTimeout
 from rankwise.errors import RankwiseError
 from rankwise.feedback.events import FeedbackEvent, LoggedRequest, LoggedResult, ShadowRecord
 from rankwise.sqlite_files import DatabaseKind, failure, open_database
+from rankwise.storage import storable_text
 
 log = logging.getLogger("rankwise.feedback")
 
@@ -255,7 +256,8 @@ def same_event(stored: tuple[Any, ...], event: FeedbackEvent) -> AddOutcome:
     """``"duplicate"`` when the stored row with ``event``'s id is the same event (everything but ``time``, the
     arrival time, which differs on a retry, is equal); :class:`FeedbackConflict` otherwise."""
     found = FeedbackEvent(**dict(zip(EVENT_COLUMNS, stored, strict=True)))
-    if replace(found, time=event.time) != event:
+    sent = FeedbackEvent(**dict(zip(EVENT_COLUMNS, event_row(event), strict=True)))  # as it would be stored
+    if replace(found, time=event.time) != sent:
         # nothing of the stored event is said: it may be another caller's
         raise FeedbackConflict(f"event_id '{event.event_id}' was already used for a different event; send a "
                                "new event_id for a new event")
@@ -424,7 +426,7 @@ class SQLiteFeedbackStore(StoreCommon):
         # an acknowledged event must be readable later: refuse it while the path names another file or none
         if problem := self._file_problem():
             raise FeedbackStoreError(problem)
-        row = tuple(asdict(event)[c] for c in EVENT_COLUMNS)
+        row = event_row(event)
         sql = _insert("events", EVENT_COLUMNS) + " ON CONFLICT (event_id) DO NOTHING"
         # one budget for the whole call: waiting for the other callers, then for SQLite's lock; otherwise each
         # of N callers queued behind a locked file waits N times the timeout
@@ -443,7 +445,7 @@ class SQLiteFeedbackStore(StoreCommon):
                     inserted = self._conn.execute(sql, row).rowcount == 1
                     found = None if inserted else self._conn.execute(
                         f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE event_id = ?",
-                        (event.event_id,)).fetchone()
+                        (row[0],)).fetchone()  # the id as stored
             except sqlite3.Error as err:
                 raise self._error(err, "storing a feedback event") from None
         finally:
@@ -601,13 +603,17 @@ def pages(select: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]], sql: st
         after = (rows[-1][REQUEST_COLUMNS.index("time")], rows[-1][0])
 
 
+def event_row(event: FeedbackEvent) -> tuple[Any, ...]:
+    return tuple(storable_text(asdict(event)[c]) for c in EVENT_COLUMNS)
+
+
 def request_row(req: LoggedRequest) -> tuple[Any, ...]:
     data = asdict(req)
     data["degraded"] = int(req.degraded)
     data["results"] = json.dumps([{k: v for k, v in r.items() if v is not None} for r in data["results"]],
                                  ensure_ascii=False, separators=(",", ":"))
     data["signals"] = json.dumps(req.signals, separators=(",", ":"))
-    return tuple(data[c] for c in REQUEST_COLUMNS)
+    return tuple(storable_text(data[c]) for c in REQUEST_COLUMNS)
 
 
 def request_of(row: tuple[Any, ...]) -> LoggedRequest:
@@ -622,7 +628,7 @@ def shadow_row(rec: ShadowRecord) -> tuple[Any, ...]:
     data = asdict(rec)
     for name in ("largest_moves", "shadow_ranking"):
         data[name] = json.dumps(data[name], ensure_ascii=False, separators=(",", ":"))
-    return tuple(data[c] for c in SHADOW_COLUMNS)
+    return tuple(storable_text(data[c]) for c in SHADOW_COLUMNS)
 
 
 def shadow_of(row: tuple[Any, ...]) -> ShadowRecord:

@@ -21,7 +21,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import asdict
 from typing import Any, Self
 
 from rankwise.batched_writer import BatchedWriter, WriterTimeout
@@ -36,6 +35,7 @@ from rankwise.feedback.store import (
     FeedbackStoreError,
     RecentRequests,
     StoreCommon,
+    event_row,
     request_row,
     same_event,
     shadow_of,
@@ -49,6 +49,8 @@ log = logging.getLogger("rankwise.feedback")
 
 #: how long queued rows are retried while PostgreSQL cannot be reached
 RETRY_S = 30.0
+#: longest a synchronous call waits for the other callers of this store (as the SQLite store's timeout)
+_WAIT_S = 10.0
 _PAGE = 1_000
 
 _APPEND_ONLY = """
@@ -158,7 +160,10 @@ class PostgresFeedbackStore(StoreCommon):
         import psycopg
 
         self._check_open()
-        with self._lock:
+        if not self._lock.acquire(timeout=_WAIT_S):
+            raise FeedbackStoreError(f"the feedback store in {self.store} stayed busy for {_WAIT_S:g}s while "
+                                     f"{doing}; retry later")
+        try:
             for attempt in range(2):
                 try:
                     if self._conn.closed:
@@ -175,17 +180,19 @@ class PostgresFeedbackStore(StoreCommon):
                                              f"({one_line(err)})") from None
                 except RankwiseError:
                     raise
+        finally:
+            self._lock.release()
         raise AssertionError("unreachable")
 
     def add_event(self, event: FeedbackEvent) -> AddOutcome:
-        row = tuple(asdict(event)[c] for c in EVENT_COLUMNS)
+        row = event_row(event)
 
         def store(conn: Any) -> tuple[Any, ...] | None:
             inserted = conn.execute(_insert("feedback_events", EVENT_COLUMNS) + " ON CONFLICT (event_id) DO NOTHING",
                                     row).rowcount == 1
             return None if inserted else conn.execute(
                 f"SELECT {', '.join(EVENT_COLUMNS)} FROM feedback_events WHERE event_id = %s",
-                (event.event_id,)).fetchone()
+                (row[0],)).fetchone()  # the id as stored
 
         found = self._run("storing a feedback event", store)
         return "stored" if found is None else same_event(found, event)
@@ -253,6 +260,7 @@ class PostgresFeedbackStore(StoreCommon):
         self._closed = True
         if not self._rows.close(RETRY_S + 30):
             log.error("the feedback writer for %s did not stop; rows still queued are lost", self.store)
+            return  # its connection is still in use: closing it under the writer would fail its batch
         for conn in (self._writer_conn, self._conn):
             if conn is not None:
                 conn.close()

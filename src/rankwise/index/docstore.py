@@ -38,8 +38,9 @@ CREATE INDEX passages_doc ON passages(doc_id);
 #: the metadata field that is a document's access list: a group name or a list of them. A document without
 #: it (or with ``null``) is public; one with an empty list is seen only by callers without restrictions.
 ACCESS_FIELD = "groups"
-#: how many distinct group sets' visible rows are kept (the index never changes once built)
-_VISIBLE_CACHE = 256
+#: how much memory the visible rows of recent group sets may hold (the index never changes once built; a
+#: caller chooses its group set, so the cache is bounded by bytes, not by entries)
+_VISIBLE_CACHE_BYTES = 64 * 2**20
 
 
 class DocStore:
@@ -218,9 +219,10 @@ class DocStore:
                   if names else "") + " ORDER BY p.row")
         params = [path, path, *names] if names else [path]
         rows = np.array([r for (r,) in self._query(sql, params)], dtype=np.int64)
-        if len(self._visible) >= _VISIBLE_CACHE:
-            self._visible.pop(next(iter(self._visible)))
-        self._visible[groups] = rows
+        with self._lock:
+            self._visible[groups] = rows
+            while sum(v.nbytes for v in self._visible.values()) > _VISIBLE_CACHE_BYTES and len(self._visible) > 1:
+                self._visible.pop(next(iter(self._visible)))  # the oldest first
         return rows
 
     def rows_matching(self, filters: dict[str, Any]) -> np.ndarray:

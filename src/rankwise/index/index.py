@@ -165,6 +165,20 @@ class Index:
             raise QueryError(f"index '{self.path}' was built without dense vectors (--no-dense); "
                              "use --first-stage bm25 or rebuild with dense vectors")
 
+    @classmethod
+    def open_loaded(cls, path: str | Path, *, embedder: Embedder | None = None, attempts: int = 3) -> Index:
+        """Open the index at ``path`` and :meth:`preload` it, as one version: when a swap replaced the
+        directory meanwhile (its inode changed), the parts may come from two versions, so it starts again."""
+        path = Path(path)
+        for _ in range(attempts):
+            before = _inode(path)
+            index = cls(path, embedder=embedder).preload()
+            if _inode(path) == before:
+                return index
+            index.close()
+        raise IndexNotFoundError(f"the index at '{path}' kept changing while it was opened; retry when the "
+                                 "updates stop")
+
     def preload(self) -> Index:
         """Read every part that is read lazily from the index directory now (BM25, vectors).
 
@@ -237,6 +251,13 @@ class Index:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return cls(path, embedder=embedder)
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
 
 
 def _previous_vectors(path: Path, embedder: Embedder | None) -> dict[str, np.ndarray]:

@@ -12,8 +12,10 @@ then makes it the live ``NAME``:
   leaves no ``NAME``; :func:`recover_interrupted_swap` puts the old index back.
 
 :func:`swap_with_previous` exchanges ``NAME`` and ``NAME.previous`` the same way, so a rollback is as atomic
-as a build, and a second one returns to the version rolled back from. A crash after a swap but before the
-replaced index is renamed ``NAME.previous`` loses only the rollback target, never the live index.
+as a build, and a second one returns to the version rolled back from. The version kept before is deleted
+*before* a swap, so a crash after the swap but before the replaced index is renamed ``NAME.previous``
+leaves no rollback target at all (a rollback is refused) rather than an older one, and never loses the
+live index.
 
 Recovery runs when an index is opened and when a build starts. Every leftover name carries the pid of the
 process that made it (and, on Linux, that process's start time, so that after a reboot or a container
@@ -29,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import logging
 import os
 import shutil
 import sys
@@ -38,6 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rankwise.faults import checkpoint
+
+log = logging.getLogger("rankwise.index")
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -93,9 +98,19 @@ def replace_directory(new: Path, path: Path) -> None:
         _fsync_directory(path.parent)
         checkpoint("index:swapped")
         return
+    stale = _discard_previous(path)  # first: a crash after the swap must not leave an older version to roll back to
     replaced = _put_in_place(new, path)
     checkpoint("index:swapped")
-    _keep_as_previous(replaced, path)
+    try:  # the new version is live now: nothing after this point may report the build as failed
+        if stale:
+            os.rename(replaced, previous_version(path))
+            _fsync_directory(path.parent)
+        else:
+            shutil.rmtree(replaced, ignore_errors=True)
+    except OSError as err:
+        log.warning("the index at %s was replaced, but the replaced version could not be kept as %s (%s); "
+                    "there is nothing to roll back to", path, previous_version(path), err)
+        shutil.rmtree(replaced, ignore_errors=True)
 
 
 def swap_with_previous(path: Path) -> None:
@@ -129,19 +144,20 @@ def _put_in_place(new: Path, path: Path) -> Path:
     return old
 
 
-def _keep_as_previous(replaced: Path, path: Path) -> None:
-    """Name the index just replaced ``NAME.previous``, deleting the one kept before it.
-
-    The one deleted is first renamed to a ``.NAME.old-*`` leftover, so a crash while deleting it leaves
-    something the next open removes, never a half-deleted ``NAME.previous`` a rollback would refuse.
-    """
+def _discard_previous(path: Path) -> bool:
+    """Delete the version kept before (renamed to a ``.NAME.old-*`` leftover first, so a crash while
+    deleting it leaves something the next open removes); False when ``NAME.previous`` exists but is not an
+    index (a directory of the user's, left alone — the replaced version is then not kept)."""
     previous = previous_version(path)
     if previous.exists():
+        if not (previous / "manifest.json").is_file():  # MANIFEST_NAME: manifest.py imports this module
+            log.warning("%s is not a rankwise index; leaving it alone, so the replaced version is not kept", previous)
+            return False
         discard = path.parent / f".{path.name}.old-{_owner()}-{uuid.uuid4().hex[:8]}"
         os.rename(previous, discard)
+        _fsync_directory(path.parent)
         shutil.rmtree(discard, ignore_errors=True)
-    os.rename(replaced, previous)
-    _fsync_directory(path.parent)
+    return True
 
 
 def recover_interrupted_swap(path: Path) -> None:

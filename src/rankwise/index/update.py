@@ -12,6 +12,8 @@ sends the same documents again leaves the fingerprint (and every server's loaded
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,9 +60,14 @@ def update_index(path: str | Path, source: str | Path | Iterable[Document] | Non
     Returns the index (the new version, or the unchanged one when nothing changed) and what changed.
     """
     path = Path(path)
-    current = Index(path)
     upserts = _read_upserts(source) if source is not None else {}
-    deletions = set(delete)
+    with exclusive(path):
+        return _update(path, upserts, set(delete), progress)
+
+
+def _update(path: Path, upserts: dict[str, Document], deletions: set[str],
+            progress: Progress) -> tuple[Index, UpdateSummary]:
+    current = Index(path)
     both = sorted(deletions & upserts.keys())
     if both:
         raise CorpusError(f"document '{both[0]}' is both in the update and in the deletions; send it in one of them")
@@ -91,9 +98,33 @@ def rollback_index(path: str | Path) -> Index:
                                  "first rebuild or update on)")
     if not path.is_dir():
         raise IndexNotFoundError(f"no index at '{path}'")
-    Index(previous).close()  # a damaged previous version is refused before anything moves
-    swap_with_previous(path)
+    with exclusive(path):
+        Index(previous).close()  # a damaged previous version is refused before anything moves
+        swap_with_previous(path)
     return Index(path)
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """One update or rollback at a time per directory of indexes: without it, two updates that both read
+    version 1 would each swap in their own version 2, and the first one's changes (a deletion) would be
+    lost. An advisory ``flock`` on the parent directory (no lock file to leave behind); where there is
+    none (not POSIX), updates are not serialised."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # no such directory: opening the index says so in one line
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _read_upserts(source: str | Path | Iterable[Document]) -> dict[str, Document]:

@@ -36,7 +36,6 @@ from typing import Any, Protocol, Self
 
 from rankwise.clock import utc_now
 from rankwise.errors import RankwiseError
-from rankwise.postgres import PostgresStore
 from rankwise.sqlite_files import DatabaseKind, failure, open_database
 
 #: ``PRAGMA application_id`` of a rankwise monitoring history ("rkmo")
@@ -343,13 +342,3 @@ class SQLiteMonitorHistory(HistoryQueries):
                 self._conn.execute(sql, params)
         except sqlite3.Error as err:
             raise self._error(err, doing) from None
-
-
-def open_history(where: Path | PostgresStore, *, create: bool = True) -> SQLiteMonitorHistory | Any:
-    """The history at ``where``: a SQLite file, or the shared PostgreSQL store (``--store``), whose module
-    (and psycopg) is imported only when one is named."""
-    if isinstance(where, PostgresStore):
-        from rankwise.monitoring.history_postgres import PostgresMonitorHistory
-
-        return PostgresMonitorHistory(where, create=create)
-    return SQLiteMonitorHistory(where, create=create)

@@ -34,7 +34,7 @@ from rankwise.clock import utc_now
 from rankwise.errors import RankwiseError
 from rankwise.options import since_timestamp
 from rankwise.sqlite_files import DatabaseKind, failure, open_database
-from rankwise.storage import atomic_write_text
+from rankwise.storage import atomic_write_text, storable_text
 
 log = logging.getLogger("rankwise.serving")
 
@@ -231,7 +231,8 @@ def _row(rec: AuditRecord) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         value = data[name]
         if isinstance(value, str) and len(value) > MAX_TEXT:
             data[name] = value[:MAX_TEXT] + f"… ({len(value)} characters)"
-    return tuple(data[c] for c in _COLUMNS), tuple(data[c] for c in _LATER_COLUMNS)
+    return (tuple(storable_text(data[c]) for c in _COLUMNS),
+            tuple(storable_text(data[c]) for c in _LATER_COLUMNS))
 
 
 def _hashed(row: tuple[Any, ...], later: tuple[Any, ...]) -> tuple[Any, ...]:

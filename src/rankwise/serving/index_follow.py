@@ -64,6 +64,7 @@ class IndexFollower:
             fingerprint = None  # mid-swap on a system without atomic exchange, or damaged: opening says which
         if fingerprint == self.current.fingerprint or (fingerprint is not None and fingerprint == self._failed):
             return None
+        index: Index | None = None
         try:
             index = self._open()
             if index.fingerprint == self.current.fingerprint:  # swapped back before we looked again
@@ -71,6 +72,8 @@ class IndexFollower:
                 return None
             self.use(index)
         except Exception as error:  # noqa: BLE001 - whatever broke, the loaded version keeps answering
+            if index is not None:
+                index.close()
             if fingerprint != self._failed or fingerprint is None:
                 log.error("index at %s changed but the new version cannot be served (%s); still serving %s",
                           self.path, error, self.current.fingerprint)
@@ -86,11 +89,11 @@ class IndexFollower:
         """The version on disk, every part loaded; the query encoder shared when its weights are the same."""
         current = self.current
         share = current.has_dense and _encoder_of(Manifest.read(self.path)) == _encoder_of(current.manifest)
-        index = Index(self.path, embedder=current.embedder if share else None)
+        index = Index.open_loaded(self.path, embedder=current.embedder if share else None)
         if share and _encoder_of(index.manifest) != _encoder_of(current.manifest):  # swapped again meanwhile
             index.close()
-            index = Index(self.path)
-        return index.preload()
+            index = Index.open_loaded(self.path)
+        return index
 
 
 def _encoder_of(manifest: Manifest) -> tuple[object, object]:

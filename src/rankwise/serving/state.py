@@ -59,10 +59,13 @@ class ServingState:
         """
         search = SearchService(index, self.config.pipeline, allow_unknown_filters=self.config.allow_unknown_filters)
         search.warm()
-        if self.drift is not None:
-            self.drift.use_index(index)
-        if self.monitor is not None:
-            self.monitor.use_index(index)
+        vocabulary = self.drift.vocabulary_of(index) if self.drift is not None else None
+        monitored = self.monitor.prepared_for(index) if self.monitor is not None else None
+        # everything that can fail is done: now the switch, with nothing left to fail halfway
+        if self.drift is not None and vocabulary is not None:
+            self.drift.vocabulary = vocabulary
+        if self.monitor is not None and monitored is not None:
+            self.monitor.target = monitored
         self.index, self.search = index, search
         self.metrics.index.info(index_info(index))
 
@@ -92,7 +95,7 @@ def load_state(config: ServeConfig) -> ServingState:
     state = ServingState(config=config, metrics=metrics, keys=keys, limiter=RateLimiter(config.rate_limit),
                          cache=open_score_cache(config.cache))
     if config.index is not None:
-        state.index = Index(config.index)
+        state.index = Index.open_loaded(config.index)  # one version's parts, whatever an update does meanwhile
     if config.rollout.experiment is not None:
         state.experiment = load_experiment(config.rollout.experiment)
     for spec in _model_specs(config, state.experiment):  # a typo stops the server whatever role it names

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from rankwise.index import Index
 from rankwise.monitoring.drift import DriftReference, QueryVocabulary, RollingWindow, query_signals
@@ -31,6 +32,9 @@ from rankwise.rerank.loading import LoadOptions
 from rankwise.serving.config import MonitorSettings
 from rankwise.serving.metrics import ServingMetrics
 from rankwise.types import SearchResponse
+
+if TYPE_CHECKING:
+    from rankwise.evaluation.goldset import PreparedGoldSet
 
 log = logging.getLogger("rankwise.serving")
 
@@ -47,9 +51,10 @@ class DriftWatch:
         self.reference = DriftReference.load(reference) if reference is not None else None
         self.window = RollingWindow(settings.drift_window)
 
-    def use_index(self, index: Index) -> None:
-        """Out-of-vocabulary rates against a new index version from now on (the reference stays)."""
-        self.vocabulary = QueryVocabulary.from_index(index)
+    @staticmethod
+    def vocabulary_of(index: Index) -> QueryVocabulary:
+        """What out-of-vocabulary rates are measured against for ``index`` (a new version: the reference stays)."""
+        return QueryVocabulary.from_index(index)
 
     def observe(self, query: str, response: SearchResponse) -> dict[str, float]:
         """The request's signals (logged with it), added to the rolling window."""
@@ -89,7 +94,7 @@ class ScheduledMonitor:
     def __init__(self, settings: MonitorSettings, index: Index, metrics: ServingMetrics, *, reranker: str | None,
                  load: LoadOptions, pipeline: PipelineSettings) -> None:
         from rankwise.evaluation.goldset import GoldSet
-        from rankwise.monitoring.history import open_history
+        from rankwise.monitoring.histories import open_history
 
         assert settings.every_s is not None and settings.goldset is not None and settings.history is not None
         self.every_s = settings.every_s
@@ -97,10 +102,10 @@ class ScheduledMonitor:
         self.reranker = reranker
         self.load = load
         self.pipeline = pipeline
-        self.index = index
         self.metrics = metrics
         self.goldset = GoldSet.load(settings.goldset)
-        self.gold = self.goldset.prepare(known_documents=set(index.passage_doc_ids))
+        #: the index evaluated and the gold set prepared on it, replaced together when the index changes
+        self.target = self.prepared_for(index)
         open_history(self.history).close()  # a bad path or store stops the server now, not in a day
         metrics.monitor_alarm.set(_STATUS["inconclusive"])  # until a run says otherwise
         self._stop = threading.Event()
@@ -109,10 +114,10 @@ class ScheduledMonitor:
     def start(self) -> None:
         self._thread.start()
 
-    def use_index(self, index: Index) -> None:
-        """Evaluate on a new index version from the next run on, judged on the documents it has."""
-        gold = self.goldset.prepare(known_documents=set(index.passage_doc_ids))
-        self.index, self.gold = index, gold
+    def prepared_for(self, index: Index) -> tuple[Index, PreparedGoldSet]:
+        """A new index version and the gold set judged on the documents it has: assigned to :attr:`target`
+        as one value, so a run reads both of the same version."""
+        return index, self.goldset.prepare(known_documents=set(index.passage_doc_ids))
 
     def close(self) -> None:
         self._stop.set()
@@ -125,12 +130,13 @@ class ScheduledMonitor:
     def run_once(self) -> None:
         """One evaluation → record → check, with its outcome in the metrics (failures included)."""
         from rankwise.monitoring.check import check
-        from rankwise.monitoring.history import open_history
+        from rankwise.monitoring.histories import open_history
         from rankwise.monitoring.run import monitor_run, resolve_reranker
 
         try:
             reranker = resolve_reranker(self.reranker or "none", self.load)
-            record = monitor_run(self.index, self.gold, name=MONITOR_NAME, settings=self.pipeline, reranker=reranker)
+            index, gold = self.target
+            record = monitor_run(index, gold, name=MONITOR_NAME, settings=self.pipeline, reranker=reranker)
             with open_history(self.history) as history:
                 history.append(record)
                 result = check(history, name=MONITOR_NAME)
