@@ -228,7 +228,14 @@ class Postgres:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
-    server = Postgres(tmp_path_factory.mktemp("pg") / "data")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL for the session. Its data lives outside pytest's temporary tree: running as root, the
+    server runs as another user, and a second pytest session (re)making ``/tmp/pytest-of-root`` private
+    would lock it out of its own files."""
+    import shutil
+
+    root = Path(tempfile.mkdtemp(prefix="rankwise-pg-"))
+    server = Postgres(root / "data")
     yield server
     server.stop()
+    shutil.rmtree(root, ignore_errors=True)
