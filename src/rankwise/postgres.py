@@ -111,6 +111,23 @@ def migrate(conn: psycopg.Connection, component: str, steps: Sequence[str]) -> N
                          "ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version", (component, version + 1))
 
 
+def open_tables(store: PostgresStore, component: str, steps: Sequence[str], *, create: bool, table: str,
+                absent: RankwiseError) -> psycopg.Connection:
+    """A connection to ``store`` with ``component``'s tables at the current schema: created or migrated
+    when ``create``; otherwise ``absent`` is raised when ``table`` was never created, so a reader never takes
+    a wrong ``--store`` for an empty one."""
+    conn = connect(store.url)
+    try:
+        if create:
+            migrate(conn, component, steps)
+        elif conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
+            raise absent
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 @dataclass(frozen=True, slots=True)
 class PostgresStore:
     """Where a store lives when it is in PostgreSQL (``--store postgresql://...``) rather than a SQLite file."""

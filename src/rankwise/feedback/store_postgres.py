@@ -43,7 +43,7 @@ from rankwise.feedback.store import (
     since_timestamp,
     window,
 )
-from rankwise.postgres import PostgresStore, connect, migrate, one_line
+from rankwise.postgres import PostgresStore, connect, one_line, open_tables
 
 log = logging.getLogger("rankwise.feedback")
 
@@ -123,16 +123,9 @@ class PostgresFeedbackStore(StoreCommon):
     def __init__(self, store: PostgresStore, *, recent: int = RECENT_REQUESTS,
                  on_lost: Callable[[int], None] | None = None, create: bool = True) -> None:
         self.store = store
-        self._conn: Any = connect(store.url)  # synchronous calls, serialised by _lock
-        try:
-            if create:
-                migrate(self._conn, "feedback", _MIGRATIONS)
-            elif self._conn.execute("SELECT to_regclass('feedback_requests')").fetchone()[0] is None:
-                raise FeedbackStoreError(f"{store} holds no query log yet; pass the --store the server was "
-                                         "started with")
-        except BaseException:
-            self._conn.close()
-            raise
+        self._conn: Any = open_tables(  # synchronous calls, serialised by _lock
+            store, "feedback", _MIGRATIONS, create=create, table="feedback_requests", absent=FeedbackStoreError(
+                f"{store} holds no query log yet; pass the --store the server was started with"))
         self._writer_conn: Any = None  # the writer thread's own, opened on its first batch
         self._on_lost = on_lost
         self._write_problem: str | None = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from rankwise.monitoring.history import HistoryQueries, MonitorError
-from rankwise.postgres import PostgresStore, connect, migrate, one_line
+from rankwise.postgres import PostgresStore, one_line, open_tables
 
 #: version 1's tables (frozen once released: later columns get steps of their own)
 _MIGRATIONS = ("""
@@ -51,16 +51,9 @@ class PostgresMonitorHistory(HistoryQueries):
     def __init__(self, store: PostgresStore, *, create: bool = True) -> None:
         self.store = store
         self._where = f"in {store}"
-        self._conn: Any = connect(store.url)
-        try:
-            if create:
-                migrate(self._conn, "monitor", _MIGRATIONS)
-            elif self._conn.execute("SELECT to_regclass('monitor_runs')").fetchone()[0] is None:
-                raise MonitorError(f"no monitoring history in {store}; record a run first with `rankwise monitor "
-                                   "run ... --store URL`, or pass the right --store")
-        except BaseException:
-            self._conn.close()
-            raise
+        self._conn: Any = open_tables(store, "monitor", _MIGRATIONS, create=create, table="monitor_runs", absent=MonitorError(
+            f"no monitoring history in {store}; record a run first with `rankwise monitor run ... --store URL`, "
+            "or pass the right --store"))
 
     def __repr__(self) -> str:
         return f"PostgresMonitorHistory('{self.store}')"

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from rankwise.postgres import PostgresStore, StoreError, advisory_key, connect, migrate, one_line
+from rankwise.postgres import PostgresStore, StoreError, advisory_key, connect, one_line, open_tables
 from rankwise.serving.audit import (
     GENESIS,
     STORED_COLUMNS,
@@ -152,16 +152,8 @@ def read_audit_postgres(store: PostgresStore, *, since: str | None = None, key_i
 
 def _open(store: PostgresStore, *, create: bool = True) -> Any:
     """A connection with the audit tables at the current schema (created when ``create``)."""
-    conn = connect(store.url)
-    try:
-        if create:
-            migrate(conn, "audit", _MIGRATIONS)
-        elif conn.execute("SELECT to_regclass('audit_requests')").fetchone()[0] is None:
-            raise AuditError(f"{store} holds no audit log yet; pass the --store the server was started with")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    return open_tables(store, "audit", _MIGRATIONS, create=create, table="audit_requests", absent=AuditError(
+        f"{store} holds no audit log yet; pass the --store the server was started with"))
 
 
 def _secret(conn: Any) -> bytes:
