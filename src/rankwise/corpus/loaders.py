@@ -136,6 +136,14 @@ def beir_corpus_file(path: Path) -> Path | None:
     return None
 
 
+def documents_of(source: str | Path | Iterable[Document]) -> tuple[str, Iterator[Document]]:
+    """A source's name for messages and manifests, and its documents: a path is loaded
+    (:func:`load_documents`), documents already in memory are taken as they are (``<documents>``)."""
+    if isinstance(source, (str, Path)):
+        return str(source), load_documents(source)
+    return "<documents>", iter(source)
+
+
 def load_documents(source: str | Path) -> Iterator[Document]:
     """Pick the loader from the shape of ``source``; see the module docstring for the formats."""
     path = Path(source).expanduser()

@@ -27,7 +27,7 @@ import numpy as np
 
 from rankwise.clock import utc_now
 from rankwise.corpus.chunking import ChunkingSettings, PassageSplitter
-from rankwise.corpus.loaders import load_documents, validated
+from rankwise.corpus.loaders import documents_of, validated
 from rankwise.errors import CorpusError, IndexNotFoundError, QueryError
 from rankwise.index.dense import Embedder, VectorIndex, check_vector_shape
 from rankwise.index.docstore import DocStore
@@ -221,8 +221,8 @@ class Index:
         if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not looks_like_index(path))):
             raise IndexNotFoundError(f"'{path}' exists and is not a rankwise index; refusing to overwrite it, "
                                      "choose an empty or new directory")
-        label = label or (str(source) if isinstance(source, (str, Path)) else "<documents>")
-        documents = load_documents(source) if isinstance(source, (str, Path)) else iter(source)
+        name, documents = documents_of(source)
+        label = label or name
         if embedder is None and embedding_model is not None:
             embedder = Embedder(embedding_model)
         tokenizer_dir = Path(embedder.info.path) if embedder else bundled_minilm_dir()

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rankwise.faults import checkpoint
+from rankwise.storage import fsync_directory
 
 log = logging.getLogger("rankwise.index")
 
@@ -95,7 +96,7 @@ def replace_directory(new: Path, path: Path) -> None:
     checkpoint("index:built")
     if not path.exists():
         os.rename(new, path)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
         checkpoint("index:swapped")
         return
     stale = _discard_previous(path)  # first: a crash after the swap must not leave an older version to roll back to
@@ -104,7 +105,7 @@ def replace_directory(new: Path, path: Path) -> None:
     try:  # the new version is live now: nothing after this point may report the build as failed
         if stale:
             os.rename(replaced, previous_version(path))
-            _fsync_directory(path.parent)
+            fsync_directory(path.parent)
         else:
             shutil.rmtree(replaced, ignore_errors=True)
     except OSError as err:
@@ -119,7 +120,7 @@ def swap_with_previous(path: Path) -> None:
     replaced = _put_in_place(previous, path)
     if replaced != previous:
         os.rename(replaced, previous)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
 
 
 def _put_in_place(new: Path, path: Path) -> Path:
@@ -129,7 +130,7 @@ def _put_in_place(new: Path, path: Path) -> Path:
     ``.NAME.old-*`` name, which the next open renames back.
     """
     if exchange(new, path):
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
         return new
     old = path.parent / f".{path.name}.old-{_owner()}-{uuid.uuid4().hex[:8]}"
     os.rename(path, old)
@@ -140,7 +141,7 @@ def _put_in_place(new: Path, path: Path) -> Path:
         if not path.exists():
             os.rename(old, path)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
     return old
 
 
@@ -155,7 +156,7 @@ def _discard_previous(path: Path) -> bool:
             return False
         discard = path.parent / f".{path.name}.old-{_owner()}-{uuid.uuid4().hex[:8]}"
         os.rename(previous, discard)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
         shutil.rmtree(discard, ignore_errors=True)
     return True
 
@@ -181,7 +182,7 @@ def recover_interrupted_swap(path: Path) -> None:
         if dead and not path.exists():
             with contextlib.suppress(OSError):  # another opener may have restored it first
                 os.rename(dead[0], path)
-                _fsync_directory(parent)
+                fsync_directory(parent)
     if not path.exists():
         return
     for leftover, alive in olds:
@@ -264,17 +265,3 @@ def _mtime(directory: Path) -> float:
         return directory.stat().st_mtime
     except OSError:
         return 0.0
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make renames inside ``directory`` durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankwise.corpus.chunking import ChunkingSettings
-from rankwise.corpus.loaders import load_documents, validated
+from rankwise.corpus.loaders import documents_of, validated
 from rankwise.errors import CorpusError, IndexNotFoundError
 from rankwise.index.index import Index, Progress, no_progress
 from rankwise.index.lexical import BM25Settings
@@ -128,8 +128,7 @@ def exclusive(path: Path) -> Iterator[None]:
 
 
 def _read_upserts(source: str | Path | Iterable[Document]) -> dict[str, Document]:
-    label = str(source) if isinstance(source, (str, Path)) else "<documents>"
-    documents = load_documents(source) if isinstance(source, (str, Path)) else iter(source)
+    label, documents = documents_of(source)
     return {doc.id: doc for doc in validated(documents, label)}
 
 

@@ -59,14 +59,15 @@ class IndexFollower:
     def check(self) -> str | None:
         """Swap in the version on disk when it is new: ``"swapped"``, ``"failed"``, or None when unchanged."""
         try:
-            fingerprint = Manifest.read(self.path).fingerprint
+            manifest: Manifest | None = Manifest.read(self.path)
         except RankwiseError:
-            fingerprint = None  # mid-swap on a system without atomic exchange, or damaged: opening says which
+            manifest = None  # mid-swap on a system without atomic exchange, or damaged: opening says which
+        fingerprint = manifest.fingerprint if manifest is not None else None
         if fingerprint == self.current.fingerprint or (fingerprint is not None and fingerprint == self._failed):
             return None
         index: Index | None = None
         try:
-            index = self._open()
+            index = self._open(manifest)
             if index.fingerprint == self.current.fingerprint:  # swapped back before we looked again
                 index.close()
                 return None
@@ -85,10 +86,12 @@ class IndexFollower:
         self.metrics.index_swaps.labels("swapped").inc()
         return "swapped"
 
-    def _open(self) -> Index:
-        """The version on disk, every part loaded; the query encoder shared when its weights are the same."""
+    def _open(self, manifest: Manifest | None) -> Index:
+        """The version on disk, every part loaded; the query encoder shared when ``manifest`` (as read just
+        before, if it could be) says its weights are the same."""
         current = self.current
-        share = current.has_dense and _encoder_of(Manifest.read(self.path)) == _encoder_of(current.manifest)
+        share = (current.has_dense and manifest is not None
+                 and _encoder_of(manifest) == _encoder_of(current.manifest))
         index = Index.open_loaded(self.path, embedder=current.embedder if share else None)
         if share and _encoder_of(index.manifest) != _encoder_of(current.manifest):  # swapped again meanwhile
             index.close()

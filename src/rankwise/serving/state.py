@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from rankwise.experiments import Experiment, load_experiment
 from rankwise.feedback.store import FeedbackStore, SQLiteFeedbackStore
 from rankwise.index import Index
+from rankwise.monitoring.drift import QueryVocabulary
 from rankwise.postgres import PostgresStore
 from rankwise.rerank.loading import check_reranker_exists
 from rankwise.serving.audit import AuditLog, SQLiteAuditLog
@@ -59,7 +60,7 @@ class ServingState:
         """
         search = SearchService(index, self.config.pipeline, allow_unknown_filters=self.config.allow_unknown_filters)
         search.warm()
-        vocabulary = self.drift.vocabulary_of(index) if self.drift is not None else None
+        vocabulary = QueryVocabulary.from_index(index) if self.drift is not None else None
         monitored = self.monitor.prepared_for(index) if self.monitor is not None else None
         # everything that can fail is done: now the switch, with nothing left to fail halfway
         if self.drift is not None and vocabulary is not None:
@@ -171,10 +172,10 @@ def open_feedback_store(loop: LoopSettings, metrics: ServingMetrics) -> Feedback
 
         store = PostgresFeedbackStore(loop.feedback, on_lost=metrics.query_log_errors.inc)
     else:
-        store = sqlite = SQLiteFeedbackStore(loop.feedback, on_lost=metrics.query_log_errors.inc)
+        store = SQLiteFeedbackStore(loop.feedback, on_lost=metrics.query_log_errors.inc)
     try:
-        if not isinstance(loop.feedback, PostgresStore):
-            sqlite.check_integrity()
+        if isinstance(store, SQLiteFeedbackStore):  # a file can be damaged on disk: checked whole first
+            store.check_integrity()
         store.set_retention(loop.retention_s)  # so `feedback export` after a stop applies it too
     except Exception:
         store.close()

@@ -51,11 +51,6 @@ class DriftWatch:
         self.reference = DriftReference.load(reference) if reference is not None else None
         self.window = RollingWindow(settings.drift_window)
 
-    @staticmethod
-    def vocabulary_of(index: Index) -> QueryVocabulary:
-        """What out-of-vocabulary rates are measured against for ``index`` (a new version: the reference stays)."""
-        return QueryVocabulary.from_index(index)
-
     def observe(self, query: str, response: SearchResponse) -> dict[str, float]:
         """The request's signals (logged with it), added to the rolling window."""
         signals = query_signals(query, response, self.vocabulary)
