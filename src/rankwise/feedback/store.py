@@ -300,8 +300,23 @@ class StoreCommon:
     def _check_open(self) -> None:
         raise NotImplementedError
 
+    #: how a store names itself in messages, how much longer than asked its writer may take (retries), and
+    #: what to check when queued rows are not taken in time
+    _where: str
+    _flush_slack_s: float = 0.0
+    _wait_fix: str
+    _closed: bool
+
     def flush(self, timeout: float = 30.0) -> None:
-        raise NotImplementedError
+        """Block until every request and shadow record queued before the call is committed."""
+        if self._closed:
+            return
+        wait = timeout + self._flush_slack_s
+        try:
+            self._rows.flush(wait)
+        except WriterTimeout:
+            raise FeedbackStoreError(f"the feedback {self._where} did not take queued rows within {wait:g}s; "
+                                     f"{self._wait_fix}") from None
 
     def get_request(self, request_id: str) -> LoggedRequest | None:
         """The logged request (recent ones from memory, even before they are committed), or None."""
@@ -345,10 +360,12 @@ class SQLiteFeedbackStore(StoreCommon):
     """:class:`FeedbackStore` on one SQLite file (created on first use); see the module docstring."""
 
     _requests_table, _policy_table, _mark, _page = "requests", "policy", "?", _BATCH
+    _wait_fix = "check that its disk is responsive"
 
     def __init__(self, path: str | Path, *, timeout: float = 10.0, recent: int = RECENT_REQUESTS,
                  on_lost: Callable[[int], None] | None = None) -> None:
         self.path = Path(path)
+        self._where = f"database '{self.path}'"
         self.timeout = timeout
         self._closed = False
         # synchronous reads, add_event and purge, serialised by _lock; the writer thread has its own connection
@@ -516,16 +533,6 @@ class SQLiteFeedbackStore(StoreCommon):
                 raise self._error(err, doing) from None
 
     # ------------------------------------------------------------------ the writer thread
-    def flush(self, timeout: float = 30.0) -> None:
-        """Block until every request and shadow record queued before the call is committed."""
-        if self._closed:
-            return
-        try:
-            self._rows.flush(timeout)
-        except WriterTimeout:
-            raise FeedbackStoreError(f"the feedback database '{self.path}' did not take queued rows within "
-                                     f"{timeout:g}s; check that its disk is responsive") from None
-
     def close(self) -> None:
         """Commit what is queued, stop the writer and close the database (idempotent)."""
         if self._closed:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, Self
 
-from rankwise.batched_writer import BatchedWriter, WriterTimeout
+from rankwise.batched_writer import BatchedWriter
 from rankwise.errors import RankwiseError
 from rankwise.feedback.events import FeedbackEvent, LoggedRequest, ShadowRecord
 from rankwise.feedback.store import (
@@ -119,10 +119,12 @@ class PostgresFeedbackStore(StoreCommon):
     """:class:`~rankwise.feedback.store.FeedbackStore` in PostgreSQL; see the module docstring."""
 
     _requests_table, _policy_table, _mark, _page = "feedback_requests", "feedback_policy", "%s", _PAGE
+    _flush_slack_s, _wait_fix = RETRY_S, "check that PostgreSQL is reachable"
 
     def __init__(self, store: PostgresStore, *, recent: int = RECENT_REQUESTS,
                  on_lost: Callable[[int], None] | None = None, create: bool = True) -> None:
         self.store = store
+        self._where = f"store in {store}"
         self._conn: Any = open_tables(  # synchronous calls, serialised by _lock
             store, "feedback", _MIGRATIONS, create=create, table="feedback_requests", absent=FeedbackStoreError(
                 f"{store} holds no query log yet; pass the --store the server was started with"))
@@ -238,15 +240,6 @@ class PostgresFeedbackStore(StoreCommon):
         return self._run(doing, lambda conn: conn.execute(sql, tuple(params)).fetchall())
 
     # ------------------------------------------------------------------ the writer thread
-    def flush(self, timeout: float = 30.0) -> None:
-        if self._closed:
-            return
-        try:
-            self._rows.flush(timeout + RETRY_S)
-        except WriterTimeout:
-            raise FeedbackStoreError(f"the feedback store in {self.store} did not take queued rows within "
-                                     f"{timeout + RETRY_S:g}s; check that PostgreSQL is reachable") from None
-
     def close(self) -> None:
         if self._closed:
             return
