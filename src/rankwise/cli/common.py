@@ -226,7 +226,9 @@ def load_reranker_option(spec: str, *, registry: Path | None, backend: str, devi
     return load_reranker(spec, options)
 
 
-IndexOpt = Annotated[Path, typer.Option("--index", "-i", help="Index directory.")]
+IndexOpt = Annotated[str, typer.Option("--index", "-i", help="Index directory, or postgresql://user@host/database#NAME.")]
+ExactVectors = Annotated[bool, typer.Option(
+    "--exact-vectors", help="A PostgreSQL index searches its vectors exactly, not through HNSW (a directory index is always exact).")]
 AllowDownload = Annotated[bool, typer.Option("--allow-download", help="Allow fetching hub models (off: offline only).")]
 GroupsOpt = Annotated[list[str] | None, typer.Option(
     "--group", help="Only public documents and those whose `groups` metadata names this group (repeatable).")]

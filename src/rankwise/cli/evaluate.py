@@ -15,6 +15,7 @@ from rankwise.cli.common import (
     BackendOpt,
     DatasetOpt,
     DeviceOpt,
+    ExactVectors,
     FirstStageOpt,
     FirstStagesOpt,
     GoldsetOpt,
@@ -84,6 +85,7 @@ def eval_(
     min_queries: MinQueriesOpt = DEFAULT_MIN_QUERIES,
     max_p: MaxPOpt = DEFAULT_MAX_P,
     seed: Annotated[int, typer.Option(help="Seed of the randomization test and bootstrap.")] = 0,
+    exact_vectors: ExactVectors = False,
     allow_download: AllowDownload = False,
 ) -> None:
     """Compare first stages (and each + a reranker) on a gold set: metrics, significance, latency, gates."""
@@ -93,7 +95,7 @@ def eval_(
     from rankwise.evaluation.goldset import LabelScale
     from rankwise.evaluation.metrics import parse_metrics
     from rankwise.evaluation.report import print_report, to_html, to_markdown
-    from rankwise.index import Index
+    from rankwise.index import open_index
 
     # Everything the user typed is checked before minutes of retrieval start.
     gates = parse_gates(gate or [])
@@ -103,7 +105,7 @@ def eval_(
     stages = parse_first_stages(first_stages)
     label_scale = LabelScale.parse(scale) if scale else None
     gold = load_goldset(dataset, split, goldset, queries)
-    index = Index(index_dir)
+    index = open_index(index_dir, exact=exact_vectors)
     prepared = prepare_goldset(gold, index, limit_queries, label_scale)
     if gates:
         evidence.check_queries(len(prepared.queries))
@@ -160,12 +162,12 @@ def label(
     prelude(allow_download)
     from rankwise.evaluation.labeling import build_sheet, write_sheet
     from rankwise.evaluation.queries import read_queries
-    from rankwise.index import Index
+    from rankwise.index import open_index
     from rankwise.pipeline import Pipeline
 
     texts = read_queries(queries_file)
     ranker = load_reranker_option(reranker, registry=registry, backend=backend, device=device)
-    pipeline = Pipeline(Index(index_dir), ranker, first_stage=first_stage)
+    pipeline = Pipeline(open_index(index_dir), ranker, first_stage=first_stage)
     with progress_bars() as bars:
         task = bars.add_task("retrieving", total=len(texts))
         rows = build_sheet(pipeline, texts, k=k, progress=lambda done, _: bars.update(task, completed=done),

@@ -105,7 +105,7 @@ def run(
     """Evaluate the serving configuration on the gold set and append the run to the history."""
     prelude(allow_download)
     from rankwise.evaluation.metrics import parse_metrics
-    from rankwise.index import Index
+    from rankwise.index import open_index
     from rankwise.monitoring.histories import open_history
     from rankwise.monitoring.run import monitor_run, resolve_reranker
     from rankwise.monitoring.slices import check_slice_keys, read_query_tags
@@ -123,7 +123,7 @@ def run(
         tags = None
         if goldset is not None and goldset.suffix.lower() == ".jsonl":  # a gold-set JSONL may tag its queries
             tags = read_query_tags(goldset)
-        index = Index(index_dir)
+        index = open_index(index_dir)
         check_slice_keys(index, slice_by or [])
         prepared = prepare_goldset(gold, index, limit_queries)
         warn(prepared.warnings)

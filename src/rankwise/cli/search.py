@@ -16,6 +16,7 @@ from rankwise.cli.common import (
     AllowUnknownFilters,
     BackendOpt,
     DeviceOpt,
+    ExactVectors,
     FirstStageOpt,
     GroupsOpt,
     IndexOpt,
@@ -64,8 +65,9 @@ def index(
     version is kept as INDEX.previous)."""
     prelude(allow_download)
     from rankwise.corpus.chunking import ChunkingSettings
-    from rankwise.index import Index, rollback_index, update_index
+    from rankwise.index import rollback_index, update_index
     from rankwise.index.dense import Embedder
+    from rankwise.index.location import build_index
     from rankwise.index.update import read_deletions
 
     removed = [*(delete or []), *(read_deletions(deletions) if deletions is not None else [])]
@@ -93,7 +95,7 @@ def index(
         else:
             chunking = ChunkingSettings(max_tokens=passage_tokens, overlap=overlap)
             embedder = None if no_dense else Embedder(embedding_model, backend=embedding_backend)  # type: ignore[arg-type]
-            built = Index.build(source, index_dir, embedding_model=None if no_dense else embedding_model,  # type: ignore[arg-type]
+            built = build_index(source, index_dir, embedding_model=None if no_dense else embedding_model,  # type: ignore[arg-type]
                                 chunking=chunking, progress=progress, embedder=embedder)
             summary = None
     m = built.manifest
@@ -144,16 +146,17 @@ def search(
     filter_: Annotated[list[str], typer.Option("--filter", help="Metadata filter key=value (repeatable).")] = [],  # noqa: B006
     allow_unknown_filters: AllowUnknownFilters = False,
     group: GroupsOpt = None,
+    exact_vectors: ExactVectors = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     allow_download: AllowDownload = False,
 ) -> None:
     """Search an index; with --reranker, show first-stage and reranker scores side by side."""
     prelude(allow_download)
-    from rankwise.index import Index
+    from rankwise.index import open_index
     from rankwise.pipeline import Pipeline, validate_query
 
     validate_query(query)
-    idx = Index(index_dir)
+    idx = open_index(index_dir, exact=exact_vectors)
     ranker = load_reranker_option(reranker, registry=registry, backend=backend, device=device, max_length=max_length)
     pipeline = Pipeline(idx, ranker, first_stage=first_stage, retrieve_k=retrieve_k, rerank_k=rerank_k,
                         rerank_fusion=rerank_fusion, fusion=fusion, alpha=alpha,  # type: ignore[arg-type]
@@ -196,6 +199,6 @@ def info(index_dir: IndexOpt) -> None:
     """Show an index's manifest (models, fingerprint, settings, counts)."""
     from dataclasses import asdict
 
-    from rankwise.index.manifest import Manifest
+    from rankwise.index import read_manifest
 
-    typer.echo(json.dumps(asdict(Manifest.read(index_dir)), indent=2))
+    typer.echo(json.dumps(asdict(read_manifest(index_dir)), indent=2))

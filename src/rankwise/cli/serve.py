@@ -47,7 +47,7 @@ app = typer.Typer()
 @app.command()
 @friendly_errors
 def serve(
-    index_dir: Annotated[Path | None, typer.Option("--index", "-i", help="Index for /v1/search.")] = None,
+    index_dir: Annotated[str | None, typer.Option("--index", "-i", help="Index for /v1/search.")] = None,
     reranker: RerankerOpt = "none",
     host: Annotated[str, typer.Option(help="Address to bind (non-loopback needs --keys).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8080,

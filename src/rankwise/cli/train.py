@@ -58,7 +58,7 @@ def _registry(root: Path | None):
 @app.command()
 @friendly_errors
 def train(
-    index_dir: Annotated[Path, typer.Option("--index", "-i", help="Index to mine negatives from.")],
+    index_dir: Annotated[str, typer.Option("--index", "-i", help="Index to mine negatives from.")],
     dataset: DatasetOpt = None,
     split: Annotated[str, typer.Option(help="Qrels split of --dataset to train on.")] = "train",
     goldset: GoldsetOpt = None,
@@ -96,7 +96,7 @@ def train(
     Unset options follow a recipe chosen from the data (printed with its reasons); any option set wins.
     """
     prelude()
-    from rankwise.index import Index
+    from rankwise.index import open_index
     from rankwise.options import choose
     from rankwise.training.data import JudgedQueries
     from rankwise.training.finetune import ARCHITECTURES
@@ -110,7 +110,7 @@ def train(
         validation_fraction=validation_fraction, replay=replay, epochs=epochs, max_steps=max_steps,
         train_seconds=train_seconds, batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
         eval_steps=eval_steps, layers=layers, patience=patience, bf16=bf16, seed=seed)
-    index = Index(index_dir)
+    index = open_index(index_dir)
     judged = JudgedQueries.from_goldset(load_goldset(dataset, split, goldset), known_documents=index.passage_doc_ids)
     session = train_session(index, judged, settings, output, registry=reg, reporter=_ConsoleReporter())
     out.print_json(json.dumps(session.summary))
@@ -175,7 +175,7 @@ def add(
                                               "transformers directory, or a hub id in the local cache.")],
     name: Annotated[str | None, typer.Option(help="A display name recorded in the card (default: MODEL).")] = None,
     alias: Annotated[str, typer.Option(help="Alias the new version takes: candidate, or none.")] = "candidate",
-    index_dir: Annotated[Path | None, typer.Option("--index", "-i", help="Index to evaluate it on (optional).")]
+    index_dir: Annotated[str | None, typer.Option("--index", "-i", help="Index to evaluate it on (optional).")]
     = None,
     dataset: DatasetOpt = None,
     split: Annotated[str, typer.Option(help="Qrels split of --dataset.")] = "test",
@@ -213,17 +213,17 @@ def add(
                  if evaluated else ""), highlight=False)
 
 
-def _evaluate_added(reranker: Any, index_dir: Path | None, dataset: Path | None, split: str,
+def _evaluate_added(reranker: Any, index_dir: str | None, dataset: Path | None, split: str,
                     goldset: Path | None, first_stage: str, limit_queries: int | None) -> CardMetrics:
     from rankwise.errors import QueryError
     from rankwise.evaluation.compare import evaluate
-    from rankwise.index import Index
+    from rankwise.index import open_index
     from rankwise.registry import CardMetrics
 
     if index_dir is None:
         raise QueryError("evaluating an added model needs --index and one of --dataset/--goldset")
     gold = load_goldset(dataset, split, goldset)
-    index = Index(index_dir)
+    index = open_index(index_dir)
     prepared = prepare_goldset(gold, index, limit_queries)
     with out.status("evaluating the model…"):
         report = evaluate(index, prepared, first_stages=[first_stage], reranker=reranker, baseline=first_stage,
@@ -285,11 +285,11 @@ def probe(
     """Behaviour probes: does the score drop under negation and swapped numbers or entities, resist keyword
     stuffing, and hold under paraphrase? (CheckList-style tests on pairs from a gold set.)"""
     prelude()
-    from rankwise.index import Index
+    from rankwise.index import open_index
     from rankwise.monitoring.probes import run_probes, sample_pairs
     from rankwise.registry import names_registry
 
-    index = Index(index_dir)
+    index = open_index(index_dir)
     prepared = prepare_goldset(load_goldset(dataset, split, goldset), index, None)
     warn_leakage(model, registry, prepared.queries, strict=False)  # probing training queries flatters a model
     probe_pairs = sample_pairs(prepared, index, limit=pairs, seed=seed)
@@ -365,7 +365,7 @@ def _rate(result: ProbeResult | None) -> str:
 @friendly_errors
 def promote(
     version: Annotated[str, typer.Argument(help="Version or alias to promote.")] = "candidate",
-    index_dir: Annotated[Path | None, typer.Option("--index", "-i", help="Index the gold set is evaluated on.")] = None,
+    index_dir: Annotated[str | None, typer.Option("--index", "-i", help="Index the gold set is evaluated on.")] = None,
     dataset: DatasetOpt = None,
     split: Annotated[str, typer.Option(help="Qrels split of --dataset.")] = "test",
     goldset: GoldsetOpt = None,
@@ -405,10 +405,10 @@ def promote(
         return
     assert index_dir is not None
     gold = load_goldset(dataset, split, goldset)
-    from rankwise.index import Index
+    from rankwise.index import open_index
     from rankwise.training.promotion import check_promotion
 
-    index = Index(index_dir)
+    index = open_index(index_dir)
     prepared = prepare_goldset(gold, index, limit_queries)
     warn_leakage(target, registry, prepared.queries, strict)  # a gate passed on training queries means nothing
     prelude()

@@ -293,7 +293,7 @@ def evaluate(
     import rankwise
 
     config = {
-        "index": str(index.path), "index_fingerprint": index.fingerprint,
+        "index": index.location, "index_fingerprint": index.fingerprint,
         "num_documents": index.manifest.num_documents, "embedding_model": emb.get("model"),
         "reranker": reranker.name if reranker else None,
         "reranker_sha256": reranker.weights_sha256 if reranker else None,

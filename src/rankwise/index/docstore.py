@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,76 @@ ACCESS_FIELD = "groups"
 _VISIBLE_CACHE_BYTES = 64 * 2**20
 
 
+class VisibleRows:
+    """The passage rows each recent group set may see (an index version never changes once built; a caller
+    chooses its group set, so the cache is bounded by bytes, not by entries)."""
+
+    def __init__(self, max_bytes: int = _VISIBLE_CACHE_BYTES) -> None:
+        self._rows: dict[frozenset[str], np.ndarray] = {}
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def get(self, groups: frozenset[str], compute: Callable[[frozenset[str]], np.ndarray]) -> np.ndarray:
+        cached = self._rows.get(groups)
+        if cached is not None:
+            return cached
+        rows = compute(groups)
+        with self._lock:
+            self._rows[groups] = rows
+            while sum(v.nbytes for v in self._rows.values()) > self._max_bytes and len(self._rows) > 1:
+                self._rows.pop(next(iter(self._rows)))  # the oldest first
+        return rows
+
+
+def forbidden(row: int) -> QueryError:
+    return QueryError(f"passage row {row} is not visible to the caller's groups; refusing to return it")
+
+
+def checked_passages(found: dict[int, Sequence[Any]], rows: Sequence[int], where: object) -> list[Passage]:
+    """``found``'s records (``row, passage_id, doc_id, idx, title, text, start, end, content_hash``) in the
+    order of ``rows``, each refused unless its text matches its content hash."""
+    passages: list[Passage] = []
+    for row in rows:
+        record = found.get(int(row))
+        if record is None:
+            raise corrupt(where, f"passage row {int(row)} is missing")
+        passage = Passage(*record[1:])
+        if not (isinstance(passage.title, str) and isinstance(passage.text, str)
+                and content_hash(passage.title, passage.text) == passage.content_hash):
+            raise corrupt(where, f"the text of passage '{passage.id}' does not match its content hash")
+        passages.append(passage)
+    return passages
+
+
+def why_nothing_matches(filters: dict[str, Any], present: Callable[[str, list[Any]], set[Any]],
+                        some: Callable[[str, int], list[Any]], examples: int = 5) -> str:
+    """One line on why ``filters`` match no document: the values no document has (with a few that
+    exist: filter values are compared exactly, so ``security`` does not match ``Security``), or, when
+    each value exists on its own, that no document has them all at once. ``present(key, values)``: which
+    of ``values`` some document has; ``some(key, n)``: up to ``n`` values documents have, sorted."""
+    missing = []
+    for key, value in filters.items():
+        wanted = value if isinstance(value, list) else [value]
+        found = present(key, wanted)
+        absent = [v for v in wanted if v not in found]
+        if absent:
+            known = some(key, examples + 1)
+            shown = ", ".join(json.dumps(v, ensure_ascii=False) for v in known[:examples])
+            more = ", …" if len(known) > examples else ""
+            missing.append(f"no document has {key} = {' or '.join(json.dumps(v, ensure_ascii=False) for v in absent)}"
+                           f" (values are matched exactly; {key} has {shown}{more})")
+    if missing:
+        return "; ".join(missing)
+    return f"no document has all of {json.dumps(filters, ensure_ascii=False)} at once"
+
+
+def metadata_filter_keys(filters: dict[str, Any]) -> None:
+    """Refuse a filter key that is not a plain field name (it is put into a JSON path)."""
+    for key in filters:
+        if not key.replace("_", "").replace("-", "").replace(".", "").isalnum():
+            raise QueryError(f"invalid metadata filter key '{key}'")
+
+
 class DocStore:
     """Read/write access to ``docstore.sqlite``; thread-safe for the read paths a server uses.
 
@@ -58,7 +128,7 @@ class DocStore:
             raise corrupt(path, "the file is missing")
         self.path = path
         self._lock = threading.Lock()
-        self._visible: dict[frozenset[str], np.ndarray] = {}
+        self._visible = VisibleRows()
         try:
             self._conn = connect(path, check_same_thread=False, read_only=not create)
             if create:
@@ -115,31 +185,27 @@ class DocStore:
     def passage_doc_ids(self) -> list[str]:
         return [d for (d,) in self._query("SELECT doc_id FROM passages ORDER BY row")]
 
-    def passages(self, rows: Sequence[int]) -> list[Passage]:
+    def passages(self, rows: Sequence[int], groups: frozenset[str] | None = None) -> list[Passage]:
         """Passages for the given rows, in the same order, each checked against its stored content hash.
 
         The check costs one sha256 of a passage per result and means an edited or damaged passage text
-        is refused instead of being shown (or reranked) as if it were what the index scored.
+        is refused instead of being shown (or reranked) as if it were what the index scored. ``groups``:
+        the caller's, when restricted; a row outside them is refused (retrieval filtered it already: this
+        is the second line, where text leaves the store).
         """
         if not rows:
             return []
+        if groups is not None:
+            hidden = np.setdiff1d(np.asarray(rows, dtype=np.int64), self.rows_visible_to(groups))
+            if hidden.size:
+                raise forbidden(int(hidden[0]))
         marks = ",".join("?" * len(rows))
         found = {
             r[0]: r for r in self._query(
                 "SELECT p.row, p.passage_id, p.doc_id, p.idx, d.title, p.text, p.start, p.end, p.content_hash "
                 f"FROM passages p JOIN documents d USING(doc_id) WHERE p.row IN ({marks})", [int(r) for r in rows])
         }
-        passages: list[Passage] = []
-        for row in rows:
-            record = found.get(int(row))
-            if record is None:
-                raise corrupt(self.path, f"passage row {int(row)} is missing")
-            passage = Passage(*record[1:])
-            if not (isinstance(passage.title, str) and isinstance(passage.text, str)
-                    and content_hash(passage.title, passage.text) == passage.content_hash):
-                raise corrupt(self.path, f"the text of passage '{passage.id}' does not match its content hash")
-            passages.append(passage)
-        return passages
+        return checked_passages(found, rows, self.path)
 
     def document(self, doc_id: str) -> Document | None:
         rows = self._query("SELECT doc_id, text, title, metadata FROM documents WHERE doc_id = ?", (doc_id,))
@@ -182,35 +248,26 @@ class DocStore:
             "SELECT DISTINCT j.key FROM documents d, json_each(d.metadata) j"))
 
     def why_nothing_matches(self, filters: dict[str, Any], examples: int = 5) -> str:
-        """One line on why ``filters`` match no document: the values no document has (with a few that
-        exist: filter values are compared exactly, so ``security`` does not match ``Security``), or, when
-        each value exists on its own, that no document has them all at once."""
-        missing = []
-        for key, value in filters.items():
-            wanted = value if isinstance(value, list) else [value]
+        """One line on why ``filters`` match no document (see :func:`why_nothing_matches`)."""
+        def present(key: str, wanted: list[Any]) -> set[Any]:
             path = f'$."{key}"'
-            found = {v for (v,) in self._query(
+            return {v for (v,) in self._query(
                 f"SELECT DISTINCT json_extract(metadata, ?) FROM documents WHERE json_extract(metadata, ?) IN "
                 f"({','.join('?' * len(wanted))})", [path, path, *wanted])}
-            absent = [v for v in wanted if v not in found]
-            if absent:
-                known = [v for (v,) in self._query(
-                    "SELECT DISTINCT json_extract(metadata, ?) AS v FROM documents WHERE v IS NOT NULL ORDER BY v "
-                    f"LIMIT {examples + 1}", [path])]
-                shown = ", ".join(json.dumps(v, ensure_ascii=False) for v in known[:examples])
-                more = ", …" if len(known) > examples else ""
-                missing.append(f"no document has {key} = {' or '.join(json.dumps(v, ensure_ascii=False) for v in absent)}"
-                               f" (values are matched exactly; {key} has {shown}{more})")
-        if missing:
-            return "; ".join(missing)
-        return f"no document has all of {json.dumps(filters, ensure_ascii=False)} at once"
+
+        def some(key: str, limit: int) -> list[Any]:
+            return [v for (v,) in self._query(
+                "SELECT DISTINCT json_extract(metadata, ?) AS v FROM documents WHERE v IS NOT NULL ORDER BY v "
+                f"LIMIT {limit}", [f'$."{key}"'])]
+
+        return why_nothing_matches(filters, present, some, examples)
 
     def rows_visible_to(self, groups: frozenset[str]) -> np.ndarray:
         """Passage rows a caller in ``groups`` may see: public documents, and those whose access list
         (:data:`ACCESS_FIELD`) names one of the groups. Sorted, and cached per group set."""
-        cached = self._visible.get(groups)
-        if cached is not None:
-            return cached
+        return self._visible.get(groups, self._rows_visible_to)
+
+    def _rows_visible_to(self, groups: frozenset[str]) -> np.ndarray:
         path = f'$."{ACCESS_FIELD}"'
         names = sorted(groups)
         sql = ("SELECT p.row FROM passages p JOIN documents d USING(doc_id) "
@@ -218,12 +275,7 @@ class DocStore:
                + (f" OR EXISTS (SELECT 1 FROM json_each(d.metadata, ?) g WHERE g.value IN ({','.join('?' * len(names))}))"
                   if names else "") + " ORDER BY p.row")
         params = [path, path, *names] if names else [path]
-        rows = np.array([r for (r,) in self._query(sql, params)], dtype=np.int64)
-        with self._lock:
-            self._visible[groups] = rows
-            while sum(v.nbytes for v in self._visible.values()) > _VISIBLE_CACHE_BYTES and len(self._visible) > 1:
-                self._visible.pop(next(iter(self._visible)))  # the oldest first
-        return rows
+        return np.array([r for (r,) in self._query(sql, params)], dtype=np.int64)
 
     def rows_matching(self, filters: dict[str, Any]) -> np.ndarray:
         """Passage rows whose document metadata equals every ``key: value`` in ``filters``.
@@ -232,9 +284,8 @@ class DocStore:
         """
         clauses: list[str] = []
         params: list[Any] = []
+        metadata_filter_keys(filters)
         for key, value in filters.items():
-            if not key.replace("_", "").replace("-", "").replace(".", "").isalnum():
-                raise QueryError(f"invalid metadata filter key '{key}'")
             values = value if isinstance(value, list) else [value]
             clauses.append(f"json_extract(d.metadata, ?) IN ({','.join('?' * len(values))})")
             params.append(f'$."{key}"')

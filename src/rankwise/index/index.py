@@ -17,7 +17,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
@@ -125,6 +125,11 @@ class Index:
         return f"Index({str(self.path)!r}, documents={m.num_documents}, passages={m.num_passages})"
 
     @property
+    def location(self) -> str:
+        """Where the index is, as ``--index`` takes it (a directory, or ``postgresql://...#NAME``)."""
+        return str(self.path)
+
+    @property
     def fingerprint(self) -> str:
         return self.manifest.fingerprint
 
@@ -162,7 +167,7 @@ class Index:
 
     def _require_dense(self) -> None:
         if not self.has_dense:
-            raise QueryError(f"index '{self.path}' was built without dense vectors (--no-dense); "
+            raise QueryError(f"index '{self.location}' was built without dense vectors (--no-dense); "
                              "use --first-stage bm25 or rebuild with dense vectors")
 
     @classmethod
@@ -208,12 +213,15 @@ class Index:
         progress: Progress = no_progress,
         embedder: Embedder | None = None,
         label: str | None = None,
+        reuse: Mapping[str, np.ndarray] | None = None,
     ) -> Index:
         """Build (or rebuild) the index at ``path`` from a corpus source or an iterable of documents.
 
         ``embedding_model=None`` builds a lexical-only index (no vectors, ``dense``/``hybrid`` refused).
         ``label`` names the source in the manifest (default: the path, or ``<documents>``). The index this
-        build replaces is kept as ``NAME.previous`` (see :mod:`rankwise.index.update`).
+        build replaces is kept as ``NAME.previous`` (see :mod:`rankwise.index.update`). ``reuse``: vectors by
+        passage content hash to take instead of embedding again (default: those of the index at ``path``
+        when it was built with the same weights).
         """
         path = Path(path)
         started = time.perf_counter()
@@ -228,7 +236,7 @@ class Index:
         tokenizer_dir = Path(embedder.info.path) if embedder else bundled_minilm_dir()
         chunking = chunking or ChunkingSettings()
         bm25 = bm25 or BM25Settings()
-        previous = _previous_vectors(path, embedder)
+        previous = _previous_vectors(path, embedder) if reuse is None else reuse
 
         tmp = build_directory(path)
         try:
@@ -266,15 +274,23 @@ def _previous_vectors(path: Path, embedder: Embedder | None) -> dict[str, np.nda
         return {}
     try:
         old = Index(path)
-        emb = old.manifest.embedding or {}
-        if emb.get("sha256") != embedder.info.sha256 or emb.get("backend", "torch") != embedder.info.backend:
-            return {}
-        hashes = old.docstore.passage_hashes()
-        vectors = old.vectors.vectors
-        old.close()
     except Exception:  # noqa: BLE001 - an unreadable old index just means nothing to reuse
         return {}
-    return dict(zip(hashes, vectors, strict=False))
+    try:
+        return reusable_vectors(old, embedder)
+    finally:
+        old.close()
+
+
+def reusable_vectors(old: Index, embedder: Embedder | None) -> dict[str, np.ndarray]:
+    """``old``'s passage vectors by content hash, when ``embedder`` has the weights and backend they came from."""
+    emb = old.manifest.embedding or {}
+    if embedder is None or emb.get("sha256") != embedder.info.sha256 or emb.get("backend", "torch") != embedder.info.backend:
+        return {}
+    try:
+        return dict(zip(old.docstore.passage_hashes(), old.vectors.vectors, strict=False))
+    except Exception:  # noqa: BLE001 - an unreadable old index just means nothing to reuse
+        return {}
 
 
 def _write_index(tmp: Path, label: str, documents: Iterable[Document], splitter: PassageSplitter,

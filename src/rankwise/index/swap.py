@@ -37,7 +37,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rankwise.faults import checkpoint
@@ -265,3 +265,26 @@ def _mtime(directory: Path) -> float:
         return directory.stat().st_mtime
     except OSError:
         return 0.0
+
+
+@contextlib.contextmanager
+def exclusive_directory(path: Path) -> Iterator[None]:
+    """One update or rollback at a time per directory of indexes: without it, two updates that both read
+    version 1 would each swap in their own version 2, and the first one's changes (a deletion) would be
+    lost. An advisory ``flock`` on the parent directory (no lock file to leave behind); where there is
+    none (not POSIX), updates are not serialised."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # no such directory: opening the index says so in one line
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -12,8 +12,6 @@ sends the same documents again leaves the fingerprint (and every server's loaded
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from rankwise.corpus.loaders import documents_of, validated
 from rankwise.errors import CorpusError, IndexNotFoundError
 from rankwise.index.index import Index, Progress, no_progress
 from rankwise.index.lexical import BM25Settings
+from rankwise.index.location import IndexLocation, build_index, exclusive, in_postgres, open_index
 from rankwise.index.manifest import MANIFEST_NAME
 from rankwise.index.swap import previous_version, swap_with_previous
 from rankwise.types import Document
@@ -53,21 +52,21 @@ def read_deletions(file: str | Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def update_index(path: str | Path, source: str | Path | Iterable[Document] | None = None, *,
+def update_index(path: IndexLocation, source: str | Path | Iterable[Document] | None = None, *,
                  delete: Collection[str] = (), progress: Progress = no_progress) -> tuple[Index, UpdateSummary]:
     """Upsert the documents of ``source`` (by id) and delete the ids in ``delete``; see the module docstring.
 
-    Returns the index (the new version, or the unchanged one when nothing changed) and what changed.
+    ``path``: an index directory or a PostgreSQL index (``postgresql://...#NAME``). Returns the index (the
+    new version, or the unchanged one when nothing changed) and what changed.
     """
-    path = Path(path)
     upserts = _read_upserts(source) if source is not None else {}
     with exclusive(path):
         return _update(path, upserts, set(delete), progress)
 
 
-def _update(path: Path, upserts: dict[str, Document], deletions: set[str],
+def _update(path: IndexLocation, upserts: dict[str, Document], deletions: set[str],
             progress: Progress) -> tuple[Index, UpdateSummary]:
-    current = Index(path)
+    current = open_index(path)
     both = sorted(deletions & upserts.keys())
     if both:
         raise CorpusError(f"document '{both[0]}' is both in the update and in the deletions; send it in one of them")
@@ -81,7 +80,7 @@ def _update(path: Path, upserts: dict[str, Document], deletions: set[str],
     if summary.deleted == len(stored) and not added:
         raise CorpusError(f"the update would delete every document of '{path}'; an index needs at least one")
     m = current.manifest
-    updated = Index.build(_merged(current, upserts, deletions), path, label=m.source,
+    updated = build_index(_merged(current, upserts, deletions), path, label=m.source,
                           embedding_model=(m.embedding or {}).get("model") if current.has_dense else None,
                           embedder=current.embedder if current.has_dense else None,
                           chunking=ChunkingSettings(**m.chunking), bm25=BM25Settings(**m.bm25), progress=progress)
@@ -89,9 +88,13 @@ def _update(path: Path, upserts: dict[str, Document], deletions: set[str],
     return updated, summary
 
 
-def rollback_index(path: str | Path) -> Index:
+def rollback_index(location: IndexLocation) -> Index:
     """Make the version the last build or update replaced live again (and the live one the previous)."""
-    path = Path(path)
+    if in_postgres(location):
+        from rankwise.index.postgres_index import PostgresIndexLocation, rollback_postgres_index
+
+        return rollback_postgres_index(PostgresIndexLocation.parse(str(location)))
+    path = Path(location)
     previous = previous_version(path)
     if not (previous / MANIFEST_NAME).is_file():
         raise IndexNotFoundError(f"'{path}' has no previous version to roll back to (one is kept from the "
@@ -102,29 +105,6 @@ def rollback_index(path: str | Path) -> Index:
         Index(previous).close()  # a damaged previous version is refused before anything moves
         swap_with_previous(path)
     return Index(path)
-
-
-@contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """One update or rollback at a time per directory of indexes: without it, two updates that both read
-    version 1 would each swap in their own version 2, and the first one's changes (a deletion) would be
-    lost. An advisory ``flock`` on the parent directory (no lock file to leave behind); where there is
-    none (not POSIX), updates are not serialised."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # no such directory: opening the index says so in one line
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _read_upserts(source: str | Path | Iterable[Document]) -> dict[str, Document]:

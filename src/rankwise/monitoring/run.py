@@ -25,6 +25,7 @@ from rankwise.evaluation.compare import RERANKED_SUFFIX, Progress, evaluate
 from rankwise.evaluation.goldset import PreparedGoldSet
 from rankwise.evaluation.metrics import parse_metrics
 from rankwise.index import Index
+from rankwise.index.location import in_postgres
 from rankwise.monitoring.history import DEFAULT_NAME, MonitorError, MonitorRecord, new_record_id
 from rankwise.monitoring.slices import slice_means, slice_members
 from rankwise.options import DEFAULT_PIPELINE, PipelineSettings, no_reranker
@@ -133,7 +134,8 @@ def monitor_run(
     return MonitorRecord(
         id=new_record_id(), name=name.strip(), time=started_at,
         goldset_name=goldset.name, goldset_fingerprint=goldset_fingerprint(goldset), num_queries=n,
-        index_path=str(Path(index.path).resolve()), index_fingerprint=index.fingerprint,
+        index_path=index.location if in_postgres(index.location) else str(Path(index.location).resolve()),
+        index_fingerprint=index.fingerprint,
         num_documents=index.manifest.num_documents,
         embedding_model=emb.get("model"), embedding_sha256=emb.get("sha256"),
         first_stage=fs, retrieve_k=chosen.retrieve_k, rerank_k=chosen.rerank_k, rerank_fusion=fusion,

@@ -95,7 +95,7 @@ def check_slice_keys(index: Index, keys: Sequence[str]) -> list[str]:
     unknown = [k for k in wanted if k not in known]
     if unknown:
         listing = ", ".join(sorted(known)) if known else "none (the documents carry no metadata)"
-        raise MonitorError(f"--slice-by {unknown[0]}: no document of the index '{index.path}' has that "
+        raise MonitorError(f"--slice-by {unknown[0]}: no document of the index '{index.location}' has that "
                            f"metadata key; known keys: {listing}")
     return wanted
 

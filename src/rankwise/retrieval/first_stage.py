@@ -99,7 +99,8 @@ class FirstStage:
         hits = (self._fuse(lists["bm25"], lists["dense"]) if method == "hybrid" else lists[method])[:k]
         ranked = {name: {key: Signal(rank, float(score)) for rank, (key, _, score) in enumerate(found, start=1)}
                   for name, found in lists.items()}
-        passages = self.index.docstore.passages([row for _, row, _ in hits])
+        passages = self.index.docstore.passages([row for _, row, _ in hits],
+                                                None if groups is None else frozenset(groups))
         return [Candidate(passage=p, method=method, rank=i, score=float(score),
                           signals={name: by_key.get(key, _MISSING) for name, by_key in ranked.items()})
                 for i, (p, (key, _, score)) in enumerate(zip(passages, hits, strict=True), start=1)]

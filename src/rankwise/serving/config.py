@@ -198,7 +198,7 @@ class ServeConfig:
     ordering).
     """
 
-    index: Path | None = None
+    index: str | Path | None = None  # a directory or postgresql://...#NAME
     reranker: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080

@@ -20,10 +20,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from rankwise.errors import RankwiseError
-from rankwise.index import Index
+from rankwise.index import Index, IndexLocation, open_loaded, read_manifest
 from rankwise.index.manifest import Manifest
 from rankwise.serving.metrics import ServingMetrics
 
@@ -33,7 +32,7 @@ log = logging.getLogger("rankwise.serving")
 class IndexFollower:
     """Polls the index path and calls ``use(index)`` with each new version, opened and loaded."""
 
-    def __init__(self, path: Path, current: Index, interval_s: float, metrics: ServingMetrics,
+    def __init__(self, path: IndexLocation, current: Index, interval_s: float, metrics: ServingMetrics,
                  use: Callable[[Index], None]) -> None:
         self.path = path
         self.current = current
@@ -59,7 +58,7 @@ class IndexFollower:
     def check(self) -> str | None:
         """Swap in the version on disk when it is new: ``"swapped"``, ``"failed"``, or None when unchanged."""
         try:
-            manifest: Manifest | None = Manifest.read(self.path)
+            manifest: Manifest | None = read_manifest(self.path)
         except RankwiseError:
             manifest = None  # mid-swap on a system without atomic exchange, or damaged: opening says which
         fingerprint = manifest.fingerprint if manifest is not None else None
@@ -92,10 +91,10 @@ class IndexFollower:
         current = self.current
         share = (current.has_dense and manifest is not None
                  and _encoder_of(manifest) == _encoder_of(current.manifest))
-        index = Index.open_loaded(self.path, embedder=current.embedder if share else None)
+        index = open_loaded(self.path, embedder=current.embedder if share else None)
         if share and _encoder_of(index.manifest) != _encoder_of(current.manifest):  # swapped again meanwhile
             index.close()
-            index = Index.open_loaded(self.path)
+            index = open_loaded(self.path)
         return index
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from rankwise.experiments import Experiment, load_experiment
 from rankwise.feedback.store import FeedbackStore, SQLiteFeedbackStore
-from rankwise.index import Index
+from rankwise.index import Index, open_loaded
 from rankwise.monitoring.drift import QueryVocabulary
 from rankwise.postgres import PostgresStore
 from rankwise.rerank.loading import check_reranker_exists
@@ -96,7 +96,7 @@ def load_state(config: ServeConfig) -> ServingState:
     state = ServingState(config=config, metrics=metrics, keys=keys, limiter=RateLimiter(config.rate_limit),
                          cache=open_score_cache(config.cache))
     if config.index is not None:
-        state.index = Index.open_loaded(config.index)  # one version's parts, whatever an update does meanwhile
+        state.index = open_loaded(config.index)  # one version's parts, whatever an update does meanwhile
     if config.rollout.experiment is not None:
         state.experiment = load_experiment(config.rollout.experiment)
     for spec in _model_specs(config, state.experiment):  # a typo stops the server whatever role it names

@@ -175,7 +175,7 @@ def train_session(index: Index, judged: JudgedQueries, settings: SessionSettings
                                eval_steps=s.eval_steps, max_positives=s.max_positives,
                                frozen_passages=s.frozen_passages)
     if recipe.residual and start.residual is None and not index.has_dense:
-        raise QueryError(f"a residual reranker adds a correction to the dense cosine, and {index.path} has no "
+        raise QueryError(f"a residual reranker adds a correction to the dense cosine, and {index.location} has no "
                          "vectors; build it with an embedding model or pass --no-residual")
     say.note(f"recipe: {recipe.explain()}")
     dense_model = str(index.manifest.embedding["model"]) if index.manifest.embedding else None
