@@ -311,7 +311,7 @@ def probe(
         for line in report.summary_lines():
             out.print(escape(line), highlight=False, soft_wrap=True)
     if version is not None:
-        err.print(f"recorded for {version} in {reg.history_file}", highlight=False, soft_wrap=True)
+        err.print(f"recorded for {version} in {reg.history_location}", highlight=False, soft_wrap=True)
 
 
 def _latest_probes(reg: Registry, version: str) -> ProbeReport | None:
@@ -401,7 +401,7 @@ def promote(
     if force:
         _check_scores(reg, target, backend, device)  # the gate checks it where it loads the candidate
         reg.promote(target, forced=True)
-        out.print(f"[yellow]{target} forced to production (recorded in {reg.history_file})[/]")
+        out.print(f"[yellow]{target} forced to production (recorded in {reg.history_location})[/]")
         return
     assert index_dir is not None
     gold = load_goldset(dataset, split, goldset)
@@ -446,3 +446,20 @@ def rollback(registry: RegistryOpt = None) -> None:
     """Point production back at the previous production version."""
     version = _registry(registry).rollback()
     out.print(f"[yellow]production rolled back to {version}[/]")
+
+
+@models_app.command("share")
+@friendly_errors
+def share(
+    store: Annotated[str, typer.Option("--store", help="postgresql://user@host/database: where every replica will "
+                                                       "read the registry's history and aliases.")],
+    registry: RegistryOpt = None,
+    name: Annotated[str | None, typer.Option(help="The registry's name in the store (default: its directory's).")] = None,
+) -> None:
+    """Move the registry's history (hence its aliases) into PostgreSQL; the versions stay in the directory."""
+    from rankwise.postgres import PostgresStore
+
+    reg = _registry(registry)
+    moved = reg.share(PostgresStore(store), name)
+    out.print(f"[green]shared[/] {moved} events of {reg.root} in {PostgresStore(store)}; every process that opens "
+              f"{reg.root} now reads its aliases there")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,16 @@ class History:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    @property
+    def label(self) -> str:
+        """How notes about its events name the history (a line number follows)."""
+        return self.path.name
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Held by the registry's writers besides its directory lock (the file needs nothing more)."""
+        yield
 
     def read(self) -> tuple[list[tuple[int, dict[str, Any]]], int | None]:
         """Committed events with their line numbers, and the byte offset of a torn last line (or None).
@@ -106,7 +118,7 @@ class History:
     def replay(self) -> Replay:
         """Committed versions and current aliases, by replaying every event in order."""
         replay = Replay()
-        name = self.path.name
+        name = self.label
         for lineno, event in self.read()[0]:
             replay.events.append(event)
             version = event.get("version")

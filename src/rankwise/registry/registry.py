@@ -24,6 +24,7 @@ from rankwise.clock import utc_now
 from rankwise.errors import ModelError
 from rankwise.faults import checkpoint
 from rankwise.models import weights_sha256
+from rankwise.postgres import PostgresStore
 from rankwise.registry.card import CARD, ModelCard, read_card
 from rankwise.registry.files import (
     DERIVED,
@@ -36,6 +37,7 @@ from rankwise.registry.files import (
     write_manifest,
 )
 from rankwise.registry.history import History, Replay
+from rankwise.registry.history_postgres import PostgresHistory, move_history, read_store_file
 from rankwise.registry.names import ALIASES, VERSION_ID, check_name, version_number
 from rankwise.storage import atomic_write_text
 
@@ -68,15 +70,27 @@ class Registry:
         self.root = Path(root).expanduser() if root else default_registry_root()
         self.versions_dir = self.root / "versions"
         self.history_file = self.root / "history.jsonl"
-        self._history = History(self.history_file)
+        self._file_history = History(self.history_file)
+        self._shared_history: PostgresHistory | None = None
 
     def __repr__(self) -> str:
         return f"Registry({str(self.root)!r})"
 
+    @property
+    def _history(self) -> History:
+        """The history file, or the shared store once ``store.json`` names one — looked for on every use, so a
+        process that opened the registry before ``models share`` moved its history follows it there."""
+        if self._shared_history is None:
+            shared = read_store_file(self.root)
+            if shared is None:
+                return self._file_history
+            self._shared_history = PostgresHistory(*shared)
+        return self._shared_history
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
         self.versions_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as lock:
+        with open(self.root / ".lock", "w") as lock, self._history.locked():
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -96,6 +110,19 @@ class Registry:
     def history(self) -> list[dict[str, Any]]:
         """Every committed event, oldest first (a torn last line is not an event)."""
         return self._history.events()
+
+    def share(self, store: PostgresStore, name: str | None = None) -> int:
+        """Move the history (events, hence aliases) into ``store``, where every replica reads it; the
+        versions stay in this directory. Returns the number of events moved."""
+        if isinstance(self._history, PostgresHistory):
+            raise ModelError(f"the history of {self.root} is already in {self._history.store}")
+        with self._writing():
+            return move_history(self.root, self._history, store, name or self.root.resolve().name)
+
+    @property
+    def history_location(self) -> str:
+        """Where the history is: ``history.jsonl`` in the directory, or the shared store."""
+        return self._history.label if isinstance(self._history, PostgresHistory) else str(self.history_file)
 
     def aliases(self) -> dict[str, str]:
         """Current alias → version, by replaying the history (aliases set to an invalid name are left out)."""

@@ -7,8 +7,8 @@ would add milliseconds to every request. Comparison is constant-time (:func:`hma
 
 Roles: ``search`` may call ``/v1/search``, ``rerank`` may call ``/v1/rerank``, ``feedback`` may post to
 ``/v1/feedback`` (a front end that reports clicks needs no right to query), ``admin`` may call all.
-The server re-reads the file when its modification time changes, so adding or revoking a key takes
-effect without a restart.
+The server re-reads the file when its modification time changes (the PostgreSQL store: at most a second
+after the change), so adding or revoking a key takes effect without a restart.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import re
 import secrets
 import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rankwise.clock import utc_now
 from rankwise.errors import RankwiseError
@@ -63,13 +65,36 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-class KeyStore:
-    """The keys file: ``{"keys": [ApiKey, ...]}``, rewritten atomically (temp file + rename)."""
+def new_key(roles: list[str], *, name: str = "", rate_per_s: float | None = None, burst: int | None = None,
+            tenant: str | None = None, groups: list[str] | None = None) -> tuple[ApiKey, str]:
+    """A new key, and its full token (shown once; only the hash of its secret is stored)."""
+    unknown = sorted(set(roles) - set(ROLES))
+    if not roles or unknown:
+        raise KeyFileError(f"give at least one --role from {', '.join(ROLES)}"
+                           + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    if (rate_per_s is not None and rate_per_s <= 0) or (burst is not None and burst < 1):
+        raise KeyFileError("--rate must be > 0 requests per second and --burst >= 1")
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    key = ApiKey(id=key_id, name=name, roles=tuple(dict.fromkeys(roles)), sha256=_hash(secret),
+                 created=utc_now(), rate_per_s=rate_per_s, burst=burst,
+                 tenant=tenant or None, groups=tuple(dict.fromkeys(groups)) if groups is not None else None)
+    return key, f"rk_{key_id}_{secret}"
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+
+def key_from_record(record: dict[str, Any]) -> ApiKey:
+    return ApiKey(**{**record, "roles": tuple(record["roles"]),
+                     "groups": tuple(record["groups"]) if record.get("groups") is not None else None})
+
+
+class Keys(ABC):
+    """Where the keys are: a JSON file (:class:`KeyStore`) or the shared PostgreSQL store
+    (:class:`~rankwise.serving.auth_postgres.PostgresKeyStore`). A server re-reads them when they change, so
+    adding or revoking a key takes effect without a restart; with no key left, every request is refused."""
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stamp: int | None = None
+        self._stamp: object = None
         self._keys: dict[str, ApiKey] = {}
 
     # ------------------------------------------------------------------ admin (CLI)
@@ -77,28 +102,14 @@ class KeyStore:
             burst: int | None = None, tenant: str | None = None,
             groups: list[str] | None = None) -> tuple[ApiKey, str]:
         """Create a key; returns it and the full token (show it once, it is not stored)."""
-        unknown = sorted(set(roles) - set(ROLES))
-        if not roles or unknown:
-            raise KeyFileError(f"give at least one --role from {', '.join(ROLES)}"
-                               + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
-        if (rate_per_s is not None and rate_per_s <= 0) or (burst is not None and burst < 1):
-            raise KeyFileError("--rate must be > 0 requests per second and --burst >= 1")
-        keys = self._read() if self.path.exists() else {}
-        key_id = secrets.token_hex(6)
-        secret = secrets.token_urlsafe(32)
-        key = ApiKey(id=key_id, name=name, roles=tuple(dict.fromkeys(roles)), sha256=_hash(secret),
-                     created=utc_now(), rate_per_s=rate_per_s, burst=burst,
-                     tenant=tenant or None, groups=tuple(dict.fromkeys(groups)) if groups is not None else None)
-        keys[key_id] = key
-        self._write(keys)
-        return key, f"rk_{key_id}_{secret}"
+        key, token = new_key(roles, name=name, rate_per_s=rate_per_s, burst=burst, tenant=tenant, groups=groups)
+        self._insert(key)
+        return key, token
 
     def revoke(self, key_id: str) -> ApiKey:
-        keys = self._read()
-        if key_id not in keys:
-            raise KeyFileError(f"no key with id '{key_id}' in {self.path}; list them with `rankwise keys list`")
-        removed = keys.pop(key_id)
-        self._write(keys)
+        removed = self._remove(key_id)
+        if removed is None:
+            raise KeyFileError(f"no key with id '{key_id}' in {self}; list them with `rankwise keys list`")
         return removed
 
     def list(self) -> list[ApiKey]:
@@ -120,26 +131,69 @@ class KeyStore:
         return self._current().get(key_id)
 
     def check(self) -> int:
-        """Load the file now (server start), so a broken keys file stops the server with one line."""
+        """Load the keys now (server start), so a broken keys store stops the server with one line."""
         return len(self._current())
 
     def _current(self) -> dict[str, ApiKey]:
+        stamp = self._changed()
+        with self._lock:
+            if stamp is None or stamp != self._stamp:
+                self._keys, self._stamp = self._read(), stamp
+            return self._keys
+
+    def close(self) -> None:
+        return None
+
+    # ------------------------------------------------------------------ the store
+    @abstractmethod
+    def _changed(self) -> object:
+        """A value that changes whenever the keys do (None: read them again)."""
+
+    @abstractmethod
+    def _read(self) -> dict[str, ApiKey]:
+        """The current keys by id."""
+
+    @abstractmethod
+    def _insert(self, key: ApiKey) -> None: ...
+
+    @abstractmethod
+    def _remove(self, key_id: str) -> ApiKey | None:
+        """Revoke ``key_id``; the key revoked, or None when there was none."""
+
+
+class KeyStore(Keys):
+    """The keys file: ``{"keys": [ApiKey, ...]}``, rewritten atomically (temp file + rename)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def _changed(self) -> object:
         try:
-            stamp = self.path.stat().st_mtime_ns
+            return self.path.stat().st_mtime_ns
         except OSError as err:
             raise KeyFileError(f"keys file '{self.path}' is not readable ({err}); "
                                "create it with `rankwise keys add --keys FILE --role ...`") from err
-        with self._lock:
-            if stamp != self._stamp:
-                self._keys, self._stamp = self._read(), stamp
-            return self._keys
+
+    def _insert(self, key: ApiKey) -> None:
+        keys = self._read() if self.path.exists() else {}
+        keys[key.id] = key
+        self._write(keys)
+
+    def _remove(self, key_id: str) -> ApiKey | None:
+        keys = self._read()
+        removed = keys.pop(key_id, None)
+        if removed is not None:
+            self._write(keys)
+        return removed
 
     def _read(self) -> dict[str, ApiKey]:
         try:
             data = json.loads(self.path.read_text())
-            keys = [ApiKey(**{**k, "roles": tuple(k["roles"]),
-                              "groups": tuple(k["groups"]) if k.get("groups") is not None else None})
-                    for k in data["keys"]]
+            keys = [key_from_record(k) for k in data["keys"]]
         except FileNotFoundError as err:
             raise KeyFileError(f"keys file '{self.path}' does not exist; create a key with "
                                f"`rankwise keys add --keys {self.path} --role rerank`") from err

@@ -202,7 +202,7 @@ class ServeConfig:
     reranker: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
-    keys: Path | None = None
+    keys: str | Path | None = None  # a keys file or postgresql://...
     #: a SQLite file, the shared PostgreSQL store (``--store``), or None for no audit log
     audit: Path | PostgresStore | None = None
     timeout_ms: int = 30_000

@@ -16,10 +16,11 @@ from rankwise.monitoring.drift import QueryVocabulary
 from rankwise.postgres import PostgresStore
 from rankwise.rerank.loading import check_reranker_exists
 from rankwise.serving.audit import AuditLog, SQLiteAuditLog
-from rankwise.serving.auth import KeyStore, RateLimiter
+from rankwise.serving.auth import Keys, RateLimiter
 from rankwise.serving.cache import ScoreCache, open_score_cache
 from rankwise.serving.config import LoopSettings, ServeConfig
 from rankwise.serving.index_follow import IndexFollower
+from rankwise.serving.key_stores import open_keys
 from rankwise.serving.metrics import ServingMetrics
 from rankwise.serving.models import ModelRouter
 from rankwise.serving.service import SearchService
@@ -36,7 +37,7 @@ class ServingState:
     router: ModelRouter | None = None
     index: Index | None = None
     search: SearchService | None = None
-    keys: KeyStore | None = None
+    keys: Keys | None = None
     audit: AuditLog | None = None
     feedback: FeedbackStore | None = None
     shadow: ShadowRunner | None = None
@@ -84,13 +85,15 @@ class ServingState:
             self.feedback.close()
         if self.audit is not None:
             self.audit.close()
+        if self.keys is not None:
+            self.keys.close()
         if self.index is not None:
             self.index.close()
 
 
 def load_state(config: ServeConfig) -> ServingState:
     metrics = ServingMetrics()
-    keys = KeyStore(config.keys) if config.keys is not None else None
+    keys = open_keys(config.keys) if config.keys is not None else None
     if keys is not None:
         keys.check()
     state = ServingState(config=config, metrics=metrics, keys=keys, limiter=RateLimiter(config.rate_limit),

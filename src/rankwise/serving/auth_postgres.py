@@ -1,0 +1,117 @@
+"""API keys in the shared PostgreSQL store (``--keys postgresql://...``): every replica checks one table.
+
+Naming the store with ``--keys`` is the opt-in: a server given ``--store`` alone keeps its keys file, so
+moving the audit log never changes who may call the server. Revoking sets ``revoked_at`` and keeps the
+row (audit rows name key ids, which should keep a name). A server looks for changes at most once a second
+(two counters: keys added, keys revoked) and re-reads the active keys when they moved, so a revocation
+reaches every replica within about a second. With every key revoked, every request is refused — the
+server never falls open. While PostgreSQL cannot be reached, the keys read last keep working (one log
+line per outage): refusing all traffic because the database blinked would turn a blip into an outage;
+a revocation made meanwhile applies as soon as it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from rankwise.postgres import PostgresStore, StoreError, one_line, open_tables
+from rankwise.serving.auth import ApiKey, KeyFileError, Keys, key_from_record
+
+log = logging.getLogger(__name__)
+
+_STEPS = ["""
+    CREATE TABLE rankwise_keys (id TEXT PRIMARY KEY, key JSONB NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                                revoked_at TIMESTAMPTZ);
+    CREATE FUNCTION rankwise_keys_kept() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION 'rankwise_keys rows are revoked, never deleted'; END $$;
+    CREATE TRIGGER rankwise_keys_kept BEFORE DELETE OR TRUNCATE ON rankwise_keys
+        FOR EACH STATEMENT EXECUTE FUNCTION rankwise_keys_kept();
+"""]
+
+
+class PostgresKeyStore(Keys):
+    """The keys of ``store``'s ``rankwise_keys`` table (created on first use)."""
+
+    def __init__(self, store: PostgresStore, *, recheck_s: float = 1.0) -> None:
+        super().__init__()
+        self.store = store
+        self.recheck_s = recheck_s
+        self._conn: Any = None
+        self._conn_lock = threading.Lock()
+        self._checked_at = -float("inf")
+        self._seen: object = None
+        self._outage = False
+
+    def __str__(self) -> str:
+        return str(self.store)
+
+    def close(self) -> None:
+        with self._conn_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run ``sql``, reconnecting once if the connection was lost (a restarted PostgreSQL)."""
+        import psycopg
+
+        with self._conn_lock:
+            for attempt in (1, 2):
+                if self._conn is None or self._conn.closed:
+                    self._conn = open_tables(self.store, "keys", _STEPS, create=True, table="rankwise_keys",
+                                             absent=KeyFileError(f"{self.store} holds no keys"))
+                try:
+                    cursor = self._conn.execute(sql, params)
+                    return cursor.fetchall() if cursor.description else []
+                except psycopg.OperationalError as err:
+                    self._conn.close()
+                    self._conn = None
+                    if attempt == 2:
+                        raise StoreError(f"cannot reach the keys in {self.store} ({one_line(err)})") from None
+        raise AssertionError("unreachable")
+
+    def _changed(self) -> object:
+        now = time.monotonic()
+        if self._seen is not None and now - self._checked_at < self.recheck_s:
+            return self._seen
+        try:
+            (added, revoked), = self._query("SELECT count(*), count(revoked_at) FROM rankwise_keys")
+        except StoreError as err:
+            if self._seen is None:
+                raise KeyFileError(str(err)) from None
+            if not self._outage:
+                log.error("%s; the keys read last keep working until it is back", err)
+            self._outage = True
+            return self._seen
+        if self._outage:
+            log.warning("the keys in %s are reachable again", self.store)
+        self._outage, self._checked_at, self._seen = False, now, (added, revoked)
+        return self._seen
+
+    def _read(self) -> dict[str, ApiKey]:
+        try:
+            rows = self._query("SELECT key FROM rankwise_keys WHERE revoked_at IS NULL")
+        except StoreError as err:
+            raise KeyFileError(str(err)) from None
+        return {key.id: key for key in (key_from_record(record) for (record,) in rows)}
+
+    def _insert(self, key: ApiKey) -> None:
+        from dataclasses import asdict
+
+        from psycopg.types.json import Jsonb
+
+        try:
+            self._query("INSERT INTO rankwise_keys (id, key) VALUES (%s, %s)", (key.id, Jsonb(asdict(key))))
+        except StoreError as err:
+            raise KeyFileError(str(err)) from None
+
+    def _remove(self, key_id: str) -> ApiKey | None:
+        try:
+            rows = self._query("UPDATE rankwise_keys SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL "
+                               "RETURNING key", (key_id,))
+        except StoreError as err:
+            raise KeyFileError(str(err)) from None
+        return key_from_record(rows[0][0]) if rows else None

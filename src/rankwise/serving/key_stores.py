@@ -1,0 +1,17 @@
+"""Opening the keys a server checks: a JSON file, or the shared PostgreSQL store (``--keys postgresql://...``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rankwise.postgres import PostgresStore, is_postgres_url
+from rankwise.serving.auth import Keys, KeyStore
+
+
+def open_keys(location: str | Path) -> Keys:
+    """The keys at ``location``: a JSON file, or ``postgresql://...`` (the shared store's ``rankwise_keys``)."""
+    if is_postgres_url(str(location)):
+        from rankwise.serving.auth_postgres import PostgresKeyStore  # psycopg only where a store is named
+
+        return PostgresKeyStore(PostgresStore(str(location)))
+    return KeyStore(Path(location))
