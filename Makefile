@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev,integrations,postgres]'
+	$(BIN)/pip install -q -e '.[dev,integrations,postgres,ray]'
 	touch $@
 
 demo: venv

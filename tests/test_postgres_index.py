@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,7 +191,7 @@ def served(postgres: Postgres, kb_index: Index, tmp_path: Path) -> Iterator[tupl
     srv.stop()
 
 
-def test_the_cli_and_a_running_server_take_the_url_and_the_server_follows_an_update(
+def test_the_cli_and_a_running_server_take_the_url_and_follow_updates_under_load(
         served: tuple[_Server, str]) -> None:
     server, url = served
 
@@ -198,12 +199,42 @@ def test_the_cli_and_a_running_server_take_the_url_and_the_server_follows_an_upd
         body = httpx.post(f"{server.url}/v1/search", json={"query": query, "k": 3}, timeout=60).json()
         return [r["doc_id"] for r in body["results"]]
 
+    def wait_for(fingerprint: str) -> None:
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{server.url}/readyz", timeout=10).json()["index_fingerprint"] != fingerprint:
+            assert time.monotonic() < deadline, "the server never served the update"
+            time.sleep(0.1)
+
     cli = json.loads(_rankwise("search", "customer churn in Q4", "--index", url, "--json").stdout)
     assert [r["doc_id"] for r in cli["results"]][:3] == top("customer churn in Q4")
     assert "sso-okta" not in top("single sign-on with okta")
-    new = update_index(url, [ADDED])[0].fingerprint
-    deadline = time.monotonic() + 60
-    while httpx.get(f"{server.url}/readyz", timeout=10).json()["index_fingerprint"] != new:
-        assert time.monotonic() < deadline, "the server never served the update"
-        time.sleep(0.1)
-    assert top("single sign-on with okta")[0] == "sso-okta"
+
+    answers: list[tuple[int, str | None, list[str]]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            while not stop.is_set():
+                reply = client.post("/v1/search", json={"query": "customer churn in Q4", "k": 10})
+                body = reply.json() if reply.status_code == 200 else {}
+                answers.append((reply.status_code, body.get("provenance", {}).get("index_fingerprint"),
+                                [r["doc_id"] for r in body.get("results", [])]))
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        added = update_index(url, [ADDED])[0].fingerprint
+        wait_for(added)
+        assert top("single sign-on with okta")[0] == "sso-okta"
+        deleted = update_index(url, delete=["churn-q4"])[0].fingerprint
+        wait_for(deleted)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert answers and all(status == 200 for status, _, _ in answers)
+    after = [ids for _, fingerprint, ids in answers if fingerprint == deleted]
+    assert after and not any("churn-q4" in ids for ids in after)  # never returned once the deletion is served
+    assert any("churn-q4" in ids for _, fingerprint, ids in answers if fingerprint == added)

@@ -19,7 +19,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "rankwise"
 LAYERS: list[set[str]] = [
     {"errors"},
     {"types", "options", "jsonl", "models", "faults", "sqlite_files", "storage", "clock", "batched_writer",
-     "postgres"},  # connecting to the shared store and migrating it; psycopg imported only when one is named
+     "postgres",  # connecting to the shared store and migrating it; psycopg imported only when one is named
+     "ray_cluster"},  # connecting to Ray for batch work; ray imported only when --ray is given
     {"verified_files"},  # sha256 checks remembered per file identity; writes its sidecars through storage
     {"corpus"},  # loaders and chunking; inference calibrates static int8 on the bundled corpus
     {"inference"},

@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 
 ENV = "RANKWISE_CRASH_AT"
+#: with it, the crash happens once: the first process to reach the point creates this file and dies, later
+#: ones (a retried worker) pass — how a test kills one Ray worker mid-batch
+ONCE_ENV = "RANKWISE_CRASH_ONCE"
 #: exit status of a simulated crash (128 + SIGKILL), so a test can tell it from an ordinary failure
 CRASH_EXIT = 137
 
@@ -18,4 +21,10 @@ CRASH_EXIT = 137
 def checkpoint(point: str) -> None:
     """Die here, as if killed, when ``$RANKWISE_CRASH_AT`` names this point."""
     if os.environ.get(ENV) == point:
+        once = os.environ.get(ONCE_ENV)
+        if once:
+            try:
+                os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
         os._exit(CRASH_EXIT)

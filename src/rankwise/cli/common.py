@@ -226,6 +226,10 @@ def load_reranker_option(spec: str, *, registry: Path | None, backend: str, devi
     return load_reranker(spec, options)
 
 
+RayOpt = Annotated[str | None, typer.Option(
+    "--ray", help="Run on a Ray cluster: local (this machine's cores), auto (the cluster `ray start` joined) or "
+                  "ray://HOST:PORT (pip install 'rankwise[ray]').")]
+WorkersOpt = Annotated[int | None, typer.Option(help="Ray workers (default: one per CPU of the cluster).", min=1)]
 IndexOpt = Annotated[str, typer.Option("--index", "-i", help="Index directory, or postgresql://user@host/database#NAME.")]
 ExactVectors = Annotated[bool, typer.Option(
     "--exact-vectors", help="A PostgreSQL index searches its vectors exactly, not through HNSW (a directory index is always exact).")]

@@ -25,12 +25,14 @@ from rankwise.cli.common import (
     MaxLength,
     MaxPOpt,
     MinQueriesOpt,
+    RayOpt,
     RegistryOpt,
     RerankerOpt,
     RerankFusionOpt,
     RerankK,
     RetrieveK,
     StrictOpt,
+    WorkersOpt,
     evaluation_progress,
     friendly_errors,
     load_goldset,
@@ -86,6 +88,8 @@ def eval_(
     max_p: MaxPOpt = DEFAULT_MAX_P,
     seed: Annotated[int, typer.Option(help="Seed of the randomization test and bootstrap.")] = 0,
     exact_vectors: ExactVectors = False,
+    ray: RayOpt = None,
+    workers: WorkersOpt = None,
     allow_download: AllowDownload = False,
 ) -> None:
     """Compare first stages (and each + a reranker) on a gold set: metrics, significance, latency, gates."""
@@ -112,11 +116,20 @@ def eval_(
     warn(prepared.warnings)
     warn_leakage(reranker, registry, prepared.queries, strict)
     ranker = load_reranker_option(reranker, registry=registry, backend=backend, device=device, max_length=max_length)
+    settings = PipelineSettings(retrieve_k=retrieve_k, rerank_k=rerank_k, rerank_fusion=rerank_fusion)
+    run_queries = None
+    if ray is not None:
+        from rankwise.evaluation.query_runs import WorkerLoad, run_on_ray
+        from rankwise.rerank.loading import LoadOptions
+
+        load = WorkerLoad(index_dir, None if ranker is None else reranker, LoadOptions(
+            backend=backend, device=device, max_length=max_length, registry=registry),  # type: ignore[arg-type]
+            exact=exact_vectors, reranker_sha256=None if ranker is None else ranker.weights_sha256)
+        run_queries = run_on_ray(ray, load, workers=workers)
     with evaluation_progress() as progress:
         report = evaluate(index, prepared, first_stages=stages, reranker=ranker, metrics=metric_names,
                           baseline=baseline, candidate=candidate, seed=seed, progress=progress,
-                          settings=PipelineSettings(retrieve_k=retrieve_k, rerank_k=rerank_k,
-                                                    rerank_fusion=rerank_fusion))
+                          settings=settings, run_queries=run_queries)
     result = evaluate_gates(report, gates, max_latency_ms, evidence) if gates or max_latency_ms is not None else None
     if result is not None:
         report.gates = result.to_dict()

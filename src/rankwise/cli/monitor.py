@@ -33,6 +33,7 @@ from rankwise.cli.common import (
     IndexOpt,
     LimitQueries,
     MaxLength,
+    RayOpt,
     RegistryOpt,
     RerankerOpt,
     RerankFusionOpt,
@@ -40,6 +41,7 @@ from rankwise.cli.common import (
     RetrieveK,
     StoreOpt,
     StrictOpt,
+    WorkersOpt,
     err,
     evaluation_progress,
     friendly_errors,
@@ -100,6 +102,8 @@ def run(
                            "(repeatable), e.g. category.")] = None,
     limit_queries: LimitQueries = None,
     strict: StrictOpt = False,
+    ray: RayOpt = None,
+    workers: WorkersOpt = None,
     allow_download: AllowDownload = False,
 ) -> None:
     """Evaluate the serving configuration on the gold set and append the run to the history."""
@@ -129,9 +133,18 @@ def run(
         warn(prepared.warnings)
         warn_leakage(reranker, registry, prepared.queries, strict)
         resolved = resolve_reranker(reranker, load)
+        run_queries = None
+        if ray is not None:
+            from rankwise.evaluation.query_runs import WorkerLoad, run_on_ray
+
+            ranker = resolved.reranker if resolved is not None else None
+            run_queries = run_on_ray(ray, WorkerLoad(index_dir, None if resolved is None else resolved.version, load,
+                                                     reranker_sha256=None if ranker is None else ranker.weights_sha256),
+                                     workers=workers)
         with evaluation_progress() as progress:
             record = monitor_run(index, prepared, name=name, settings=settings, reranker=resolved,
-                                 metrics=metric_names, slice_by=slice_by or [], tags=tags, progress=progress)
+                                 metrics=metric_names, slice_by=slice_by or [], tags=tags, progress=progress,
+                                 run_queries=run_queries)
         store.append(record)
     scores = " · ".join(f"{m} {v:.3f}" for m, v in record.metrics.items())
     out.print(f"recorded run {record.id} of '{record.name}': {scores} ({record.num_queries} queries, "

@@ -21,11 +21,13 @@ from rankwise.cli.common import (
     GroupsOpt,
     IndexOpt,
     MaxLength,
+    RayOpt,
     RegistryOpt,
     RerankerOpt,
     RerankFusionOpt,
     RerankK,
     RetrieveK,
+    WorkersOpt,
     err,
     friendly_errors,
     load_reranker_option,
@@ -59,6 +61,8 @@ def index(
     overlap: Annotated[int, typer.Option(help="Tokens shared by consecutive passages.")] = 48,
     embedding_backend: Annotated[str, typer.Option(
         help="Bi-encoder inference; auto: fastest for this CPU; torch: exact fp32 (torch-bf16 is reranker-only).")] = "auto",
+    ray: RayOpt = None,
+    workers: WorkersOpt = None,
     allow_download: AllowDownload = False,
 ) -> None:
     """Build, update or roll back an index (atomic; unchanged passages keep their vectors; the replaced
@@ -90,13 +94,18 @@ def index(
                 tasks[stage] = bars.add_task(stage, total=total)
             bars.update(tasks[stage], completed=done, total=total)
 
+        embed = None
+        if ray is not None:
+            from rankwise.index.ray_embedding import embed_with_ray
+
+            embed = embed_with_ray(ray, workers=workers)
         if update or removed:
-            built, summary = update_index(index_dir, source, delete=removed, progress=progress)
+            built, summary = update_index(index_dir, source, delete=removed, progress=progress, embed=embed)
         else:
             chunking = ChunkingSettings(max_tokens=passage_tokens, overlap=overlap)
             embedder = None if no_dense else Embedder(embedding_model, backend=embedding_backend)  # type: ignore[arg-type]
             built = build_index(source, index_dir, embedding_model=None if no_dense else embedding_model,  # type: ignore[arg-type]
-                                chunking=chunking, progress=progress, embedder=embedder)
+                                chunking=chunking, progress=progress, embedder=embedder, embed=embed)
             summary = None
     m = built.manifest
     stats = m.stats

@@ -21,6 +21,7 @@ from rankwise.cli.common import (
     FirstStageOpt,
     GroupsOpt,
     MaxLength,
+    RayOpt,
     RegistryOpt,
     RerankerOpt,
     RerankFusionOpt,
@@ -62,7 +63,7 @@ def serve(
     cache: Annotated[str, typer.Option(help="Score cache: memory | redis://host:port/db")] = "memory",
     cache_size: Annotated[int, typer.Option(help="In-process cache entries (0 disables it).")] = 100_000,
     cache_ttl: Annotated[int, typer.Option(help="Redis entry lifetime, seconds.")] = 7 * 24 * 3600,
-    keys: Annotated[Path | None, typer.Option(help="API keys file (from `rankwise keys add`); "
+    keys: Annotated[str | None, typer.Option(help="API keys file (from `rankwise keys add`), or postgresql://... (shared by replicas); "
                                                    "without it the server is open, loopback only.")] = None,
     audit: Annotated[str, typer.Option(help="Audit SQLite path, 'default' (user data dir; with --store: the "
                                                 "store) or 'none'.")] = DEFAULT_STORE,
@@ -121,6 +122,8 @@ def serve(
                                                       "'default' (what `rankwise monitor check` reads).")] = DEFAULT_STORE,
     rate_limit: Annotated[float, typer.Option(help="Default requests/second per key.")] = 20.0,
     burst: Annotated[int, typer.Option(help="Default burst per key.")] = 40,
+    ray: RayOpt = None,
+    replicas: Annotated[int, typer.Option(help="With --ray: Ray Serve replicas of the whole server.", min=1)] = 1,
     allow_download: AllowDownload = False,
 ) -> None:
     """Serve /v1/rerank (Cohere-compatible) and /v1/search over HTTP, with /metrics and /docs."""
@@ -173,6 +176,13 @@ def serve(
                       max_feedback_in_flight=max_feedback_in_flight, max_request_tokens=max_request_tokens),
         rate_limit=RateLimit(per_second=rate_limit, burst=burst),
     )
+    if ray is not None:
+        from rankwise.serving.ray_serve import serve_on_ray
+
+        err.print(f"rankwise serving on http://{host}:{port} with {replicas} Ray Serve replica(s) on {ray} · index "
+                  f"{index_dir or 'none'} · reranker {reranker}", highlight=False, soft_wrap=True)
+        serve_on_ray(config, ray, replicas)
+        return
     state = load_state(config)
     err.print(f"rankwise serving on http://{host}:{port} (docs at /docs) · reranker "
               f"{state.router.production.name if state.router and state.router.production else 'none'} · index {index_dir or 'none'} · cache "
@@ -187,7 +197,7 @@ def serve(
 
 keys_app = typer.Typer(help="Create, list and revoke API keys (stored hashed).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-KeysFile = Annotated[Path, typer.Option("--keys", help="The keys file the server is started with.")]
+KeysFile = Annotated[str, typer.Option("--keys", help="The keys the server is started with: a file, or postgresql://... .")]
 
 @keys_app.command("add")
 @friendly_errors
@@ -203,9 +213,9 @@ def keys_add(
     group: GroupsOpt = None,
 ) -> None:
     """Create a key and print its secret once (only a hash is stored)."""
-    from rankwise.serving.auth import KeyStore
+    from rankwise.serving.key_stores import open_keys
 
-    key, token = KeyStore(keys_file).add(role, name=name, rate_per_s=rate, burst=burst, tenant=tenant, groups=group)
+    key, token = open_keys(keys_file).add(role, name=name, rate_per_s=rate, burst=burst, tenant=tenant, groups=group)
     err.print(f"created key {key.id} with role(s) {', '.join(key.roles)}; the secret is shown only now:",
               highlight=False)
     typer.echo(token)
@@ -214,9 +224,9 @@ def keys_add(
 @friendly_errors
 def keys_list(keys_file: KeysFile) -> None:
     """List keys (ids, roles, limits; never secrets)."""
-    from rankwise.serving.auth import KeyStore
+    from rankwise.serving.key_stores import open_keys
 
-    for key in KeyStore(keys_file).list():
+    for key in open_keys(keys_file).list():
         limit = f"{key.rate_per_s or 'default'}/s burst {key.burst or 'default'}"
         tenant = f"  tenant {key.tenant}" if key.tenant else ""
         groups = f"  groups {','.join(key.groups)}" if key.groups is not None else ""
@@ -227,9 +237,9 @@ def keys_list(keys_file: KeysFile) -> None:
 @friendly_errors
 def keys_revoke(keys_file: KeysFile, key_id: Annotated[str, typer.Argument(help="Key id.")]) -> None:
     """Revoke a key (a running server notices within a request)."""
-    from rankwise.serving.auth import KeyStore
+    from rankwise.serving.key_stores import open_keys
 
-    removed = KeyStore(keys_file).revoke(key_id)
+    removed = open_keys(keys_file).revoke(key_id)
     err.print(f"revoked key {removed.id}", highlight=False)
 
 audit_app = typer.Typer(help="The service's audit log: show rows, or verify its hash chain.",

@@ -54,7 +54,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -66,6 +65,7 @@ from rankwise.clock import utc_now
 from rankwise.evaluation.errors import EvaluationError
 from rankwise.evaluation.goldset import PreparedGoldSet
 from rankwise.evaluation.metrics import DEFAULT_METRICS, mean, parse_metrics, per_query, required_depth
+from rankwise.evaluation.query_runs import QueryRunner, run_here
 from rankwise.evaluation.runs import run_from_rankings, write_trec_qrels, write_trec_run
 from rankwise.evaluation.significance import (
     DEFAULT_RESAMPLES,
@@ -83,7 +83,7 @@ from rankwise.options import (
     PipelineSettings,
     choose_many,
 )
-from rankwise.pipeline import MAX_QUERY_CHARS, Pipeline, latency_percentiles
+from rankwise.pipeline import MAX_QUERY_CHARS, latency_percentiles
 from rankwise.rerank.base import PassageCaching, Reranker, declared_fusion
 from rankwise.storage import atomic_write_text
 from rankwise.types import SearchResult
@@ -237,6 +237,7 @@ def evaluate(
     seed: int = DEFAULT_SEED,
     n_resamples: int = DEFAULT_RESAMPLES,
     progress: Progress | None = None,
+    run_queries: QueryRunner | None = None,
 ) -> EvaluationReport:
     """Evaluate every system on ``goldset`` and compare each with ``baseline``.
 
@@ -247,7 +248,9 @@ def evaluate(
     TREC run files); rankings are ``retrieve_k`` deep. ``settings`` are every system's
     :class:`~rankwise.options.PipelineSettings` (``retrieve_k``, ``rerank_k``, ``rerank_fusion``; unset:
     :data:`~rankwise.options.DEFAULT_PIPELINE`'s and the model's declared fusion, as it would be served);
-    each system's first stage comes from ``first_stages``.
+    each system's first stage comes from ``first_stages``. ``run_queries``: where the queries run (default:
+    here; :func:`~rankwise.evaluation.query_runs.run_on_ray` spreads them over a Ray cluster, whose workers
+    load ``index`` and ``reranker`` from the same places).
     """
     settings = settings or PipelineSettings()
     if settings.first_stage is not None:
@@ -277,8 +280,9 @@ def evaluate(
         raise EvaluationError(f"{len(too_long)} queries are longer than {MAX_QUERY_CHARS} characters, the search "
                               f"limit (e.g. {', '.join(too_long[:3])}); shorten them or leave them out")
 
-    rankings, tops, samples, costs = _run_pipelines(index, goldset, first_stages, reranker, settings, top_results,
-                                                    progress)
+    run = run_queries or run_here(index, reranker)
+    rankings, tops, samples, costs = _run_pipelines(goldset, first_stages, reranker is not None, settings,
+                                                    top_results, progress, run)
     values = {s: per_query(metrics, goldset.qrels, run_from_rankings(rankings[s])) for s in systems}
     scores = {s: {m: mean(values[s][m]) for m in metrics} for s in systems}
     cis = {s: {m: bootstrap_ci(list(values[s][m].values()), n_resamples=n_resamples, seed=seed) for m in metrics}
@@ -320,8 +324,8 @@ def evaluate(
               for s, c in costs.items()})
 
 
-def _run_pipelines(index: Index, goldset: PreparedGoldSet, first_stages: Sequence[FirstStageMethod],
-                   reranker: Reranker | None, settings: PipelineSettings, top_results: int, progress: Progress | None,
+def _run_pipelines(goldset: PreparedGoldSet, first_stages: Sequence[FirstStageMethod], with_reranker: bool,
+                   settings: PipelineSettings, top_results: int, progress: Progress | None, run: QueryRunner,
                    ) -> tuple[dict[str, dict[str, list[str]]], dict[str, dict[str, list[TopResult]]],
                               dict[str, dict[str, list[float]]], dict[str, dict[str, list[float]]]]:
     """Rankings, top results, per-stage latency samples and per-query costs (CPU ms, pairs scored) of every
@@ -332,37 +336,25 @@ def _run_pipelines(index: Index, goldset: PreparedGoldSet, first_stages: Sequenc
     costs: dict[str, dict[str, list[float]]] = {}
     items = list(goldset.queries.items())
     for fs in first_stages:
-        pipeline = Pipeline(index, reranker, settings=replace(settings, first_stage=fs))
-        _warm_up(pipeline, items[0][1])
-        if isinstance(reranker, PassageCaching):  # or the first system would pay for every later one's passages
-            reranker.clear_cache()
         reranked = fs + RERANKED_SUFFIX
-        names = [fs, reranked] if reranker is not None else [fs]
+        names = [fs, reranked] if with_reranker else [fs]
         for name in names:
             rankings[name], tops[name], samples[name], costs[name] = {}, {}, {}, {}
-        for done, (qid, text) in enumerate(items, start=1):
-            # the pipeline's public steps, so the first stage's CPU time is measured apart from the reranker's
-            t0, cpu0 = time.perf_counter(), time.process_time()
-            candidates = pipeline.retrieve(text)
-            timings = {"first_stage": (time.perf_counter() - t0) * 1000}
-            cpu1, t1 = time.process_time(), time.perf_counter()
-            scores = pipeline.rerank(text, candidates)
-            if scores is not None:
-                timings["rerank"] = (time.perf_counter() - t1) * 1000
-            cpu2 = time.process_time()
-            response = pipeline.respond(text, candidates, scores, k=pipeline.retrieve_k, timings=timings, started=t0)
-            _add(costs[fs], "cpu_ms", (cpu1 - cpu0) * 1000)
+        searched = run(replace(settings, first_stage=fs), [text for _, text in items])
+        for done, ((qid, _), found) in enumerate(zip(items, searched, strict=True), start=1):
+            response = found.response
+            _add(costs[fs], "cpu_ms", found.first_stage_cpu_ms)
             _add(costs[fs], "pairs", 0.0)
-            if reranker is not None:
-                _add(costs[reranked], "cpu_ms", (cpu2 - cpu0) * 1000)
-                _add(costs[reranked], "pairs", float(0 if scores is None else len(scores.raw)))
+            if with_reranker:
+                _add(costs[reranked], "cpu_ms", found.total_cpu_ms)
+                _add(costs[reranked], "pairs", float(found.pairs))
             labels = goldset.qrels[qid]
             first = sorted(response.results, key=lambda r: r.first_stage.rank)
             rankings[fs][qid] = [r.doc_id for r in first]
             tops[fs][qid] = [_top(r, labels, r.first_stage.rank, with_reranker=False) for r in first[:top_results]]
             timings = response.timings_ms
             _add(samples[fs], "first_stage", timings["first_stage"])
-            if reranker is None:
+            if not with_reranker:
                 _add(samples[fs], "total", timings["total"])
             else:
                 _add(samples[fs], "total", timings["first_stage"])
@@ -374,13 +366,6 @@ def _run_pipelines(index: Index, goldset: PreparedGoldSet, first_stages: Sequenc
             if progress is not None:
                 progress(names[-1], done, len(items))
     return rankings, tops, samples, costs
-
-
-def _warm_up(pipeline: Pipeline, query: str) -> None:
-    """Load lazily loaded parts (embedding model, BM25 arrays, reranker weights) outside the timed loop."""
-    candidates = pipeline.first_stage.retrieve(query, 1)
-    if pipeline.reranker is not None and candidates:
-        pipeline.reranker.score(query, [candidates[0].passage.full_text])
 
 
 def _add(samples: dict[str, list[float]], stage: str, ms: float) -> None:

@@ -53,6 +53,19 @@ def no_progress(stage: str, done: int, total: int | None) -> None:
     return None
 
 
+#: ``embed(embedder, texts, progress)``: the unit vectors of ``texts``, in order, reporting ``"embedding"`` progress
+EmbedPassages = Callable[["Embedder", list[str], Progress], np.ndarray]
+
+
+def embed_here(embedder: Embedder, texts: list[str], progress: Progress, step: int = 256) -> np.ndarray:
+    """Embed in this process, ``step`` passages at a time (the progress bar's granularity)."""
+    vectors = np.empty((len(texts), embedder.info.dim), dtype=np.float32)
+    for start in range(0, len(texts), step):
+        vectors[start:start + step] = embedder.encode(texts[start:start + step])
+        progress("embedding", min(start + step, len(texts)), len(texts))
+    return vectors
+
+
 class Index:
     """A built index, opened read-only. Use :meth:`build` to create or update one."""
 
@@ -214,6 +227,7 @@ class Index:
         embedder: Embedder | None = None,
         label: str | None = None,
         reuse: Mapping[str, np.ndarray] | None = None,
+        embed: EmbedPassages | None = None,
     ) -> Index:
         """Build (or rebuild) the index at ``path`` from a corpus source or an iterable of documents.
 
@@ -221,7 +235,8 @@ class Index:
         ``label`` names the source in the manifest (default: the path, or ``<documents>``). The index this
         build replaces is kept as ``NAME.previous`` (see :mod:`rankwise.index.update`). ``reuse``: vectors by
         passage content hash to take instead of embedding again (default: those of the index at ``path``
-        when it was built with the same weights).
+        when it was built with the same weights). ``embed``: how passages are embedded (default: here, in
+        batches; :func:`rankwise.index.ray_embedding.embed_with_ray` spreads them over a Ray cluster).
         """
         path = Path(path)
         started = time.perf_counter()
@@ -237,6 +252,7 @@ class Index:
         chunking = chunking or ChunkingSettings()
         bm25 = bm25 or BM25Settings()
         previous = _previous_vectors(path, embedder) if reuse is None else reuse
+        embed = embed or embed_here
 
         tmp = build_directory(path)
         try:
@@ -244,7 +260,7 @@ class Index:
             remove_abandoned_builds(path)
             tmp.mkdir()
             manifest = _write_index(tmp, label, documents, PassageSplitter(tokenizer_dir, chunking), chunking,
-                                    bm25, embedder, previous, progress)
+                                    bm25, embedder, previous, progress, embed)
             manifest.stats["build_seconds"] = round(time.perf_counter() - started, 2)
             manifest.files = record_files(tmp, exclude={MANIFEST_NAME})  # fsyncs every file as it hashes it
             manifest.write(tmp)
@@ -295,7 +311,7 @@ def reusable_vectors(old: Index, embedder: Embedder | None) -> dict[str, np.ndar
 
 def _write_index(tmp: Path, label: str, documents: Iterable[Document], splitter: PassageSplitter,
                  chunking: ChunkingSettings, bm25: BM25Settings, embedder: Embedder | None,
-                 previous: dict[str, np.ndarray], progress: Progress) -> Manifest:
+                 previous: Mapping[str, np.ndarray], progress: Progress, embed: EmbedPassages) -> Manifest:
     store = DocStore(tmp / DOCSTORE, create=True)
     texts: list[str] = []
     hashes: list[str] = []
@@ -325,11 +341,8 @@ def _write_index(tmp: Path, label: str, documents: Iterable[Document], splitter:
             if h in previous:
                 vectors[i] = previous[h]
         t0 = time.perf_counter()
-        step = 256
-        for start in range(0, len(todo), step):
-            chunk = todo[start:start + step]
-            vectors[chunk] = embedder.encode([texts[i] for i in chunk])
-            progress("embedding", min(start + step, len(todo)), len(todo))
+        if todo:
+            vectors[todo] = embed(embedder, [texts[i] for i in todo], progress)
         seconds = time.perf_counter() - t0
         stats.update(embedded=len(todo), reused=len(texts) - len(todo), embed_seconds=round(seconds, 2),
                      passages_per_second=round(len(todo) / seconds, 1) if todo else None)

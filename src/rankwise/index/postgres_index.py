@@ -55,7 +55,7 @@ from rankwise.index.docstore import (
     metadata_filter_keys,
     why_nothing_matches,
 )
-from rankwise.index.index import BM25_DIR, Index, Progress, no_progress, reusable_vectors
+from rankwise.index.index import BM25_DIR, EmbedPassages, Index, Progress, no_progress, reusable_vectors
 from rankwise.index.integrity import verify_files
 from rankwise.index.lexical import BM25Index, BM25Settings
 from rankwise.index.manifest import Manifest
@@ -427,6 +427,7 @@ class PostgresIndex(Index):
         embedder: Embedder | None = None,
         label: str | None = None,
         reuse: dict[str, np.ndarray] | None = None,
+        embed: EmbedPassages | None = None,
     ) -> PostgresIndex:
         """Build a new version of the index at ``path`` (``postgresql://...#NAME``) and make it the current one.
 
@@ -441,7 +442,8 @@ class PostgresIndex(Index):
             reuse = _current_vectors(location, embedder)
         with tempfile.TemporaryDirectory(prefix="rankwise-pg-build-") as tmp:
             local = Index.build(documents, Path(tmp) / "index", embedding_model=embedding_model, chunking=chunking,
-                                bm25=bm25, progress=progress, embedder=embedder, label=label or name, reuse=reuse)
+                                bm25=bm25, progress=progress, embedder=embedder, label=label or name, reuse=reuse,
+                                embed=embed)
             try:
                 conn = _connect(location, create=True)
                 try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from rankwise.corpus.chunking import ChunkingSettings
 from rankwise.corpus.loaders import documents_of, validated
 from rankwise.errors import CorpusError, IndexNotFoundError
-from rankwise.index.index import Index, Progress, no_progress
+from rankwise.index.index import EmbedPassages, Index, Progress, no_progress
 from rankwise.index.lexical import BM25Settings
 from rankwise.index.location import IndexLocation, build_index, exclusive, in_postgres, open_index
 from rankwise.index.manifest import MANIFEST_NAME
@@ -53,7 +53,8 @@ def read_deletions(file: str | Path) -> list[str]:
 
 
 def update_index(path: IndexLocation, source: str | Path | Iterable[Document] | None = None, *,
-                 delete: Collection[str] = (), progress: Progress = no_progress) -> tuple[Index, UpdateSummary]:
+                 delete: Collection[str] = (), progress: Progress = no_progress,
+                 embed: EmbedPassages | None = None) -> tuple[Index, UpdateSummary]:
     """Upsert the documents of ``source`` (by id) and delete the ids in ``delete``; see the module docstring.
 
     ``path``: an index directory or a PostgreSQL index (``postgresql://...#NAME``). Returns the index (the
@@ -61,11 +62,11 @@ def update_index(path: IndexLocation, source: str | Path | Iterable[Document] | 
     """
     upserts = _read_upserts(source) if source is not None else {}
     with exclusive(path):
-        return _update(path, upserts, set(delete), progress)
+        return _update(path, upserts, set(delete), progress, embed)
 
 
 def _update(path: IndexLocation, upserts: dict[str, Document], deletions: set[str],
-            progress: Progress) -> tuple[Index, UpdateSummary]:
+            progress: Progress, embed: EmbedPassages | None) -> tuple[Index, UpdateSummary]:
     current = open_index(path)
     both = sorted(deletions & upserts.keys())
     if both:
@@ -83,7 +84,8 @@ def _update(path: IndexLocation, upserts: dict[str, Document], deletions: set[st
     updated = build_index(_merged(current, upserts, deletions), path, label=m.source,
                           embedding_model=(m.embedding or {}).get("model") if current.has_dense else None,
                           embedder=current.embedder if current.has_dense else None,
-                          chunking=ChunkingSettings(**m.chunking), bm25=BM25Settings(**m.bm25), progress=progress)
+                          chunking=ChunkingSettings(**m.chunking), bm25=BM25Settings(**m.bm25), progress=progress,
+                          embed=embed)
     current.close()
     return updated, summary
 

@@ -24,6 +24,7 @@ from rankwise.clock import utc_now
 from rankwise.evaluation.compare import RERANKED_SUFFIX, Progress, evaluate
 from rankwise.evaluation.goldset import PreparedGoldSet
 from rankwise.evaluation.metrics import parse_metrics
+from rankwise.evaluation.query_runs import QueryRunner
 from rankwise.index import Index
 from rankwise.index.location import in_postgres
 from rankwise.monitoring.history import DEFAULT_NAME, MonitorError, MonitorRecord, new_record_id
@@ -101,12 +102,14 @@ def monitor_run(
     slice_by: Sequence[str] = (),
     tags: Mapping[str, Sequence[str]] | None = None,
     progress: Progress | None = None,
+    run_queries: QueryRunner | None = None,
 ) -> MonitorRecord:
     """Evaluate the serving configuration on ``goldset`` and return the run's record (not yet stored).
 
     ``settings``: the served :class:`~rankwise.options.PipelineSettings` (unset ones are
     :data:`~rankwise.options.DEFAULT_PIPELINE`'s). ``slice_by``: document metadata keys to slice by (checked before anything runs); ``tags``: each
-    query's gold-set tags (:func:`~rankwise.monitoring.slices.read_query_tags`).
+    query's gold-set tags (:func:`~rankwise.monitoring.slices.read_query_tags`). ``run_queries``: where the
+    queries run (see :func:`~rankwise.evaluation.compare.evaluate`).
     """
     if not name.strip():
         raise MonitorError("the monitor name is empty; pass --name with a name such as 'default' or "
@@ -124,7 +127,7 @@ def monitor_run(
     wall = time.perf_counter()
     report = evaluate(index, goldset, first_stages=[fs], reranker=ranker, metrics=metric_names,
                       baseline=system, settings=replace(chosen, first_stage=None, rerank_fusion=fusion),
-                      n_resamples=_CI_RESAMPLES, progress=progress)
+                      n_resamples=_CI_RESAMPLES, progress=progress, run_queries=run_queries)
     wall = time.perf_counter() - wall
     per_query = report.per_query[system]
     n = len(goldset.queries)

@@ -1,0 +1,138 @@
+"""Running an evaluation's queries: here, one after another, or spread over a Ray cluster (``--ray``).
+
+Either way each query goes through the pipeline's public steps (retrieve, rerank, respond), timed per
+stage and in CPU time, and the results come back in the gold set's order, so the report is the same:
+the rankings are equal, only latencies (measured on whichever worker ran the query) differ. On Ray each
+worker loads the index and the reranker once (an actor), from the same locations and settings as the
+driver; a query a retried worker ran again replaces its own result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rankwise.errors import ModelError
+from rankwise.faults import checkpoint
+from rankwise.index import Index
+from rankwise.options import PipelineSettings
+from rankwise.pipeline import Pipeline
+from rankwise.rerank.base import PassageCaching, Reranker
+from rankwise.rerank.loading import LoadOptions, load_reranker
+from rankwise.types import SearchResponse
+
+
+@dataclass(frozen=True, slots=True)
+class TimedSearch:
+    """One query's answer, with the CPU time of its first stage and of the whole search, and pairs scored."""
+
+    response: SearchResponse
+    first_stage_cpu_ms: float
+    total_cpu_ms: float
+    pairs: int
+
+
+#: ``run(settings, texts)``: each text's :class:`TimedSearch` through a pipeline with ``settings``, in order
+QueryRunner = Callable[[PipelineSettings, Sequence[str]], Iterator[TimedSearch]]
+
+
+def timed_search(pipeline: Pipeline, text: str) -> TimedSearch:
+    """The pipeline's public steps, so the first stage's CPU time is measured apart from the reranker's."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    candidates = pipeline.retrieve(text)
+    timings = {"first_stage": (time.perf_counter() - t0) * 1000}
+    cpu1, t1 = time.process_time(), time.perf_counter()
+    scores = pipeline.rerank(text, candidates)
+    if scores is not None:
+        timings["rerank"] = (time.perf_counter() - t1) * 1000
+    cpu2 = time.process_time()
+    response = pipeline.respond(text, candidates, scores, k=pipeline.retrieve_k, timings=timings, started=t0)
+    return TimedSearch(response, (cpu1 - cpu0) * 1000, (cpu2 - cpu0) * 1000, 0 if scores is None else len(scores.raw))
+
+
+def warm_up(pipeline: Pipeline, query: str) -> None:
+    """Load lazily loaded parts (embedding model, BM25 arrays, reranker weights) outside the timed loop."""
+    candidates = pipeline.first_stage.retrieve(query, 1)
+    if pipeline.reranker is not None and candidates:
+        pipeline.reranker.score(query, [candidates[0].passage.full_text])
+
+
+def run_here(index: Index, reranker: Reranker | None) -> QueryRunner:
+    """Run the queries in this process, after a warm-up; the reranker's passage cache is emptied before each
+    system, or the first system would pay for every later one's passages."""
+
+    def run(settings: PipelineSettings, texts: Sequence[str]) -> Iterator[TimedSearch]:
+        pipeline = Pipeline(index, reranker, settings=settings)
+        if texts:
+            warm_up(pipeline, texts[0])
+        if isinstance(reranker, PassageCaching):
+            reranker.clear_cache()
+        for text in texts:
+            yield timed_search(pipeline, text)
+
+    return run
+
+
+#: builds, on a worker, what the driver evaluates: ``() -> (index, reranker or None)``
+Loader = Callable[[], tuple[Index, Reranker | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLoad:
+    """A :data:`Loader` from the locations the driver used: the index, and the reranker spec with its load
+    options; refused on a worker that finds other weights there (a promotion meanwhile, another file)."""
+
+    index: str
+    reranker: str | None
+    options: LoadOptions
+    exact: bool = False
+    reranker_sha256: str | None = None
+
+    def __call__(self) -> tuple[Index, Reranker | None]:
+        from rankwise.index import open_index
+
+        index = open_index(self.index, exact=self.exact)
+        reranker = load_reranker(self.reranker, self.options) if self.reranker else None
+        found = reranker.weights_sha256 if reranker is not None else None
+        if self.reranker_sha256 is not None and found != self.reranker_sha256:
+            raise ModelError(f"a Ray worker loaded '{self.reranker}' with other weights than the driver "
+                             f"({found} vs {self.reranker_sha256}); make every node see the same model")
+        return index, reranker
+
+
+class _Searcher:
+    """A Ray actor: the index and reranker loaded once, a pipeline per settings."""
+
+    def __init__(self, load: Loader) -> None:
+        self.index, self.reranker = load()
+        self.pipelines: dict[PipelineSettings, Pipeline] = {}
+
+    def search(self, settings: PipelineSettings, text: str) -> TimedSearch:
+        checkpoint("ray:search")
+        pipeline = self.pipelines.get(settings)
+        if pipeline is None:
+            pipeline = self.pipelines[settings] = Pipeline(self.index, self.reranker, settings=settings)
+            warm_up(pipeline, text)
+        return timed_search(pipeline, text)
+
+
+def run_on_ray(address: str, load: Loader, *, workers: int | None = None) -> QueryRunner:
+    """Run the queries on the Ray cluster at ``address``, over ``workers`` actors (default: one per CPU)."""
+    from rankwise.ray_cluster import check_address, cluster_cpus, connect_ray
+
+    check_address(address)
+    actors: list[Any] = []
+
+    def run(settings: PipelineSettings, texts: Sequence[str]) -> Iterator[TimedSearch]:
+        ray = connect_ray(address)
+        from ray.util import ActorPool
+
+        if not actors:
+            remote = ray.remote(num_cpus=1, max_restarts=3, max_task_retries=3)(_Searcher)
+            actors.extend(remote.remote(load) for _ in range(workers or cluster_cpus(ray)))
+        pool = ActorPool(actors)
+        yield from pool.map(lambda actor, text: actor.search.remote(settings, text), list(texts))
+
+    return run

@@ -1,0 +1,78 @@
+"""Embedding a corpus on a Ray cluster (``rankwise index SOURCE --ray ADDRESS``), with Ray Data.
+
+The passages go through ``map_batches`` over a pool of actors, each of which loads the embedding model
+once — the same weights and backend as the index records (checked by sha256 on every worker), so the
+vectors equal those of a local build. Each batch carries its passages' row numbers and each result is
+put back by row, so a batch that Ray retries after a worker died is written once, and a build in which
+any row came back missing is refused rather than saved with zero vectors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rankwise.errors import IndexNotFoundError
+from rankwise.faults import checkpoint
+from rankwise.index.dense import Embedder, EmbeddingModelInfo
+from rankwise.index.index import EmbedPassages, Progress
+from rankwise.ray_cluster import check_address, cluster_cpus, connect_ray
+
+
+class _Encoder:
+    """One Ray Data actor: the model loaded once, then batches of ``{"row", "text"}`` → ``{"row", "vector"}``."""
+
+    def __init__(self, info: EmbeddingModelInfo, threads: int) -> None:
+        self.embedder = Embedder(info.path, backend=info.backend, max_seq_length=info.max_seq_length,  # type: ignore[arg-type]
+                                 threads=threads)
+        if self.embedder.info.sha256 != info.sha256:
+            raise IndexNotFoundError(f"a Ray worker's embedding model at {info.path} has other weights than the "
+                                     "driver's; install the same model on every node")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        checkpoint("ray:embedding")
+        return {"row": batch["row"], "vector": self.embedder.encode([str(t) for t in batch["text"]])}
+
+
+def embed_with_ray(address: str, *, workers: int | None = None, batch_size: int = 256) -> EmbedPassages:
+    """An ``embed`` step for :meth:`~rankwise.index.Index.build` that runs on the Ray cluster at ``address``
+    with ``workers`` actors (default: one per CPU of the cluster), one thread each."""
+    check_address(address)
+
+    def embed(embedder: Embedder, texts: list[str], progress: Progress) -> np.ndarray:
+        ray = connect_ray(address)
+        quiet_ray_data(ray)
+        pool = workers or cluster_cpus(ray)
+        dataset = ray.data.from_items([{"row": i, "text": t} for i, t in enumerate(texts)],
+                                      override_num_blocks=max(1, min(len(texts) // batch_size + 1, 4 * pool)))
+        encoded = dataset.map_batches(_Encoder, fn_constructor_kwargs={"info": embedder.info, "threads": 1},
+                                      batch_size=batch_size, batch_format="numpy", concurrency=pool, num_cpus=1)
+        vectors = np.zeros((len(texts), embedder.info.dim), dtype=np.float32)
+        seen = np.zeros(len(texts), dtype=bool)
+        for batch in _batches(encoded):
+            rows = batch["row"].astype(np.int64)
+            vectors[rows] = batch["vector"]
+            seen[rows] = True
+            progress("embedding", int(seen.sum()), len(texts))
+        if not seen.all():
+            missing = np.flatnonzero(~seen)
+            raise IndexNotFoundError(f"the Ray cluster returned no vector for {missing.size} passages (the first: row "
+                                     f"{missing[0]}); the index was not written, run the build again")
+        return vectors
+
+    return embed
+
+
+def quiet_ray_data(ray: Any) -> None:
+    """rankwise draws its own progress bar: no Ray Data bars or per-stage log lines on the terminal."""
+    import logging
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def _batches(dataset: Any) -> Any:
+    return dataset.iter_batches(batch_size=None, batch_format="numpy")
