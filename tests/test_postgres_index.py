@@ -95,12 +95,30 @@ def test_metadata_filters_are_sql_and_an_unknown_value_is_explained(sample_kb: t
 ACCESS = {"churn-q4": ["finance"], "pg-rotate": "security", "churn-theory": []}
 
 
+def _as(url: str, role: str) -> str:
+    """``url`` (the test server's, as its superuser) for ``role``."""
+    return url.replace("postgres:@", f"{role}@", 1).replace("//postgres@", f"//{role}@", 1)
+
+
+def _role(conn: object, role: str) -> None:
+    conn.execute(f"DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")  # type: ignore[attr-defined]
+
+
 @pytest.fixture(scope="module")
 def restricted(postgres: Postgres, kb_index: Index) -> str:
+    """The KB with access lists, built and read by a plain role (row-level security holds for it; a superuser
+    would skip it), in a database where a superuser made the vector extension."""
+    import psycopg
+
     docs = [Document(d.id, d.text, d.title, {**d.metadata, "groups": ACCESS[d.id]}) if d.id in ACCESS else d for d in KB]
-    url = postgres.database("acl") + "#kb"
-    build_index(docs, url, embedder=kb_index.embedder).close()
-    return url
+    url = postgres.database("acl")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION vector")
+        _role(conn, "builder")
+        conn.execute("GRANT CREATE ON SCHEMA public TO builder")
+    location = _as(url, "builder") + "#kb"
+    build_index(docs, location, embedder=kb_index.embedder).close()
+    return location
 
 
 def test_a_caller_finds_only_what_its_groups_may_read_and_row_level_security_backs_it(
@@ -114,13 +132,17 @@ def test_a_caller_finds_only_what_its_groups_may_read_and_row_level_security_bac
     with pytest.raises(QueryError, match="not visible"):  # the second line: text leaves only under the groups
         index.docstore.passages([secret], frozenset({"security"}))
 
-    # a plain role (not a superuser, who skips row-level security) sees public rows unless it names groups
-    database = restricted.split("#")[0]
-    postgres.server.psql("CREATE ROLE reader LOGIN; GRANT pg_read_all_data TO reader;")
+    # another plain role reading the tables directly sees public rows unless it names groups
     import psycopg
 
-    with psycopg.connect(database.replace("postgres:@", "reader@", 1).replace("//postgres@", "//reader@", 1),
-                         autocommit=True) as conn:
+    builder = restricted.split("#")[0]
+    with psycopg.connect(builder, autocommit=True) as conn:
+        assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0] is False
+    superuser = builder.replace("builder@", "postgres:@", 1)
+    with psycopg.connect(superuser, autocommit=True) as admin:
+        _role(admin, "reader")
+        admin.execute("GRANT pg_read_all_data TO reader")
+    with psycopg.connect(_as(superuser, "reader"), autocommit=True) as conn:
         assert conn.execute("SELECT current_user").fetchone()[0] == "reader"
         table = f"rankwise_index_{index.version}_documents"  # type: ignore[attr-defined]
 
@@ -154,10 +176,18 @@ def test_updates_deletions_and_rollback_give_the_versions_a_directory_would_and_
     assert rollback_index(url).fingerprint == third.fingerprint  # a second rollback rolls forward
     import psycopg
 
-    with psycopg.connect(url.split("#")[0]) as conn:
-        (versions,), = conn.execute("SELECT count(*) FROM rankwise_index_versions").fetchall()
-        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'rankwise_index_%%_passages'").fetchone()
-    assert versions == 2 and tables[0] == 2  # the current and the previous; older ones are dropped
+    with psycopg.connect(url.split("#")[0], autocommit=True) as conn:
+        def kept() -> tuple[int, int]:
+            (versions, retired), = conn.execute("SELECT count(*), count(retired_at) FROM rankwise_index_versions")
+            return versions, retired
+
+        assert kept() == (3, 1)  # current, previous, and the one retired minutes ago (a slow server may read it)
+        conn.execute("UPDATE rankwise_index_versions SET retired_at = now() - interval '11 minutes' "
+                     "WHERE retired_at IS NOT NULL")
+        update_index(url, [ADDED], delete=["refund-annual"])
+        assert kept() == (3, 1)  # the long-retired one dropped, the newly retired one kept
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'rankwise_index_%_passages'").fetchone()
+    assert tables[0] == 3
 
 
 def test_a_missing_or_misnamed_postgres_index_is_one_line(postgres: Postgres) -> None:

@@ -126,6 +126,9 @@ def test_a_shared_registry_moves_every_event_and_two_processes_see_one_set_of_al
     with pytest.raises(ModelError, match="already holds a registry history named 'registry'"):
         Registry(other).share(PostgresStore(url), "registry")
     assert json.loads((root / "store.json").read_text())["name"] == "registry"
+    with pytest.raises(ModelError, match="without a password") as refused:  # store.json is shared with the directory
+        Registry(other).share(PostgresStore("postgresql://rankwise:s3cret@db/rankwise"))
+    assert "s3cret" not in str(refused.value) and not (other / "store.json").exists()
 
 
 def test_an_unreachable_or_unnamed_store_is_one_line(tmp_path: Path) -> None:

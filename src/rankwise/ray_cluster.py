@@ -46,5 +46,15 @@ def connect_ray(address: str, *, num_cpus: int | None = None) -> Any:
     return ray
 
 
+def ray_failure(err: BaseException) -> str:
+    """The first line of the error a worker raised (Ray wraps it in a task or actor error with its traceback)."""
+    from ray.exceptions import RayTaskError
+
+    cause = err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
+    text = str(cause).strip().splitlines()
+    lines = [line for line in text if line.strip() and not line.startswith((" ", "Traceback"))]
+    return " ".join((lines[-1] if lines else type(cause).__name__).split())[:400]
+
+
 def cluster_cpus(ray: Any) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))

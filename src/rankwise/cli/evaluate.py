@@ -119,12 +119,13 @@ def eval_(
     settings = PipelineSettings(retrieve_k=retrieve_k, rerank_k=rerank_k, rerank_fusion=rerank_fusion)
     run_queries = None
     if ray is not None:
-        from rankwise.evaluation.query_runs import WorkerLoad, run_on_ray
+        from rankwise.evaluation.query_runs import WorkerLoad, run_on_ray, worker_location
         from rankwise.rerank.loading import LoadOptions
 
-        load = WorkerLoad(index_dir, None if ranker is None else reranker, LoadOptions(
+        load = WorkerLoad(worker_location(index_dir), None if ranker is None else reranker, LoadOptions(
             backend=backend, device=device, max_length=max_length, registry=registry),  # type: ignore[arg-type]
-            exact=exact_vectors, reranker_sha256=None if ranker is None else ranker.weights_sha256)
+            exact=exact_vectors, reranker_sha256=None if ranker is None else ranker.weights_sha256,
+            index_fingerprint=index.fingerprint)
         run_queries = run_on_ray(ray, load, workers=workers)
     with evaluation_progress() as progress:
         report = evaluate(index, prepared, first_stages=stages, reranker=ranker, metrics=metric_names,

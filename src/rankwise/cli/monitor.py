@@ -135,12 +135,13 @@ def run(
         resolved = resolve_reranker(reranker, load)
         run_queries = None
         if ray is not None:
-            from rankwise.evaluation.query_runs import WorkerLoad, run_on_ray
+            from rankwise.evaluation.query_runs import WorkerLoad, run_on_ray, worker_location
 
             ranker = resolved.reranker if resolved is not None else None
-            run_queries = run_on_ray(ray, WorkerLoad(index_dir, None if resolved is None else resolved.version, load,
-                                                     reranker_sha256=None if ranker is None else ranker.weights_sha256),
-                                     workers=workers)
+            run_queries = run_on_ray(ray, WorkerLoad(worker_location(index_dir),
+                                                     None if resolved is None else resolved.version, load,
+                                                     reranker_sha256=None if ranker is None else ranker.weights_sha256,
+                                                     index_fingerprint=index.fingerprint), workers=workers)
         with evaluation_progress() as progress:
             record = monitor_run(index, prepared, name=name, settings=settings, reranker=resolved,
                                  metrics=metric_names, slice_by=slice_by or [], tags=tags, progress=progress,

@@ -71,7 +71,7 @@ def index(
     from rankwise.corpus.chunking import ChunkingSettings
     from rankwise.index import rollback_index, update_index
     from rankwise.index.dense import Embedder
-    from rankwise.index.location import build_index
+    from rankwise.index.location import build_index, in_postgres, shown
     from rankwise.index.update import read_deletions
 
     removed = [*(delete or []), *(read_deletions(deletions) if deletions is not None else [])]
@@ -79,9 +79,9 @@ def index(
         if source is not None or update or removed:
             raise CorpusError("--rollback takes only --index: it swaps in the version kept beside the index")
         back = rollback_index(index_dir)
-        out.print(f"[green]rolled back[/] {index_dir} to {back.manifest.num_documents} documents, fingerprint "
+        out.print(f"[green]rolled back[/] {shown(index_dir)} to {back.manifest.num_documents} documents, fingerprint "
                   f"{back.fingerprint} (built {back.manifest.created_at}); the version rolled back from is now "
-                  f"{index_dir}.previous")
+                  + ("the previous one" if in_postgres(index_dir) else f"{index_dir}.previous"))
         return
     if source is None and not removed:
         raise CorpusError("nothing to do: give a SOURCE to index, --delete/--deletions to remove documents, or --rollback")
@@ -115,10 +115,10 @@ def index(
         changes = (f"{summary.added} added, {summary.changed} changed, {summary.unchanged} unchanged, "
                    f"{summary.deleted} deleted{missing}")
         if not summary.changes_anything:
-            out.print(f"[yellow]unchanged[/] {index_dir}: {changes}; fingerprint {m.fingerprint}")
+            out.print(f"[yellow]unchanged[/] {shown(index_dir)}: {changes}; fingerprint {m.fingerprint}")
             return
-        out.print(f"[green]updated[/] {index_dir}: {changes}")
-    out.print(f"[green]indexed[/] {m.num_documents} documents → {m.num_passages} passages in {index_dir} "
+        out.print(f"[green]updated[/] {shown(index_dir)}: {changes}")
+    out.print(f"[green]indexed[/] {m.num_documents} documents → {m.num_passages} passages in {shown(index_dir)} "
               f"({stats.get('build_seconds')} s; embedded {stats.get('embedded')}, reused {stats.get('reused')}"
               + (f", {stats['passages_per_second']} passages/s" if stats.get("passages_per_second") else "")
               + f"); fingerprint {m.fingerprint}")

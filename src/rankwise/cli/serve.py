@@ -130,6 +130,7 @@ def serve(
     prelude(allow_download)
     import uvicorn
 
+    from rankwise.index.location import shown
     from rankwise.options import PipelineSettings, no_reranker, parse_duration, parse_share
     from rankwise.rerank.loading import LoadOptions
     from rankwise.serving.app import create_app
@@ -180,12 +181,12 @@ def serve(
         from rankwise.serving.ray_serve import serve_on_ray
 
         err.print(f"rankwise serving on http://{host}:{port} with {replicas} Ray Serve replica(s) on {ray} · index "
-                  f"{index_dir or 'none'} · reranker {reranker}", highlight=False, soft_wrap=True)
+                  f"{shown(index_dir) if index_dir else 'none'} · reranker {reranker}", highlight=False, soft_wrap=True)
         serve_on_ray(config, ray, replicas)
         return
     state = load_state(config)
     err.print(f"rankwise serving on http://{host}:{port} (docs at /docs) · reranker "
-              f"{state.router.production.name if state.router and state.router.production else 'none'} · index {index_dir or 'none'} · cache "
+              f"{state.router.production.name if state.router and state.router.production else 'none'} · index {shown(index_dir) if index_dir else 'none'} · cache "
               f"{state.cache.backend} · auth {'on' if keys else 'off (loopback only)'} · audit "
               f"{config.audit or 'off'} · query log {config.loop.feedback or 'off'} ({config.loop.log_queries})"
               + (f" · shadow {state.shadow.name or 'failed'}" if state.shadow else "")
@@ -215,7 +216,7 @@ def keys_add(
     """Create a key and print its secret once (only a hash is stored)."""
     from rankwise.serving.key_stores import open_keys
 
-    key, token = open_keys(keys_file).add(role, name=name, rate_per_s=rate, burst=burst, tenant=tenant, groups=group)
+    key, token = open_keys(keys_file, create=True).add(role, name=name, rate_per_s=rate, burst=burst, tenant=tenant, groups=group)
     err.print(f"created key {key.id} with role(s) {', '.join(key.roles)}; the secret is shown only now:",
               highlight=False)
     typer.echo(token)

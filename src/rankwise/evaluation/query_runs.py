@@ -75,6 +75,16 @@ def run_here(index: Index, reranker: Reranker | None) -> QueryRunner:
     return run
 
 
+def worker_location(location: str) -> str:
+    """``location`` as a worker must open it: a directory made absolute (a worker's working directory is not
+    the driver's); a PostgreSQL index as it is."""
+    from pathlib import Path
+
+    from rankwise.index.location import in_postgres
+
+    return location if in_postgres(location) else str(Path(location).resolve())
+
+
 #: builds, on a worker, what the driver evaluates: ``() -> (index, reranker or None)``
 Loader = Callable[[], tuple[Index, Reranker | None]]
 
@@ -89,11 +99,17 @@ class WorkerLoad:
     options: LoadOptions
     exact: bool = False
     reranker_sha256: str | None = None
+    #: the version the driver evaluates: a worker that opens another (an update meanwhile) stops the run
+    index_fingerprint: str | None = None
 
     def __call__(self) -> tuple[Index, Reranker | None]:
+        from rankwise.errors import IndexNotFoundError
         from rankwise.index import open_index
 
         index = open_index(self.index, exact=self.exact)
+        if self.index_fingerprint is not None and index.fingerprint != self.index_fingerprint:
+            raise IndexNotFoundError(f"a Ray worker opened {index.location} at version {index.fingerprint}, not the "
+                                     f"driver's {self.index_fingerprint}; rerun once updates stop")
         reranker = load_reranker(self.reranker, self.options) if self.reranker else None
         found = reranker.weights_sha256 if reranker is not None else None
         if self.reranker_sha256 is not None and found != self.reranker_sha256:
@@ -120,7 +136,7 @@ class _Searcher:
 
 def run_on_ray(address: str, load: Loader, *, workers: int | None = None) -> QueryRunner:
     """Run the queries on the Ray cluster at ``address``, over ``workers`` actors (default: one per CPU)."""
-    from rankwise.ray_cluster import check_address, cluster_cpus, connect_ray
+    from rankwise.ray_cluster import RayError, check_address, cluster_cpus, connect_ray, ray_failure
 
     check_address(address)
     actors: list[Any] = []
@@ -133,6 +149,9 @@ def run_on_ray(address: str, load: Loader, *, workers: int | None = None) -> Que
             remote = ray.remote(num_cpus=1, max_restarts=3, max_task_retries=3)(_Searcher)
             actors.extend(remote.remote(load) for _ in range(workers or cluster_cpus(ray)))
         pool = ActorPool(actors)
-        yield from pool.map(lambda actor, text: actor.search.remote(settings, text), list(texts))
+        try:
+            yield from pool.map(lambda actor, text: actor.search.remote(settings, text), list(texts))
+        except ray.exceptions.RayError as err:
+            raise RayError(f"the evaluation on Ray failed: {ray_failure(err)}") from None
 
     return run

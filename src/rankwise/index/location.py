@@ -23,6 +23,18 @@ def in_postgres(location: IndexLocation) -> bool:
     return is_postgres_url(str(location))
 
 
+def shown(location: IndexLocation) -> str:
+    """``location`` for messages and logs: a PostgreSQL URL without its password."""
+    if in_postgres(location):
+        from rankwise.index.postgres_index import PostgresIndexLocation
+
+        try:
+            return str(PostgresIndexLocation.parse(str(location)))
+        except Exception:  # noqa: BLE001 - a malformed URL: say nothing of it but its kind
+            return "the PostgreSQL index given"
+    return str(location)
+
+
 def open_index(location: IndexLocation, *, exact: bool = False, **kwargs: Any) -> Index:
     """The index at ``location``, opened read-only. ``exact``: a PostgreSQL index searches its vectors exactly
     instead of through HNSW (the embedded index is always exact)."""

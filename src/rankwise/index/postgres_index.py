@@ -19,8 +19,10 @@ one string says where an index is, in a server's settings, an evaluation record 
   Retrieval filters by it before ranking, as with the embedded index; row-level security (forced, so the
   tables' owner is held to it too) is the second line: a session sees public rows only unless it sets
   ``rankwise.groups`` to ``*`` (every row) or to a JSON list of groups, and passage text for a restricted
-  caller is read under that caller's groups. A superuser or ``BYPASSRLS`` role skips row-level security
-  altogether, which opening the index warns about.
+  caller is read under that caller's groups. It backs rankwise's own filtering (a query that forgot the
+  groups returns nothing restricted); it is not a boundary between database roles — any session may set
+  ``rankwise.groups`` — so a role that must not read restricted documents gets no access to these tables.
+  A superuser or ``BYPASSRLS`` role skips row-level security altogether, which opening the index warns about.
 
 Passage rows are numbered 0..N-1 as in the embedded index, so BM25 hits, vector hits and passages map
 onto each other the same way and both kinds of index answer identically (tested on exact search).
@@ -35,15 +37,14 @@ import re
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import numpy as np
 
-from rankwise.corpus.chunking import ChunkingSettings
 from rankwise.corpus.loaders import documents_of
 from rankwise.errors import IndexNotFoundError
 from rankwise.index.dense import Embedder
@@ -55,7 +56,7 @@ from rankwise.index.docstore import (
     metadata_filter_keys,
     why_nothing_matches,
 )
-from rankwise.index.index import BM25_DIR, EmbedPassages, Index, Progress, no_progress, reusable_vectors
+from rankwise.index.index import BM25_DIR, Index, no_progress, reusable_vectors
 from rankwise.index.integrity import verify_files
 from rankwise.index.lexical import BM25Index, BM25Settings
 from rankwise.index.manifest import Manifest
@@ -75,6 +76,7 @@ if TYPE_CHECKING:
     import psycopg
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,63}")
 
@@ -90,6 +92,7 @@ _STEPS = [
         previous BIGINT REFERENCES rankwise_index_versions(id), updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
     );
     """,
+    "ALTER TABLE rankwise_index_versions ADD COLUMN retired_at TIMESTAMPTZ",
 ]
 
 #: a session sees only public rows unless it names its groups (a JSON list) or ``*`` for all of them
@@ -141,6 +144,10 @@ def _connect(location: PostgresIndexLocation, *, create: bool) -> psycopg.Connec
                                  "by a superuser)") from None
         elif conn.execute("SELECT to_regclass('rankwise_index_heads')").fetchone()[0] is None:
             raise _absent(location)
+        row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        if row is None or tuple(int(p) for p in re.findall(r"\d+", row[0])[:2]) < (0, 8):
+            raise StoreError(f"{redacted(location.url)} needs pgvector 0.8 or later (found "
+                             f"{row[0] if row else 'none'}): its iterative HNSW scan keeps filters from starving results")
         from pgvector.psycopg import register_vector
 
         register_vector(conn)
@@ -197,27 +204,46 @@ class PostgresDocStore:
     """The docstore of one index version, with the read paths of :class:`~rankwise.index.docstore.DocStore`.
 
     One connection, used by one thread at a time (a transaction must not interleave with another
-    thread's statements).
+    thread's statements), opened again once when it was lost (a restarted PostgreSQL).
     """
 
-    def __init__(self, conn: psycopg.Connection, lock: threading.Lock, version: int, where: str) -> None:
-        self._conn, self._lock, self.where = conn, lock, where
+    def __init__(self, conn: psycopg.Connection, location: PostgresIndexLocation, version: int) -> None:
+        self._conn, self._location, self.where = conn, location, str(location)
+        self._lock = threading.Lock()
         self._documents, self._passages = _tables(version)
         self._visible = VisibleRows()
 
-    def _query(self, sql: str, params: Sequence[Any] = (), *, groups: frozenset[str] | None = None
-               ) -> list[tuple[Any, ...]]:
+    def run(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """``work(connection)`` under the lock; once more on a new connection when the old one was lost; any
+        database error as one line."""
         import psycopg
 
         with self._lock:
-            try:
-                if groups is None:
-                    return self._conn.execute(sql, params).fetchall()
-                with self._conn.transaction():
-                    self._conn.execute("SELECT set_config('rankwise.groups', %s, true)", (_groups_setting(groups),))
-                    return self._conn.execute(sql, params).fetchall()
-            except psycopg.Error as err:
-                raise IndexNotFoundError(f"cannot read index {self.where} ({one_line(err)})") from None
+            for attempt in (1, 2):
+                try:
+                    if self._conn.closed:
+                        self._conn = _connect(self._location, create=False)
+                    return work(self._conn)
+                except psycopg.OperationalError as err:
+                    self._conn.close()
+                    if attempt == 2:
+                        raise IndexNotFoundError(f"cannot read index {self.where} ({one_line(err)})") from None
+                except psycopg.Error as err:
+                    raise IndexNotFoundError(f"cannot read index {self.where} ({one_line(err)})") from None
+                except StoreError as err:
+                    raise IndexNotFoundError(str(err)) from None
+        raise AssertionError("unreachable")
+
+    def _query(self, sql: str, params: Sequence[Any] = (), *, groups: frozenset[str] | None = None
+               ) -> list[tuple[Any, ...]]:
+        def work(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+            if groups is None:
+                return conn.execute(sql, params).fetchall()
+            with conn.transaction():
+                conn.execute("SELECT set_config('rankwise.groups', %s, true)", (_groups_setting(groups),))
+                return conn.execute(sql, params).fetchall()
+
+        return self.run(work)
 
     def close(self) -> None:
         with self._lock:
@@ -342,11 +368,18 @@ class PgVectors:
         sql = (f"SELECT row, embedding <=> %(q)s FROM {self._store._passages} {where} "
                "ORDER BY embedding <=> %(q)s LIMIT %(k)s")
         params = {"q": vector, "k": int(k), "allowed": None if allowed_rows is None else allowed_rows.tolist()}
-        store = self._store
-        with store._lock, store._conn.transaction():
-            for statement in settings:
-                store._conn.execute(statement)
-            found = store._conn.execute(sql, params).fetchall()
+        def work(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+            with conn.transaction():
+                for statement in settings:
+                    conn.execute(statement)
+                return conn.execute(sql, params).fetchall()
+
+        found = self._store.run(work)
+        if not self.exact and allowed_rows is not None and len(found) < min(k, allowed_rows.size):
+            # HNSW's scan stops at hnsw.max_scan_tuples: a narrow filter on a large corpus can leave it short,
+            # and a filter must never cost results, so those few rows are searched exactly
+            settings = ["SET LOCAL enable_indexscan = off"]
+            found = self._store.run(work)
         rows = np.array([r for r, _ in found], dtype=np.int64)
         return rows, (1.0 - np.array([d for _, d in found], dtype=np.float64)).astype(np.float32)
 
@@ -369,7 +402,7 @@ class PostgresIndex(Index):
         except BaseException:
             conn.close()
             raise
-        self.docstore = PostgresDocStore(conn, threading.Lock(), self.version, str(self.where))  # type: ignore[assignment]
+        self.docstore = PostgresDocStore(conn, self.where, self.version)  # type: ignore[assignment]
         try:
             self.docstore.check_counts(self.manifest.num_documents, self.manifest.num_passages)
         except BaseException:
@@ -421,19 +454,19 @@ class PostgresIndex(Index):
         path: str | PostgresIndexLocation,
         *,
         embedding_model: str | None = "minilm",
-        chunking: ChunkingSettings | None = None,
-        bm25: BM25Settings | None = None,
-        progress: Progress = no_progress,
         embedder: Embedder | None = None,
         label: str | None = None,
         reuse: dict[str, np.ndarray] | None = None,
-        embed: EmbedPassages | None = None,
+        **options: Any,
     ) -> PostgresIndex:
         """Build a new version of the index at ``path`` (``postgresql://...#NAME``) and make it the current one.
 
-        The build itself is :meth:`Index.build` into a temporary directory (same chunking, BM25 and vectors,
-        so both kinds of index answer alike); its contents are then copied in with ``COPY``.
+        The build itself is :meth:`Index.build` into a temporary directory, with the same ``options``
+        (chunking, BM25, progress, embed), so both kinds of index answer alike; its contents are then
+        copied in with ``COPY``. Unchanged passages reuse the current version's vectors.
         """
+        import psycopg
+
         location = path if isinstance(path, PostgresIndexLocation) else PostgresIndexLocation.parse(path)
         name, documents = documents_of(source)
         if embedder is None and embedding_model is not None:
@@ -441,15 +474,18 @@ class PostgresIndex(Index):
         if reuse is None:
             reuse = _current_vectors(location, embedder)
         with tempfile.TemporaryDirectory(prefix="rankwise-pg-build-") as tmp:
-            local = Index.build(documents, Path(tmp) / "index", embedding_model=embedding_model, chunking=chunking,
-                                bm25=bm25, progress=progress, embedder=embedder, label=label or name, reuse=reuse,
-                                embed=embed)
+            local = Index.build(documents, Path(tmp) / "index", embedding_model=embedding_model, embedder=embedder,
+                                label=label or name, reuse=reuse, **options)
             try:
                 conn = _connect(location, create=True)
                 try:
+                    progress = options.get("progress", no_progress)
                     progress("storing", 0, 1)
                     _store_version(conn, location, local)
                     progress("storing", 1, 1)
+                except psycopg.Error as err:  # e.g. a NUL character, which PostgreSQL text cannot hold
+                    raise StoreError(f"cannot store the index in {location} ({one_line(err)}); its previous "
+                                     "version, if any, is unchanged") from None
                 finally:
                     conn.close()
             finally:
@@ -493,6 +529,10 @@ def _store_version(conn: psycopg.Connection, location: PostgresIndexLocation, lo
     manifest = asdict(m) | {"files": {k: v for k, v in m.files.items() if k.startswith(f"{BM25_DIR}/")},
                             "checksum": ""}
     with conn.transaction():
+        # copying a corpus and building its HNSW graph take as long as they take, and another build of the
+        # same name is waited for: no statement or lock limit here
+        conn.execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+        conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key(f"index:{location.name}"),))
         (version,), = conn.execute(
             "INSERT INTO rankwise_index_versions (name, fingerprint, manifest, bm25) VALUES (%s, %s, %s, %s) "
@@ -507,11 +547,7 @@ def _store_version(conn: psycopg.Connection, location: PostgresIndexLocation, lo
                                      start_char INTEGER NOT NULL, end_char INTEGER NOT NULL, text TEXT NOT NULL,
                                      content_hash TEXT NOT NULL, groups TEXT[]{embedding});
             CREATE INDEX ON {passages} (doc_id);
-            ALTER TABLE {documents} ENABLE ROW LEVEL SECURITY; ALTER TABLE {documents} FORCE ROW LEVEL SECURITY;
-            ALTER TABLE {passages} ENABLE ROW LEVEL SECURITY; ALTER TABLE {passages} FORCE ROW LEVEL SECURITY;
-            CREATE POLICY visible ON {documents} USING {_POLICY};
-            CREATE POLICY visible ON {passages} USING {_POLICY};
-        """.replace("%%", "%"))
+        """)
         groups_of: dict[str, list[str] | None] = {}
         with conn.cursor().copy(f"COPY {documents} (position, doc_id, title, text, metadata, groups) FROM STDIN") as copy:
             for position, doc in enumerate(local.docstore.documents()):
@@ -529,18 +565,35 @@ def _store_version(conn: psycopg.Connection, location: PostgresIndexLocation, lo
         if dense:
             conn.execute(f"CREATE INDEX ON {passages} USING hnsw (embedding vector_cosine_ops)")
         conn.execute(f"ANALYZE {documents}; ANALYZE {passages}")
+        # after the COPYs: PostgreSQL refuses COPY FROM into a table row-level security applies to
+        conn.execute(f"""
+            ALTER TABLE {documents} ENABLE ROW LEVEL SECURITY; ALTER TABLE {documents} FORCE ROW LEVEL SECURITY;
+            ALTER TABLE {passages} ENABLE ROW LEVEL SECURITY; ALTER TABLE {passages} FORCE ROW LEVEL SECURITY;
+            CREATE POLICY visible ON {documents} USING {_POLICY};
+            CREATE POLICY visible ON {passages} USING {_POLICY};
+        """.replace("%%", "%"))
         _point_head(conn, location.name, version)
     return int(version)
 
 
+#: how long a version that is neither current nor previous stays readable: a server that has not yet
+#: followed two quick updates in a row keeps answering from it meanwhile
+RETIRED_KEPT = "10 minutes"
+
+
 def _point_head(conn: psycopg.Connection, name: str, version: int) -> None:
-    """Make ``version`` current and the current one previous; drop the version that was previous."""
+    """Make ``version`` current and the current one previous; retire the version that was previous and drop
+    versions retired longer than :data:`RETIRED_KEPT` ago."""
     head = conn.execute("SELECT current, previous FROM rankwise_index_heads WHERE name = %s FOR UPDATE", (name,)).fetchone()
     conn.execute("INSERT INTO rankwise_index_heads (name, current, previous) VALUES (%s, %s, %s) ON CONFLICT (name) "
                  "DO UPDATE SET current = EXCLUDED.current, previous = EXCLUDED.previous, updated_at = now()",
                  (name, version, head[0] if head else None))
     if head is not None and head[1] is not None and head[1] != version:
-        _drop_version(conn, int(head[1]))
+        conn.execute("UPDATE rankwise_index_versions SET retired_at = now() WHERE id = %s", (head[1],))
+    expired = conn.execute(f"SELECT id FROM rankwise_index_versions WHERE name = %s AND retired_at < now() - interval "
+                           f"'{RETIRED_KEPT}' AND id <> ALL(%s)", (name, [version, head[0] if head else version])).fetchall()
+    for (old,) in expired:
+        _drop_version(conn, int(old))
 
 
 def _drop_version(conn: psycopg.Connection, version: int) -> None:
@@ -551,9 +604,10 @@ def _drop_version(conn: psycopg.Connection, version: int) -> None:
 
 def rollback_postgres_index(location: PostgresIndexLocation) -> PostgresIndex:
     """Swap the head's current and previous versions (a second rollback rolls forward again)."""
-    conn = _connect(location, create=False)
+    conn = _connect(location, create=True)  # a rollback may be the first use after an upgrade: migrate
     try:
         with conn.transaction():
+            conn.execute("SET LOCAL lock_timeout = 0")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key(f"index:{location.name}"),))
             head = conn.execute("SELECT current, previous FROM rankwise_index_heads WHERE name = %s FOR UPDATE",
                                 (location.name,)).fetchone()
@@ -564,6 +618,7 @@ def rollback_postgres_index(location: PostgresIndexLocation) -> PostgresIndex:
                                          "from the first rebuild or update on)")
             conn.execute("UPDATE rankwise_index_heads SET current = %s, previous = %s, updated_at = now() "
                          "WHERE name = %s", (head[1], head[0], location.name))
+            conn.execute("UPDATE rankwise_index_versions SET retired_at = NULL WHERE id = ANY(%s)", (list(head),))
     finally:
         conn.close()
     return PostgresIndex(location)
@@ -578,7 +633,14 @@ class IndexLock:
         self._key = advisory_key(f"update:{location.name}")
 
     def __enter__(self) -> Self:
-        self._conn.execute("SELECT pg_advisory_lock(%s)", (self._key,))
+        import psycopg
+
+        try:
+            self._conn.execute("SET lock_timeout = 0")  # wait for the update before, as a directory's flock does
+            self._conn.execute("SELECT pg_advisory_lock(%s)", (self._key,))
+        except psycopg.Error as err:
+            self._conn.close()
+            raise StoreError(f"cannot lock the index for an update ({one_line(err)})") from None
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -17,7 +17,7 @@ from rankwise.errors import IndexNotFoundError
 from rankwise.faults import checkpoint
 from rankwise.index.dense import Embedder, EmbeddingModelInfo
 from rankwise.index.index import EmbedPassages, Progress
-from rankwise.ray_cluster import check_address, cluster_cpus, connect_ray
+from rankwise.ray_cluster import RayError, check_address, cluster_cpus, connect_ray, ray_failure
 
 
 class _Encoder:
@@ -50,11 +50,14 @@ def embed_with_ray(address: str, *, workers: int | None = None, batch_size: int 
                                       batch_size=batch_size, batch_format="numpy", concurrency=pool, num_cpus=1)
         vectors = np.zeros((len(texts), embedder.info.dim), dtype=np.float32)
         seen = np.zeros(len(texts), dtype=bool)
-        for batch in _batches(encoded):
-            rows = batch["row"].astype(np.int64)
-            vectors[rows] = batch["vector"]
-            seen[rows] = True
-            progress("embedding", int(seen.sum()), len(texts))
+        try:
+            for batch in _batches(encoded):
+                rows = batch["row"].astype(np.int64)
+                vectors[rows] = batch["vector"]
+                seen[rows] = True
+                progress("embedding", int(seen.sum()), len(texts))
+        except ray.exceptions.RayError as err:
+            raise RayError(f"embedding on Ray failed: {ray_failure(err)}") from None
         if not seen.all():
             missing = np.flatnonzero(~seen)
             raise IndexNotFoundError(f"the Ray cluster returned no vector for {missing.size} passages (the first: row "

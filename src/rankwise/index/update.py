@@ -21,7 +21,7 @@ from rankwise.corpus.loaders import documents_of, validated
 from rankwise.errors import CorpusError, IndexNotFoundError
 from rankwise.index.index import EmbedPassages, Index, Progress, no_progress
 from rankwise.index.lexical import BM25Settings
-from rankwise.index.location import IndexLocation, build_index, exclusive, in_postgres, open_index
+from rankwise.index.location import IndexLocation, build_index, exclusive, in_postgres, open_index, shown
 from rankwise.index.manifest import MANIFEST_NAME
 from rankwise.index.swap import previous_version, swap_with_previous
 from rankwise.types import Document
@@ -79,7 +79,7 @@ def _update(path: IndexLocation, upserts: dict[str, Document], deletions: set[st
     if not summary.changes_anything:
         return current, summary
     if summary.deleted == len(stored) and not added:
-        raise CorpusError(f"the update would delete every document of '{path}'; an index needs at least one")
+        raise CorpusError(f"the update would delete every document of '{shown(path)}'; an index needs at least one")
     m = current.manifest
     updated = build_index(_merged(current, upserts, deletions), path, label=m.source,
                           embedding_model=(m.embedding or {}).get("model") if current.has_dense else None,
@@ -95,7 +95,8 @@ def rollback_index(location: IndexLocation) -> Index:
     if in_postgres(location):
         from rankwise.index.postgres_index import PostgresIndexLocation, rollback_postgres_index
 
-        return rollback_postgres_index(PostgresIndexLocation.parse(str(location)))
+        with exclusive(location):  # not between an update's read of the current version and its swap
+            return rollback_postgres_index(PostgresIndexLocation.parse(str(location)))
     path = Path(location)
     previous = previous_version(path)
     if not (previous / MANIFEST_NAME).is_file():

@@ -112,20 +112,31 @@ class PostgresHistory(History):
 def move_history(root: Path, history: History, store: PostgresStore, name: str) -> int:
     """Copy ``history``'s events into ``store`` under ``name`` and point ``root`` at it; returns the events moved.
 
-    Refused when ``store`` already holds events for ``name`` (another registry's history would be mixed in).
+    ``store.json`` is shared with the directory, so the URL may hold no password (libpq reads it from
+    ``~/.pgpass`` or ``PGPASSWORD``). Refused when ``store`` already holds other events for ``name`` (another
+    registry's history would be mixed in); holding exactly these (a move cut off before ``store.json`` was
+    written) it only finishes the move.
     """
+    from urllib.parse import parse_qsl, urlsplit
+
     from rankwise.storage import atomic_write_text
 
+    parts = urlsplit(store.url)
+    if parts.password or any(k.lower() == "password" for k, _ in parse_qsl(parts.query)):
+        raise ModelError("the registry's store.json is shared with its directory: give --store without a password "
+                         "(libpq reads it from ~/.pgpass or PGPASSWORD)")
     target = PostgresHistory(store, name)
     with target.locked():
-        if target.read()[0]:
-            raise ModelError(f"{store} already holds a registry history named '{name}'; choose another --name")
         events = history.events()
-        conn = target._connection()
-        with conn.transaction():  # all of them or none
-            for event in events:
-                conn.execute("INSERT INTO rankwise_registry_events (registry, event) VALUES (%s, %s)",
-                             (name, _jsonb(event)))
+        there = [{k: v for k, v in e.items() if k != "at"} for e in target.events()]
+        if there and there != [{k: v for k, v in e.items() if k != "at"} for e in events]:
+            raise ModelError(f"{store} already holds a registry history named '{name}'; choose another --name")
+        if not there:
+            conn = target._connection()
+            with conn.transaction():  # all of them or none
+                for event in events:
+                    conn.execute("INSERT INTO rankwise_registry_events (registry, event) VALUES (%s, %s)",
+                                 (name, _jsonb(event)))
         atomic_write_text(root / STORE_FILE, json.dumps({"history": store.url, "name": name}, indent=2) + "\n",
                           private=True)
     if history.path.is_file():  # kept for the record, never read again

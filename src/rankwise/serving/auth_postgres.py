@@ -35,15 +35,17 @@ _STEPS = ["""
 class PostgresKeyStore(Keys):
     """The keys of ``store``'s ``rankwise_keys`` table (created on first use)."""
 
-    def __init__(self, store: PostgresStore, *, recheck_s: float = 1.0) -> None:
+    def __init__(self, store: PostgresStore, *, create: bool = False, recheck_s: float = 1.0) -> None:
         super().__init__()
         self.store = store
+        self.create = create
         self.recheck_s = recheck_s
         self._conn: Any = None
         self._conn_lock = threading.Lock()
         self._checked_at = -float("inf")
         self._seen: object = None
         self._outage = False
+        self._refreshing = threading.Lock()
 
     def __str__(self) -> str:
         return str(self.store)
@@ -61,8 +63,9 @@ class PostgresKeyStore(Keys):
         with self._conn_lock:
             for attempt in (1, 2):
                 if self._conn is None or self._conn.closed:
-                    self._conn = open_tables(self.store, "keys", _STEPS, create=True, table="rankwise_keys",
-                                             absent=KeyFileError(f"{self.store} holds no keys"))
+                    self._conn = open_tables(self.store, "keys", _STEPS, create=self.create, table="rankwise_keys",
+                                             absent=KeyFileError(f"{self.store} holds no keys; add one with: rankwise "
+                                                                 f"keys add --keys {self.store} --role search"))
                 try:
                     cursor = self._conn.execute(sql, params)
                     return cursor.fetchall() if cursor.description else []
@@ -71,25 +74,51 @@ class PostgresKeyStore(Keys):
                     self._conn = None
                     if attempt == 2:
                         raise StoreError(f"cannot reach the keys in {self.store} ({one_line(err)})") from None
+                except psycopg.Error as err:
+                    raise StoreError(f"cannot use the keys in {self.store} ({one_line(err)})") from None
         raise AssertionError("unreachable")
 
-    def _changed(self) -> object:
-        now = time.monotonic()
-        if self._seen is not None and now - self._checked_at < self.recheck_s:
-            return self._seen
+    def _current(self) -> dict[str, ApiKey]:
+        """The keys read last; read now the first time (a server's start), else refreshed on a thread of its
+        own at most every ``recheck_s``, so no request ever waits on the database."""
+        if self._seen is None:
+            with self._refreshing:
+                if self._seen is None:
+                    self._refresh(first=True)
+        elif time.monotonic() - self._checked_at >= self.recheck_s and self._refreshing.acquire(blocking=False):
+            threading.Thread(target=self._refresh_in_background, daemon=True, name="rankwise-keys").start()
+        return self._keys
+
+    def _refresh_in_background(self) -> None:
         try:
-            (added, revoked), = self._query("SELECT count(*), count(revoked_at) FROM rankwise_keys")
-        except StoreError as err:
-            if self._seen is None:
-                raise KeyFileError(str(err)) from None
+            self._refresh(first=False)
+        finally:
+            self._refreshing.release()
+
+    def _refresh(self, *, first: bool) -> None:
+        try:
+            stamp = self._changed()
+            keys = self._read() if stamp != self._seen else self._keys
+        except KeyFileError as err:
+            if first:
+                raise
             if not self._outage:
                 log.error("%s; the keys read last keep working until it is back", err)
             self._outage = True
-            return self._seen
+            return
+        finally:
+            self._checked_at = time.monotonic()
         if self._outage:
             log.warning("the keys in %s are reachable again", self.store)
-        self._outage, self._checked_at, self._seen = False, now, (added, revoked)
-        return self._seen
+        with self._lock:
+            self._keys, self._seen, self._outage = keys, stamp, False
+
+    def _changed(self) -> object:
+        try:
+            (added, revoked), = self._query("SELECT count(*), count(revoked_at) FROM rankwise_keys")
+        except StoreError as err:
+            raise KeyFileError(str(err)) from None
+        return added, revoked
 
     def _read(self) -> dict[str, ApiKey]:
         try:

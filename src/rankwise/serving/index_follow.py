@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from rankwise.errors import RankwiseError
 from rankwise.index import Index, IndexLocation, open_loaded, read_manifest
+from rankwise.index.location import shown
 from rankwise.index.manifest import Manifest
 from rankwise.serving.metrics import ServingMetrics
 
@@ -76,11 +77,11 @@ class IndexFollower:
                 index.close()
             if fingerprint != self._failed or fingerprint is None:
                 log.error("index at %s changed but the new version cannot be served (%s); still serving %s",
-                          self.path, error, self.current.fingerprint)
+                          shown(self.path), error, self.current.fingerprint)
             self._failed = fingerprint
             self.metrics.index_swaps.labels("failed").inc()
             return "failed"
-        log.warning("index at %s: now serving %s (was %s)", self.path, index.fingerprint, self.current.fingerprint)
+        log.warning("index at %s: now serving %s (was %s)", shown(self.path), index.fingerprint, self.current.fingerprint)
         self.current, self._failed = index, None
         self.metrics.index_swaps.labels("swapped").inc()
         return "swapped"

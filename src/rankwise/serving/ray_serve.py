@@ -6,7 +6,9 @@ builder), so a request is answered exactly as the plain server answers it. Each 
 across the requests it receives with rankwise's own batcher, which does what ``@serve.batch`` would and
 is the one measured in the benchmarks. Ray Serve routes requests to replicas, restarts a replica that
 dies (requests it held fail; the others keep being answered) and adds replicas without a restart of the
-others (``serve.run`` again with a higher count).
+others (``serve.run`` again with a higher count). Per-replica state stays per replica: the rate limit
+(N replicas allow N times ``--rate-limit`` in all), ``/metrics`` and the in-process score cache (use
+``--cache redis://...`` to share it).
 
 Several replicas must share their audit log and query log, so they need the PostgreSQL store
 (``--store``) or no such log: SQLite files are one process's, and two writers would fork the audit chain.
@@ -35,6 +37,9 @@ def check_replicable(config: ServeConfig, replicas: int) -> None:
         if local:
             raise ServeConfigError(f"{replicas} replicas cannot share the SQLite file of {' and '.join(local)}: pass "
                                    "--store postgresql://... (one log for every replica), or turn it off with 'none'")
+        if config.monitor.every_s is not None:
+            raise ServeConfigError(f"--monitor-every would run the scheduled evaluation on each of the {replicas} "
+                                   "replicas: run `rankwise monitor run` from one scheduler (cron) instead")
 
 
 def _build_app(config: ServeConfig) -> Any:
@@ -70,7 +75,10 @@ def serve_on_ray(config: ServeConfig, address: str, replicas: int, *, blocking: 
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()
-        import ray
+        if address == "local":  # the cluster is this command's own
+            serve.shutdown()
+            import ray
 
-        ray.shutdown()
+            ray.shutdown()
+        else:  # a shared cluster: take away only rankwise's application
+            serve.delete(APP_NAME)
