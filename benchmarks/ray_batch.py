@@ -1,7 +1,7 @@
 """Ray for batch work and serving: local vs a local Ray cluster (``ray.init(num_cpus=2)``) with 1 and 2 workers.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ray_batch.py [--data ../shared/data/beir/scifact]
-        [--queries 300] [--rerank-k 100] [--requests 48] [--clients 4] [--out ray_batch]
+        [--queries 300] [--rerank-k 100] [--requests 48] [--clients 4] [--out ray_batch.json]
 
 One run, three parts, each variant measured in the same run on the same data:
 
@@ -15,7 +15,7 @@ One run, three parts, each variant measured in the same run on the same data:
    plain server vs ``serve --ray local --replicas 1`` and ``--replicas 2``; requests/s and p50/p95.
 
 On a 2-core machine Ray cannot be faster than local — there is nothing to spread over — so the numbers
-measure its overhead: what a cluster's extra cores have to pay back. Writes ``benchmarks/results/OUT.json``.
+measure its overhead: what a cluster's extra cores have to pay back. Writes ``benchmarks/results/OUT``.
 """
 
 from __future__ import annotations
@@ -59,9 +59,11 @@ def indexing(data: Path, work: Path) -> dict[str, Any]:
         rows[name] = {"build_seconds": round(wall, 1), "embed_seconds": stats["embed_seconds"],
                       "passages": index.manifest.num_passages,
                       "passages_per_second": round(index.manifest.num_passages / stats["embed_seconds"], 1),
-                      "vectors_equal_local": bool(np.array_equal(vectors, reference))}
+                      "vectors_equal_local": bool(np.array_equal(vectors, reference)),
+                      "max_abs_difference": float(np.abs(vectors - reference).max())}
         print(f"indexing {name:6s} embed {stats['embed_seconds']:7.1f} s · "
-              f"{rows[name]['passages_per_second']:6.1f} passages/s · equal {rows[name]['vectors_equal_local']}")
+              f"{rows[name]['passages_per_second']:6.1f} passages/s · equal {rows[name]['vectors_equal_local']} "
+              f"(max |Δ| {rows[name]['max_abs_difference']:.1e})")
     return rows
 
 
@@ -150,7 +152,7 @@ def main() -> None:
     parser.add_argument("--rerank-k", type=int, default=100)
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--out", default="ray_batch")
+    parser.add_argument("--out", default="ray_batch.json")
     args = parser.parse_args()
     if not (args.data / "corpus.jsonl").is_file():
         sys.exit(f"no BEIR dataset at {args.data}: pass --data (SciFact from ../shared/data/beir)")

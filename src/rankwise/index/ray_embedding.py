@@ -1,9 +1,10 @@
 """Embedding a corpus on a Ray cluster (``rankwise index SOURCE --ray ADDRESS``), with Ray Data.
 
 The passages go through ``map_batches`` over a pool of actors, each of which loads the embedding model
-once — the same weights and backend as the index records (checked by sha256 on every worker), so the
-vectors equal those of a local build. Each batch carries its passages' row numbers and each result is
-put back by row, so a batch that Ray retries after a worker died is written once, and a build in which
+once — the same weights and backend as the index records (checked by sha256 on every worker) — in the
+same chunks as a local build, so the vectors equal a local build's up to float rounding (a worker runs
+one thread; kernels may sum in another order). Each chunk carries its first row and each result is put
+back by row, so a batch that Ray retries after a worker died is written once, and a build in which
 any row came back missing is refused rather than saved with zero vectors.
 """
 
@@ -31,8 +32,10 @@ class _Encoder:
                                      "driver's; install the same model on every node")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One chunk ``{"start", "texts"}`` in, its passages' ``{"row", "vector"}`` out."""
         checkpoint("ray:embedding")
-        return {"row": batch["row"], "vector": self.embedder.encode([str(t) for t in batch["text"]])}
+        start, texts = int(batch["start"][0]), [str(t) for t in batch["texts"][0]]
+        return {"row": np.arange(start, start + len(texts)), "vector": self.embedder.encode(texts)}
 
 
 def embed_with_ray(address: str, *, workers: int | None = None, batch_size: int = 256) -> EmbedPassages:
@@ -44,10 +47,12 @@ def embed_with_ray(address: str, *, workers: int | None = None, batch_size: int 
         ray = connect_ray(address)
         quiet_ray_data(ray)
         pool = workers or cluster_cpus(ray)
-        dataset = ray.data.from_items([{"row": i, "text": t} for i, t in enumerate(texts)],
-                                      override_num_blocks=max(1, min(len(texts) // batch_size + 1, 4 * pool)))
+        # the chunks of embed_here, so each forward pass sees the same passages as a local build's
+        chunks = [{"start": s, "texts": texts[s:s + batch_size]} for s in range(0, len(texts), batch_size)]
+        dataset = ray.data.from_items(chunks, override_num_blocks=min(len(chunks), 4 * pool))
         encoded = dataset.map_batches(_Encoder, fn_constructor_kwargs={"info": embedder.info, "threads": 1},
-                                      batch_size=batch_size, batch_format="numpy", concurrency=pool, num_cpus=1)
+                                      batch_size=1, batch_format="numpy", num_cpus=1,
+                                      compute=ray.data.ActorPoolStrategy(size=pool))
         vectors = np.zeros((len(texts), embedder.info.dim), dtype=np.float32)
         seen = np.zeros(len(texts), dtype=bool)
         try:
