@@ -1,8 +1,9 @@
 """Running an evaluation's queries: here, one after another, or spread over a Ray cluster (``--ray``).
 
 Either way each query goes through the pipeline's public steps (retrieve, rerank, respond), timed per
-stage and in CPU time, and the results come back in the gold set's order, so the report is the same:
-the rankings are equal, only latencies (measured on whichever worker ran the query) differ. On Ray each
+stage and in CPU time, and the results come back in the gold set's order. The first stage is identical;
+reranker scores equal up to float rounding (a Ray worker runs one thread), so only candidates whose scores
+tie to rounding may swap, and latencies are those of whichever worker ran the query. On Ray each
 worker loads the index and the reranker once (an actor), from the same locations and settings as the
 driver; a query a retried worker ran again replaces its own result.
 """
