@@ -13,10 +13,11 @@ refused rather than written with an older schema's assumptions.
 
 from __future__ import annotations
 
+import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rankwise.errors import RankwiseError
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     import psycopg
 
 SCHEMES = ("postgresql://", "postgres://")
+T = TypeVar("T")
 
 
 class StoreError(RankwiseError):
@@ -126,6 +128,47 @@ def open_tables(store: PostgresStore, component: str, steps: Sequence[str], *, c
         conn.close()
         raise
     return conn
+
+
+class SharedConnection:
+    """One connection, used by one thread at a time (a transaction must not interleave with another thread's
+    statements), opened on first use and once more when it was lost (a restarted PostgreSQL); any database
+    error comes out as ``failure(one-line reason)``."""
+
+    def __init__(self, open_connection: Callable[[], psycopg.Connection],
+                 failure: Callable[[str], RankwiseError], conn: psycopg.Connection | None = None) -> None:
+        self._open, self._failure, self._conn = open_connection, failure, conn
+        self._lock = threading.Lock()
+
+    def run(self, work: Callable[[psycopg.Connection], T]) -> T:
+        import psycopg
+
+        with self._lock:
+            for attempt in (1, 2):
+                if self._conn is None or self._conn.closed:
+                    self._conn = self._open()
+                try:
+                    return work(self._conn)
+                except psycopg.OperationalError as err:
+                    self._conn.close()
+                    if attempt == 2:
+                        raise self._failure(one_line(err)) from None
+                except psycopg.Error as err:
+                    raise self._failure(one_line(err)) from None
+        raise AssertionError("unreachable")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """``sql``'s rows (none for a statement that returns none)."""
+        def work(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+
+        return self.run(work)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
 
 
 @dataclass(frozen=True, slots=True)

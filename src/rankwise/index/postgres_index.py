@@ -36,12 +36,11 @@ import logging
 import re
 import tarfile
 import tempfile
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
@@ -62,10 +61,10 @@ from rankwise.index.lexical import BM25Index, BM25Settings
 from rankwise.index.manifest import Manifest
 from rankwise.postgres import (
     PostgresStore,
+    SharedConnection,
     StoreError,
     advisory_key,
     connect,
-    is_postgres_url,
     migrate,
     one_line,
     redacted,
@@ -76,7 +75,6 @@ if TYPE_CHECKING:
     import psycopg
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,63}")
 
@@ -122,10 +120,6 @@ class PostgresIndexLocation:
         return f"{redacted(self.url)}#{self.name}"
 
 
-def is_postgres_location(value: object) -> bool:
-    return isinstance(value, PostgresIndexLocation) or is_postgres_url(value)
-
-
 def _tables(version: int) -> tuple[str, str]:
     return f"rankwise_index_{version}_documents", f"rankwise_index_{version}_passages"
 
@@ -156,6 +150,13 @@ def _connect(location: PostgresIndexLocation, *, create: bool) -> psycopg.Connec
         conn.close()
         raise
     return conn
+
+
+def _reopen(location: PostgresIndexLocation) -> psycopg.Connection:
+    try:
+        return _connect(location, create=False)
+    except StoreError as err:
+        raise IndexNotFoundError(str(err)) from None
 
 
 def _absent(location: PostgresIndexLocation) -> IndexNotFoundError:
@@ -203,51 +204,32 @@ def _groups_setting(groups: frozenset[str] | None) -> str:
 class PostgresDocStore:
     """The docstore of one index version, with the read paths of :class:`~rankwise.index.docstore.DocStore`.
 
-    One connection, used by one thread at a time (a transaction must not interleave with another
-    thread's statements), opened again once when it was lost (a restarted PostgreSQL).
+    Read through a :class:`~rankwise.postgres.SharedConnection`, reopened when a restarted PostgreSQL lost it.
     """
 
     def __init__(self, conn: psycopg.Connection, location: PostgresIndexLocation, version: int) -> None:
-        self._conn, self._location, self.where = conn, location, str(location)
-        self._lock = threading.Lock()
+        self.where = str(location)
+        self.connection = SharedConnection(lambda: _reopen(location), self._unreadable, conn)
         self._documents, self._passages = _tables(version)
         self._visible = VisibleRows()
 
-    def run(self, work: Callable[[psycopg.Connection], T]) -> T:
-        """``work(connection)`` under the lock; once more on a new connection when the old one was lost; any
-        database error as one line."""
-        import psycopg
-
-        with self._lock:
-            for attempt in (1, 2):
-                try:
-                    if self._conn.closed:
-                        self._conn = _connect(self._location, create=False)
-                    return work(self._conn)
-                except psycopg.OperationalError as err:
-                    self._conn.close()
-                    if attempt == 2:
-                        raise IndexNotFoundError(f"cannot read index {self.where} ({one_line(err)})") from None
-                except psycopg.Error as err:
-                    raise IndexNotFoundError(f"cannot read index {self.where} ({one_line(err)})") from None
-                except StoreError as err:
-                    raise IndexNotFoundError(str(err)) from None
-        raise AssertionError("unreachable")
+    def _unreadable(self, reason: str) -> IndexNotFoundError:
+        return IndexNotFoundError(f"cannot read index {self.where} ({reason})")
 
     def _query(self, sql: str, params: Sequence[Any] = (), *, groups: frozenset[str] | None = None
                ) -> list[tuple[Any, ...]]:
+        if groups is None:
+            return self.connection.execute(sql, params)
+
         def work(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
-            if groups is None:
-                return conn.execute(sql, params).fetchall()
             with conn.transaction():
                 conn.execute("SELECT set_config('rankwise.groups', %s, true)", (_groups_setting(groups),))
                 return conn.execute(sql, params).fetchall()
 
-        return self.run(work)
+        return self.connection.run(work)
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self.connection.close()
 
     def counts(self) -> tuple[int, int]:
         (docs,), = self._query(f"SELECT COUNT(*) FROM {self._documents}")
@@ -362,24 +344,26 @@ class PgVectors:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         vector = np.ascontiguousarray(query_vector, dtype=np.float32)
         where = "WHERE row = ANY(%(allowed)s)" if allowed_rows is not None else ""
-        settings = (["SET LOCAL enable_indexscan = off"] if self.exact else
-                    [f"SET LOCAL hnsw.ef_search = {min(1000, max(100, 2 * k))}",
-                     "SET LOCAL hnsw.iterative_scan = strict_order"])
+        exact = "SET LOCAL enable_indexscan = off"
+        hnsw = (f"SET LOCAL hnsw.ef_search = {min(1000, max(100, 2 * k))}; "
+                "SET LOCAL hnsw.iterative_scan = strict_order")
         sql = (f"SELECT row, embedding <=> %(q)s FROM {self._store._passages} {where} "
                "ORDER BY embedding <=> %(q)s LIMIT %(k)s")
         params = {"q": vector, "k": int(k), "allowed": None if allowed_rows is None else allowed_rows.tolist()}
-        def work(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
-            with conn.transaction():
-                for statement in settings:
-                    conn.execute(statement)
-                return conn.execute(sql, params).fetchall()
 
-        found = self._store.run(work)
+        def searched(settings: str) -> list[tuple[Any, ...]]:
+            def work(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+                with conn.transaction():
+                    conn.execute(settings)
+                    return conn.execute(sql, params).fetchall()
+
+            return self._store.connection.run(work)
+
+        found = searched(exact if self.exact else hnsw)
         if not self.exact and allowed_rows is not None and len(found) < min(k, allowed_rows.size):
             # HNSW's scan stops at hnsw.max_scan_tuples: a narrow filter on a large corpus can leave it short,
             # and a filter must never cost results, so those few rows are searched exactly
-            settings = ["SET LOCAL enable_indexscan = off"]
-            found = self._store.run(work)
+            found = searched(exact)
         rows = np.array([r for r, _ in found], dtype=np.int64)
         return rows, (1.0 - np.array([d for _, d in found], dtype=np.float64)).astype(np.float32)
 

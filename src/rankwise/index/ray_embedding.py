@@ -56,7 +56,7 @@ def embed_with_ray(address: str, *, workers: int | None = None, batch_size: int 
         vectors = np.zeros((len(texts), embedder.info.dim), dtype=np.float32)
         seen = np.zeros(len(texts), dtype=bool)
         try:
-            for batch in _batches(encoded):
+            for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
                 rows = batch["row"].astype(np.int64)
                 vectors[rows] = batch["vector"]
                 seen[rows] = True
@@ -81,6 +81,3 @@ def quiet_ray_data(ray: Any) -> None:
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
-
-def _batches(dataset: Any) -> Any:
-    return dataset.iter_batches(batch_size=None, batch_format="numpy")

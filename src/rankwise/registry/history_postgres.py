@@ -11,7 +11,6 @@ machines cannot interleave.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,15 @@ from typing import Any
 
 from rankwise.clock import utc_now
 from rankwise.errors import ModelError
-from rankwise.postgres import PostgresStore, StoreError, advisory_key, connect, one_line, open_tables
+from rankwise.postgres import (
+    PostgresStore,
+    SharedConnection,
+    StoreError,
+    advisory_key,
+    connect,
+    one_line,
+    open_tables,
+)
 from rankwise.registry.history import History
 
 #: the file in a registry directory that names where its history is
@@ -54,39 +61,22 @@ class PostgresHistory(History):
     def __init__(self, store: PostgresStore, name: str) -> None:
         super().__init__(Path(STORE_FILE))
         self.store, self.name = store, name
-        self._conn: Any = None
-        self._lock = threading.Lock()
+        self.connection = SharedConnection(self._open, lambda reason: ModelError(
+            f"cannot use the registry history in {store} ({reason})"))
 
     @property
     def label(self) -> str:
         return f"registry history '{self.name}' in {self.store}"
 
-    def _connection(self) -> Any:
-        if self._conn is None or self._conn.closed:
-            try:
-                self._conn = open_tables(self.store, "registry", _STEPS, create=True, table="rankwise_registry_events",
-                                         absent=ModelError(f"{self.store} holds no registry history"))
-            except StoreError as err:
-                raise ModelError(str(err)) from None
-        return self._conn
-
-    def _execute(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        import psycopg
-
-        with self._lock:
-            for attempt in (1, 2):  # once more after a lost connection (a restarted server)
-                conn = self._connection()
-                try:
-                    cursor = conn.execute(sql, params)
-                    return cursor.fetchall() if cursor.description else []
-                except psycopg.OperationalError as err:
-                    conn.close()
-                    if attempt == 2:
-                        raise ModelError(f"cannot reach the registry history in {self.store} ({one_line(err)})") from None
-        raise AssertionError("unreachable")
+    def _open(self) -> Any:
+        try:
+            return open_tables(self.store, "registry", _STEPS, create=True, table="rankwise_registry_events",
+                               absent=ModelError(f"{self.store} holds no registry history"))
+        except StoreError as err:
+            raise ModelError(str(err)) from None
 
     def read(self) -> tuple[list[tuple[int, dict[str, Any]]], int | None]:
-        rows = self._execute("SELECT id, event FROM rankwise_registry_events WHERE registry = %s ORDER BY id", (self.name,))
+        rows = self.connection.execute("SELECT id, event FROM rankwise_registry_events WHERE registry = %s ORDER BY id", (self.name,))
         return [(int(i), e) for i, e in rows], None
 
     def repair_tail(self) -> None:
@@ -95,7 +85,7 @@ class PostgresHistory(History):
     def append(self, event: dict[str, Any]) -> None:
         from psycopg.types.json import Jsonb
 
-        self._execute("INSERT INTO rankwise_registry_events (registry, event) VALUES (%s, %s)",
+        self.connection.execute("INSERT INTO rankwise_registry_events (registry, event) VALUES (%s, %s)",
                       (self.name, Jsonb({"at": utc_now(), **event})))
 
     @contextmanager
@@ -132,11 +122,13 @@ def move_history(root: Path, history: History, store: PostgresStore, name: str) 
         if there and there != [{k: v for k, v in e.items() if k != "at"} for e in events]:
             raise ModelError(f"{store} already holds a registry history named '{name}'; choose another --name")
         if not there:
-            conn = target._connection()
-            with conn.transaction():  # all of them or none
-                for event in events:
-                    conn.execute("INSERT INTO rankwise_registry_events (registry, event) VALUES (%s, %s)",
-                                 (name, _jsonb(event)))
+            def insert_all(conn: Any) -> None:
+                with conn.transaction():  # all of them or none
+                    for event in events:
+                        conn.execute("INSERT INTO rankwise_registry_events (registry, event) VALUES (%s, %s)",
+                                     (name, _jsonb(event)))
+
+            target.connection.run(insert_all)
         atomic_write_text(root / STORE_FILE, json.dumps({"history": store.url, "name": name}, indent=2) + "\n",
                           private=True)
     if history.path.is_file():  # kept for the record, never read again

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from rankwise.postgres import PostgresStore, StoreError, one_line, open_tables
+from rankwise.postgres import PostgresStore, SharedConnection, StoreError, open_tables
 from rankwise.serving.auth import ApiKey, KeyFileError, Keys, key_from_record
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,7 @@ class PostgresKeyStore(Keys):
         self.store = store
         self.create = create
         self.recheck_s = recheck_s
-        self._conn: Any = None
-        self._conn_lock = threading.Lock()
+        self.connection = SharedConnection(self._open, lambda reason: StoreError(f"cannot use the keys in {store} ({reason})"))
         self._checked_at = -float("inf")
         self._seen: object = None
         self._outage = False
@@ -51,32 +50,15 @@ class PostgresKeyStore(Keys):
         return str(self.store)
 
     def close(self) -> None:
-        with self._conn_lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self.connection.close()
+
+    def _open(self) -> Any:
+        return open_tables(self.store, "keys", _STEPS, create=self.create, table="rankwise_keys",
+                           absent=KeyFileError(f"{self.store} holds no keys; add one with: rankwise keys add "
+                                               f"--keys {self.store} --role search"))
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Run ``sql``, reconnecting once if the connection was lost (a restarted PostgreSQL)."""
-        import psycopg
-
-        with self._conn_lock:
-            for attempt in (1, 2):
-                if self._conn is None or self._conn.closed:
-                    self._conn = open_tables(self.store, "keys", _STEPS, create=self.create, table="rankwise_keys",
-                                             absent=KeyFileError(f"{self.store} holds no keys; add one with: rankwise "
-                                                                 f"keys add --keys {self.store} --role search"))
-                try:
-                    cursor = self._conn.execute(sql, params)
-                    return cursor.fetchall() if cursor.description else []
-                except psycopg.OperationalError as err:
-                    self._conn.close()
-                    self._conn = None
-                    if attempt == 2:
-                        raise StoreError(f"cannot reach the keys in {self.store} ({one_line(err)})") from None
-                except psycopg.Error as err:
-                    raise StoreError(f"cannot use the keys in {self.store} ({one_line(err)})") from None
-        raise AssertionError("unreachable")
+        return self.connection.execute(sql, params)
 
     def _current(self) -> dict[str, ApiKey]:
         """The keys read last; read now the first time (a server's start), else refreshed on a thread of its
