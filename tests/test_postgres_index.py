@@ -168,6 +168,7 @@ def test_updates_deletions_and_rollback_give_the_versions_a_directory_would_and_
     fresh = Index.build([d for d in KB if d.id != "churn-theory"] + [ADDED], tmp_path / "fresh",
                         embedder=kb_index.embedder)
     assert updated.fingerprint == fresh.fingerprint
+    assert updated.manifest.stats["embedded"] == 1  # only the added document's passage; the rest reused
     assert _ids(updated, "single sign-on with okta")[0] == "sso-okta"
     assert update_index(url, [ADDED])[1].changes_anything is False
     third, _ = update_index(url, delete=["churn-q4"])

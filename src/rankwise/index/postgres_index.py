@@ -336,7 +336,7 @@ class PgVectors:
     def vectors(self) -> np.ndarray:
         """Every passage's vector, by row (what a rebuild reuses for unchanged passages)."""
         rows = self._store._query(f"SELECT embedding FROM {self._store._passages} ORDER BY row")
-        return np.array([r for (r,) in rows], dtype=np.float32).reshape(len(rows), self.dim)
+        return np.array([r.to_numpy() for (r,) in rows], dtype=np.float32).reshape(len(rows), self.dim)
 
     def search(self, query_vector: np.ndarray, k: int, allowed_rows: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
