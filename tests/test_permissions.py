@@ -109,6 +109,40 @@ def test_a_labelling_sheet_for_a_group_holds_only_what_its_annotators_may_read(i
     assert {r.document_id for r in rows} == _visible({"finance"})
 
 
+def test_an_evaluation_as_a_group_searches_as_it_and_leaves_out_what_it_may_not_see(
+        index: Index, tmp_path: Path) -> None:
+    """A team measures the search it gets: hidden documents neither appear in its rankings nor count as
+    misses, and the report says how many judgements were left out and which groups it ran as."""
+    gold = [{"query_id": "q1", "query": "rotate production postgres credentials", "document_id": "pg-rotate", "label": 2},
+            {"query_id": "q1", "query": "rotate production postgres credentials", "document_id": "redis-rotate",
+             "label": 1},
+            {"query_id": "q2", "query": "customer churn analysis", "document_id": "churn-q4", "label": 2}]
+    gold_path = tmp_path / "gold.jsonl"
+    gold_path.write_text("".join(json.dumps(g) + "\n" for g in gold))
+
+    def evaluate(*groups: str) -> tuple[dict[str, Any], str]:
+        out = tmp_path / ("-".join(groups) or "all")
+        args = [a for g in groups for a in ("--group", g)]
+        result = subprocess.run([sys.executable, "-m", "rankwise", "eval", "-i", str(index.path), "--goldset",
+                                 str(gold_path), "--first-stage", "bm25,dense", "--baseline", "bm25", "--json",
+                                 str(out / "report.json"), "--run-dir", str(out), *args],
+                                capture_output=True, text=True, env=ENV, timeout=300, check=False)
+        assert result.returncode == 0, result.stderr + result.stdout
+        report = json.loads((out / "report.json").read_text())
+        report["found"] = {line.split()[2] for system in report["systems"]
+                           for line in (out / f"{system}.run").read_text().splitlines()}
+        return report, result.stdout + result.stderr
+
+    everyone, _ = evaluate()
+    security, printed = evaluate("security")
+    assert everyone["dataset"]["counts"]["evaluated_queries"] == 2 and everyone["config"]["groups"] is None
+    # churn-q4 is finance's: its query has nothing security may find, so it is not evaluated for security
+    assert security["dataset"]["counts"]["evaluated_queries"] == 1 and security["config"]["groups"] == ["security"]
+    assert security["dataset"]["counts"]["hidden_judgements"] == 1 and "hidden from groups security" in printed
+    assert security["found"] == _visible({"security"})  # every document it may see, and nothing else
+    assert everyone["found"] == {d.id for d in KB}
+
+
 # ---------------------------------------------------------------------------------------------- the server
 class _Server(ServeProcess):
     def __init__(self, args: list[str], log: Path, audit: Path) -> None:

@@ -182,10 +182,17 @@ def load_goldset(dataset: Path | None, split: str, goldset: Path | None, queries
     return GoldSet.from_trec_qrels(goldset, read_queries(queries))
 
 
-def prepare_goldset(gold: GoldSet, index: Index, limit_queries: int | None, scale: LabelScale | None = None
-                    ) -> PreparedGoldSet:
-    """The gold set checked against ``index`` (unknown documents, unusable queries), cut to ``--limit-queries``."""
-    prepared = gold.prepare(scale=scale, known_documents=set(index.passage_doc_ids))
+def prepare_goldset(gold: GoldSet, index: Index, limit_queries: int | None, scale: LabelScale | None = None,
+                    groups: list[str] | None = None) -> PreparedGoldSet:
+    """The gold set checked against ``index`` (unknown documents, unusable queries), cut to ``--limit-queries``;
+    with ``groups``, without the judgements on documents those groups may not see."""
+    doc_ids = index.passage_doc_ids
+    hidden: set[str] = set()
+    if groups is not None:
+        visible = {doc_ids[row] for row in index.docstore.rows_visible_to(frozenset(groups))}
+        hidden = set(doc_ids).difference(visible)
+    prepared = gold.prepare(scale=scale, known_documents=set(doc_ids), hidden_documents=hidden,
+                            hidden_from="groups " + ", ".join(sorted(groups or ())))
     return prepared if limit_queries is None else prepared.limit(limit_queries)
 
 

@@ -88,6 +88,7 @@ def eval_(
     max_p: MaxPOpt = DEFAULT_MAX_P,
     seed: Annotated[int, typer.Option(help="Seed of the randomization test and bootstrap.")] = 0,
     exact_vectors: ExactVectors = False,
+    group: GroupsOpt = None,
     ray: RayOpt = None,
     workers: WorkersOpt = None,
     allow_download: AllowDownload = False,
@@ -110,7 +111,7 @@ def eval_(
     label_scale = LabelScale.parse(scale) if scale else None
     gold = load_goldset(dataset, split, goldset, queries)
     index = open_index(index_dir, exact=exact_vectors)
-    prepared = prepare_goldset(gold, index, limit_queries, label_scale)
+    prepared = prepare_goldset(gold, index, limit_queries, label_scale, group)
     if gates:
         evidence.check_queries(len(prepared.queries))
     warn(prepared.warnings)
@@ -126,11 +127,11 @@ def eval_(
             backend=backend, device=device, max_length=max_length, registry=registry),  # type: ignore[arg-type]
             exact=exact_vectors, reranker_sha256=None if ranker is None else ranker.weights_sha256,
             index_fingerprint=index.fingerprint)
-        run_queries = run_on_ray(ray, load, workers=workers)
+        run_queries = run_on_ray(ray, load, workers=workers, groups=group)
     with evaluation_progress() as progress:
         report = evaluate(index, prepared, first_stages=stages, reranker=ranker, metrics=metric_names,
                           baseline=baseline, candidate=candidate, seed=seed, progress=progress,
-                          settings=settings, run_queries=run_queries)
+                          settings=settings, run_queries=run_queries, groups=group)
     result = evaluate_gates(report, gates, max_latency_ms, evidence) if gates or max_latency_ms is not None else None
     if result is not None:
         report.gates = result.to_dict()

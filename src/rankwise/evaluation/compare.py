@@ -54,7 +54,7 @@ from __future__ import annotations
 import json
 import math
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -238,6 +238,7 @@ def evaluate(
     n_resamples: int = DEFAULT_RESAMPLES,
     progress: Progress | None = None,
     run_queries: QueryRunner | None = None,
+    groups: Collection[str] | None = None,
 ) -> EvaluationReport:
     """Evaluate every system on ``goldset`` and compare each with ``baseline``.
 
@@ -250,7 +251,9 @@ def evaluate(
     :data:`~rankwise.options.DEFAULT_PIPELINE`'s and the model's declared fusion, as it would be served);
     each system's first stage comes from ``first_stages``. ``run_queries``: where the queries run (default:
     here; :func:`~rankwise.evaluation.query_runs.run_on_ray` spreads them over a Ray cluster, whose workers
-    load ``index`` and ``reranker`` from the same places).
+    load ``index`` and ``reranker`` from the same places). ``groups``: every system searches as a caller in
+    these groups (prepare the gold set with the same groups, so that judgements on documents they cannot
+    see are not counted as misses); a ``run_queries`` given must search with the same groups.
     """
     settings = settings or PipelineSettings()
     if settings.first_stage is not None:
@@ -280,7 +283,7 @@ def evaluate(
         raise EvaluationError(f"{len(too_long)} queries are longer than {MAX_QUERY_CHARS} characters, the search "
                               f"limit (e.g. {', '.join(too_long[:3])}); shorten them or leave them out")
 
-    run = run_queries or run_here(index, reranker)
+    run = run_queries or run_here(index, reranker, groups)
     rankings, tops, samples, costs = _run_pipelines(goldset, first_stages, reranker is not None, settings,
                                                     top_results, progress, run)
     values = {s: per_query(metrics, goldset.qrels, run_from_rankings(rankings[s])) for s in systems}
@@ -301,6 +304,7 @@ def evaluate(
         "num_documents": index.manifest.num_documents, "embedding_model": emb.get("model"),
         "reranker": reranker.name if reranker else None,
         "reranker_sha256": reranker.weights_sha256 if reranker else None,
+        "groups": None if groups is None else sorted(groups),
         "first_stages": first_stages, "retrieve_k": retrieve_k, "rerank_k": rerank_k,
         "rerank_fusion": declared_fusion(reranker) if rerank_fusion is None else rerank_fusion,
         "seed": seed, "n_resamples": n_resamples, "confidence": 0.95,

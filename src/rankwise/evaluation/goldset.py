@@ -205,14 +205,22 @@ class GoldSet:
             raise EvaluationError(f"{len(conflicting)} query ids have more than one text in '{self.name}', e.g. "
                                   f"{', '.join(conflicting[:_EXAMPLES])}; give each query one text")
 
-    def prepare(self, *, scale: LabelScale | None = None,
-                known_documents: Collection[str] | None = None) -> PreparedGoldSet:
+    def prepare(self, *, scale: LabelScale | None = None, known_documents: Collection[str] | None = None,
+                hidden_documents: Collection[str] = (), hidden_from: str = "") -> PreparedGoldSet:
         """Validate, merge annotators, and set aside what cannot be evaluated — with counts and warnings.
 
         ``known_documents`` (the index's document ids) enables the unknown-document check.
+        ``hidden_documents``: documents the evaluated caller (``hidden_from``, e.g. "groups finance") may not
+        see; their judgements are left out, since no search of that caller can or should return them.
         """
         self.validate(scale)
         qrels, ties = self._merged()
+        hidden = set(hidden_documents)
+        dropped = [(q, d) for q, docs in qrels.items() for d in docs if d in hidden]
+        for q, d in dropped:
+            del qrels[q][d]
+        emptied = [q for q, docs in qrels.items() if not docs]
+        qrels = {q: docs for q, docs in qrels.items() if docs}
         texts = {qid: text.strip() for qid, text in self.queries.items()}
         warnings: list[str] = []
         counts = {"judgements": len(self.judgements), "queries": len(texts), "tied_pairs": len(ties),
@@ -225,6 +233,11 @@ class GoldSet:
         if no_text:
             warnings.append(f"{len(no_text)} of {len(qrels)} queries have no text and were left out "
                             f"(e.g. {', '.join(no_text[:_EXAMPLES])}); add their text to the gold set")
+        counts["hidden_judgements"] = len(dropped)
+        if dropped:
+            warnings.append(f"{len(dropped)} judgements on {len({d for _, d in dropped})} documents hidden from "
+                            f"{hidden_from or 'the caller'} were left out (no search of theirs may return them)"
+                            + (f"; {len(emptied)} queries had no other judgement and were left out" if emptied else ""))
         counts["unknown_documents"] = counts["unknown_relevant"] = 0
         if known_documents is not None:
             judged = {doc for docs in qrels.values() for doc in docs}

@@ -11,7 +11,7 @@ driver; a query a retried worker ran again replaces its own result.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +39,11 @@ class TimedSearch:
 QueryRunner = Callable[[PipelineSettings, Sequence[str]], Iterator[TimedSearch]]
 
 
-def timed_search(pipeline: Pipeline, text: str) -> TimedSearch:
-    """The pipeline's public steps, so the first stage's CPU time is measured apart from the reranker's."""
+def timed_search(pipeline: Pipeline, text: str, groups: Collection[str] | None = None) -> TimedSearch:
+    """The pipeline's public steps, so the first stage's CPU time is measured apart from the reranker's;
+    ``groups``: searched as a caller in these groups (only documents they may see)."""
     t0, cpu0 = time.perf_counter(), time.process_time()
-    candidates = pipeline.retrieve(text)
+    candidates = pipeline.retrieve(text, groups=groups)
     timings = {"first_stage": (time.perf_counter() - t0) * 1000}
     cpu1, t1 = time.process_time(), time.perf_counter()
     scores = pipeline.rerank(text, candidates)
@@ -60,9 +61,10 @@ def warm_up(pipeline: Pipeline, query: str) -> None:
         pipeline.reranker.score(query, [candidates[0].passage.full_text])
 
 
-def run_here(index: Index, reranker: Reranker | None) -> QueryRunner:
-    """Run the queries in this process, after a warm-up; the reranker's passage cache is emptied before each
-    system, or the first system would pay for every later one's passages."""
+def run_here(index: Index, reranker: Reranker | None, groups: Collection[str] | None = None) -> QueryRunner:
+    """Run the queries in this process (as a caller in ``groups``, when given), after a warm-up; the
+    reranker's passage cache is emptied before each system, or the first system would pay for every later
+    one's passages."""
 
     def run(settings: PipelineSettings, texts: Sequence[str]) -> Iterator[TimedSearch]:
         pipeline = Pipeline(index, reranker, settings=settings)
@@ -71,7 +73,7 @@ def run_here(index: Index, reranker: Reranker | None) -> QueryRunner:
         if isinstance(reranker, PassageCaching):
             reranker.clear_cache()
         for text in texts:
-            yield timed_search(pipeline, text)
+            yield timed_search(pipeline, text, groups)
 
     return run
 
@@ -126,21 +128,24 @@ class _Searcher:
         self.index, self.reranker = load()
         self.pipelines: dict[PipelineSettings, Pipeline] = {}
 
-    def search(self, settings: PipelineSettings, text: str) -> TimedSearch:
+    def search(self, settings: PipelineSettings, text: str, groups: frozenset[str] | None) -> TimedSearch:
         checkpoint("ray:search")
         pipeline = self.pipelines.get(settings)
         if pipeline is None:
             pipeline = self.pipelines[settings] = Pipeline(self.index, self.reranker, settings=settings)
             warm_up(pipeline, text)
-        return timed_search(pipeline, text)
+        return timed_search(pipeline, text, groups)
 
 
-def run_on_ray(address: str, load: Loader, *, workers: int | None = None) -> QueryRunner:
-    """Run the queries on the Ray cluster at ``address``, over ``workers`` actors (default: one per CPU)."""
+def run_on_ray(address: str, load: Loader, *, workers: int | None = None,
+               groups: Collection[str] | None = None) -> QueryRunner:
+    """Run the queries on the Ray cluster at ``address``, over ``workers`` actors (default: one per CPU), as a
+    caller in ``groups`` when given."""
     from rankwise.ray_cluster import RayError, check_address, cluster_cpus, connect_ray, ray_failure
 
     check_address(address)
     actors: list[Any] = []
+    caller = None if groups is None else frozenset(groups)
 
     def run(settings: PipelineSettings, texts: Sequence[str]) -> Iterator[TimedSearch]:
         ray = connect_ray(address)
@@ -151,7 +156,7 @@ def run_on_ray(address: str, load: Loader, *, workers: int | None = None) -> Que
             actors.extend(remote.remote(load) for _ in range(workers or cluster_cpus(ray)))
         pool = ActorPool(actors)
         try:
-            yield from pool.map(lambda actor, text: actor.search.remote(settings, text), list(texts))
+            yield from pool.map(lambda actor, text: actor.search.remote(settings, text, caller), list(texts))
         except ray.exceptions.RayError as err:
             raise RayError(f"the evaluation on Ray failed: {ray_failure(err)}") from None
 
