@@ -85,6 +85,8 @@ def serve(
                                                          "windowed; more is refused before any forward pass.")] = 524_288,
     open_metrics: Annotated[bool, typer.Option("--open-metrics", help="Serve /metrics without an admin key "
                                                                       "even when --keys is on.")] = False,
+    ui: Annotated[bool, typer.Option("--ui", help="Serve the web console at /ui: search with every score, "
+                                                  "compare, feedback, quality, models (signed in with a key).")] = False,
     served_model_name: Annotated[list[str], typer.Option(
         help="Another name the reranker answers to in a request's `model` (repeatable), e.g. the name a "
              "Cohere client sends.")] = [],  # noqa: B006
@@ -153,7 +155,7 @@ def serve(
     config = ServeConfig(
         index=index_dir, reranker=None if no_reranker(reranker) else reranker, host=host,
         port=port, keys=keys, audit=audit_location(audit, store), timeout_ms=timeout_ms, open_metrics=open_metrics,
-        served_model_names=tuple(served_model_name), accept_any_model_name=accept_any_model_name,
+        ui=ui, served_model_names=tuple(served_model_name), accept_any_model_name=accept_any_model_name,
         allow_unknown_filters=allow_unknown_filters,
         pipeline=PipelineSettings(first_stage, retrieve_k, rerank_k, rerank_fusion),  # type: ignore[arg-type]
         load=LoadOptions(backend=backend, device=device, max_length=max_length, registry=registry),  # type: ignore[arg-type]

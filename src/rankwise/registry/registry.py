@@ -288,16 +288,18 @@ class Registry:
                                   "previous": replay.aliases.get("production"), "forced": forced, "gate": gate})
             checkpoint("registry:promoted")
 
-    def rollback(self) -> str:
-        """Point production back at the version it had before the latest promotion."""
+    def rollback(self, *, by: str | None = None) -> str:
+        """Point production back at the version it had before the latest promotion (``by``: who asked, e.g.
+        the console's signed-in key, recorded in the event)."""
         with self._writing() as replay:
             promotions = [e for e in replay.events if e.get("alias") == "production"]
             if not promotions or not promotions[-1].get("previous"):
                 raise ModelError("nothing to roll back to: production has no previous version")
             previous = str(promotions[-1]["previous"])
             self.get(previous)
-            self._history.append({"event": "rollback", "alias": "production", "version": previous,
-                                  "previous": promotions[-1]["version"]})
+            event = {"event": "rollback", "alias": "production", "version": previous,
+                     "previous": promotions[-1]["version"]}
+            self._history.append({**event, "by": by} if by is not None else event)
             checkpoint("registry:rolled-back")
         return previous
 

@@ -89,6 +89,10 @@ def create_app(state: ServingState) -> FastAPI:
         "/readyz": Endpoint(handlers.readyz, Readiness, {503: {"model": Readiness, "description": "Not ready"}}),
         "/metrics": Endpoint(handlers.metrics, None, response_class=PlainTextResponse),
     })
+    if state.config.ui:
+        from rankwise.serving.console import mount_console  # templates load only for a server with pages
+
+        mount_console(app, state)
     return app
 
 

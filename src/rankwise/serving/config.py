@@ -208,6 +208,8 @@ class ServeConfig:
     timeout_ms: int = 30_000
     #: serve /metrics without a key even when keys are on (for scrapers that cannot send a bearer token)
     open_metrics: bool = False
+    #: the web console at /ui (pages over this server's API, signed in with a key)
+    ui: bool = False
     #: extra names the reranker answers to in a request's ``model`` (e.g. what a Cohere client sends)
     served_model_names: tuple[str, ...] = ()
     #: answer any ``model`` name with the served reranker instead of refusing unknown names with a 404

@@ -1,0 +1,76 @@
+"""The console's sessions: a browser signs in once with an API key and then carries only a session cookie.
+
+Why server-side sessions rather than the key in a cookie: the key never reaches the browser's storage
+(the cookie holds a random id that is worthless once the server restarts or the session ends), and
+signing out or a revoked key ends the session at once — every page re-checks the key against the key
+store. Each session also holds the CSRF token every state-changing form must send back; a new session
+id is issued at sign-in so an id planted before sign-in is never a signed-in one. Sessions live in
+the process: behind several replicas, route a browser to one replica (sticky sessions) or sign in again.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from rankwise.serving.auth import ApiKey
+
+COOKIE = "rankwise_session"
+#: a signed-in session ends after this long without a page, and in any case after :data:`MAX_AGE_S`
+IDLE_S = 2 * 3600
+MAX_AGE_S = 12 * 3600
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    csrf: str
+    #: the key the browser signed in with (None: not signed in; or an open server, which has no keys)
+    token: str | None = None
+    key: ApiKey | None = None
+    created: float = field(default_factory=time.monotonic)
+    seen: float = field(default_factory=time.monotonic)
+
+    def csrf_ok(self, sent: str | None) -> bool:
+        """Whether a form sent this session's CSRF token (compared in constant time)."""
+        return sent is not None and hmac.compare_digest(sent.encode(), self.csrf.encode())
+
+
+class Sessions:
+    """At most ``capacity`` sessions in memory; the least recently used one goes first when it is full."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+
+    def new(self, token: str | None = None, key: ApiKey | None = None) -> Session:
+        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), token, key)
+        with self._lock:
+            self._sessions[session.id] = session
+            while len(self._sessions) > self.capacity:
+                self._sessions.popitem(last=False)
+        return session
+
+    def get(self, session_id: str | None) -> Session | None:
+        if not session_id:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                return None
+            if now - session.seen > IDLE_S or now - session.created > MAX_AGE_S:
+                del self._sessions[session_id]
+                return None
+            session.seen = now
+            self._sessions.move_to_end(session_id)
+            return session
+
+    def drop(self, session_id: str) -> None:
+        with self._lock:
+            self._sessions.pop(session_id, None)

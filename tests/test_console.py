@@ -1,0 +1,227 @@
+"""The web console (``rankwise serve --ui``) in a real browser: Debian's headless Chromium driven through
+its chromedriver (Selenium), against a real server process with keys, a registry, a feedback store and a
+monitoring history.
+
+What a person sees is checked as they would see it — both scores on every result, a thumbs click that
+lands in the feedback store, a compare page that highlights what moved, a quality chart with its points
+and alarm — and each page is saved as a screenshot under ``build/test-artifacts/console/``. What the
+console must refuse is checked with a plain HTTP client too: a search-only key cannot roll back production
+or see the quality pages, and a form without its CSRF token changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_monitoring import REMOVED, record
+from test_serving import Server, _build_model
+
+from conftest import KB
+from rankwise.feedback.store import SQLiteFeedbackStore
+from rankwise.index import Index
+from rankwise.monitoring.history import SQLiteMonitorHistory
+from rankwise.registry import Registry
+from rankwise.serving.auth import KeyStore
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
+                                reason="Debian chromium and chromium-driver are not installed "
+                                       "(apt-get install chromium chromium-driver)")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "build" / "test-artifacts" / "console"
+QUERY = "how do contractors reset MFA"
+
+
+@pytest.fixture(scope="module")
+def setup(kb_index: Index, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("console")
+    registry = Registry(root / "registry")
+    registry.register(_build_model(root / "a", seed=0), {"note": "first"})
+    registry.promote("v1", forced=True)
+    registry.register(_build_model(root / "b", seed=1), {"note": "second"})
+    registry.promote("v2", forced=True)
+    keys = KeyStore(root / "keys.json")
+    tokens: dict[str, Any] = {}
+    for name, roles in (("admin", ["admin"]), ("searcher", ["search"])):
+        key, token = keys.add(roles, name=name)
+        tokens[name], tokens[f"{name}_id"] = token, key.id
+    degraded = Index.build([d for d in KB if d.id not in REMOVED], root / "degraded")
+    with SQLiteMonitorHistory(root / "history.sqlite") as history:  # two alike runs, then a drop: one alarm
+        for run in (record(kb_index), record(kb_index), record(degraded)):
+            history.append(run)
+    return {"root": root, "registry": registry.root, "keys": root / "keys.json", "tokens": tokens,
+            "feedback": root / "feedback.sqlite", "history": root / "history.sqlite"}
+
+
+@pytest.fixture(scope="module")
+def server(kb_index: Index, setup: dict[str, Any]) -> Iterator[Server]:
+    srv = Server(["--index", str(kb_index.path), "--reranker", "production", "--registry", str(setup["registry"]),
+                  "--backend", "torch", "--keys", str(setup["keys"]), "--feedback-db", str(setup["feedback"]),
+                  "--log-queries", "text", "--audit", str(setup["root"] / "audit.sqlite"),
+                  "--monitor-history", str(setup["history"]), "--ui"], setup["root"] / "server.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager look for a driver online
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM  # type: ignore[assignment]
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1280,1100", "--disable-background-networking"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(120)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def _shot(driver: Any, name: str) -> None:
+    """Save the whole page (the window grown to its height) as ``name``.png."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, max(700, min(int(height) + 40, 4000)))
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+    driver.set_window_size(1280, 1100)
+
+
+def _sign_in(driver: Any, server: Server, token: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.delete_all_cookies()
+    driver.get(f"{server.url}/ui/search")
+    assert "/ui/login" in driver.current_url  # nothing is shown before a sign-in
+    driver.find_element(By.ID, "key").send_keys(token)
+    driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    assert driver.current_url.endswith("/ui/search")
+
+
+def test_a_signed_in_expert_searches_sees_both_scores_and_gives_feedback(
+        server: Server, setup: dict[str, Any], browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    driver.get(f"{server.url}/ui/search")
+    assert "/ui/login" in driver.current_url
+    driver.find_element(By.ID, "key").send_keys("rk_not_a_key")
+    driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    assert "not valid" in driver.find_element(By.CSS_SELECTOR, ".error").text
+    _shot(driver, "login")
+    _sign_in(driver, server, setup["tokens"]["admin"])
+    box = driver.find_element(By.ID, "q")
+    box.send_keys(QUERY)
+    box.submit()
+    rows = driver.find_elements(By.CSS_SELECTOR, "tr.result")
+    assert len(rows) >= 5, driver.find_element(By.TAG_NAME, "main").text
+    for row in rows:  # every result shows the first stage's signals and both reranker scores
+        bm25, dense, fused, reranker = (c.text for c in row.find_elements(By.CSS_SELECTOR, "td.num")[1:5])
+        assert re.match(r"#\d+\n[\d.]+", bm25) or bm25 == "–"
+        assert (re.match(r"#\d+\n-?[\d.]+", dense) or dense == "–") and re.match(r"#\d+\n[\d.]+", fused)
+        assert re.fullmatch(r"[01]\.\d{3}\nraw -?\d+\.\d{3}", reranker), reranker
+    assert driver.find_elements(By.CSS_SELECTOR, "tr.result .up, tr.result .down")  # the reranker moved some
+    provenance = driver.find_element(By.CSS_SELECTOR, ".provenance").text
+    assert "reranker\nv2 " in provenance and "8 scored" in provenance, provenance
+    _shot(driver, "search")
+    second = rows[1].get_attribute("data-doc-id")
+    rows[1].find_element(By.CSS_SELECTOR, "button.thumbs_up").click()
+    assert f"thumbs up on {second} stored" in driver.find_element(By.CSS_SELECTOR, ".ok").text
+    with SQLiteFeedbackStore(setup["feedback"]) as store:
+        store.flush()
+        events = store.events()
+    assert [(e.doc_id, e.signal) for e in events] == [(second, "thumbs_up")]
+
+
+def test_compare_highlights_the_documents_the_reranker_moved(server: Server, setup: dict[str, Any],
+                                                            browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    _sign_in(driver, server, setup["tokens"]["admin"])
+    driver.get(f"{server.url}/ui/compare?{httpx.QueryParams({'q': QUERY, 'a': 'hybrid+reranker', 'b': 'hybrid'})}")
+    moved = driver.find_elements(By.CSS_SELECTOR, "ol.compare li.moved")
+    assert moved and all(li.value_of_css_property("background-color") != "rgba(0, 0, 0, 0)" for li in moved)
+    agreement = driver.find_element(By.CSS_SELECTOR, ".agreement").text
+    assert re.search(r"\d+/\d+ documents in both lists, [1-9]\d* at another rank, Kendall's τ", agreement)
+    _shot(driver, "compare")
+
+
+def test_the_quality_page_plots_every_run_and_marks_the_alarm(server: Server, setup: dict[str, Any],
+                                                               browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    _sign_in(driver, server, setup["tokens"]["admin"])
+    driver.get(f"{server.url}/ui/quality")
+    chart = driver.find_element(By.CSS_SELECTOR, "svg.chart")
+    points = chart.find_elements(By.CSS_SELECTOR, "circle.point")
+    assert len(points) == 3 and len(chart.find_elements(By.CSS_SELECTOR, "circle.alarm")) == 1
+    values = [float(p.get_attribute("data-value")) for p in points]
+    assert values[2] < values[1]  # the degraded index's run is the low one
+    assert chart.size["width"] > 400 and "1 alarms" in driver.find_element(By.TAG_NAME, "main").text
+    _shot(driver, "quality")
+
+
+def test_an_admin_rolls_back_from_the_page_and_the_history_says_who(server: Server, setup: dict[str, Any],
+                                                                      browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    _sign_in(driver, server, setup["tokens"]["admin"])
+    driver.get(f"{server.url}/ui/models")
+    assert [r.text.split()[0] for r in driver.find_elements(By.CSS_SELECTOR, "tbody tr.production")] == ["v2"]
+    _shot(driver, "models")
+    driver.find_element(By.CSS_SELECTOR, "form[action='/ui/models/rollback'] button").click()
+    assert "production rolled back to v1" in driver.find_element(By.CSS_SELECTOR, ".ok").text
+    assert Registry(setup["registry"]).aliases()["production"] == "v1"
+    assert Registry(setup["registry"]).history()[-1]["by"] == setup["tokens"]["admin_id"]
+
+
+def _console_client(server: Server, token: str | None) -> tuple[httpx.Client, str]:
+    """A plain HTTP client signed in to the console (when ``token``), and its session's CSRF token."""
+    client = httpx.Client(base_url=server.url, timeout=120)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/ui/login").text).group(1)  # type: ignore[union-attr]
+    if token is not None:
+        reply = client.post("/ui/login", data={"csrf_token": csrf, "key": token, "next": "/ui/models"})
+        assert reply.status_code == 303
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/ui/models").text).group(1)  # type: ignore[union-attr]
+    return client, csrf
+
+
+def test_a_search_only_key_cannot_roll_back_or_see_quality_and_forms_need_their_token(
+        server: Server, setup: dict[str, Any]) -> None:
+    before = Registry(setup["registry"]).history()
+    client, csrf = _console_client(server, setup["tokens"]["searcher"])
+    with contextlib.closing(client):
+        page = client.get("/ui/models")
+        assert page.status_code == 200 and "/ui/models/rollback" not in page.text
+        refused = client.post("/ui/models/rollback", data={"csrf_token": csrf})
+        assert refused.status_code == 403 and "needs an admin key" in refused.text
+        assert client.get("/ui/quality").status_code == 403
+    admin, _ = _console_client(server, setup["tokens"]["admin"])
+    with contextlib.closing(admin):
+        no_token = admin.post("/ui/models/rollback", data={})
+        wrong = admin.post("/ui/models/rollback", data={"csrf_token": csrf})  # another session's token
+        assert no_token.status_code == wrong.status_code == 403 and "security token" in no_token.text
+        thumbs = admin.post("/ui/feedback", data={"request_id": "x", "doc_id": "y", "signal": "thumbs_up"})
+        assert thumbs.status_code == 403
+        assert admin.get("/ui/search", params={"q": "x"}).status_code == 200  # the session itself still works
+    assert Registry(setup["registry"]).history() == before  # nothing changed
+    anonymous = httpx.Client(base_url=server.url, timeout=60)
+    with anonymous:
+        first = anonymous.get("/ui/search", follow_redirects=False)
+        assert first.status_code == 303 and first.headers["location"].startswith("/ui/login")
+        cookie = first.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        assert anonymous.get("/ui/static/console.css").status_code == 200  # assets are served here, no CDN
