@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,11 @@ from test_monitoring import REMOVED, record
 from test_serving import Server, _build_model
 
 from conftest import KB
+from rankwise.evaluation.labeling import build_sheet, merge_sheets, read_sheet, write_sheet
 from rankwise.feedback.store import SQLiteFeedbackStore
 from rankwise.index import Index
 from rankwise.monitoring.history import SQLiteMonitorHistory
+from rankwise.pipeline import Pipeline
 from rankwise.registry import Registry
 from rankwise.serving.auth import KeyStore
 
@@ -57,8 +60,11 @@ def setup(kb_index: Index, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     with SQLiteMonitorHistory(root / "history.sqlite") as history:  # two alike runs, then a drop: one alarm
         for run in (record(kb_index), record(kb_index), record(degraded)):
             history.append(run)
+    rows = build_sheet(Pipeline(kb_index, first_stage="bm25"), {"q1": "reset MFA", "q2": "annual refund"}, k=3)
+    write_sheet(rows, root / "sheets" / "support")
     return {"root": root, "registry": registry.root, "keys": root / "keys.json", "tokens": tokens,
-            "feedback": root / "feedback.sqlite", "history": root / "history.sqlite"}
+            "feedback": root / "feedback.sqlite", "history": root / "history.sqlite", "sheets": root / "sheets",
+            "sheet_rows": rows}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +72,9 @@ def server(kb_index: Index, setup: dict[str, Any]) -> Iterator[Server]:
     srv = Server(["--index", str(kb_index.path), "--reranker", "production", "--registry", str(setup["registry"]),
                   "--backend", "torch", "--keys", str(setup["keys"]), "--feedback-db", str(setup["feedback"]),
                   "--log-queries", "text", "--audit", str(setup["root"] / "audit.sqlite"),
-                  "--monitor-history", str(setup["history"]), "--ui"], setup["root"] / "server.log")
+                  "--monitor-history", str(setup["history"]), "--shadow", "v1", "--shadow-share", "1",
+                  "--ui", "--label-dir", str(setup["sheets"])],
+                 setup["root"] / "server.log")
     yield srv
     srv.stop()
 
@@ -95,6 +103,15 @@ def _shot(driver: Any, name: str) -> None:
     driver.set_window_size(1280, max(700, min(int(height) + 40, 4000)))
     driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
     driver.set_window_size(1280, 1100)
+
+
+def _wait_for(driver: Any, selector: str, text: str) -> None:
+    """Wait until the element at ``selector`` shows ``text`` (a key press navigates without Selenium waiting)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    WebDriverWait(driver, 30).until(expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, selector), text))
 
 
 def _sign_in(driver: Any, server: Server, token: str) -> None:
@@ -157,6 +174,27 @@ def test_compare_highlights_the_documents_the_reranker_moved(server: Server, set
     _shot(driver, "compare")
 
 
+def test_the_rollout_page_reports_the_shadow_with_its_decision_rule(server: Server, setup: dict[str, Any],
+                                                                     browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    _sign_in(driver, server, setup["tokens"]["admin"])
+    for _ in range(3):  # searches the shadow scores too (share 1)
+        driver.get(f"{server.url}/ui/search?{httpx.QueryParams({'q': QUERY})}")
+    deadline = time.monotonic() + 60
+    while True:  # the shadow scores off the request path: its records land shortly after the answers
+        driver.get(f"{server.url}/ui/rollout")
+        sections = driver.find_elements(By.CSS_SELECTOR, "section.report")
+        if sections or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    text = sections[0].text
+    assert "shadow v1 vs production v2" in text and "Kendall's tau" in text and "covers" in text
+    assert re.match(r"(switch|keep|inconclusive): ", sections[0].find_element(By.CSS_SELECTOR, ".decision").text)
+    _shot(driver, "rollout")
+
+
 def test_the_quality_page_plots_every_run_and_marks_the_alarm(server: Server, setup: dict[str, Any],
                                                                browser: Any) -> None:
     from selenium.webdriver.common.by import By
@@ -186,6 +224,39 @@ def test_an_admin_rolls_back_from_the_page_and_the_history_says_who(server: Serv
     assert "production rolled back to v1" in driver.find_element(By.CSS_SELECTOR, ".ok").text
     assert Registry(setup["registry"]).aliases()["production"] == "v1"
     assert Registry(setup["registry"]).history()[-1]["by"] == setup["tokens"]["admin_id"]
+
+
+def test_an_expert_labels_a_sheet_with_the_keyboard_resumes_and_the_labels_import(
+        server: Server, setup: dict[str, Any], browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = browser
+    _sign_in(driver, server, setup["tokens"]["admin"])
+    driver.get(f"{server.url}/ui/label")
+    expected = setup["sheet_rows"]
+    total = len(expected)
+    assert total >= 3 and f"0/{total}" in driver.find_element(By.TAG_NAME, "main").text
+    driver.find_element(By.LINK_TEXT, "start").click()
+    assert driver.find_element(By.CSS_SELECTOR, ".query").text == expected[0].query
+    driver.find_element(By.TAG_NAME, "body").send_keys("2")  # a digit labels the row and moves on
+    _wait_for(driver, ".progress-count", f"1/{total}")
+    notes = driver.find_element(By.NAME, "notes")
+    notes.send_keys("outdated page", Keys.ENTER)  # Enter in the notes must not pick a label
+    time.sleep(1)  # had Enter submitted a label, the page would have moved on by now
+    assert driver.find_element(By.CSS_SELECTOR, ".progress-count").text == f"1/{total}"
+    driver.find_element(By.CSS_SELECTOR, ".query").click()  # out of the notes box: digits label again
+    driver.find_element(By.TAG_NAME, "body").send_keys("0")
+    _wait_for(driver, ".progress-count", f"2/{total}")
+    _shot(driver, "label")
+    driver.get(f"{server.url}/ui/label")  # a closed browser resumes where the annotator stopped
+    assert "resume at row 3" in driver.find_element(By.TAG_NAME, "main").text
+    saved = read_sheet(setup["sheets"] / "support" / "by" / "admin.jsonl")
+    assert [(r.document_id, r.label, r.annotator) for r in saved] == [
+        (expected[0].document_id, 2, "admin"), (expected[1].document_id, 0, "admin")]
+    assert saved[1].notes == "outdated page"
+    merged = merge_sheets([saved])  # what `rankwise label-import` does with it
+    assert len(merged.goldset.judgements) == 2
 
 
 def _console_client(server: Server, token: str | None) -> tuple[httpx.Client, str]:

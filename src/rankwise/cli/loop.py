@@ -210,18 +210,10 @@ def _print_split_report(report: ExperimentReport, as_json: bool) -> None:
                       f"{arm.latency_p99_ms:.0f}" if arm.latency_p99_ms else "—")
     out.print(table)
     for c in report.comparisons:
-        # the tests report control − treatment; people read "how much better is the treatment"
-        if c.ctr is not None:
-            t = c.ctr
-            out.print(f"{c.treatment} vs {c.control}: CTR@{k} {t.rate_b:.1%} vs {t.rate_a:.1%}, "
-                      f"{-t.difference * 100:+.1f} pp (95% CI {-t.interval.high * 100:+.1f} to "
-                      f"{-t.interval.low * 100:+.1f} pp, {t.interval.method}), p = {t.p_value:.2g}",
-                      highlight=False, soft_wrap=True)
-        if c.latency is not None:
-            lat = c.latency
-            out.print(f"  mean latency {lat.mean_b:.0f} vs {lat.mean_a:.0f} ms, {-lat.difference:+.0f} ms (95% CI "
-                      f"{-lat.interval.high:+.0f} to {-lat.interval.low:+.0f}), p = {lat.p_value:.2g}",
-                      highlight=False, soft_wrap=True)
+        if (line := c.ctr_line(k)) is not None:
+            out.print(line, highlight=False, soft_wrap=True)
+        if (line := c.latency_line()) is not None:
+            out.print(f"  {line}", highlight=False, soft_wrap=True)
         out.print(f"  [bold]recommendation:[/] {c.recommendation.summary()}", highlight=False, soft_wrap=True)
     if report.interleaving is not None:
         names = (report.arms[0].arm, report.arms[1].arm)

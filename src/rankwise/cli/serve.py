@@ -87,6 +87,8 @@ def serve(
                                                                       "even when --keys is on.")] = False,
     ui: Annotated[bool, typer.Option("--ui", help="Serve the web console at /ui: search with every score, "
                                                   "compare, feedback, quality, models (signed in with a key).")] = False,
+    label_dir: Annotated[Path | None, typer.Option(help="Labelling sheets (`rankwise label --out-dir DIR/NAME`) "
+                                                        "the console's annotators work through (with --ui).")] = None,
     served_model_name: Annotated[list[str], typer.Option(
         help="Another name the reranker answers to in a request's `model` (repeatable), e.g. the name a "
              "Cohere client sends.")] = [],  # noqa: B006
@@ -155,7 +157,7 @@ def serve(
     config = ServeConfig(
         index=index_dir, reranker=None if no_reranker(reranker) else reranker, host=host,
         port=port, keys=keys, audit=audit_location(audit, store), timeout_ms=timeout_ms, open_metrics=open_metrics,
-        ui=ui, served_model_names=tuple(served_model_name), accept_any_model_name=accept_any_model_name,
+        ui=ui, label_dir=label_dir, served_model_names=tuple(served_model_name), accept_any_model_name=accept_any_model_name,
         allow_unknown_filters=allow_unknown_filters,
         pipeline=PipelineSettings(first_stage, retrieve_k, rerank_k, rerank_fusion),  # type: ignore[arg-type]
         load=LoadOptions(backend=backend, device=device, max_length=max_length, registry=registry),  # type: ignore[arg-type]

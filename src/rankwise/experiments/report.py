@@ -100,6 +100,22 @@ class ArmComparison:
     latency: MeanDifference | None
     recommendation: Recommendation
 
+    # the tests report control − treatment; people read "how much better is the treatment"
+    def ctr_line(self, k: int) -> str | None:
+        if self.ctr is None:
+            return None
+        t = self.ctr
+        return (f"{self.treatment} vs {self.control}: CTR@{k} {t.rate_b:.1%} vs {t.rate_a:.1%}, "
+                f"{-t.difference * 100:+.1f} pp (95% CI {-t.interval.high * 100:+.1f} to "
+                f"{-t.interval.low * 100:+.1f} pp, {t.interval.method}), p = {t.p_value:.2g}")
+
+    def latency_line(self) -> str | None:
+        if self.latency is None:
+            return None
+        lat = self.latency
+        return (f"mean latency {lat.mean_b:.0f} vs {lat.mean_a:.0f} ms, {-lat.difference:+.0f} ms (95% CI "
+                f"{-lat.interval.high:+.0f} to {-lat.interval.low:+.0f}), p = {lat.p_value:.2g}")
+
 
 @dataclass(frozen=True, slots=True)
 class ExperimentReport:

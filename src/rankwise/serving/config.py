@@ -210,6 +210,8 @@ class ServeConfig:
     open_metrics: bool = False
     #: the web console at /ui (pages over this server's API, signed in with a key)
     ui: bool = False
+    #: labelling sheets (``rankwise label --out-dir``) the console's annotators work through
+    label_dir: Path | None = None
     #: extra names the reranker answers to in a request's ``model`` (e.g. what a Cohere client sends)
     served_model_names: tuple[str, ...] = ()
     #: answer any ``model`` name with the served reranker instead of refusing unknown names with a 404
@@ -243,6 +245,11 @@ class ServeConfig:
             raise ServeConfigError("--canary and --experiment split traffic between rerankers: pass --reranker too")
         if self.reranker is None and self.shadow is not None and self.index is None:
             raise ServeConfigError("a shadow without --reranker compares with the first stage: pass --index too")
+        if self.label_dir is not None and not self.ui:
+            raise ServeConfigError("--label-dir is for the web console's labelling pages: add --ui")
+        if self.label_dir is not None and not self.label_dir.is_dir():
+            raise ServeConfigError(f"--label-dir '{self.label_dir}' is not a directory (make sheets with "
+                                   "`rankwise label ... --out-dir DIR/NAME`)")
         if self.keys is None and not is_loopback(self.host):
             raise ServeConfigError(f"refusing to serve on {self.host} without authentication: pass --keys FILE "
                                    "(create keys with `rankwise keys add`) or bind to 127.0.0.1")

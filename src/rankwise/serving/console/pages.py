@@ -14,6 +14,7 @@ import contextlib
 import secrets
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from fastapi import FastAPI, Request
@@ -25,7 +26,9 @@ from starlette.templating import Jinja2Templates
 from rankwise.errors import RankwiseError
 from rankwise.serving.auth import ApiKey, KeyFileError
 from rankwise.serving.console.compare import PIPELINES, compare_rankings, pipeline_request
+from rankwise.serving.console.labelling import LABELS, LabelDesk
 from rankwise.serving.console.quality import quality_view
+from rankwise.serving.console.rollout import rollout_view
 from rankwise.serving.console.sessions import COOKIE, Session, Sessions
 from rankwise.serving.state import ServingState
 
@@ -42,6 +45,7 @@ class Console:
         self.app = app
         self.state = state
         self.sessions = Sessions()
+        self.desk = LabelDesk(state.config.label_dir) if state.config.label_dir is not None else None
 
     # ------------------------------------------------------------------ sessions
     def session(self, request: Request) -> Session:
@@ -223,6 +227,17 @@ def mount_console(app: FastAPI, state: ServingState) -> None:
         view = await run_in_threadpool(quality_view, state, name, metric)
         return console.render(request, "quality.html", title="Quality", view=view)
 
+    @app.get("/ui/rollout", include_in_schema=False)
+    async def rollout_page(request: Request) -> Response:
+        who = console.viewer(request)
+        if who is None:
+            return console.to_login(request)
+        if not _allowed(who[1], "admin"):
+            return console.render(request, "error.html", 403, title="Refused",
+                                  message="the rollout reports need an admin key")
+        view = await run_in_threadpool(rollout_view, state)
+        return console.render(request, "rollout.html", title="Rollout", view=view)
+
     @app.get("/ui/models", include_in_schema=False)
     async def models_page(request: Request) -> Response:
         who = console.viewer(request)
@@ -255,6 +270,88 @@ def mount_console(app: FastAPI, state: ServingState) -> None:
             return console.render(request, "error.html", 409, title="Not rolled back", message=str(err))
         return console.finish(request, RedirectResponse(
             f"/ui/models?{httpx.QueryParams({'done': f'production rolled back to {version}'})}", status_code=303))
+
+    mount_labelling(app, console)
+
+
+def mount_labelling(app: FastAPI, console: Console) -> None:
+    """The labelling pages: a list of sheets with this annotator's progress, and one row at a time (labels
+    need the ``feedback`` role: judgements are feedback an expert gives on purpose)."""
+
+    def refused(request: Request, key: ApiKey | None) -> Response | None:
+        if console.desk is None:
+            return console.render(request, "error.html", 404, title="No sheets",
+                                  message="this server has no labelling sheets: start it with --label-dir DIR")
+        if not _allowed(key, "feedback"):
+            return console.render(request, "error.html", 403, title="Refused",
+                                  message="labelling needs a key with the feedback role")
+        return None
+
+    @app.get("/ui/label", include_in_schema=False)
+    async def sheets(request: Request) -> Response:
+        who = console.viewer(request)
+        if who is None:
+            return console.to_login(request)
+        if (no := refused(request, who[1])) is not None:
+            return no
+        desk = console.desk
+        assert desk is not None
+        annotator = _annotator(who[1])
+        try:
+            progress = await run_in_threadpool(lambda: [desk.progress(s, annotator) for s in desk.sheets()])
+        except RankwiseError as err:
+            return console.render(request, "error.html", 500, title="Sheets unreadable", message=str(err))
+        return console.render(request, "label_sheets.html", title="Label", sheets=progress, annotator=annotator)
+
+    @app.get("/ui/label/{sheet}", include_in_schema=False)
+    async def label_row(request: Request, sheet: str, row: int | None = None) -> Response:
+        who = console.viewer(request)
+        if who is None:
+            return console.to_login(request)
+        if (no := refused(request, who[1])) is not None:
+            return no
+        desk = console.desk
+        assert desk is not None
+        annotator = _annotator(who[1])
+        try:
+            rows = await run_in_threadpool(desk.labelled, sheet, annotator)
+        except RankwiseError as err:
+            return console.render(request, "error.html", 404, title="No such sheet", message=str(err))
+        done = sum(1 for r in rows if r.label is not None)
+        if row is None:
+            row = next((i for i, r in enumerate(rows) if r.label is None), None)
+        elif not 0 <= row < len(rows):
+            row = None
+        return console.render(request, "label_row.html", title="Label", sheet=sheet, rows=rows, row=row,
+                              current=rows[row] if row is not None else None, done=done, labels=LABELS,
+                              annotator=annotator)
+
+    @app.post("/ui/label/{sheet}", include_in_schema=False)
+    async def save_label(request: Request, sheet: str) -> Response:
+        checked = await console.checked_form(request)
+        if isinstance(checked, Response):
+            return checked
+        who = console.viewer(request)
+        if who is None:
+            return console.to_login(request)
+        if (no := refused(request, who[1])) is not None:
+            return no
+        desk = console.desk
+        assert desk is not None
+        form = checked[1]
+        try:
+            position, label = int(form.get("row", "")), int(form.get("label", ""))
+            await run_in_threadpool(desk.save, sheet, _annotator(who[1]), position, label, form.get("notes"))
+        except ValueError:
+            return console.render(request, "error.html", 400, title="Not saved", message="row and label must be numbers")
+        except RankwiseError as err:
+            return console.render(request, "error.html", 400, title="Not saved", message=str(err))
+        return console.finish(request, RedirectResponse(f"/ui/label/{quote(sheet, safe='')}", status_code=303))
+
+
+def _annotator(key: ApiKey | None) -> str:
+    """Whose labels these are: the signed-in key's name (an open server has one annotator)."""
+    return key.name if key is not None else "console"
 
 
 def _allowed(key: ApiKey | None, role: str) -> bool:
