@@ -208,7 +208,17 @@ def test_the_quality_page_plots_every_run_and_marks_the_alarm(server: Server, se
     values = [float(p.get_attribute("data-value")) for p in points]
     assert values[2] < values[1]  # the degraded index's run is the low one
     assert chart.size["width"] > 400 and "1 alarms" in driver.find_element(By.TAG_NAME, "main").text
+    with server.client(setup["tokens"]["admin"]) as client:  # traffic for the drift charts
+        for i in range(24):
+            assert client.post("/v1/search", json={"query": f"{QUERY} {i}", "k": 5}).status_code == 200
+    driver.get(f"{server.url}/ui/quality")
+    drift = driver.find_elements(By.CSS_SELECTOR, "figure.drift")
+    assert {f.get_attribute("data-signal") for f in drift} >= {"query_words", "reranker_top1", "rank_change"}
+    assert all(len(f.find_elements(By.CSS_SELECTOR, "circle.point")) >= 2 for f in drift)
     _shot(driver, "quality")
+    driver.find_element(By.PARTIAL_LINK_TEXT, "full check report").click()
+    assert "ALARM" in driver.find_element(By.CSS_SELECTOR, ".banner").text
+    assert all(i.size["width"] > 200 for i in driver.find_elements(By.CSS_SELECTOR, "img.plot"))
 
 
 def test_an_admin_rolls_back_from_the_page_and_the_history_says_who(server: Server, setup: dict[str, Any],

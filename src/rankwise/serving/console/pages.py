@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -27,7 +27,7 @@ from rankwise.errors import RankwiseError
 from rankwise.serving.auth import ApiKey, KeyFileError
 from rankwise.serving.console.compare import PIPELINES, compare_rankings, pipeline_request
 from rankwise.serving.console.labelling import LABELS, LabelDesk
-from rankwise.serving.console.quality import quality_view
+from rankwise.serving.console.quality import drift_view, quality_report, quality_view
 from rankwise.serving.console.rollout import rollout_view
 from rankwise.serving.console.sessions import COOKIE, Session, Sessions
 from rankwise.serving.state import ServingState
@@ -225,7 +225,29 @@ def mount_console(app: FastAPI, state: ServingState) -> None:
             return console.render(request, "error.html", 403, title="Refused",
                                   message="the quality pages need an admin key (as /metrics does)")
         view = await run_in_threadpool(quality_view, state, name, metric)
-        return console.render(request, "quality.html", title="Quality", view=view)
+        drift = await run_in_threadpool(drift_view, state)
+        return console.render(request, "quality.html", title="Quality", view=view, drift=drift)
+
+    @app.get("/ui/quality/report", include_in_schema=False)
+    async def quality_report_page(request: Request, name: str | None = None) -> Response:
+        who = console.viewer(request)
+        if who is None:
+            return console.to_login(request)
+        if not _allowed(who[1], "admin"):
+            return console.render(request, "error.html", 403, title="Refused",
+                                  message="the quality pages need an admin key (as /metrics does)")
+        try:
+            page = await run_in_threadpool(quality_report, state, name)
+        except RankwiseError as err:
+            return console.render(request, "error.html", 409, title="No report", message=str(err))
+        if page is None:
+            return console.render(request, "error.html", 404, title="No report",
+                                  message="no evaluation has been recorded yet")
+        response = console.finish(request, HTMLResponse(page))
+        # the report is self-contained: its own stylesheet inline, its plots as data: images, no script
+        response.headers["Content-Security-Policy"] = ("default-src 'none'; style-src 'unsafe-inline'; "
+                                                       "img-src data:; frame-ancestors 'none'")
+        return response
 
     @app.get("/ui/rollout", include_in_schema=False)
     async def rollout_page(request: Request) -> Response:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
-WIDTH, HEIGHT, PAD_X, PAD_Y = 720, 240, 56, 28
+PAD_X, PAD_Y = 72, 28
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +24,10 @@ class Point:
 
 
 def line_chart(points: Sequence[Point], *, title: str, band: tuple[float, float] | None = None,
-               unit: str = "") -> str:
-    """An SVG line chart of ``points`` in order, with ``band`` (low, high) shaded as the reference range."""
+               unit: str = "", size: tuple[int, int] = (720, 240)) -> str:
+    """An SVG line chart of ``points`` in order, with ``band`` (low, high) shaded as the reference range;
+    ``size``: the drawing's width and height (it scales to its box, text with it)."""
+    WIDTH, HEIGHT = size
     if not points:
         return f"<p class=dim>{escape(title)}: no data yet</p>"
     values = [p.value for p in points] + (list(band) if band else [])
@@ -50,7 +52,7 @@ def line_chart(points: Sequence[Point], *, title: str, band: tuple[float, float]
     for value in (low + margin, high - margin):
         parts.append(f'<line class="grid" x1="{PAD_X}" x2="{WIDTH - PAD_X}" y1="{y(value):.1f}" y2="{y(value):.1f}"/>'
                      f'<text class="tick" x="{PAD_X - 6}" y="{y(value) + 4:.1f}" text-anchor="end">'
-                     f'{value:.3f}{escape(unit)}</text>')
+                     f'{value:.4g}{escape(unit)}</text>')
     path = " ".join(f"{'M' if i == 0 else 'L'}{x(i):.1f},{y(p.value):.1f}" for i, p in enumerate(points))
     parts.append(f'<path class="line" d="{path}"/>')
     for i, p in enumerate(points):
