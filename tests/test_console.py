@@ -306,3 +306,33 @@ def test_a_search_only_key_cannot_roll_back_or_see_quality_and_forms_need_their_
         cookie = first.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=strict" in cookie
         assert anonymous.get("/ui/static/console.css").status_code == 200  # assets are served here, no CDN
+
+
+def test_misranked_pairs_show_both_documents_and_become_a_labelling_sheet(
+        server: Server, setup: dict[str, Any], browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    with server.client(setup["tokens"]["admin"]) as client:  # users reject the top result and like the third
+        answer = client.post("/v1/search", json={"query": "annual plan refund policy", "k": 5}).json()
+        top, third = answer["results"][0]["doc_id"], answer["results"][2]["doc_id"]
+        for event_id, signal, doc in (("m1", "thumbs_down", top), ("m2", "thumbs_up", third)):
+            reply = client.post("/v1/feedback", json={"request_id": answer["request_id"], "event_id": event_id,
+                                                      "signal": signal, "doc_id": doc})
+            assert reply.status_code == 201, reply.text
+    driver = browser
+    _sign_in(driver, server, setup["tokens"]["admin"])
+    driver.get(f"{server.url}/ui/misranked")
+    pairs = [p for p in driver.find_elements(By.CSS_SELECTOR, "section.pair")
+             if "annual plan refund policy" in p.find_element(By.CSS_SELECTOR, ".query").text]
+    assert pairs, driver.find_element(By.TAG_NAME, "main").text
+    above, preferred = (s.text for s in pairs[0].find_elements(By.CSS_SELECTOR, ".side"))
+    assert top in above and "rank 1" in above and third in preferred and "rank 3" in preferred
+    _shot(driver, "misranked")
+    driver.find_element(By.CSS_SELECTOR, "form[action='/ui/misranked/sheet'] button").click()
+    _wait_for(driver, "main", "is ready in Label")
+    made = re.search(r"sheet (misranked-[\d-]+) with (\d+) rows", driver.find_element(By.CSS_SELECTOR, ".ok").text)
+    assert made is not None
+    rows = read_sheet(setup["sheets"] / made.group(1) / "labels.jsonl")
+    assert len(rows) == int(made.group(2)) and {top, third} <= {r.document_id for r in rows}
+    driver.get(f"{server.url}/ui/label")
+    assert made.group(1) in driver.find_element(By.TAG_NAME, "main").text

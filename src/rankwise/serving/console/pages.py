@@ -27,6 +27,7 @@ from rankwise.errors import RankwiseError
 from rankwise.serving.auth import ApiKey, KeyFileError
 from rankwise.serving.console.compare import PIPELINES, compare_rankings, pipeline_request
 from rankwise.serving.console.labelling import LABELS, LabelDesk
+from rankwise.serving.console.misranked import misranked_view, sheet_from_misranked
 from rankwise.serving.console.quality import drift_view, quality_report, quality_view
 from rankwise.serving.console.rollout import rollout_view
 from rankwise.serving.console.sessions import COOKIE, Session, Sessions
@@ -259,6 +260,40 @@ def mount_console(app: FastAPI, state: ServingState) -> None:
                                   message="the rollout reports need an admin key")
         view = await run_in_threadpool(rollout_view, state)
         return console.render(request, "rollout.html", title="Rollout", view=view)
+
+    @app.get("/ui/misranked", include_in_schema=False)
+    async def misranked_page(request: Request) -> Response:
+        who = console.viewer(request)
+        if who is None:
+            return console.to_login(request)
+        if not _allowed(who[1], "admin"):
+            return console.render(request, "error.html", 403, title="Refused",
+                                  message="the misranked pairs show users' queries: they need an admin key")
+        view = await run_in_threadpool(misranked_view, state)
+        return console.render(request, "misranked.html", title="Misranked", view=view,
+                              can_label=console.desk is not None, done=request.query_params.get("done"))
+
+    @app.post("/ui/misranked/sheet", include_in_schema=False)
+    async def misranked_sheet(request: Request) -> Response:
+        checked = await console.checked_form(request)
+        if isinstance(checked, Response):
+            return checked
+        who = console.viewer(request)
+        if who is None:
+            return console.to_login(request)
+        if not _allowed(who[1], "admin"):
+            return console.render(request, "error.html", 403, title="Refused",
+                                  message="making a labelling sheet from users' queries needs an admin key")
+        if state.config.label_dir is None:
+            return console.render(request, "error.html", 404, title="No label directory",
+                                  message="this server was started without --label-dir")
+        try:
+            name, rows = await run_in_threadpool(sheet_from_misranked, state, state.config.label_dir)
+        except RankwiseError as err:
+            return console.render(request, "error.html", 409, title="No sheet made", message=str(err))
+        done = f"sheet {name} with {rows} rows is ready in Label"
+        return console.finish(request, RedirectResponse(f"/ui/misranked?{httpx.QueryParams({'done': done})}",
+                                                        status_code=303))
 
     @app.get("/ui/models", include_in_schema=False)
     async def models_page(request: Request) -> Response:
