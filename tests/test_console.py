@@ -12,6 +12,7 @@ or see the quality pages, and a form without its CSRF token changes nothing.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_monitoring import REMOVED, record
+from test_monitoring import QUERIES, REMOVED, record
 from test_serving import Server, _build_model
 
 from conftest import KB
@@ -60,11 +61,15 @@ def setup(kb_index: Index, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     with SQLiteMonitorHistory(root / "history.sqlite") as history:  # two alike runs, then a drop: one alarm
         for run in (record(kb_index), record(kb_index), record(degraded)):
             history.append(run)
+    gold = root / "gold.jsonl"  # the gate's gold set: enough queries for its minimum
+    gold.write_text("".join(json.dumps({"query_id": f"{qid}{suffix}", "query": f"{text}{suffix}", "document_id": doc,
+                                        "label": 1}) + "\n"
+                            for qid, (text, doc, _) in QUERIES.items() for suffix in ("", " please")))
     rows = build_sheet(Pipeline(kb_index, first_stage="bm25"), {"q1": "reset MFA", "q2": "annual refund"}, k=3)
     write_sheet(rows, root / "sheets" / "support")
     return {"root": root, "registry": registry.root, "keys": root / "keys.json", "tokens": tokens,
             "feedback": root / "feedback.sqlite", "history": root / "history.sqlite", "sheets": root / "sheets",
-            "sheet_rows": rows}
+            "sheet_rows": rows, "gold": gold}
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +78,7 @@ def server(kb_index: Index, setup: dict[str, Any]) -> Iterator[Server]:
                   "--backend", "torch", "--keys", str(setup["keys"]), "--feedback-db", str(setup["feedback"]),
                   "--log-queries", "text", "--audit", str(setup["root"] / "audit.sqlite"),
                   "--monitor-history", str(setup["history"]), "--shadow", "v1", "--shadow-share", "1",
+                  "--monitor-every", "24h", "--monitor-goldset", str(setup["gold"]),
                   "--ui", "--label-dir", str(setup["sheets"])],
                  setup["root"] / "server.log")
     yield srv
@@ -224,12 +230,24 @@ def test_the_quality_page_plots_every_run_and_marks_the_alarm(server: Server, se
 def test_an_admin_rolls_back_from_the_page_and_the_history_says_who(server: Server, setup: dict[str, Any],
                                                                       browser: Any) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
 
     driver = browser
     _sign_in(driver, server, setup["tokens"]["admin"])
     driver.get(f"{server.url}/ui/models")
     assert [r.text.split()[0] for r in driver.find_elements(By.CSS_SELECTOR, "tbody tr.production")] == ["v2"]
     _shot(driver, "models")
+    # the gate runs first and its result is shown; only a pass offers the promotion
+    Select(driver.find_element(By.NAME, "version")).select_by_visible_text("v1")
+    driver.find_element(By.CSS_SELECTOR, "form[action='/ui/models/gate'] button").click()
+    _wait_for(driver, "h1", "Promotion gate: v1")
+    verdict = driver.find_element(By.CSS_SELECTOR, ".gate").text
+    assert re.search(r"nDCG@5\nv1 [\d.]+ vs v2 [\d.]+ \([+-][\d.]+%, required > \+5\.0%\)", verdict), verdict
+    assert "over 48 queries" in verdict
+    offered = driver.find_elements(By.CSS_SELECTOR, "form[action='/ui/models/promote']")
+    assert bool(offered) == ("PASSED" in verdict) and (offered or "refused:" in verdict)
+    _shot(driver, "gate")
+    driver.get(f"{server.url}/ui/models")
     driver.find_element(By.CSS_SELECTOR, "form[action='/ui/models/rollback'] button").click()
     assert "production rolled back to v1" in driver.find_element(By.CSS_SELECTOR, ".ok").text
     assert Registry(setup["registry"]).aliases()["production"] == "v1"
@@ -289,9 +307,13 @@ def test_a_search_only_key_cannot_roll_back_or_see_quality_and_forms_need_their_
         assert page.status_code == 200 and "/ui/models/rollback" not in page.text
         refused = client.post("/ui/models/rollback", data={"csrf_token": csrf})
         assert refused.status_code == 403 and "needs an admin key" in refused.text
+        for action in ("gate", "promote"):
+            assert client.post(f"/ui/models/{action}", data={"csrf_token": csrf, "version": "v1"}).status_code == 403
         assert client.get("/ui/quality").status_code == 403
-    admin, _ = _console_client(server, setup["tokens"]["admin"])
+    admin, admin_csrf = _console_client(server, setup["tokens"]["admin"])
     with contextlib.closing(admin):
+        ungated = admin.post("/ui/models/promote", data={"csrf_token": admin_csrf, "version": "v1"})
+        assert ungated.status_code == 409 and "run the gate for this version first" in ungated.text
         no_token = admin.post("/ui/models/rollback", data={})
         wrong = admin.post("/ui/models/rollback", data={"csrf_token": csrf})  # another session's token
         assert no_token.status_code == wrong.status_code == 403 and "security token" in no_token.text

@@ -276,16 +276,19 @@ class Registry:
         return ModelVersion(version, path, card)
 
     # ------------------------------------------------------------------ lifecycle
-    def promote(self, version: str, *, forced: bool = False, gate: dict[str, Any] | None = None) -> None:
-        """Make ``version`` production (call only after the gate passed, or with ``forced=True``).
+    def promote(self, version: str, *, forced: bool = False, gate: dict[str, Any] | None = None,
+                by: str | None = None) -> None:
+        """Make ``version`` production (call only after the gate passed, or with ``forced=True``); ``by``:
+        who asked (e.g. the console's signed-in key), recorded in the event.
 
         Crash points: ``registry:promote-verified`` (locked, before the event) and ``registry:promoted``.
         """
         target = self.get(version)
         with self._writing() as replay:
             checkpoint("registry:promote-verified")
-            self._history.append({"event": "promote", "alias": "production", "version": target.version,
-                                  "previous": replay.aliases.get("production"), "forced": forced, "gate": gate})
+            event = {"event": "promote", "alias": "production", "version": target.version,
+                     "previous": replay.aliases.get("production"), "forced": forced, "gate": gate}
+            self._history.append({**event, "by": by} if by is not None else event)
             checkpoint("registry:promoted")
 
     def rollback(self, *, by: str | None = None) -> str:

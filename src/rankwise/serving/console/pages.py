@@ -304,8 +304,51 @@ def mount_console(app: FastAPI, state: ServingState) -> None:
         return console.render(request, "models.html", title="Models", view=view, done=request.query_params.get("done"),
                               can_change=_allowed(who[1], "admin"))
 
-    @app.post("/ui/models/rollback", include_in_schema=False)
-    async def rollback(request: Request) -> Response:
+    @app.post("/ui/models/gate", include_in_schema=False)
+    async def gate(request: Request) -> Response:
+        """Run the promotion gate for a version and show its result; a promotion can only follow a pass."""
+        allowed = await admin_form(request, "running the promotion gate needs an admin key")
+        if isinstance(allowed, Response):
+            return allowed
+        session, form, _ = allowed
+        if state.config.monitor.goldset is None or state.index is None:
+            return console.render(request, "error.html", 409, title="No gate",
+                                  message="the gate evaluates on the server's gold set: start it with --index and "
+                                          "--monitor-goldset (or run `rankwise models promote`)")
+        version = form.get("version", "")
+        try:
+            decision = await run_in_threadpool(_run_gate, state, version)
+        except RankwiseError as err:
+            return console.render(request, "error.html", 409, title="Gate not run", message=str(err))
+        session.gate = decision
+        return console.render(request, "gate.html", title="Models", decision=decision)
+
+    @app.post("/ui/models/promote", include_in_schema=False)
+    async def promote(request: Request) -> Response:
+        allowed = await admin_form(request, "promoting needs an admin key")
+        if isinstance(allowed, Response):
+            return allowed
+        session, form, key = allowed
+        decision = session.gate
+        if decision is None or not decision["passed"] or decision["candidate"] != form.get("version"):
+            return console.render(request, "error.html", 409, title="Not promoted",
+                                  message="run the gate for this version first: only a version that passed it is "
+                                          "promoted from the console")
+        from rankwise.registry import Registry
+
+        by = key.id if key is not None else "console (open server)"
+        try:
+            await run_in_threadpool(Registry(state.config.load.registry).promote, decision["candidate"],  # type: ignore[arg-type]
+                                    gate=decision, by=by)
+        except RankwiseError as err:
+            return console.render(request, "error.html", 409, title="Not promoted", message=str(err))
+        session.gate = None
+        done = f"{decision['candidate']} promoted to production"
+        return console.finish(request, RedirectResponse(f"/ui/models?{httpx.QueryParams({'done': done})}",
+                                                        status_code=303))
+
+    async def admin_form(request: Request, refusal: str) -> tuple[Session, dict[str, str], ApiKey | None] | Response:
+        """A registry-changing form's fields: CSRF checked, signed in, an admin key, a registry."""
         checked = await console.checked_form(request)
         if isinstance(checked, Response):
             return checked
@@ -313,16 +356,23 @@ def mount_console(app: FastAPI, state: ServingState) -> None:
         if who is None:
             return console.to_login(request)
         if not _allowed(who[1], "admin"):
-            return console.render(request, "error.html", 403, title="Refused",
-                                  message="rolling back production needs an admin key")
+            return console.render(request, "error.html", 403, title="Refused", message=refusal)
         if state.config.load.registry is None:
             return console.render(request, "error.html", 404, title="No registry",
                                   message="this server was started without --registry")
+        return checked[0], checked[1], who[1]
+
+    @app.post("/ui/models/rollback", include_in_schema=False)
+    async def rollback(request: Request) -> Response:
+        allowed = await admin_form(request, "rolling back production needs an admin key")
+        if isinstance(allowed, Response):
+            return allowed
+        key = allowed[2]
         from rankwise.registry import Registry
 
-        by = who[1].id if who[1] is not None else "console (open server)"
+        by = key.id if key is not None else "console (open server)"
         try:
-            version = await run_in_threadpool(Registry(state.config.load.registry).rollback, by=by)
+            version = await run_in_threadpool(Registry(state.config.load.registry).rollback, by=by)  # type: ignore[arg-type]
         except RankwiseError as err:
             return console.render(request, "error.html", 409, title="Not rolled back", message=str(err))
         return console.finish(request, RedirectResponse(
@@ -404,6 +454,23 @@ def mount_labelling(app: FastAPI, console: Console) -> None:
         except RankwiseError as err:
             return console.render(request, "error.html", 400, title="Not saved", message=str(err))
         return console.finish(request, RedirectResponse(f"/ui/label/{quote(sheet, safe='')}", status_code=303))
+
+
+def _run_gate(state: ServingState, version: str) -> dict[str, Any]:
+    """The promotion gate of ``rankwise models promote`` on the server's index and gold set, with the
+    server's first stage and model-loading settings."""
+    from rankwise.evaluation.goldset import GoldSet
+    from rankwise.registry import Registry
+    from rankwise.training.promotion import check_promotion
+
+    assert state.index is not None and state.config.monitor.goldset is not None
+    registry = Registry(state.config.load.registry)
+    prepared = GoldSet.load(state.config.monitor.goldset).prepare(known_documents=set(state.index.passage_doc_ids))
+    load = state.config.load
+    decision = check_promotion(registry, state.index, prepared, candidate=version,
+                               first_stage=state.config.pipeline.first_stage or "hybrid", backend=load.backend,
+                               device=load.device)
+    return decision.to_dict()
 
 
 def _annotator(key: ApiKey | None) -> str:

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from rankwise.serving.auth import ApiKey
 
@@ -32,6 +33,8 @@ class Session:
     #: the key the browser signed in with (None: not signed in; or an open server, which has no keys)
     token: str | None = None
     key: ApiKey | None = None
+    #: the latest promotion gate this session ran (what a promotion from the page must follow)
+    gate: dict[str, Any] | None = None
     created: float = field(default_factory=time.monotonic)
     seen: float = field(default_factory=time.monotonic)
 
