@@ -27,13 +27,15 @@ from test_monitoring import QUERIES, REMOVED, record
 from test_serving import Server, _build_model
 
 from conftest import KB
-from rankwise.evaluation.labeling import build_sheet, merge_sheets, read_sheet, write_sheet
+from rankwise.errors import RankwiseError
+from rankwise.evaluation.labeling import SheetRow, build_sheet, merge_sheets, read_sheet, write_sheet
 from rankwise.feedback.store import SQLiteFeedbackStore
 from rankwise.index import Index
 from rankwise.monitoring.history import SQLiteMonitorHistory
 from rankwise.pipeline import Pipeline
 from rankwise.registry import Registry
 from rankwise.serving.auth import KeyStore
+from rankwise.serving.console.labelling import Annotator, LabelDesk, Progress
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -279,7 +281,7 @@ def test_an_expert_labels_a_sheet_with_the_keyboard_resumes_and_the_labels_impor
     _shot(driver, "label")
     driver.get(f"{server.url}/ui/label")  # a closed browser resumes where the annotator stopped
     assert "resume at row 3" in driver.find_element(By.TAG_NAME, "main").text
-    saved = read_sheet(setup["sheets"] / "support" / "by" / "admin.jsonl")
+    saved = read_sheet(setup["sheets"] / "support" / "by" / f"admin-{setup['tokens']['admin_id']}.jsonl")
     assert [(r.document_id, r.label, r.annotator) for r in saved] == [
         (expected[0].document_id, 2, "admin"), (expected[1].document_id, 0, "admin")]
     assert saved[1].notes == "outdated page"
@@ -309,6 +311,11 @@ def test_a_search_only_key_cannot_roll_back_or_see_quality_and_forms_need_their_
         assert refused.status_code == 403 and "needs an admin key" in refused.text
         for action in ("gate", "promote"):
             assert client.post(f"/ui/models/{action}", data={"csrf_token": csrf, "version": "v1"}).status_code == 403
+        thumbs = client.post("/ui/feedback", data={"csrf_token": csrf, "request_id": "r", "doc_id": "d",
+                                                   "signal": "thumbs_up"})
+        assert thumbs.status_code == 403 and "feedback role" in thumbs.text  # as /v1/feedback would refuse
+        bad = client.get("/ui/search", params={"q": "reset MFA", "k": "ten"})
+        assert bad.status_code == 409 and "k must be a whole number" in bad.text and "<html" in bad.text
         assert client.get("/ui/quality").status_code == 403
     admin, admin_csrf = _console_client(server, setup["tokens"]["admin"])
     with contextlib.closing(admin):
@@ -323,8 +330,9 @@ def test_a_search_only_key_cannot_roll_back_or_see_quality_and_forms_need_their_
     assert Registry(setup["registry"]).history() == before  # nothing changed
     anonymous = httpx.Client(base_url=server.url, timeout=60)
     with anonymous:
-        first = anonymous.get("/ui/search", follow_redirects=False)
-        assert first.status_code == 303 and first.headers["location"].startswith("/ui/login")
+        first = anonymous.get("/ui/search", params={"q": "reset MFA", "first_stage": "bm25"}, follow_redirects=False)
+        assert first.status_code == 303  # and back to the same search after signing in
+        assert first.headers["location"] == "/ui/login?next=%2Fui%2Fsearch%3Fq%3Dreset%2BMFA%26first_stage%3Dbm25"
         cookie = first.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=strict" in cookie
         assert anonymous.get("/ui/static/console.css").status_code == 200  # assets are served here, no CDN
@@ -358,3 +366,22 @@ def test_misranked_pairs_show_both_documents_and_become_a_labelling_sheet(
     assert len(rows) == int(made.group(2)) and {top, third} <= {r.document_id for r in rows}
     driver.get(f"{server.url}/ui/label")
     assert made.group(1) in driver.find_element(By.TAG_NAME, "main").text
+
+
+def test_a_sheet_shows_a_grouped_key_only_its_rows_and_labels_land_by_row_identity(tmp_path: Path) -> None:
+    """Without a browser: what the labelling pages read and write for keys with groups and unnamed keys."""
+    rows = [SheetRow(q, f"query {q}", rank, doc, doc.title(), "text") for q in ("q1", "q2")
+            for rank, doc in enumerate(("public", "finance-only"), start=1)]
+    write_sheet(rows, tmp_path / "team")
+    desk = LabelDesk(tmp_path)
+    unnamed, other = Annotator.of_key("", "k1"), Annotator.of_key("", "k2")
+    assert unnamed.file != other.file and unnamed.name == "k1"  # two unnamed keys never share a file
+    visible = frozenset({"public"})
+    assert [r.document_id for r in desk.labelled("team", unnamed, visible)] == ["public", "public"]
+    desk.save("team", unnamed, ("q2", "public"), 3, "best", visible)
+    with pytest.raises(RankwiseError, match="no row for query q1 and document finance-only"):
+        desk.save("team", unnamed, ("q1", "finance-only"), 1, None, visible)  # hidden: not labellable
+    assert desk.progress("team", unnamed, visible) == Progress("team", 2, 1, 0)
+    assert desk.progress("team", other) == Progress("team", 4, 0, 0)
+    saved = read_sheet(tmp_path / "team" / "by" / f"{unnamed.file}.jsonl")
+    assert [(r.query_id, r.document_id, r.label, r.annotator) for r in saved] == [("q2", "public", 3, "k1")]

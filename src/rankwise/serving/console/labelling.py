@@ -6,7 +6,8 @@ opening a CSV.
 filled-in copy of the sheet (rows with ``label``, ``annotator`` and ``notes``), rewritten atomically on
 every label, so a closed browser resumes at the first unlabelled row and the files feed
 ``rankwise label-import <sheet>/by/*.jsonl`` like sheets filled in a spreadsheet. The annotator is the
-signed-in key's name: two experts never write to one file.
+signed-in key (its name in the labels, its id in the file name): two keys never write to one file. A key
+with document groups sees only the rows whose documents those groups may read, as its searches do.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -35,9 +37,18 @@ class Progress:
     next_row: int | None
 
 
-def annotator_file(name: str) -> str:
-    """A file name for annotator ``name`` (key names are free text)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "annotator"
+@dataclass(frozen=True, slots=True)
+class Annotator:
+    """Who labels: ``name`` goes into the labels (agreement reports name annotators by it), ``file`` is
+    unique per key."""
+
+    name: str
+    file: str
+
+    @classmethod
+    def of_key(cls, name: str, key_id: str) -> Annotator:
+        readable = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+        return cls(name or key_id, f"{readable}-{key_id}" if readable else key_id)
 
 
 class LabelDesk:
@@ -67,33 +78,37 @@ class LabelDesk:
     def rows(self, sheet: str) -> list[SheetRow]:
         return read_sheet(self._dir(sheet) / SHEET_JSONL)
 
-    def labelled(self, sheet: str, annotator: str) -> list[SheetRow]:
-        """The sheet's rows with this annotator's labels (None where not labelled yet)."""
-        rows = self.rows(sheet)
-        path = self._dir(sheet) / BY / f"{annotator_file(annotator)}.jsonl"
+    def labelled(self, sheet: str, annotator: Annotator, visible: Collection[str] | None = None) -> list[SheetRow]:
+        """The sheet's rows ``visible`` to the annotator (None: all) with its labels (None where not yet)."""
+        rows = [r for r in self.rows(sheet) if visible is None or r.document_id in visible]
+        path = self._dir(sheet) / BY / f"{annotator.file}.jsonl"
         if not path.is_file():
             return rows
         done = {(r.query_id, r.document_id): r for r in read_sheet(path)}
-        return [replace(row, label=done[key].label, notes=done[key].notes, annotator=annotator)
+        return [replace(row, label=done[key].label, notes=done[key].notes, annotator=annotator.name)
                 if (key := (row.query_id, row.document_id)) in done else row for row in rows]
 
-    def progress(self, sheet: str, annotator: str) -> Progress:
-        rows = self.labelled(sheet, annotator)
+    def progress(self, sheet: str, annotator: Annotator, visible: Collection[str] | None = None) -> Progress:
+        rows = self.labelled(sheet, annotator, visible)
         return Progress(sheet, len(rows), sum(1 for r in rows if r.label is not None),
                         next((i for i, r in enumerate(rows) if r.label is None), None))
 
-    def save(self, sheet: str, annotator: str, position: int, label: int, notes: str | None) -> None:
-        """Record ``label`` on row ``position`` for ``annotator`` (the whole file rewritten atomically)."""
+    def save(self, sheet: str, annotator: Annotator, pair: tuple[str, str], label: int, notes: str | None,
+             visible: Collection[str] | None = None) -> None:
+        """Record ``label`` on the row of ``pair`` (query id, document id) — named, not numbered, so a sheet
+        made again under the same name never takes a label meant for another row. The annotator's file is
+        rewritten whole, atomically."""
         if label not in LABELS:
             raise EvaluationError(f"label {label} is not one of {', '.join(map(str, LABELS))}")
         with self._lock:
-            rows = self.labelled(sheet, annotator)
-            if not 0 <= position < len(rows):
-                raise EvaluationError(f"row {position + 1} is not in sheet '{sheet}' ({len(rows)} rows)")
-            rows[position] = replace(rows[position], label=label, annotator=annotator, notes=notes or None)
+            rows = self.labelled(sheet, annotator, visible)
+            found = [i for i, r in enumerate(rows) if (r.query_id, r.document_id) == pair]
+            if not found:
+                raise EvaluationError(f"sheet '{sheet}' has no row for query {pair[0]} and document {pair[1]}")
+            rows[found[0]] = replace(rows[found[0]], label=label, annotator=annotator.name, notes=notes or None)
             out = self._dir(sheet) / BY
             out.mkdir(exist_ok=True)
-            with atomic_writer(out / f"{annotator_file(annotator)}.jsonl") as fh:
+            with atomic_writer(out / f"{annotator.file}.jsonl") as fh:
                 for row in rows:
                     if row.label is not None:
                         fh.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")

@@ -5,6 +5,7 @@ them into a labelling sheet so an expert settles each pair in the labelling view
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,12 @@ def misranked_pairs(state: ServingState) -> tuple[list[MisrankedPair], str | Non
     return list(summary.misranked), None
 
 
-def misranked_view(state: ServingState) -> dict[str, Any]:
+def misranked_view(state: ServingState, visible: Collection[str] | None = None) -> dict[str, Any]:
+    """The pairs of both documents ``visible`` to the viewer (None: all), each document with its title and
+    the start of its text."""
     pairs, problem = misranked_pairs(state)
+    pairs = [p for p in pairs if visible is None
+             or (p.preferred.doc_id in visible and p.placed_above.doc_id in visible)]
     documents = state.index.docstore if state.index is not None else None
 
     def shown(doc_id: str) -> dict[str, str]:
@@ -49,13 +54,11 @@ def misranked_view(state: ServingState) -> dict[str, Any]:
                       for p in pairs]}
 
 
-def sheet_from_misranked(state: ServingState, label_dir: Path) -> tuple[str, int]:
-    """Write the misranked pairs as a labelling sheet ``misranked-<UTC time>`` under ``label_dir``: each
-    pair's two documents as rows of its query. Returns the sheet's name and its number of rows."""
-    pairs, problem = misranked_pairs(state)
-    if not pairs:
-        raise RankwiseError(problem or "no misranked pairs")
-    view = misranked_view(state)
+def sheet_from_misranked(view: dict[str, Any], label_dir: Path) -> tuple[str, int]:
+    """Write the pairs of ``view`` (what the page showed) as a labelling sheet ``misranked-<UTC time>`` under
+    ``label_dir``: each pair's two documents as rows of its query. Returns the sheet's name and its rows."""
+    if not view["pairs"]:
+        raise RankwiseError(view["problem"] or "no misranked pairs")
     rows: list[SheetRow] = []
     seen: set[tuple[str, str]] = set()
     for item in view["pairs"]:

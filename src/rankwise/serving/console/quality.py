@@ -3,6 +3,7 @@ latest run, read from the server's monitoring history (``--monitor-history`` or 
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -37,9 +38,10 @@ def quality_view(state: ServingState, name: str | None, metric: str | None) -> d
         return {"problem": f"the runs of '{chosen}' recorded no metrics"}
     shown = metric if metric in metrics else (PREFERRED_METRIC if PREFERRED_METRIC in metrics else metrics[0])
     judged = statuses(records, metric=shown)
-    points = [Point(r.time[:16].replace("T", " "), r.metrics.get(shown, float("nan")),
+    points = [Point(r.time[:16].replace("T", " "), r.metrics[shown],
                     f"{r.system}, {r.num_queries} queries — {status}", alarm=status == "alarm")
-              for r, (_, status) in zip(records, judged, strict=True) if shown in r.metrics]
+              for r, (_, status) in zip(records, judged, strict=True)
+              if shown in r.metrics and np.isfinite(r.metrics[shown])]
     latest = records[-1]
     slices = [{"slice": s, "value": v, "n": int(stats.get("n", 0)), "mean": stats.get(shown)}
               for s, values in latest.slices.items() for v, stats in values.items()]
@@ -64,8 +66,8 @@ def drift_view(state: ServingState) -> dict[str, Any]:
 
     try:
         state.feedback.flush()
-        searches = [r for r in state.feedback.requests("30d") if r.endpoint == SEARCH_ENDPOINT
-                    and not r.degraded and r.signals][-DRIFT_REQUESTS:]
+        searches = list(deque((r for r in state.feedback.requests("30d") if r.endpoint == SEARCH_ENDPOINT
+                               and not r.degraded and r.signals), maxlen=DRIFT_REQUESTS))
     except RankwiseError as err:
         return {"problem": str(err)}
     if len(searches) < 2 * MIN_WINDOW:

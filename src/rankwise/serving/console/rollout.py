@@ -10,6 +10,7 @@ from rankwise.serving.state import ServingState
 
 #: the rank depth the reports measure clicks and nDCG at (the CLI's default)
 K = 5
+_KINDS = {"ab": "A/B test", "interleave": "interleaving", "canary": "canary"}
 
 
 def rollout_view(state: ServingState) -> dict[str, Any]:
@@ -42,7 +43,7 @@ def rollout_view(state: ServingState) -> dict[str, Any]:
     except RankwiseError as err:
         return {"problem": str(err)}
     for report in reports:
-        kind = {"ab": "A/B test", "interleave": "interleaving", "canary": "canary"}[report.mode]
+        kind = _KINDS.get(report.mode, report.mode)
         view["splits"].append({
             "title": f"{kind} {report.experiment}", "events": report.events, "mode": report.mode,
             "arms": report.arms,

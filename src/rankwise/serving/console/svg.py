@@ -8,6 +8,7 @@ this module.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
@@ -28,6 +29,7 @@ def line_chart(points: Sequence[Point], *, title: str, band: tuple[float, float]
     """An SVG line chart of ``points`` in order, with ``band`` (low, high) shaded as the reference range;
     ``size``: the drawing's width and height (it scales to its box, text with it)."""
     WIDTH, HEIGHT = size
+    points = [p for p in points if math.isfinite(p.value)]  # a run without the metric is no point on the line
     if not points:
         return f"<p class=dim>{escape(title)}: no data yet</p>"
     values = [p.value for p in points] + (list(band) if band else [])
