@@ -180,6 +180,11 @@ def test_compare_highlights_the_documents_the_reranker_moved(server: Server, set
     agreement = driver.find_element(By.CSS_SELECTOR, ".agreement").text
     assert re.search(r"\d+/\d+ documents in both lists, [1-9]\d* at another rank, Kendall's τ", agreement)
     _shot(driver, "compare")
+    # a version the server does not serve (v1; production is v2), loaded for the comparison
+    driver.get(f"{server.url}/ui/compare?{httpx.QueryParams({'q': QUERY, 'a': 'hybrid+v1', 'b': 'hybrid+reranker'})}")
+    headings = [h.text for h in driver.find_elements(By.CSS_SELECTOR, ".columns h2")]
+    assert headings == ["hybrid+v1", "hybrid+reranker"]
+    assert driver.find_elements(By.CSS_SELECTOR, "ol.compare li.moved"), "two different models, same order"
 
 
 def test_the_rollout_page_reports_the_shadow_with_its_decision_rule(server: Server, setup: dict[str, Any],
@@ -314,6 +319,8 @@ def test_a_search_only_key_cannot_roll_back_or_see_quality_and_forms_need_their_
         thumbs = client.post("/ui/feedback", data={"csrf_token": csrf, "request_id": "r", "doc_id": "d",
                                                    "signal": "thumbs_up"})
         assert thumbs.status_code == 403 and "feedback role" in thumbs.text  # as /v1/feedback would refuse
+        loads = client.get("/ui/compare", params={"q": "reset MFA", "a": "hybrid+v1", "b": "hybrid"})
+        assert loads.status_code == 409 and "needs an admin key" in loads.text
         bad = client.get("/ui/search", params={"q": "reset MFA", "k": "ten"})
         assert bad.status_code == 409 and "k must be a whole number" in bad.text and "<html" in bad.text
         assert client.get("/ui/quality").status_code == 403

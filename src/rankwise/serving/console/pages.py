@@ -28,7 +28,13 @@ from rankwise.errors import QueryError, RankwiseError
 from rankwise.options import FIRST_STAGE_METHODS
 from rankwise.serving.auth import ApiKey, KeyFileError
 from rankwise.serving.console.access import Access, Visit, allowed, local_target
-from rankwise.serving.console.compare import PIPELINES, compare_rankings, pipeline_request
+from rankwise.serving.console.compare import (
+    PIPELINES,
+    VersionRankings,
+    compare_rankings,
+    pipeline_request,
+    version_of,
+)
 from rankwise.serving.console.labelling import LABELS, Annotator, LabelDesk
 from rankwise.serving.console.misranked import misranked_view, sheet_from_misranked
 from rankwise.serving.console.models_view import Gatekeeper, models_view
@@ -51,6 +57,7 @@ def mount_console(app: FastAPI, state: ServingState) -> None:
     access = Access(state, Jinja2Templates(directory=HERE / "templates"))
     desk = LabelDesk(state.config.label_dir) if state.config.label_dir is not None else None
     gatekeeper = Gatekeeper(state)
+    versions = VersionRankings(state)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
 
     def page(path: str, method: str = "GET") -> Callable[[Page], Page]:
@@ -163,16 +170,27 @@ def mount_console(app: FastAPI, state: ServingState) -> None:
         with_reranker = state.router is not None
         a = a or ("hybrid+reranker" if with_reranker else "hybrid")
         b = b or ("hybrid" if with_reranker else "bm25")
+        admin = allowed(visit.key, "admin")
+        offered = list(PIPELINES) + ([f"hybrid+{v}" for v in await run_in_threadpool(_versions, state)]
+                                     if admin and state.config.load.registry is not None else [])
         view, error = None, None
         if q.strip():
-            bodies = [pipeline_request(spec, q, _count(k, "k", 1, _MAX_K), with_reranker=with_reranker)
-                      for spec in (a, b)]
-            answers = [_answer(await api(visit, "/v1/search", body)) for body in bodies]
+            count = _count(k, "k", 1, _MAX_K)
+            answers = []
+            for spec in (a, b):
+                if version_of(spec) is not None:  # a version the server does not serve: loaded here
+                    if not admin:
+                        raise QueryError("comparing a registry version loads it on the server: that needs an admin key")
+                    groups = visit.key.groups if visit.key is not None else None
+                    answers.append((await run_in_threadpool(versions.search, spec, q, count, groups), None))
+                else:
+                    body = pipeline_request(spec, q, count, with_reranker=with_reranker)
+                    answers.append(_answer(await api(visit, "/v1/search", body)))
             error = next((e for _, e in answers if e), None)
             if error is None:
                 view = compare_rankings(answers[0][0], answers[1][0])  # type: ignore[arg-type]
         return access.render(request, "compare.html", title="Compare", q=q, a=a, b=b, k=k, view=view, error=error,
-                             pipelines=PIPELINES)
+                             pipelines=offered)
 
     # ------------------------------------------------------------------ quality, rollout, misranked
     @page("/ui/quality")
@@ -341,6 +359,13 @@ def visible_documents(state: ServingState, key: ApiKey | None) -> frozenset[str]
                          "which those are")
     doc_ids = state.index.passage_doc_ids
     return frozenset(doc_ids[row] for row in state.index.docstore.rows_visible_to(frozenset(key.groups)))
+
+
+def _versions(state: ServingState) -> list[str]:
+    """The registry's versions, newest first (what the compare page offers an admin)."""
+    from rankwise.registry import Registry
+
+    return [v.version for v in reversed(Registry(state.config.load.registry).versions())]
 
 
 def _who(key: ApiKey | None) -> str:
