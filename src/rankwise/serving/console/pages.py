@@ -297,7 +297,14 @@ def mount_console(app: FastAPI, state: ServingState) -> None:
         return access.redirect(request, "/ui/models", done=f"production rolled back to {version}")
 
     # ------------------------------------------------------------------ labelling
-    def labelling(request: Request, visit: Visit) -> tuple[LabelDesk, Annotator, frozenset[str] | None] | Response:
+    def labelling(request: Request, visit: Visit | None = None
+                  ) -> tuple[LabelDesk, Annotator, frozenset[str] | None] | Response:
+        """The sheets, who labels and what they may see; ``visit``: a form's already checked viewer."""
+        if visit is None:
+            allowed_visit = access.allow(request, "feedback", "labelling")
+            if isinstance(allowed_visit, Response):
+                return allowed_visit
+            visit = allowed_visit
         if desk is None:
             return access.refuse(request, 404, "No sheets", "this server has no labelling sheets: start it with "
                                  "--label-dir DIR")
@@ -307,10 +314,7 @@ def mount_console(app: FastAPI, state: ServingState) -> None:
 
     @page("/ui/label")
     async def sheets(request: Request) -> Response:
-        visit = access.allow(request, "feedback", "labelling")
-        if isinstance(visit, Response):
-            return visit
-        found = labelling(request, visit)
+        found = labelling(request)
         if isinstance(found, Response):
             return found
         sheets_desk, annotator, visible = found
@@ -320,10 +324,7 @@ def mount_console(app: FastAPI, state: ServingState) -> None:
 
     @page("/ui/label/{sheet}")
     async def label_row(request: Request, sheet: str, row: str = "") -> Response:
-        visit = access.allow(request, "feedback", "labelling")
-        if isinstance(visit, Response):
-            return visit
-        found = labelling(request, visit)
+        found = labelling(request)
         if isinstance(found, Response):
             return found
         sheet_desk, annotator, visible = found
