@@ -143,6 +143,37 @@ def test_an_evaluation_as_a_group_searches_as_it_and_leaves_out_what_it_may_not_
     assert everyone["found"] == {d.id for d in KB}
 
 
+def test_a_feedback_export_for_a_group_keeps_only_what_it_may_read(index: Index, tmp_path: Path) -> None:
+    """Thumbs on a finance document and a public one: the export for support holds the public one only,
+    and says how many judgements it left out; without --index the groups cannot be applied."""
+    from rankwise.feedback.events import FeedbackEvent, LoggedRequest, LoggedResult
+    from rankwise.feedback.store import SQLiteFeedbackStore
+
+    db = tmp_path / "feedback.sqlite"
+    with SQLiteFeedbackStore(db) as store:
+        store.log_request(LoggedRequest("r1", "/v1/search", (LoggedResult("churn-q4", 1, 0.9),
+                                                             LoggedResult("mfa-employee", 2, 0.8)),
+                                        query="customer churn"))
+        store.add_event(FeedbackEvent("e1", "r1", "thumbs_up", "churn-q4", 1))
+        store.add_event(FeedbackEvent("e2", "r1", "thumbs_down", "mfa-employee", 2))
+        store.flush()
+
+    def export(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "rankwise", "feedback", "export", "--feedback-db", str(db),
+                               "--out", str(tmp_path / "gold.jsonl"), *args], capture_output=True, text=True,
+                              env=ENV, timeout=300, check=False)
+
+    support = export("--group", "support", "-i", str(index.path))
+    assert support.returncode == 0, support.stderr
+    gold = [json.loads(line) for line in (tmp_path / "gold.jsonl").read_text().splitlines()]
+    assert [g["document_id"] for g in gold] == ["mfa-employee"]
+    assert "1 labelled pairs were left out" in support.stdout
+    finance = export("--group", "finance", "-i", str(index.path))
+    assert finance.returncode == 0 and "left out" not in finance.stdout
+    no_index = export("--group", "support")
+    assert no_index.returncode != 0 and "--group needs --index" in no_index.stderr and "Traceback" not in no_index.stderr
+
+
 # ---------------------------------------------------------------------------------------------- the server
 class _Server(ServeProcess):
     def __init__(self, args: list[str], log: Path, audit: Path) -> None:

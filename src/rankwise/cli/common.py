@@ -187,10 +187,7 @@ def prepare_goldset(gold: GoldSet, index: Index, limit_queries: int | None, scal
     """The gold set checked against ``index`` (unknown documents, unusable queries), cut to ``--limit-queries``;
     with ``groups``, without the judgements on documents those groups may not see."""
     doc_ids = index.passage_doc_ids
-    hidden: set[str] = set()
-    if groups is not None:
-        visible = {doc_ids[row] for row in index.docstore.rows_visible_to(frozenset(groups))}
-        hidden = set(doc_ids).difference(visible)
+    hidden = set(doc_ids).difference(index.documents_visible_to(groups)) if groups is not None else set()
     prepared = gold.prepare(scale=scale, known_documents=set(doc_ids), hidden_documents=hidden,
                             hidden_from="groups " + ", ".join(sorted(groups or ())))
     return prepared if limit_queries is None else prepared.limit(limit_queries)

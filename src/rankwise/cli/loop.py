@@ -15,6 +15,7 @@ from rich import box
 from rankwise.cli.common import (
     DEFAULT_STORE,
     FeedbackDbOpt,
+    GroupsOpt,
     RetentionOpt,
     StoreOpt,
     err,
@@ -56,19 +57,30 @@ def feedback_export(
     eta: Annotated[float, typer.Option(help="Position-bias strength of the click model: rank r is examined "
                                             "with probability (1/r)^eta.")] = 1.0,
     retention: RetentionOpt = None,
+    group: GroupsOpt = None,
+    index_dir: Annotated[str | None, typer.Option("--index", "-i", help="With --group: the index that says "
+                                                                        "which documents the groups may see.")] = None,
 ) -> None:
     """Write a gold set from feedback: thumbs as labels, clicks corrected for position bias.
 
     Rows past the retention are deleted first — ``--retention``, else the one the last server recorded in
     the database — so a server that stopped before its hourly purge never has its expired rows exported.
     """
+    from rankwise.errors import QueryError
     from rankwise.feedback import ClickModel, export_goldset
 
+    visible = None
+    if group is not None:
+        if index_dir is None:
+            raise QueryError("--group needs --index: the index says which documents the groups may see")
+        from rankwise.index import open_index
+
+        visible = open_index(index_dir).documents_visible_to(group)
     store = open_feedback_store(feedback_db, shared)
     try:
         _purge(store, retention)
         summary = export_goldset(store, since=since, out=out_file, click_model=ClickModel(eta=eta),
-                                 misranked_out=misranked, misranked_limit=misranked_limit)
+                                 misranked_out=misranked, misranked_limit=misranked_limit, visible=visible)
     finally:
         store.close()
     for line in summary.lines():

@@ -26,7 +26,7 @@ import hashlib
 import heapq
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,8 @@ class ExportSummary:
     misranked: tuple[MisrankedPair, ...]  # the most frequent (at most the export's limit)
     misranked_total: int = 0  # every distinct misranked pair found
     misranked_out: Path | None = None
+    #: labelled pairs left out because their document is hidden from the groups exported for
+    hidden_pairs: int = 0
 
     @property
     def judgements(self) -> int:
@@ -118,6 +120,9 @@ class ExportSummary:
                f"labels: {labels}; sources: {sources}", read]
         if self.unlabelled_pairs:
             out.append(f"{self.unlabelled_pairs} (query, document) pairs had too little feedback for a label")
+        if self.hidden_pairs:
+            out.append(f"{self.hidden_pairs} labelled pairs were left out: their documents are hidden from the "
+                       "groups exported for")
         if self.evaluable_queries < self.queries:
             out.append(f"{self.queries - self.evaluable_queries} queries have no relevant (label ≥ 1) "
                        "judgement; evaluation leaves them out")
@@ -132,8 +137,12 @@ class ExportSummary:
 
 def export_goldset(store: FeedbackStore, *, since: str | None, out: Path,
                    click_model: ClickModel = DEFAULT_CLICK_MODEL, misranked_out: Path | None = None,
-                   top_k: int = TOP_K, misranked_limit: int = MISRANKED_LIMIT) -> ExportSummary:
+                   top_k: int = TOP_K, misranked_limit: int = MISRANKED_LIMIT,
+                   visible: Collection[str] | None = None) -> ExportSummary:
     """Label the logged search queries from their feedback and write them as a gold set (module docstring).
+
+    ``visible``: only judgements (and misranked pairs) on these documents — a gold set for a team that may
+    read only its groups' documents; None: every document.
 
     Two passes over the store, a page of requests at a time: the first labels the pairs, the second finds
     the served lists the labels contradict. Memory grows with the distinct (query, document) pairs, never
@@ -158,6 +167,13 @@ def export_goldset(store: FeedbackStore, *, since: str | None, out: Path,
                                   "--log-queries text to collect queries that can become gold-set entries")
     pairs = tally.evidence()
     labelled = [pair for pair in pairs if pair.label is not None]
+    hidden = 0
+    if visible is not None:
+        kept = [pair for pair in labelled if pair.doc_id in visible]
+        hidden, labelled = len(labelled) - len(kept), kept
+    if not labelled and hidden:
+        raise FeedbackExportError(f"every one of the {hidden} labelled (query, document) pairs{window} is on a "
+                                  "document hidden from the groups exported for; nothing to write")
     if not labelled:
         raise FeedbackExportError(f"none of the {len(pairs)} (query, document) pairs{window} has enough "
                                   "feedback for a label yet (a click label needs "
@@ -183,7 +199,7 @@ def export_goldset(store: FeedbackStore, *, since: str | None, out: Path,
                          by_label=dict(Counter(j.label for j in judgements)),
                          by_source=dict(Counter(p.source for p in labelled if p.source is not None)),
                          unlabelled_pairs=len(pairs) - len(labelled), misranked=tuple(misranked),
-                         misranked_total=inverted, misranked_out=misranked_out)
+                         misranked_total=inverted, misranked_out=misranked_out, hidden_pairs=hidden)
 
 
 def find_misranked(requests: Callable[[], Iterable[LoggedRequest]], labelled: Sequence[PairEvidence], *,

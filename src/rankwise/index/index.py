@@ -17,7 +17,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
@@ -154,6 +154,12 @@ class Index:
     def passage_doc_ids(self) -> list[str]:
         """Document id of each passage row, held in memory to collapse hits to documents cheaply."""
         return self.docstore.passage_doc_ids()
+
+    def documents_visible_to(self, groups: Collection[str]) -> frozenset[str]:
+        """The ids of the documents a caller in ``groups`` may see (public ones and its groups'): what paths
+        that read documents outside a search (gold sets, label sheets, feedback exports) filter by."""
+        doc_ids = self.passage_doc_ids
+        return frozenset(doc_ids[row] for row in self.docstore.rows_visible_to(frozenset(groups)))
 
     @cached_property
     def bm25(self) -> BM25Index:

@@ -358,8 +358,7 @@ def visible_documents(state: ServingState, key: ApiKey | None) -> frozenset[str]
     if state.index is None:
         raise QueryError("this key sees only its groups' documents, and without --index the server cannot tell "
                          "which those are")
-    doc_ids = state.index.passage_doc_ids
-    return frozenset(doc_ids[row] for row in state.index.docstore.rows_visible_to(frozenset(key.groups)))
+    return state.index.documents_visible_to(key.groups)
 
 
 def _versions(state: ServingState) -> list[str]:
