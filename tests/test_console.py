@@ -229,6 +229,8 @@ def test_the_quality_page_plots_every_run_and_marks_the_alarm(server: Server, se
     assert {f.get_attribute("data-signal") for f in drift} >= {"query_words", "reranker_top1", "rank_change"}
     assert all(len(f.find_elements(By.CSS_SELECTOR, "circle.point")) >= 2 for f in drift)
     _shot(driver, "quality")
+    driver.find_element(By.LINK_TEXT, "1-3 words").click()  # a slice's history: one point per run
+    assert len(driver.find_elements(By.CSS_SELECTOR, "figure.slice-chart circle.point")) == 3
     driver.find_element(By.PARTIAL_LINK_TEXT, "full check report").click()
     assert "ALARM" in driver.find_element(By.CSS_SELECTOR, ".banner").text
     assert all(i.size["width"] > 200 for i in driver.find_elements(By.CSS_SELECTOR, "img.plot"))

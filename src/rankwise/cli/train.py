@@ -400,7 +400,7 @@ def promote(
     _compare_probes(reg, target, version)
     if force:
         _check_scores(reg, target, backend, device)  # the gate checks it where it loads the candidate
-        reg.promote(target, forced=True)
+        reg.promote(target, forced=True, by=_operator())
         out.print(f"[yellow]{target} forced to production (recorded in {reg.history_location})[/]")
         return
     assert index_dir is not None
@@ -425,7 +425,7 @@ def promote(
         for reason in decision.reasons:
             out.print(f"[red]refused:[/] {reason}")
         raise typer.Exit(1)
-    reg.promote(target, gate=decision.to_dict())
+    reg.promote(target, gate=decision.to_dict(), by=_operator())
     out.print(f"[green]{target} promoted to production[/]")
 
 
@@ -444,7 +444,7 @@ def _check_scores(reg: Registry, version: str, backend: str, device: str) -> Non
 @friendly_errors
 def rollback(registry: RegistryOpt = None) -> None:
     """Point production back at the previous production version."""
-    version = _registry(registry).rollback()
+    version = _registry(registry).rollback(by=_operator())
     out.print(f"[yellow]production rolled back to {version}[/]")
 
 
@@ -463,3 +463,14 @@ def share(
     moved = reg.share(PostgresStore(store), name)
     out.print(f"[green]shared[/] {moved} events of {reg.root} in {PostgresStore(store)}; every process that opens "
               f"{reg.root} now reads its aliases there")
+
+
+def _operator() -> str:
+    """Who changed production from the command line, as the registry's history records it (the console
+    records the key instead)."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name for this uid (some containers)
+        return "cli"

@@ -194,11 +194,12 @@ def mount_console(app: FastAPI, state: ServingState) -> None:
 
     # ------------------------------------------------------------------ quality, rollout, misranked
     @page("/ui/quality")
-    async def quality_page(request: Request, name: str | None = None, metric: str | None = None) -> Response:
+    async def quality_page(request: Request, name: str | None = None, metric: str | None = None,
+                           part: str = "", value: str = "") -> Response:
         visit = access.allow(request, "admin", "the quality pages")
         if isinstance(visit, Response):
             return visit
-        view = await run_in_threadpool(quality_view, state, name, metric)
+        view = await run_in_threadpool(quality_view, state, name, metric, (part, value) if part else None)
         drift = await run_in_threadpool(drift_view, state)
         return access.render(request, "quality.html", title="Quality", view=view, drift=drift)
 

@@ -16,7 +16,9 @@ from rankwise.serving.state import ServingState
 PREFERRED_METRIC = "nDCG@10"
 
 
-def quality_view(state: ServingState, name: str | None, metric: str | None) -> dict[str, Any]:
+def quality_view(state: ServingState, name: str | None, metric: str | None,
+                 drill: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The chosen monitor's runs as a chart; ``drill`` (slice, value): also that slice's mean over the runs."""
     where = state.config.monitor.history
     if where is None:
         return {"problem": "this server records no monitoring history: start it with --monitor-history "
@@ -45,7 +47,16 @@ def quality_view(state: ServingState, name: str | None, metric: str | None) -> d
     latest = records[-1]
     slices = [{"slice": s, "value": v, "n": int(stats.get("n", 0)), "mean": stats.get(shown)}
               for s, values in latest.slices.items() for v, stats in values.items()]
-    return {"names": names, "name": chosen, "metrics": metrics, "metric": shown,
+    slice_chart = None
+    if drill is not None:
+        part, value = drill
+        runs = [(r, r.slices.get(part, {}).get(value, {})) for r in records]
+        slice_chart = line_chart([Point(r.time[:16].replace("T", " "), float(stats[shown]),
+                                        f"{int(stats.get('n', 0))} queries of this slice")
+                                  for r, stats in runs if shown in stats],
+                                 title=f"{shown} of slice {part} = {value} in every run of '{chosen}'")
+    return {"names": names, "name": chosen, "metrics": metrics, "metric": shown, "drill": drill,
+            "slice_chart": slice_chart,
             "chart": line_chart(points, title=f"{shown} of every run of '{chosen}' (alarms in red)"),
             "alarms": sum(1 for p in points if p.alarm), "runs": len(records), "latest": latest,
             "latest_status": judged[-1][1], "slices": slices}
