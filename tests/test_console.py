@@ -124,13 +124,15 @@ def _wait_for(driver: Any, selector: str, text: str) -> None:
 
 def _sign_in(driver: Any, server: Server, token: str) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
 
     driver.delete_all_cookies()
     driver.get(f"{server.url}/ui/search")
     assert "/ui/login" in driver.current_url  # nothing is shown before a sign-in
     driver.find_element(By.ID, "key").send_keys(token)
     driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
-    assert driver.current_url.endswith("/ui/search")
+    _wait_for(driver, "nav", "Search")
+    WebDriverWait(driver, 30).until(lambda d: d.current_url.endswith("/ui/search"))
 
 
 def test_a_signed_in_expert_searches_sees_both_scores_and_gives_feedback(
@@ -142,12 +144,13 @@ def test_a_signed_in_expert_searches_sees_both_scores_and_gives_feedback(
     assert "/ui/login" in driver.current_url
     driver.find_element(By.ID, "key").send_keys("rk_not_a_key")
     driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
-    assert "not valid" in driver.find_element(By.CSS_SELECTOR, ".error").text
+    _wait_for(driver, "main", "not valid")
     _shot(driver, "login")
     _sign_in(driver, server, setup["tokens"]["admin"])
     box = driver.find_element(By.ID, "q")
     box.send_keys(QUERY)
     box.submit()
+    _wait_for(driver, "main", "results · request")
     rows = driver.find_elements(By.CSS_SELECTOR, "tr.result")
     assert len(rows) >= 5, driver.find_element(By.TAG_NAME, "main").text
     for row in rows:  # every result shows the first stage's signals and both reranker scores
@@ -161,7 +164,7 @@ def test_a_signed_in_expert_searches_sees_both_scores_and_gives_feedback(
     _shot(driver, "search")
     second = rows[1].get_attribute("data-doc-id")
     rows[1].find_element(By.CSS_SELECTOR, "button.thumbs_up").click()
-    assert f"thumbs up on {second} stored" in driver.find_element(By.CSS_SELECTOR, ".ok").text
+    _wait_for(driver, "main", f"thumbs up on {second} stored")  # a click navigates without Selenium waiting
     with SQLiteFeedbackStore(setup["feedback"]) as store:
         store.flush()
         events = store.events()
@@ -211,6 +214,7 @@ def test_the_rollout_page_reports_the_shadow_with_its_decision_rule(server: Serv
 def test_the_quality_page_plots_every_run_and_marks_the_alarm(server: Server, setup: dict[str, Any],
                                                                browser: Any) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
 
     driver = browser
     _sign_in(driver, server, setup["tokens"]["admin"])
@@ -230,8 +234,11 @@ def test_the_quality_page_plots_every_run_and_marks_the_alarm(server: Server, se
     assert all(len(f.find_elements(By.CSS_SELECTOR, "circle.point")) >= 2 for f in drift)
     _shot(driver, "quality")
     driver.find_element(By.LINK_TEXT, "1-3 words").click()  # a slice's history: one point per run
+    _wait_for(driver, "main", "A slice's value opens its history")
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "figure.slice-chart"))
     assert len(driver.find_elements(By.CSS_SELECTOR, "figure.slice-chart circle.point")) == 3
     driver.find_element(By.PARTIAL_LINK_TEXT, "full check report").click()
+    _wait_for(driver, ".banner", "ALARM")
     assert "ALARM" in driver.find_element(By.CSS_SELECTOR, ".banner").text
     assert all(i.size["width"] > 200 for i in driver.find_elements(By.CSS_SELECTOR, "img.plot"))
 
@@ -258,7 +265,7 @@ def test_an_admin_rolls_back_from_the_page_and_the_history_says_who(server: Serv
     _shot(driver, "gate")
     driver.get(f"{server.url}/ui/models")
     driver.find_element(By.CSS_SELECTOR, "form[action='/ui/models/rollback'] button").click()
-    assert "production rolled back to v1" in driver.find_element(By.CSS_SELECTOR, ".ok").text
+    _wait_for(driver, "main", "production rolled back to v1")
     assert Registry(setup["registry"]).aliases()["production"] == "v1"
     assert Registry(setup["registry"]).history()[-1]["by"] == setup["tokens"]["admin_id"]
 
@@ -267,6 +274,7 @@ def test_an_expert_labels_a_sheet_with_the_keyboard_resumes_and_the_labels_impor
         server: Server, setup: dict[str, Any], browser: Any) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.wait import WebDriverWait
 
     driver = browser
     _sign_in(driver, server, setup["tokens"]["admin"])
@@ -275,6 +283,7 @@ def test_an_expert_labels_a_sheet_with_the_keyboard_resumes_and_the_labels_impor
     total = len(expected)
     assert total >= 3 and f"0/{total}" in driver.find_element(By.TAG_NAME, "main").text
     driver.find_element(By.LINK_TEXT, "start").click()
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".labelling .query"))
     assert driver.find_element(By.CSS_SELECTOR, ".query").text == expected[0].query
     driver.find_element(By.TAG_NAME, "body").send_keys("2")  # a digit labels the row and moves on
     _wait_for(driver, ".progress-count", f"1/{total}")

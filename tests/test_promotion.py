@@ -104,3 +104,4 @@ def test_promote_cli_records_the_gate_and_exits_nonzero_when_refused(registry_wi
     forced = subprocess.run([*cmd[:6], "--force", "--registry", str(reg.root)], capture_output=True, text=True, check=False)
     assert forced.returncode == 0, forced.stderr
     assert reg.aliases()["production"] == "v1" and reg.history()[-1]["forced"] is True
+    assert reg.history()[-1]["by"].startswith("cli")  # who changed production, as the console records its key
