@@ -144,15 +144,22 @@ class Access:
     async def allow_form(self, request: Request, role: Role | None,
                          what: str = "this") -> tuple[Visit, dict[str, str]] | Response:
         """A state-changing form's fields, once its CSRF token matched and the viewer may do ``what``."""
-        form = {k: str(v) for k, v in (await request.form()).items()}
-        visit = self.visit(request)
-        if not same_token(form.get("csrf_token"), visit.csrf):
-            return self.refuse(request, 403, "Refused", "this form's security token is missing or stale; reload "
-                               "the page and try again")
+        form = await self.form(request)
+        if isinstance(form, Response):
+            return form
         allowed_visit = self.allow(request, role, what)
         if isinstance(allowed_visit, Response):
             return allowed_visit
         return allowed_visit, form
+
+    async def form(self, request: Request) -> dict[str, str] | Response:
+        """A posted form's fields once its CSRF token matched the viewer's (the sign-in form's own before a
+        sign-in); else the 403 page."""
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        if not same_token(form.get("csrf_token"), self.visit(request).csrf):
+            return self.refuse(request, 403, "Refused", "this form's security token is missing or stale; reload "
+                               "the page and try again")
+        return form
 
     def to_login(self, request: Request) -> Response:
         """The sign-in page, coming back here afterwards (a page, never a form's POST target)."""

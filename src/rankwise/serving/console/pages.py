@@ -40,7 +40,6 @@ from rankwise.serving.console.misranked import misranked_view, sheet_from_misran
 from rankwise.serving.console.models_view import Gatekeeper, models_view
 from rankwise.serving.console.quality import drift_view, quality_report, quality_view
 from rankwise.serving.console.rollout import rollout_view
-from rankwise.serving.console.sessions import same_token
 from rankwise.serving.state import ServingState
 
 HERE = Path(__file__).parent
@@ -95,12 +94,10 @@ def mount_console(app: FastAPI, state: ServingState) -> None:
 
     @page("/ui/login", "POST")
     async def login(request: Request) -> Response:
-        form = {k: str(v) for k, v in (await request.form()).items()}
-        visit = access.visit(request)
+        form = await access.form(request)
+        if isinstance(form, Response):
+            return form
         target = local_target(form.get("next", "/ui/search"))
-        if not same_token(form.get("csrf_token"), visit.csrf):
-            return access.refuse(request, 403, "Refused", "this form's security token is missing or stale; "
-                                 "reload the page and try again")
         token = form.get("key", "").strip()
         key: ApiKey | None = None
         if state.keys is not None and token:
